@@ -1,0 +1,955 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The MQTT client session state machine: see session.h for the model.
+ *
+ * Requests never complete synchronously: session_publish/subscribe/unsubscribe only record
+ * what is wanted, and session_tick() puts it on the wire. So the caller can batch many
+ * requests into one write, and an event never arrives while the caller is still inside the
+ * call that caused it.
+ */
+#include "mqtt/session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "mqtt/topic.h"
+
+#define STABLE_MS 10000 /* a link up this long resets the reconnect backoff */
+#define MIN_PING_TIMEOUT_MS 1000
+
+/* ---- intrusive circular lists ---- */
+
+typedef struct Link {
+    struct Link *prev, *next;
+} Link;
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define list_for_each_safe(pos, tmp, head)                                                     \
+    for (pos = (head)->next, tmp = pos->next; pos != (head); pos = tmp, tmp = pos->next)
+
+static void list_init(Link *h)
+{
+    h->prev = h->next = h;
+}
+
+static bool list_empty(const Link *h)
+{
+    return h->next == h;
+}
+
+static void list_insert_before(Link *at, Link *n)
+{
+    n->prev = at->prev;
+    n->next = at;
+    at->prev->next = n;
+    at->prev = n;
+}
+
+static void list_push_back(Link *h, Link *n)
+{
+    list_insert_before(h, n);
+}
+
+static void list_remove(Link *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+
+/* Move all of `from` to the front of `to`, keeping order. */
+static void list_splice_front(Link *to, Link *from)
+{
+    if (list_empty(from)) {
+        return;
+    }
+    Link *first = from->next, *last = from->prev;
+    last->next = to->next;
+    to->next->prev = last;
+    to->next = first;
+    first->prev = to;
+    list_init(from);
+}
+
+/* ---- private state ---- */
+
+struct SessionMsg {
+    Link link;
+    void *req;
+    int64_t sent_at;
+    size_t payload_len;
+    uint16_t topic_len;
+    uint16_t id;       /* 0 until it goes on the wire */
+    uint8_t qos;
+    bool retain;
+    bool got_pubrec;   /* QoS 2: in the PUBREL phase */
+    bool counted;      /* already counted in pub_fail */
+    uint8_t data[];    /* topic, then payload */
+};
+
+typedef struct Pending { /* a SUBSCRIBE or UNSUBSCRIBE request */
+    Link link;
+    void *req;
+    uint16_t id; /* 0 while not on the wire */
+    uint8_t qos;
+    bool unsubscribe;
+    uint16_t len;
+    uint8_t filter[];
+} Pending;
+
+typedef struct Sub { /* a subscription the broker granted, restored after reconnects */
+    Link link;
+    uint8_t qos;
+    uint16_t len;
+    uint8_t filter[];
+} Sub;
+
+typedef struct Impl {
+    Session pub;
+    SessionConfig cfg;
+    uint8_t *cfg_strings;
+    SessionCallbacks cb;
+    void *userdata;
+    MqttDecoder dec;
+    Link queue;    /* SessionMsg not yet sent, in order */
+    Link inflight; /* SessionMsg sent, awaiting PUBACK / PUBREC / PUBCOMP, in order */
+    Link pending;  /* Pending */
+    Link subs;     /* Sub */
+    uint64_t ids_used[65536 / 64];
+    uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
+    uint16_t next_id;
+    unsigned attempts;
+    bool ever_connected;
+    int64_t attempt_started, last_tx, last_rx, ping_sent_at;
+    uint64_t rng;
+} Impl;
+
+static Impl *impl(Session *s)
+{
+    return (Impl *)s;
+}
+
+const char *session_state_name(enum session_state st)
+{
+    static const char *const names[] = {"idle", "connecting", "connack_wait", "connected",
+                                        "stopped"};
+    return st <= SESSION_STOPPED ? names[st] : "?";
+}
+
+static bool bit_get(const uint64_t *set, uint16_t i)
+{
+    return set[i / 64] >> (i % 64) & 1;
+}
+
+static void bit_put(uint64_t *set, uint16_t i, bool on)
+{
+    if (on) {
+        set[i / 64] |= UINT64_C(1) << (i % 64);
+    } else {
+        set[i / 64] &= ~(UINT64_C(1) << (i % 64));
+    }
+}
+
+static uint16_t id_alloc(Impl *m)
+{
+    do {
+        m->next_id = m->next_id == 65535 ? 1 : m->next_id + 1;
+    } while (bit_get(m->ids_used, m->next_id));
+    bit_put(m->ids_used, m->next_id, true);
+    return m->next_id;
+}
+
+static void id_release(Impl *m, uint16_t *id)
+{
+    if (*id) {
+        bit_put(m->ids_used, *id, false);
+        *id = 0;
+    }
+}
+
+static uint64_t rand64(Impl *m)
+{
+    /* xorshift64*: jitter only, no security purpose. */
+    m->rng ^= m->rng >> 12;
+    m->rng ^= m->rng << 25;
+    m->rng ^= m->rng >> 27;
+    return m->rng * UINT64_C(2685821657736338717);
+}
+
+static void emit(Impl *m, SessionEvent ev)
+{
+    m->cb.event(m->userdata, &ev);
+}
+
+/* ---- configuration ---- */
+
+int session_configure(Session *s, const SessionConfig *cfg)
+{
+    Impl *m = impl(s);
+    View *views[] = {(View *)&cfg->client_id, (View *)&cfg->username, (View *)&cfg->password,
+                     (View *)&cfg->will_topic, (View *)&cfg->will_payload};
+    size_t total = 0;
+    for (size_t i = 0; i < 5; i++) {
+        total += views[i]->n;
+    }
+    uint8_t *strings = malloc(total ? total : 1);
+    if (!strings) {
+        return -ENOMEM;
+    }
+    SessionConfig c = *cfg;
+    View *mine[] = {&c.client_id, &c.username, &c.password, &c.will_topic, &c.will_payload};
+    uint8_t *w = strings;
+    for (size_t i = 0; i < 5; i++) {
+        if (views[i]->n) {
+            memcpy(w, views[i]->p, views[i]->n);
+        }
+        *mine[i] = VIEW(w, views[i]->n);
+        w += views[i]->n;
+    }
+    if (c.max_inflight == 0) {
+        c.max_inflight = 1;
+    }
+    if (c.max_inflight > 65000) {
+        c.max_inflight = 65000; /* leaves packet ids for subscribe requests */
+    }
+    if (c.reconnect_min_ms < 1) {
+        c.reconnect_min_ms = 1;
+    }
+    if (c.reconnect_max_ms < c.reconnect_min_ms) {
+        c.reconnect_max_ms = c.reconnect_min_ms;
+    }
+    free(m->cfg_strings);
+    m->cfg_strings = strings;
+    m->cfg = c;
+    m->dec.max_size = c.max_packet;
+    return 0;
+}
+
+int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *userdata,
+                Session **ret)
+{
+    Impl *m = calloc(1, sizeof(*m));
+    if (!m) {
+        return -ENOMEM;
+    }
+    m->cb = *cb;
+    m->userdata = userdata;
+    list_init(&m->queue);
+    list_init(&m->inflight);
+    list_init(&m->pending);
+    list_init(&m->subs);
+    mqtt_decoder_init(&m->dec, cfg->max_packet);
+    int r = session_configure(&m->pub, cfg);
+    if (r < 0) {
+        free(m);
+        return r;
+    }
+    m->rng = cfg->seed ? cfg->seed : UINT64_C(0x9e3779b97f4a7c15);
+    m->pub.state = SESSION_IDLE;
+    m->pub.last_ping_rtt_ms = -1;
+    *ret = &m->pub;
+    return 0;
+}
+
+static void free_list(Link *h)
+{
+    Link *p, *t;
+    list_for_each_safe(p, t, h)
+    {
+        free(p); /* Link is the first member of every element type */
+    }
+    list_init(h);
+}
+
+void session_free(Session *s)
+{
+    if (!s) {
+        return;
+    }
+    Impl *m = impl(s);
+    free_list(&m->queue);
+    free_list(&m->inflight);
+    free_list(&m->pending);
+    free_list(&m->subs);
+    mqtt_decoder_free(&m->dec);
+    buf_free(&s->out);
+    free(m->cfg_strings);
+    free(m);
+}
+
+/* ---- output ---- */
+
+static void send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    size_t before = m->pub.out.len;
+    int r = mqtt_encode(&m->pub.out, pkt);
+    if (r < 0) {
+        /* Only -ENOMEM can get here: everything encoded was validated on the way in. The
+         * packet is lost with the link; the keepalive or a retry will notice. */
+        return;
+    }
+    size_t n = m->pub.out.len - before;
+    m->pub.stats.packets_sent++;
+    m->pub.stats.bytes_sent += n;
+    if (pkt->type == MQTT_PUBLISH) {
+        m->pub.stats.pub_bytes_sum += n;
+        m->pub.stats.pub_bytes_n++;
+    }
+    m->last_tx = now;
+    if (m->cb.trace) {
+        m->cb.trace(m->userdata, true, pkt, VIEW(m->pub.out.data + before, n));
+    }
+}
+
+static void send_ack(Impl *m, enum mqtt_type type, uint16_t id, int64_t now)
+{
+    MqttPacket p = {.type = type, .ack = {id}};
+    send_packet(m, &p, now);
+}
+
+static void send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
+{
+    MqttPacket p = {.type = MQTT_PUBLISH,
+                    .publish = {.topic = VIEW(msg->data, msg->topic_len),
+                                .payload = VIEW(msg->data + msg->topic_len, msg->payload_len),
+                                .id = msg->id,
+                                .qos = msg->qos,
+                                .dup = dup,
+                                .retain = msg->retain}};
+    send_packet(m, &p, now);
+    msg->sent_at = now;
+}
+
+static void send_pending(Impl *m, Pending *p, int64_t now)
+{
+    MqttTopicReq t = {VIEW(p->filter, p->len), p->qos};
+    p->id = id_alloc(m);
+    MqttPacket pkt = {.type = p->unsubscribe ? MQTT_UNSUBSCRIBE : MQTT_SUBSCRIBE,
+                      .subscribe = {.id = p->id, .topics = &t, .count = 1}};
+    send_packet(m, &pkt, now);
+}
+
+/* ---- outgoing messages ---- */
+
+static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)
+{
+    list_remove(&msg->link);
+    id_release(m, &msg->id);
+    if (was_inflight) {
+        m->pub.inflight--;
+    } else {
+        m->pub.queued--;
+    }
+    m->pub.queued_bytes -= msg->topic_len + msg->payload_len;
+    free(msg);
+}
+
+static void msg_complete(Impl *m, SessionMsg *msg, bool was_inflight, int64_t now)
+{
+    if (msg->qos > 0) {
+        m->pub.stats.pub_rtt_sum_ms += (uint64_t)(now - msg->sent_at);
+        m->pub.stats.pub_rtt_n++;
+    }
+    if (!msg->counted) {
+        m->pub.stats.pub_ok++;
+    }
+    void *req = msg->req;
+    msg_free(m, msg, was_inflight);
+    if (req) {
+        emit(m, (SessionEvent){.type = SESSION_EV_PUBLISH_DONE, .done = {req, 0}});
+    }
+}
+
+/* Send queued messages in order while the in-flight window allows. */
+static void pump(Impl *m, int64_t now)
+{
+    while (m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue)) {
+        SessionMsg *msg = container_of(m->queue.next, SessionMsg, link);
+        if (msg->qos == 0) {
+            send_publish(m, msg, false, now);
+            msg_complete(m, msg, false, now);
+            continue;
+        }
+        if (m->pub.inflight >= m->cfg.max_inflight) {
+            break;
+        }
+        msg->id = id_alloc(m);
+        send_publish(m, msg, false, now);
+        list_remove(&msg->link);
+        list_push_back(&m->inflight, &msg->link);
+        m->pub.queued--;
+        m->pub.inflight++;
+    }
+}
+
+static SessionMsg *find_inflight(Impl *m, uint16_t id, uint8_t qos)
+{
+    for (Link *l = m->inflight.next; l != &m->inflight; l = l->next) {
+        SessionMsg *msg = container_of(l, SessionMsg, link);
+        if (msg->id == id && msg->qos == qos) {
+            return msg;
+        }
+    }
+    return NULL;
+}
+
+int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
+                    SessionMsg **ret_msg)
+{
+    Impl *m = impl(s);
+    if (p->qos > 2 || mqtt_topic_check(p->topic) < 0) {
+        return -EINVAL;
+    }
+    size_t bytes = p->topic.n + p->payload.n;
+    if (s->queued + s->inflight >= m->cfg.max_messages ||
+        bytes > m->cfg.max_bytes - (s->queued_bytes < m->cfg.max_bytes ? s->queued_bytes
+                                                                         : m->cfg.max_bytes)) {
+        s->stats.pub_fail++;
+        return -ENOBUFS;
+    }
+    SessionMsg *msg = malloc(sizeof(*msg) + bytes);
+    if (!msg) {
+        return -ENOMEM;
+    }
+    *msg = (SessionMsg){.req = req,
+                        .payload_len = p->payload.n,
+                        .topic_len = (uint16_t)p->topic.n,
+                        .qos = p->qos,
+                        .retain = p->retain};
+    memcpy(msg->data, p->topic.p, p->topic.n);
+    if (p->payload.n) {
+        memcpy(msg->data + p->topic.n, p->payload.p, p->payload.n);
+    }
+    list_push_back(&m->queue, &msg->link);
+    s->queued++;
+    s->queued_bytes += bytes;
+    (void)now;
+    if (ret_msg) {
+        *ret_msg = msg;
+    }
+    return 0;
+}
+
+void session_abandon(Session *s, SessionMsg *msg, bool failed)
+{
+    msg->req = NULL;
+    if (failed && !msg->counted) {
+        msg->counted = true;
+        s->stats.pub_fail++;
+    }
+}
+
+/* ---- subscriptions ---- */
+
+static Sub *find_sub(Impl *m, View filter)
+{
+    for (Link *l = m->subs.next; l != &m->subs; l = l->next) {
+        Sub *sub = container_of(l, Sub, link);
+        if (view_eq(VIEW(sub->filter, sub->len), filter)) {
+            return sub;
+        }
+    }
+    return NULL;
+}
+
+static int add_pending(Impl *m, View filter, uint8_t qos, bool unsubscribe, void *req)
+{
+    Pending *p = malloc(sizeof(*p) + filter.n);
+    if (!p) {
+        return -ENOMEM;
+    }
+    *p = (Pending){.req = req, .qos = qos, .unsubscribe = unsubscribe, .len = (uint16_t)filter.n};
+    memcpy(p->filter, filter.p, filter.n);
+    list_push_back(&m->pending, &p->link);
+    return 0;
+}
+
+int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t now)
+{
+    (void)now;
+    if (qos > 2 || mqtt_filter_check(filter) < 0) {
+        return -EINVAL;
+    }
+    return add_pending(impl(s), filter, qos, false, req);
+}
+
+int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
+{
+    (void)now;
+    Impl *m = impl(s);
+    if (mqtt_filter_check(filter) < 0) {
+        return -EINVAL;
+    }
+    Sub *sub = find_sub(m, filter);
+    if (sub) {
+        list_remove(&sub->link);
+        free(sub);
+        s->subscriptions--;
+    }
+    return add_pending(m, filter, 0, true, req);
+}
+
+void session_forget_req(Session *s, void *req)
+{
+    Impl *m = impl(s);
+    for (Link *l = m->pending.next; l != &m->pending; l = l->next) {
+        Pending *p = container_of(l, Pending, link);
+        if (p->req == req) {
+            p->req = NULL;
+        }
+    }
+}
+
+static void remember_sub(Impl *m, View filter, uint8_t qos)
+{
+    Sub *sub = find_sub(m, filter);
+    if (sub) {
+        sub->qos = qos;
+        return;
+    }
+    sub = malloc(sizeof(*sub) + filter.n);
+    if (!sub) {
+        return; /* not restored after a reconnect; the subscription itself stands */
+    }
+    *sub = (Sub){.qos = qos, .len = (uint16_t)filter.n};
+    memcpy(sub->filter, filter.p, filter.n);
+    list_push_back(&m->subs, &sub->link);
+    m->pub.subscriptions++;
+}
+
+static void pending_done(Impl *m, Pending *p, int result)
+{
+    void *req = p->req;
+    bool unsub = p->unsubscribe;
+    list_remove(&p->link);
+    id_release(m, &p->id);
+    free(p);
+    if (req) {
+        emit(m, (SessionEvent){.type = unsub ? SESSION_EV_UNSUBSCRIBE_DONE
+                                             : SESSION_EV_SUBSCRIBE_DONE,
+                               .done = {req, result}});
+    }
+}
+
+/* Put unsent subscribe/unsubscribe requests on the wire (or settle them offline). */
+static void flush_pending(Impl *m, int64_t now)
+{
+    Link *l, *t;
+    list_for_each_safe(l, t, &m->pending)
+    {
+        Pending *p = container_of(l, Pending, link);
+        if (p->id) {
+            continue;
+        }
+        if (m->pub.state == SESSION_CONNECTED) {
+            send_pending(m, p, now);
+        } else if (p->unsubscribe && m->cfg.clean_session) {
+            /* The broker forgets every subscription of a clean session at the next
+             * connect: nothing to tell it. */
+            pending_done(m, p, 0);
+        }
+    }
+}
+
+static Pending *find_pending(Impl *m, uint16_t id, bool unsubscribe)
+{
+    for (Link *l = m->pending.next; l != &m->pending; l = l->next) {
+        Pending *p = container_of(l, Pending, link);
+        if (p->id == id && p->unsubscribe == unsubscribe) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* ---- link state ---- */
+
+static int64_t backoff_ms(Impl *m)
+{
+    int64_t d = m->cfg.reconnect_min_ms;
+    for (unsigned i = 0; i < m->attempts && d < m->cfg.reconnect_max_ms; i++) {
+        d *= 2;
+    }
+    if (d > m->cfg.reconnect_max_ms) {
+        d = m->cfg.reconnect_max_ms;
+    }
+    /* Jitter in [d/2, d], so a fleet restarted together does not reconnect together. */
+    return d / 2 + (int64_t)(rand64(m) % (uint64_t)(d / 2 + 1));
+}
+
+static void link_down(Impl *m, int64_t now, int code, bool refused, const char *reason)
+{
+    Session *s = &m->pub;
+    if (s->state == SESSION_IDLE || s->state == SESSION_STOPPED) {
+        return;
+    }
+    bool was_connected = s->state == SESSION_CONNECTED;
+    if (!was_connected && code) {
+        s->stats.connections_failed++;
+    }
+    if (code) {
+        snprintf(s->last_error, sizeof(s->last_error), "%s", reason);
+    }
+    if (was_connected && now - s->connected_at >= STABLE_MS) {
+        m->attempts = 0;
+    }
+    s->state = SESSION_IDLE;
+    s->retry_at = now + backoff_ms(m);
+    m->attempts++;
+    m->ping_sent_at = 0;
+    buf_clear(&m->dec.in);
+    /* Requests on the wire are sent again on the next link. */
+    for (Link *l = m->pending.next; l != &m->pending; l = l->next) {
+        id_release(m, &container_of(l, Pending, link)->id);
+    }
+    emit(m, (SessionEvent){.type = SESSION_EV_LINK_DOWN,
+                           .down = {reason, code, refused, was_connected}});
+    buf_clear(&s->out); /* the caller has written what it could */
+}
+
+bool session_should_connect(Session *s, int64_t now)
+{
+    Impl *m = impl(s);
+    if (s->state != SESSION_IDLE || now < s->retry_at) {
+        return false;
+    }
+    s->state = SESSION_CONNECTING;
+    m->attempt_started = now;
+    s->stats.connections_sent++;
+    return true;
+}
+
+void session_transport_up(Session *s, int64_t now)
+{
+    Impl *m = impl(s);
+    if (s->state != SESSION_CONNECTING) {
+        return;
+    }
+    const SessionConfig *c = &m->cfg;
+    MqttPacket p = {.type = MQTT_CONNECT,
+                    .connect = {.client_id = c->client_id,
+                                .username = c->username,
+                                .password = c->password,
+                                .has_username = c->has_username,
+                                .has_password = c->has_password && c->has_username,
+                                .will = c->will,
+                                .will_topic = c->will_topic,
+                                .will_payload = c->will_payload,
+                                .will_qos = c->will_qos,
+                                .will_retain = c->will_retain,
+                                .keepalive = c->keepalive,
+                                .clean_session = c->clean_session}};
+    buf_clear(&s->out);
+    buf_clear(&m->dec.in);
+    s->state = SESSION_CONNACK_WAIT;
+    m->last_rx = now;
+    send_packet(m, &p, now);
+}
+
+void session_transport_down(Session *s, int64_t now, int code, const char *reason)
+{
+    link_down(impl(s), now, code ? code : ECONNRESET, false, reason);
+}
+
+static void connected(Impl *m, bool session_present, int64_t now)
+{
+    Session *s = &m->pub;
+    s->state = SESSION_CONNECTED;
+    s->session_present = session_present;
+    s->connected_at = now;
+    s->last_error[0] = '\0';
+    if (m->ever_connected) {
+        s->stats.reconnects++;
+    }
+    m->ever_connected = true;
+
+    Link *l, *t;
+    if (session_present) {
+        /* [MQTT-4.4.0-1]: re-send unacknowledged PUBLISH and PUBREL with their ids. */
+        for (l = m->inflight.next; l != &m->inflight; l = l->next) {
+            SessionMsg *msg = container_of(l, SessionMsg, link);
+            if (msg->got_pubrec) {
+                send_ack(m, MQTT_PUBREL, msg->id, now);
+            } else {
+                send_publish(m, msg, true, now);
+            }
+        }
+    } else {
+        memset(m->qos2_in, 0, sizeof(m->qos2_in));
+        /* A new session knows none of our in-flight messages. A QoS 2 message past PUBREC
+         * was already accepted by the broker; everything else goes out again, first. */
+        list_for_each_safe(l, t, &m->inflight)
+        {
+            SessionMsg *msg = container_of(l, SessionMsg, link);
+            if (msg->got_pubrec) {
+                msg_complete(m, msg, true, now);
+            } else {
+                id_release(m, &msg->id);
+            }
+        }
+        s->queued += s->inflight;
+        s->inflight = 0;
+        list_splice_front(&m->queue, &m->inflight);
+        /* Restore the subscriptions, ahead of any request made meanwhile. */
+        for (l = m->subs.prev; l != &m->subs; l = l->prev) {
+            Sub *sub = container_of(l, Sub, link);
+            if (add_pending(m, VIEW(sub->filter, sub->len), sub->qos, false, NULL) == 0) {
+                Link *p = m->pending.prev;
+                list_remove(p);
+                list_insert_before(m->pending.next, p);
+            }
+        }
+    }
+    emit(m, (SessionEvent){.type = SESSION_EV_CONNECTED, .connected = {session_present}});
+    /* Subscriptions first, then the queue. */
+    flush_pending(m, now);
+    pump(m, now);
+}
+
+static void protocol_error(Impl *m, int64_t now, int code, const char *what)
+{
+    char reason[200];
+    snprintf(reason, sizeof(reason), "protocol error from broker: %s", what);
+    link_down(m, now, code, false, reason);
+}
+
+static void handle_publish(Impl *m, const MqttPublish *p, int64_t now)
+{
+    Session *s = &m->pub;
+    bool deliver = true;
+    if (p->qos == 2) {
+        deliver = !bit_get(m->qos2_in, p->id);
+        bit_put(m->qos2_in, p->id, true);
+        if (!deliver) {
+            s->stats.duplicates_dropped++;
+        }
+    }
+    if (deliver) {
+        s->stats.messages_received++;
+        emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE, .message = p});
+    }
+    if (p->qos == 1) {
+        send_ack(m, MQTT_PUBACK, p->id, now);
+    } else if (p->qos == 2) {
+        send_ack(m, MQTT_PUBREC, p->id, now);
+    }
+}
+
+static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    Session *s = &m->pub;
+    if (pkt->type != MQTT_CONNACK && s->state != SESSION_CONNECTED) {
+        protocol_error(m, now, MQTT_E_TYPE, "packet before CONNACK");
+        return;
+    }
+    switch (pkt->type) {
+    case MQTT_CONNACK:
+        if (s->state != SESSION_CONNACK_WAIT) {
+            protocol_error(m, now, MQTT_E_TYPE, "unexpected CONNACK");
+        } else if (pkt->connack.rc != MQTT_CONNACK_ACCEPTED) {
+            char reason[120];
+            snprintf(reason, sizeof(reason), "connection refused: %s",
+                     mqtt_connack_str(pkt->connack.rc));
+            link_down(m, now, pkt->connack.rc, true, reason);
+        } else {
+            connected(m, pkt->connack.session_present, now);
+        }
+        break;
+    case MQTT_PUBLISH:
+        s->stats.sub_bytes_sum += pkt->size;
+        s->stats.sub_bytes_n++;
+        handle_publish(m, &pkt->publish, now);
+        break;
+    case MQTT_PUBACK: {
+        SessionMsg *msg = find_inflight(m, pkt->ack.id, 1);
+        if (msg) {
+            msg_complete(m, msg, true, now);
+        }
+        break;
+    }
+    case MQTT_PUBREC: {
+        SessionMsg *msg = find_inflight(m, pkt->ack.id, 2);
+        if (msg) {
+            msg->got_pubrec = true;
+        }
+        /* Answered even when unknown, so the broker can finish its side. */
+        send_ack(m, MQTT_PUBREL, pkt->ack.id, now);
+        break;
+    }
+    case MQTT_PUBCOMP: {
+        SessionMsg *msg = find_inflight(m, pkt->ack.id, 2);
+        if (msg && msg->got_pubrec) {
+            msg_complete(m, msg, true, now);
+        }
+        break;
+    }
+    case MQTT_PUBREL:
+        bit_put(m->qos2_in, pkt->ack.id, false);
+        send_ack(m, MQTT_PUBCOMP, pkt->ack.id, now);
+        break;
+    case MQTT_SUBACK: {
+        Pending *p = find_pending(m, pkt->suback.id, false);
+        if (!p) {
+            break;
+        }
+        uint8_t code = pkt->suback.codes.p[0];
+        View filter = VIEW(p->filter, p->len);
+        if (code == MQTT_SUBACK_FAILURE) {
+            Sub *sub = find_sub(m, filter);
+            if (sub && !p->req) { /* a restore the broker now refuses */
+                list_remove(&sub->link);
+                free(sub);
+                s->subscriptions--;
+            }
+            pending_done(m, p, -EPERM);
+        } else {
+            remember_sub(m, filter, p->qos);
+            pending_done(m, p, code);
+        }
+        break;
+    }
+    case MQTT_UNSUBACK: {
+        Pending *p = find_pending(m, pkt->ack.id, true);
+        if (p) {
+            pending_done(m, p, 0);
+        }
+        break;
+    }
+    case MQTT_PINGRESP:
+        if (m->ping_sent_at) {
+            int64_t rtt = now - m->ping_sent_at;
+            m->ping_sent_at = 0;
+            s->stats.ping_received++;
+            s->stats.ping_rtt_sum_ms += (uint64_t)rtt;
+            s->last_ping_rtt_ms = rtt;
+            emit(m, (SessionEvent){.type = SESSION_EV_PING_ANSWERED, .ping = {rtt}});
+        }
+        break;
+    default: {
+        char what[64];
+        snprintf(what, sizeof(what), "unexpected %s", mqtt_type_name(pkt->type));
+        protocol_error(m, now, MQTT_E_TYPE, what);
+        break;
+    }
+    }
+}
+
+void session_input(Session *s, const void *data, size_t n, int64_t now)
+{
+    Impl *m = impl(s);
+    if (s->state != SESSION_CONNACK_WAIT && s->state != SESSION_CONNECTED) {
+        return;
+    }
+    if (mqtt_decoder_feed(&m->dec, data, n) < 0) {
+        link_down(m, now, ENOMEM, false, "out of memory reading from broker");
+        return;
+    }
+    m->last_rx = now;
+    MqttPacket pkt;
+    int r;
+    while ((s->state == SESSION_CONNACK_WAIT || s->state == SESSION_CONNECTED) &&
+           (r = mqtt_decoder_next(&m->dec, &pkt)) != 0) {
+        if (r < 0) {
+            protocol_error(m, now, -r, mqtt_strerror(r));
+            return;
+        }
+        s->stats.packets_received++;
+        s->stats.bytes_received += pkt.size;
+        if (m->cb.trace) {
+            m->cb.trace(m->userdata, false, &pkt,
+                        VIEW(m->dec.in.data + m->dec.in.off - pkt.size, pkt.size));
+        }
+        handle_packet(m, &pkt, now);
+    }
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+int64_t session_tick(Session *s, int64_t now)
+{
+    Impl *m = impl(s);
+    switch (s->state) {
+    case SESSION_IDLE:
+        flush_pending(m, now);
+        return s->retry_at;
+    case SESSION_CONNECTING:
+    case SESSION_CONNACK_WAIT: {
+        int64_t deadline = m->attempt_started + m->cfg.connect_timeout_ms;
+        if (now >= deadline) {
+            char reason[80];
+            snprintf(reason, sizeof(reason), "connect timeout (%lld ms)",
+                     (long long)m->cfg.connect_timeout_ms);
+            link_down(m, now, ETIMEDOUT, false, reason);
+            return s->retry_at;
+        }
+        return deadline;
+    }
+    case SESSION_CONNECTED:
+        break;
+    default:
+        return INT64_MAX;
+    }
+
+    flush_pending(m, now);
+    pump(m, now);
+    if (m->cfg.keepalive == 0) {
+        return INT64_MAX;
+    }
+    int64_t ka = (int64_t)m->cfg.keepalive * 1000;
+    int64_t ping_timeout = ka / 2 > MIN_PING_TIMEOUT_MS ? ka / 2 : MIN_PING_TIMEOUT_MS;
+    char reason[80];
+    if (m->ping_sent_at && now - m->ping_sent_at >= ping_timeout) {
+        snprintf(reason, sizeof(reason), "no PINGRESP within %lld ms", (long long)ping_timeout);
+        link_down(m, now, ETIMEDOUT, false, reason);
+        return s->retry_at;
+    }
+    if (now - m->last_rx >= ka * 3 / 2) {
+        snprintf(reason, sizeof(reason), "broker silent for %lld ms", (long long)(now - m->last_rx));
+        link_down(m, now, ETIMEDOUT, false, reason);
+        return s->retry_at;
+    }
+    if (!m->ping_sent_at && now - m->last_tx >= ka) {
+        MqttPacket p = {.type = MQTT_PINGREQ};
+        send_packet(m, &p, now);
+        m->ping_sent_at = now;
+        s->stats.ping_sent++;
+        emit(m, (SessionEvent){.type = SESSION_EV_PING_SENT});
+    }
+    int64_t next = m->last_rx + ka * 3 / 2;
+    if (m->ping_sent_at) {
+        next = min64(next, m->ping_sent_at + ping_timeout);
+    } else {
+        next = min64(next, m->last_tx + ka);
+    }
+    return next;
+}
+
+void session_reconnect_now(Session *s, int64_t now)
+{
+    Impl *m = impl(s);
+    if (s->state == SESSION_STOPPED) {
+        return;
+    }
+    if (s->state == SESSION_CONNECTED) {
+        MqttPacket p = {.type = MQTT_DISCONNECT};
+        send_packet(m, &p, now);
+    }
+    link_down(m, now, 0, false, "reconnect requested");
+    m->attempts = 0;
+    s->retry_at = now;
+}
+
+void session_disconnect(Session *s, int64_t now)
+{
+    Impl *m = impl(s);
+    if (s->state == SESSION_CONNECTED) {
+        MqttPacket p = {.type = MQTT_DISCONNECT};
+        send_packet(m, &p, now);
+    }
+    link_down(m, now, 0, false, "shutting down");
+    s->state = SESSION_STOPPED;
+}

@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The MQTT client session, without I/O: one long-lived session with one broker.
+ *
+ * The caller (daemon/broker.c) owns the transport and the clock. It tells the session what
+ * happened - the transport came up or went down, bytes arrived, time passed, a local client
+ * asked to publish or subscribe - and the session answers with bytes to write (`session->out`),
+ * events (one callback), and the next moment it wants to be woken (session_tick's result).
+ *
+ * Link states, and who moves between them:
+ *
+ *     IDLE --session_should_connect()--> CONNECTING --session_transport_up()--> CONNACK_WAIT
+ *       ^                                    |                                      |
+ *       |  <--transport down, timeout,       |                        CONNACK accepted
+ *       |     protocol error, refusal--------+--------------------------------------+
+ *       |                                                                           v
+ *       +---------------- keepalive silence, transport down, reconnect ------ CONNECTED
+ *
+ * and STOPPED after session_disconnect(): DISCONNECT written, no reconnects.
+ *
+ * Outgoing messages wait in one FIFO and go out in order; QoS 1/2 ones then sit in the
+ * in-flight list (at most max_inflight) until PUBACK / PUBCOMP. While the link is down both
+ * are kept, bounded by max_messages and max_bytes; after a reconnect the in-flight ones are
+ * re-sent (DUP set when the broker resumed the session) before anything newer.
+ *
+ * Requests carry an opaque `req` pointer that comes back in their completion event. The
+ * session never dereferences it; session_abandon() forgets it (the caller timed the request
+ * out), after which the message is still delivered but reported to nobody.
+ */
+#pragma once
+
+#include "buf.h"
+#include "mqtt/codec.h"
+
+typedef struct Session Session;
+typedef struct SessionMsg SessionMsg;
+
+enum session_state {
+    SESSION_IDLE,         /* no link; waiting for the retry time */
+    SESSION_CONNECTING,   /* the caller is opening the transport */
+    SESSION_CONNACK_WAIT, /* CONNECT written */
+    SESSION_CONNECTED,
+    SESSION_STOPPED, /* after session_disconnect() */
+};
+
+const char *session_state_name(enum session_state st);
+
+typedef struct SessionConfig {
+    View client_id;
+    View username, password; /* used when has_username / has_password */
+    bool has_username, has_password;
+    uint16_t keepalive; /* seconds; 0 = none */
+    bool clean_session;
+    bool will;
+    View will_topic, will_payload;
+    uint8_t will_qos;
+    bool will_retain;
+    int64_t connect_timeout_ms; /* transport + CONNACK */
+    int64_t reconnect_min_ms, reconnect_max_ms;
+    uint16_t max_inflight;
+    size_t max_messages, max_bytes; /* outgoing queue + in flight */
+    size_t max_packet;              /* largest packet accepted from the broker */
+    uint64_t seed;                  /* for the backoff jitter */
+} SessionConfig;
+
+enum session_event_type {
+    SESSION_EV_CONNECTED,      /* .connected */
+    SESSION_EV_LINK_DOWN,      /* .down: close the transport now (after writing `out`) */
+    SESSION_EV_MESSAGE,        /* .message: a PUBLISH from the broker, delivered once */
+    SESSION_EV_PING_SENT,      /* no payload */
+    SESSION_EV_PING_ANSWERED,  /* .ping */
+    SESSION_EV_PUBLISH_DONE,   /* .done: result 0, or -ECONNABORTED (see below) */
+    SESSION_EV_SUBSCRIBE_DONE, /* .done: result = granted QoS, or -EPERM for 0x80 */
+    SESSION_EV_UNSUBSCRIBE_DONE,
+};
+
+typedef struct SessionEvent {
+    enum session_event_type type;
+    union {
+        struct {
+            bool session_present;
+        } connected;
+        struct {
+            const char *reason; /* human text, also kept as last_error unless clean */
+            int code;           /* errno, MQTT_E_*, or CONNACK rc (when refused); 0 = clean */
+            bool refused;       /* CONNACK refusal: code is the return code */
+            bool was_connected; /* the link had reached CONNECTED */
+        } down;
+        const MqttPublish *message;
+        struct {
+            int64_t rtt_ms;
+        } ping;
+        struct {
+            void *req;
+            int result;
+        } done;
+    };
+} SessionEvent;
+
+typedef struct SessionCallbacks {
+    void (*event)(void *userdata, const SessionEvent *ev);
+    /* Optional: every packet as it is written (out = true) or read, for packet logging. */
+    void (*trace)(void *userdata, bool out, const MqttPacket *pkt, View raw);
+} SessionCallbacks;
+
+/* Counters behind the stats keys (averages are derived from sums and counts). */
+typedef struct SessionStats {
+    uint64_t packets_sent, packets_received, bytes_sent, bytes_received;
+    uint64_t pub_ok, pub_fail;
+    uint64_t pub_rtt_sum_ms, pub_rtt_n;
+    uint64_t pub_bytes_sum, pub_bytes_n; /* PUBLISH packets sent */
+    uint64_t sub_bytes_sum, sub_bytes_n; /* PUBLISH packets received */
+    uint64_t connections_sent, connections_failed;
+    uint64_t ping_sent, ping_received, ping_rtt_sum_ms;
+    uint64_t reconnects; /* links re-established after a loss */
+    uint64_t messages_received, duplicates_dropped;
+} SessionStats;
+
+typedef struct SessionPublish {
+    View topic, payload;
+    uint8_t qos;
+    bool retain;
+} SessionPublish;
+
+/* The whole session's public state; the rest is private to session.c. */
+struct Session {
+    Buf out; /* bytes for the broker: the caller writes them and buf_consume()s */
+    enum session_state state;
+    SessionStats stats;
+    char last_error[256]; /* "" when none */
+    bool session_present;
+    int64_t connected_at, retry_at;
+    int64_t last_ping_rtt_ms; /* -1 before the first answer */
+    size_t queued, inflight, queued_bytes;
+    size_t subscriptions;
+};
+
+int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *userdata,
+                Session **ret);
+void session_free(Session *s);
+
+/* Replace the configuration (copied); it takes effect at the next connect. */
+int session_configure(Session *s, const SessionConfig *cfg);
+
+/* True when the caller should open the transport now (moves IDLE -> CONNECTING). */
+bool session_should_connect(Session *s, int64_t now);
+/* The transport is open: CONNECT is written to `out`. */
+void session_transport_up(Session *s, int64_t now);
+/* The transport failed or closed. `code` is a positive errno. */
+void session_transport_down(Session *s, int64_t now, int code, const char *reason);
+/* Bytes from the broker. On a protocol violation the link is declared down (LINK_DOWN). */
+void session_input(Session *s, const void *data, size_t n, int64_t now);
+/* Let time pass; returns the next time (ms, same clock) the session wants a tick. */
+int64_t session_tick(Session *s, int64_t now);
+
+/* Drop the link (if any) cleanly and connect again right away. */
+void session_reconnect_now(Session *s, int64_t now);
+/* Graceful stop: DISCONNECT written if connected, then STOPPED. */
+void session_disconnect(Session *s, int64_t now);
+
+/* Queue a publish. -ENOBUFS when the queue is full (counted as a failure), -EINVAL for an
+ * invalid topic or QoS. *ret_msg (may be NULL) identifies it for session_abandon(). */
+int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
+                    SessionMsg **ret_msg);
+/* The caller stops waiting for this message (timeout or its client left): no completion
+ * event will name `req` any more. With `failed`, the publish counts as failed in the stats. */
+void session_abandon(Session *s, SessionMsg *msg, bool failed);
+
+/* Ask the broker for a subscription (sent now, or when connected). Remembered and restored
+ * after reconnects once granted. -EINVAL for a bad filter or QoS. */
+int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t now);
+/* Forget a subscription and tell the broker (now or at the next connect). */
+int session_unsubscribe(Session *s, View filter, void *req, int64_t now);
+/* Forget `req` in every pending subscribe/unsubscribe request. */
+void session_forget_req(Session *s, void *req);

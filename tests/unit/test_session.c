@@ -1,0 +1,766 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of the session state machine, driven with a scripted clock: the test plays the
+ * broker by decoding what the session wrote and feeding encoded packets back.
+ */
+#include <errno.h>
+
+#include "mqtt/session.h"
+#include "testutil.h"
+
+#define MAX_EVENTS 64
+
+typedef struct Harness {
+    Session *s;
+    int64_t now;
+    SessionEvent ev[MAX_EVENTS];
+    char reason[MAX_EVENTS][200];
+    size_t n_ev;
+    MqttDecoder wire; /* what the session wrote */
+    char msg_topic[64], msg_payload[64];
+} Harness;
+
+static void on_event(void *ud, const SessionEvent *ev)
+{
+    Harness *h = ud;
+    ck_assert_uint_lt(h->n_ev, MAX_EVENTS);
+    h->ev[h->n_ev] = *ev;
+    if (ev->type == SESSION_EV_LINK_DOWN) {
+        /* As the daemon does: write what is pending, then close. */
+        ck_assert_int_eq(mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off,
+                                           buf_size(&h->s->out)),
+                         0);
+        buf_clear(&h->s->out);
+        snprintf(h->reason[h->n_ev], sizeof(h->reason[0]), "%s", ev->down.reason);
+    }
+    if (ev->type == SESSION_EV_MESSAGE) {
+        snprintf(h->msg_topic, sizeof(h->msg_topic), "%.*s", (int)ev->message->topic.n,
+                 (const char *)ev->message->topic.p);
+        snprintf(h->msg_payload, sizeof(h->msg_payload), "%.*s", (int)ev->message->payload.n,
+                 (const char *)ev->message->payload.p);
+    }
+    h->n_ev++;
+}
+
+static SessionConfig base_config(void)
+{
+    return (SessionConfig){.client_id = VIEW_STR("test-client"),
+                           .keepalive = 10,
+                           .clean_session = true,
+                           .connect_timeout_ms = 5000,
+                           .reconnect_min_ms = 1000,
+                           .reconnect_max_ms = 60000,
+                           .max_inflight = 3,
+                           .max_messages = 100,
+                           .max_bytes = 100000,
+                           .max_packet = 1 << 20,
+                           .seed = 42};
+}
+
+static void setup_with(Harness *h, const SessionConfig *cfg)
+{
+    *h = (Harness){.now = 1000000};
+    static const SessionCallbacks cb = {.event = on_event};
+    ck_assert_int_eq(session_new(cfg, &cb, h, &h->s), 0);
+    mqtt_decoder_init(&h->wire, 0);
+}
+
+static void teardown(Harness *h)
+{
+    session_free(h->s);
+    mqtt_decoder_free(&h->wire);
+}
+
+/* Move what the session wrote onto the test's side of the wire. */
+static void take_output(Harness *h)
+{
+    ck_assert_int_eq(mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off,
+                                       buf_size(&h->s->out)),
+                     0);
+    buf_clear(&h->s->out);
+}
+
+/* The next packet the session wrote, which must be of type `type`. */
+static MqttPacket expect_packet(Harness *h, enum mqtt_type type)
+{
+    take_output(h);
+    MqttPacket p;
+    ck_assert_int_eq(mqtt_decoder_next(&h->wire, &p), 1);
+    ck_assert_msg(p.type == type, "got %s, want %s", mqtt_type_name(p.type),
+                  mqtt_type_name(type));
+    return p;
+}
+
+static void expect_no_packet(Harness *h)
+{
+    take_output(h);
+    MqttPacket p;
+    int r = mqtt_decoder_next(&h->wire, &p);
+    ck_assert_msg(r == 0, "unexpected %s", r > 0 ? mqtt_type_name(p.type) : "error");
+}
+
+static void broker_sends(Harness *h, const MqttPacket *p)
+{
+    Buf b = {0};
+    ck_assert_int_eq(mqtt_encode(&b, p), 0);
+    session_input(h->s, b.data, b.len, h->now);
+    buf_free(&b);
+}
+
+static void broker_ack(Harness *h, enum mqtt_type type, uint16_t id)
+{
+    MqttPacket p = {.type = type, .ack = {id}};
+    broker_sends(h, &p);
+}
+
+static const SessionEvent *last_event(Harness *h, enum session_event_type type)
+{
+    for (size_t i = h->n_ev; i-- > 0;) {
+        if (h->ev[i].type == type) {
+            return &h->ev[i];
+        }
+    }
+    return NULL;
+}
+
+static size_t count_events(Harness *h, enum session_event_type type)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < h->n_ev; i++) {
+        n += h->ev[i].type == type;
+    }
+    return n;
+}
+
+/* Connect and answer CONNACK. */
+static void connect_with(Harness *h, bool session_present)
+{
+    ck_assert(session_should_connect(h->s, h->now));
+    session_transport_up(h->s, h->now);
+    expect_packet(h, MQTT_CONNECT);
+    MqttPacket ack = {.type = MQTT_CONNACK, .connack = {.session_present = session_present}};
+    broker_sends(h, &ack);
+    ck_assert_int_eq(h->s->state, SESSION_CONNECTED);
+}
+
+static void setup_connected(Harness *h)
+{
+    SessionConfig c = base_config();
+    setup_with(h, &c);
+    connect_with(h, false);
+}
+
+static int req_tag[16];
+#define REQ(i) ((void *)&req_tag[i])
+
+START_TEST(connect_packet_fields)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    c.has_username = c.has_password = true;
+    c.username = VIEW_STR("user");
+    c.password = VIEW_STR("secret");
+    c.will = true;
+    c.will_topic = VIEW_STR("status/test");
+    c.will_payload = VIEW_STR("offline");
+    c.will_qos = 1;
+    c.will_retain = true;
+    c.clean_session = false;
+    c.keepalive = 30;
+    setup_with(&h, &c);
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert(session_should_connect(h.s, h.now));
+    ck_assert(!session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    MqttPacket p = expect_packet(&h, MQTT_CONNECT);
+    ck_assert_view_str(p.connect.client_id, "test-client");
+    ck_assert_view_str(p.connect.username, "user");
+    ck_assert_view_str(p.connect.password, "secret");
+    ck_assert_view_str(p.connect.will_topic, "status/test");
+    ck_assert_view_str(p.connect.will_payload, "offline");
+    ck_assert_int_eq(p.connect.will_qos, 1);
+    ck_assert(p.connect.will_retain);
+    ck_assert(!p.connect.clean_session);
+    ck_assert_int_eq(p.connect.keepalive, 30);
+    ck_assert_uint_eq(h.s->stats.connections_sent, 1);
+
+    MqttPacket ack = {.type = MQTT_CONNACK, .connack = {.session_present = true}};
+    broker_sends(&h, &ack);
+    const SessionEvent *ev = last_event(&h, SESSION_EV_CONNECTED);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert(ev->connected.session_present);
+    ck_assert(h.s->session_present);
+    ck_assert_uint_eq(h.s->stats.packets_sent, 1);
+    ck_assert_uint_eq(h.s->stats.packets_received, 1);
+    ck_assert_uint_eq(h.s->stats.bytes_received, 4);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(connack_refusals)
+{
+    static const char *const text[] = {
+        NULL,
+        "connection refused: unacceptable protocol version",
+        "connection refused: identifier rejected",
+        "connection refused: server unavailable",
+        "connection refused: bad user name or password",
+        "connection refused: not authorized",
+    };
+    for (int rc = 1; rc <= 5; rc++) {
+        Harness h;
+        SessionConfig c = base_config();
+        setup_with(&h, &c);
+        ck_assert(session_should_connect(h.s, h.now));
+        session_transport_up(h.s, h.now);
+        MqttPacket ack = {.type = MQTT_CONNACK, .connack = {.rc = (uint8_t)rc}};
+        broker_sends(&h, &ack);
+        const SessionEvent *ev = last_event(&h, SESSION_EV_LINK_DOWN);
+        ck_assert_ptr_nonnull(ev);
+        ck_assert(ev->down.refused);
+        ck_assert_int_eq(ev->down.code, rc);
+        ck_assert(!ev->down.was_connected);
+        ck_assert_str_eq(h.s->last_error, text[rc]);
+        ck_assert_int_eq(h.s->state, SESSION_IDLE);
+        ck_assert_uint_eq(h.s->stats.connections_failed, 1);
+        /* The first retry comes within reconnect_min. */
+        ck_assert_int_ge(h.s->retry_at, h.now + 500);
+        ck_assert_int_le(h.s->retry_at, h.now + 1000);
+        teardown(&h);
+    }
+}
+END_TEST
+
+START_TEST(backoff_grows_with_jitter_and_resets)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    c.reconnect_max_ms = 8000;
+    setup_with(&h, &c);
+    int64_t ceiling = 1000;
+    for (int i = 0; i < 8; i++) {
+        ck_assert(session_should_connect(h.s, h.now));
+        session_transport_down(h.s, h.now, ECONNREFUSED,
+                               "connect to 127.0.0.1:1: Connection refused");
+        int64_t delay = h.s->retry_at - h.now;
+        ck_assert_int_ge(delay, ceiling / 2);
+        ck_assert_int_le(delay, ceiling);
+        ck_assert(!session_should_connect(h.s, h.s->retry_at - 1));
+        h.now = h.s->retry_at;
+        ceiling = ceiling * 2 > 8000 ? 8000 : ceiling * 2;
+    }
+    ck_assert_str_eq(h.s->last_error, "connect to 127.0.0.1:1: Connection refused");
+    ck_assert_uint_eq(h.s->stats.connections_failed, 8);
+    ck_assert_uint_eq(h.s->stats.connections_sent, 8);
+
+    /* A link that stayed up resets the backoff. */
+    connect_with(&h, false);
+    ck_assert_str_eq(h.s->last_error, "");
+    h.now += 20000;
+    session_transport_down(h.s, h.now, ECONNRESET, "read: Connection reset by peer");
+    ck_assert_int_le(h.s->retry_at - h.now, 1000);
+    const SessionEvent *ev = last_event(&h, SESSION_EV_LINK_DOWN);
+    ck_assert(ev->down.was_connected);
+    ck_assert_int_eq(ev->down.code, ECONNRESET);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(connect_timeout)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    setup_with(&h, &c);
+    ck_assert(session_should_connect(h.s, h.now));
+    ck_assert_int_eq(session_tick(h.s, h.now), h.now + 5000);
+    session_transport_up(h.s, h.now + 100);
+    ck_assert_int_eq(session_tick(h.s, h.now + 4999), h.now + 5000);
+    ck_assert_int_eq(h.s->state, SESSION_CONNACK_WAIT);
+    session_tick(h.s, h.now + 5000);
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_str_eq(h.s->last_error, "connect timeout (5000 ms)");
+    ck_assert_int_eq(last_event(&h, SESSION_EV_LINK_DOWN)->down.code, ETIMEDOUT);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(keepalive_ping_and_rtt)
+{
+    Harness h;
+    setup_connected(&h);
+    int64_t t0 = h.now;
+    /* Nothing sent for the keepalive interval: PINGREQ. */
+    ck_assert_int_eq(session_tick(h.s, t0 + 9999), t0 + 10000);
+    expect_no_packet(&h);
+    h.now = t0 + 10000;
+    int64_t next = session_tick(h.s, h.now);
+    expect_packet(&h, MQTT_PINGREQ);
+    ck_assert_int_eq(next, h.now + 5000); /* keepalive/2 to answer */
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PING_SENT), 1);
+    h.now += 37;
+    MqttPacket resp = {.type = MQTT_PINGRESP};
+    broker_sends(&h, &resp);
+    const SessionEvent *ev = last_event(&h, SESSION_EV_PING_ANSWERED);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_int_eq(ev->ping.rtt_ms, 37);
+    ck_assert_int_eq(h.s->last_ping_rtt_ms, 37);
+    ck_assert_uint_eq(h.s->stats.ping_sent, 1);
+    ck_assert_uint_eq(h.s->stats.ping_received, 1);
+    ck_assert_uint_eq(h.s->stats.ping_rtt_sum_ms, 37);
+
+    /* The next ping goes unanswered: dead after keepalive/2. */
+    h.now = t0 + 20000;
+    session_tick(h.s, h.now);
+    expect_packet(&h, MQTT_PINGREQ);
+    session_tick(h.s, h.now + 4999);
+    ck_assert_int_eq(h.s->state, SESSION_CONNECTED);
+    session_tick(h.s, h.now + 5000);
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_str_eq(h.s->last_error, "no PINGRESP within 5000 ms");
+    ev = last_event(&h, SESSION_EV_LINK_DOWN);
+    ck_assert(ev->down.was_connected);
+    ck_assert_int_eq(ev->down.code, ETIMEDOUT);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(publish_qos0_queued_offline_then_in_order)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    setup_with(&h, &c);
+    SessionPublish p = {.topic = VIEW_STR("t/0"), .payload = VIEW_STR("a")};
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(0), h.now, NULL), 0);
+    p.payload = VIEW_STR("b");
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, NULL), 0);
+    ck_assert_uint_eq(h.s->queued, 2);
+    session_tick(h.s, h.now);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBLISH_DONE), 0);
+    connect_with(&h, false);
+    MqttPacket out = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_view_str(out.publish.payload, "a");
+    ck_assert_int_eq(out.publish.qos, 0);
+    out = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_view_str(out.publish.payload, "b");
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBLISH_DONE), 2);
+    ck_assert_ptr_eq(h.ev[h.n_ev - 1].done.req, REQ(1));
+    ck_assert_uint_eq(h.s->stats.pub_ok, 2);
+    ck_assert_uint_eq(h.s->stats.pub_bytes_n, 2);
+    ck_assert_uint_eq(h.s->stats.pub_bytes_sum, 2 * 8);
+    ck_assert_uint_eq(h.s->queued, 0);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(publish_qos1_and_qos2_flows)
+{
+    Harness h;
+    setup_connected(&h);
+    SessionPublish p = {.topic = VIEW_STR("q/1"), .payload = VIEW_STR("one"), .qos = 1};
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, NULL), 0);
+    p = (SessionPublish){.topic = VIEW_STR("q/2"), .payload = VIEW_STR("two"), .qos = 2,
+                         .retain = true};
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(2), h.now, NULL), 0);
+    session_tick(h.s, h.now);
+    MqttPacket a = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_int_eq(a.publish.qos, 1);
+    ck_assert_int_ne(a.publish.id, 0);
+    ck_assert(!a.publish.dup);
+    uint16_t id1 = a.publish.id;
+    MqttPacket b = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_int_eq(b.publish.qos, 2);
+    ck_assert(b.publish.retain);
+    uint16_t id2 = b.publish.id;
+    ck_assert_int_ne(id1, id2);
+    ck_assert_uint_eq(h.s->inflight, 2);
+
+    h.now += 12;
+    broker_ack(&h, MQTT_PUBACK, id1);
+    ck_assert_ptr_eq(last_event(&h, SESSION_EV_PUBLISH_DONE)->done.req, REQ(1));
+    ck_assert_int_eq(last_event(&h, SESSION_EV_PUBLISH_DONE)->done.result, 0);
+
+    broker_ack(&h, MQTT_PUBREC, id2);
+    MqttPacket rel = expect_packet(&h, MQTT_PUBREL);
+    ck_assert_int_eq(rel.ack.id, id2);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBLISH_DONE), 1);
+    h.now += 8;
+    broker_ack(&h, MQTT_PUBCOMP, id2);
+    ck_assert_ptr_eq(last_event(&h, SESSION_EV_PUBLISH_DONE)->done.req, REQ(2));
+    ck_assert_uint_eq(h.s->inflight, 0);
+    ck_assert_uint_eq(h.s->stats.pub_ok, 2);
+    ck_assert_uint_eq(h.s->stats.pub_rtt_n, 2);
+    ck_assert_uint_eq(h.s->stats.pub_rtt_sum_ms, 12 + 20);
+    /* A stray PUBACK for an unknown id changes nothing. */
+    broker_ack(&h, MQTT_PUBACK, 999);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBLISH_DONE), 2);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(inflight_window_keeps_order)
+{
+    Harness h;
+    setup_connected(&h);
+    for (int i = 0; i < 5; i++) {
+        char pl[2] = {(char)('0' + i), 0};
+        SessionPublish p = {.topic = VIEW_STR("w"), .payload = VIEW_STR(pl), .qos = 1};
+        ck_assert_int_eq(session_publish(h.s, &p, REQ(i), h.now, NULL), 0);
+    }
+    /* A QoS 0 message behind them waits too: order is kept. */
+    SessionPublish p0 = {.topic = VIEW_STR("w"), .payload = VIEW_STR("z")};
+    ck_assert_int_eq(session_publish(h.s, &p0, REQ(5), h.now, NULL), 0);
+    session_tick(h.s, h.now);
+    uint16_t ids[5];
+    for (int i = 0; i < 3; i++) {
+        MqttPacket p = expect_packet(&h, MQTT_PUBLISH);
+        ck_assert_int_eq(p.publish.payload.p[0], '0' + i);
+        ids[i] = p.publish.id;
+    }
+    expect_no_packet(&h);
+    ck_assert_uint_eq(h.s->inflight, 3);
+    ck_assert_uint_eq(h.s->queued, 3);
+    broker_ack(&h, MQTT_PUBACK, ids[1]); /* out of order acks are fine */
+    session_tick(h.s, h.now);
+    MqttPacket p = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_int_eq(p.publish.payload.p[0], '3');
+    ids[3] = p.publish.id;
+    expect_no_packet(&h);
+    broker_ack(&h, MQTT_PUBACK, ids[0]);
+    session_tick(h.s, h.now);
+    p = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_int_eq(p.publish.payload.p[0], '4');
+    p = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_view_str(p.publish.payload, "z");
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(resend_after_reconnect_with_session)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    c.clean_session = false;
+    setup_with(&h, &c);
+    connect_with(&h, false);
+    SessionPublish p1 = {.topic = VIEW_STR("r/1"), .payload = VIEW_STR("x"), .qos = 1};
+    SessionPublish p2 = {.topic = VIEW_STR("r/2"), .payload = VIEW_STR("y"), .qos = 2};
+    ck_assert_int_eq(session_publish(h.s, &p1, REQ(1), h.now, NULL), 0);
+    ck_assert_int_eq(session_publish(h.s, &p2, REQ(2), h.now, NULL), 0);
+    session_tick(h.s, h.now);
+    uint16_t id1 = expect_packet(&h, MQTT_PUBLISH).publish.id;
+    uint16_t id2 = expect_packet(&h, MQTT_PUBLISH).publish.id;
+    broker_ack(&h, MQTT_PUBREC, id2);
+    expect_packet(&h, MQTT_PUBREL);
+
+    session_transport_down(h.s, h.now, ECONNRESET, "read: Connection reset by peer");
+    ck_assert_uint_eq(h.s->inflight, 2);
+    h.now = h.s->retry_at;
+    connect_with(&h, true);
+    /* Same ids, DUP set on the PUBLISH, PUBREL again for the QoS 2 one. */
+    MqttPacket a = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_int_eq(a.publish.id, id1);
+    ck_assert(a.publish.dup);
+    MqttPacket b = expect_packet(&h, MQTT_PUBREL);
+    ck_assert_int_eq(b.ack.id, id2);
+    ck_assert_uint_eq(h.s->stats.reconnects, 1);
+    broker_ack(&h, MQTT_PUBACK, id1);
+    broker_ack(&h, MQTT_PUBCOMP, id2);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBLISH_DONE), 2);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(resend_after_reconnect_without_session)
+{
+    Harness h;
+    setup_connected(&h);
+    SessionPublish p = {.topic = VIEW_STR("n/1"), .payload = VIEW_STR("old"), .qos = 1};
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, NULL), 0);
+    SessionPublish q2 = {.topic = VIEW_STR("n/2"), .payload = VIEW_STR("q2"), .qos = 2};
+    ck_assert_int_eq(session_publish(h.s, &q2, REQ(2), h.now, NULL), 0);
+    session_tick(h.s, h.now);
+    expect_packet(&h, MQTT_PUBLISH);
+    uint16_t id2 = expect_packet(&h, MQTT_PUBLISH).publish.id;
+    broker_ack(&h, MQTT_PUBREC, id2); /* the broker owns the QoS 2 message now */
+    expect_packet(&h, MQTT_PUBREL);
+    session_transport_down(h.s, h.now, EPIPE, "write: Broken pipe");
+    /* Published while offline: must come after the old one. */
+    p.payload = VIEW_STR("new");
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(3), h.now, NULL), 0);
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    ck_assert_ptr_eq(last_event(&h, SESSION_EV_PUBLISH_DONE)->done.req, REQ(2));
+    MqttPacket a = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_view_str(a.publish.payload, "old");
+    ck_assert(!a.publish.dup);
+    MqttPacket b = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_view_str(b.publish.payload, "new");
+    expect_no_packet(&h);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(queue_limits)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    c.max_messages = 2;
+    c.max_bytes = 10;
+    setup_with(&h, &c);
+    SessionPublish p = {.topic = VIEW_STR("ab"), .payload = VIEW_STR("cd")};
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), 0);
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), 0);
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), -ENOBUFS);
+    ck_assert_uint_eq(h.s->stats.pub_fail, 1);
+    teardown(&h);
+
+    c.max_messages = 100;
+    setup_with(&h, &c);
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), 0); /* 4 bytes */
+    SessionPublish big = {.topic = VIEW_STR("abc"), .payload = VIEW_STR("1234")};
+    ck_assert_int_eq(session_publish(h.s, &big, NULL, h.now, NULL), -ENOBUFS); /* 4+7 > 10 */
+    SessionPublish fits = {.topic = VIEW_STR("abc"), .payload = VIEW_STR("123")};
+    ck_assert_int_eq(session_publish(h.s, &fits, NULL, h.now, NULL), 0); /* exactly 10 */
+    ck_assert_uint_eq(h.s->queued_bytes, 10);
+    /* Invalid requests are refused and not counted as queued. */
+    SessionPublish bad = {.topic = VIEW_STR("a/#")};
+    ck_assert_int_eq(session_publish(h.s, &bad, NULL, h.now, NULL), -EINVAL);
+    bad = (SessionPublish){.topic = VIEW_STR("a"), .qos = 3};
+    ck_assert_int_eq(session_publish(h.s, &bad, NULL, h.now, NULL), -EINVAL);
+    ck_assert_uint_eq(h.s->queued, 2);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(abandon_forgets_request)
+{
+    Harness h;
+    setup_connected(&h);
+    SessionMsg *msg;
+    SessionPublish p = {.topic = VIEW_STR("a"), .payload = VIEW_STR("x"), .qos = 1};
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, &msg), 0);
+    session_tick(h.s, h.now);
+    uint16_t id = expect_packet(&h, MQTT_PUBLISH).publish.id;
+    session_abandon(h.s, msg, true);
+    ck_assert_uint_eq(h.s->stats.pub_fail, 1);
+    broker_ack(&h, MQTT_PUBACK, id);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBLISH_DONE), 0);
+    ck_assert_uint_eq(h.s->stats.pub_ok, 0); /* counted once, as the failure it was */
+    ck_assert_uint_eq(h.s->inflight, 0);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(incoming_qos_levels)
+{
+    Harness h;
+    setup_connected(&h);
+    MqttPacket in = {.type = MQTT_PUBLISH,
+                     .publish = {.topic = VIEW_STR("in/1"), .payload = VIEW_STR("p1"), .qos = 1,
+                                 .id = 7}};
+    broker_sends(&h, &in);
+    ck_assert_str_eq(h.msg_topic, "in/1");
+    ck_assert_str_eq(h.msg_payload, "p1");
+    ck_assert_int_eq(expect_packet(&h, MQTT_PUBACK).ack.id, 7);
+
+    in.publish.qos = 2;
+    in.publish.id = 8;
+    in.publish.payload = VIEW_STR("p2");
+    broker_sends(&h, &in);
+    ck_assert_int_eq(expect_packet(&h, MQTT_PUBREC).ack.id, 8);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 2);
+    /* The broker did not see our PUBREC and sends again: not delivered twice. */
+    in.publish.dup = true;
+    broker_sends(&h, &in);
+    expect_packet(&h, MQTT_PUBREC);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 2);
+    ck_assert_uint_eq(h.s->stats.duplicates_dropped, 1);
+    broker_ack(&h, MQTT_PUBREL, 8);
+    ck_assert_int_eq(expect_packet(&h, MQTT_PUBCOMP).ack.id, 8);
+    /* After PUBCOMP the id is free: a new message with it is new. */
+    in.publish.dup = false;
+    broker_sends(&h, &in);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 3);
+    ck_assert_uint_eq(h.s->stats.sub_bytes_n, 4);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(subscribe_and_restore)
+{
+    Harness h;
+    setup_connected(&h);
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("s/+"), 1, REQ(1), h.now), 0);
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("deny/#"), 0, REQ(2), h.now), 0);
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("bad#"), 0, REQ(3), h.now), -EINVAL);
+    session_tick(h.s, h.now);
+    MqttPacket s1 = expect_packet(&h, MQTT_SUBSCRIBE);
+    MqttPacket s2 = expect_packet(&h, MQTT_SUBSCRIBE);
+    MqttPacket ack = {.type = MQTT_SUBACK,
+                      .suback = {.id = s1.subscribe.id, .codes = VIEW("\x01", 1)}};
+    broker_sends(&h, &ack);
+    const SessionEvent *ev = last_event(&h, SESSION_EV_SUBSCRIBE_DONE);
+    ck_assert_ptr_eq(ev->done.req, REQ(1));
+    ck_assert_int_eq(ev->done.result, 1);
+    ack.suback = (MqttSuback){.id = s2.subscribe.id, .codes = VIEW("\x80", 1)};
+    broker_sends(&h, &ack);
+    ev = last_event(&h, SESSION_EV_SUBSCRIBE_DONE);
+    ck_assert_ptr_eq(ev->done.req, REQ(2));
+    ck_assert_int_eq(ev->done.result, -EPERM);
+    ck_assert_uint_eq(h.s->subscriptions, 1);
+
+    /* Offline: a publish is queued; after a reconnect without session the subscription is
+     * restored before the queued publish goes out. */
+    session_transport_down(h.s, h.now, ECONNRESET, "read: Connection reset by peer");
+    SessionPublish p = {.topic = VIEW_STR("s/x"), .payload = VIEW_STR("v")};
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), 0);
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    MqttPacket r = expect_packet(&h, MQTT_SUBSCRIBE);
+    View list = r.subscribe.list;
+    MqttTopicReq t;
+    ck_assert_int_eq(mqtt_topic_list_next(&list, true, &t), 1);
+    ck_assert_view_str(t.filter, "s/+");
+    ck_assert_int_eq(t.qos, 1);
+    expect_packet(&h, MQTT_PUBLISH);
+    expect_no_packet(&h);
+    ack.suback = (MqttSuback){.id = r.subscribe.id, .codes = VIEW("\x01", 1)};
+    broker_sends(&h, &ack);
+    ck_assert_uint_eq(h.s->subscriptions, 1);
+
+    /* With the session resumed, nothing is re-subscribed. */
+    session_transport_down(h.s, h.now, ECONNRESET, "read: Connection reset by peer");
+    h.now = h.s->retry_at;
+    connect_with(&h, true);
+    expect_no_packet(&h);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(unsubscribe_flows)
+{
+    Harness h;
+    setup_connected(&h);
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("u/1"), 0, NULL, h.now), 0);
+    session_tick(h.s, h.now);
+    MqttPacket s1 = expect_packet(&h, MQTT_SUBSCRIBE);
+    MqttPacket ack = {.type = MQTT_SUBACK,
+                      .suback = {.id = s1.subscribe.id, .codes = VIEW("\x00", 1)}};
+    broker_sends(&h, &ack);
+    ck_assert_uint_eq(h.s->subscriptions, 1);
+    ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("u/1"), REQ(1), h.now), 0);
+    ck_assert_uint_eq(h.s->subscriptions, 0);
+    session_tick(h.s, h.now);
+    MqttPacket u = expect_packet(&h, MQTT_UNSUBSCRIBE);
+    broker_ack(&h, MQTT_UNSUBACK, u.subscribe.id);
+    ck_assert_ptr_eq(last_event(&h, SESSION_EV_UNSUBSCRIBE_DONE)->done.req, REQ(1));
+
+    /* Offline with a clean session: settled without the broker. */
+    session_transport_down(h.s, h.now, ECONNRESET, "gone");
+    ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("u/2"), REQ(2), h.now), 0);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_UNSUBSCRIBE_DONE), 1);
+    session_tick(h.s, h.now);
+    ck_assert_ptr_eq(last_event(&h, SESSION_EV_UNSUBSCRIBE_DONE)->done.req, REQ(2));
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(protocol_errors_drop_the_link)
+{
+    Harness h;
+    setup_connected(&h);
+    session_input(h.s, "\x30\x03\x00\x01#", 5, h.now); /* wildcard in a PUBLISH topic */
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_str_eq(h.s->last_error,
+                     "protocol error from broker: topic name must not contain wildcards");
+    ck_assert_int_eq(last_event(&h, SESSION_EV_LINK_DOWN)->down.code, MQTT_E_TOPIC_WILDCARD);
+
+    /* A broker sending a client-only packet. */
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    MqttPacket sub = {.type = MQTT_PINGREQ};
+    broker_sends(&h, &sub);
+    ck_assert_str_eq(h.s->last_error, "protocol error from broker: unexpected PINGREQ");
+
+    /* Anything before CONNACK. */
+    h.now = h.s->retry_at;
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    broker_ack(&h, MQTT_PUBACK, 1);
+    ck_assert_str_eq(h.s->last_error, "protocol error from broker: packet before CONNACK");
+    ck_assert_uint_eq(h.s->stats.connections_failed, 1);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(clean_disconnect_and_reconnect_now)
+{
+    Harness h;
+    setup_connected(&h);
+    session_reconnect_now(h.s, h.now);
+    expect_packet(&h, MQTT_DISCONNECT);
+    const SessionEvent *ev = last_event(&h, SESSION_EV_LINK_DOWN);
+    ck_assert_int_eq(ev->down.code, 0);
+    ck_assert(ev->down.was_connected);
+    ck_assert_str_eq(h.s->last_error, "");
+    connect_with(&h, false); /* right away, no backoff */
+
+    session_disconnect(h.s, h.now);
+    expect_packet(&h, MQTT_DISCONNECT);
+    ck_assert_int_eq(h.s->state, SESSION_STOPPED);
+    ck_assert(!session_should_connect(h.s, h.now + 1000000));
+    ck_assert_int_eq(session_tick(h.s, h.now), INT64_MAX);
+    teardown(&h);
+}
+END_TEST
+
+START_TEST(split_input)
+{
+    Harness h;
+    setup_connected(&h);
+    Buf b = {0};
+    MqttPacket in = {.type = MQTT_PUBLISH,
+                     .publish = {.topic = VIEW_STR("x/y"), .payload = VIEW_STR("split")}};
+    ck_assert_int_eq(mqtt_encode(&b, &in), 0);
+    ck_assert_int_eq(mqtt_encode(&b, &in), 0);
+    for (size_t i = 0; i < b.len; i++) {
+        session_input(h.s, b.data + i, 1, h.now);
+    }
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 2);
+    ck_assert_str_eq(h.msg_payload, "split");
+    buf_free(&b);
+    teardown(&h);
+}
+END_TEST
+
+static Suite *session_suite(void)
+{
+    Suite *s = suite_create("session");
+    TCase *tc = tcase_create("link");
+    tcase_add_test(tc, connect_packet_fields);
+    tcase_add_test(tc, connack_refusals);
+    tcase_add_test(tc, backoff_grows_with_jitter_and_resets);
+    tcase_add_test(tc, connect_timeout);
+    tcase_add_test(tc, keepalive_ping_and_rtt);
+    tcase_add_test(tc, protocol_errors_drop_the_link);
+    tcase_add_test(tc, clean_disconnect_and_reconnect_now);
+    tcase_add_test(tc, split_input);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("publish");
+    tcase_add_test(tc, publish_qos0_queued_offline_then_in_order);
+    tcase_add_test(tc, publish_qos1_and_qos2_flows);
+    tcase_add_test(tc, inflight_window_keeps_order);
+    tcase_add_test(tc, resend_after_reconnect_with_session);
+    tcase_add_test(tc, resend_after_reconnect_without_session);
+    tcase_add_test(tc, queue_limits);
+    tcase_add_test(tc, abandon_forgets_request);
+    tcase_add_test(tc, incoming_qos_levels);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("subscribe");
+    tcase_add_test(tc, subscribe_and_restore);
+    tcase_add_test(tc, unsubscribe_flows);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+CHECK_MAIN(session_suite)
