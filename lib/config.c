@@ -1,0 +1,458 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Configuration parsing: see config.h. One table describes every key (section, name, type,
+ * range, where it goes), so the parser, the defaults and the validation cannot drift apart.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "defaults.h"
+#include "mqtt/topic.h"
+#include "buf.h"
+
+enum key_type { K_STRING, K_PORT, K_UINT, K_SIZE, K_BOOL, K_MODE, K_HOSTS, K_LEVEL, K_FSYNC, K_TLSVER };
+
+typedef struct Key {
+    const char *section, *name;
+    enum key_type type;
+    size_t offset;
+    unsigned long long min, max;
+} Key;
+
+#define KEY(sec, nm, ty, field, lo, hi) {sec, nm, ty, offsetof(Config, field), lo, hi}
+
+static const Key keys[] = {
+    KEY("broker", "host", K_HOSTS, broker.host_list, 0, 0),
+    KEY("broker", "port", K_PORT, broker.port, 1, 65535),
+    KEY("broker", "client_id", K_STRING, broker.client_id, 0, 65535),
+    KEY("broker", "username", K_STRING, broker.username, 0, 65535),
+    KEY("broker", "password", K_STRING, broker.password, 0, 65535),
+    KEY("broker", "password_file", K_STRING, broker.password_file, 0, 4096),
+    KEY("broker", "keepalive", K_UINT, broker.keepalive, 0, 65535),
+    KEY("broker", "clean_session", K_BOOL, broker.clean_session, 0, 0),
+    KEY("broker", "connect_timeout", K_UINT, broker.connect_timeout, 1, 3600),
+    KEY("broker", "reconnect_min", K_UINT, broker.reconnect_min, 1, 86400),
+    KEY("broker", "reconnect_max", K_UINT, broker.reconnect_max, 1, 86400),
+    KEY("broker", "max_inflight", K_UINT, broker.max_inflight, 1, 65000),
+    KEY("broker", "publish_timeout", K_UINT, broker.publish_timeout, 1, 86400),
+    KEY("will", "topic", K_STRING, will.topic, 0, 65535),
+    KEY("will", "message", K_STRING, will.message, 0, 65535),
+    KEY("will", "qos", K_UINT, will.qos, 0, 2),
+    KEY("will", "retain", K_BOOL, will.retain, 0, 0),
+    KEY("tls", "enabled", K_BOOL, tls.enabled, 0, 0),
+    KEY("tls", "ca_file", K_STRING, tls.ca_file, 0, 4096),
+    KEY("tls", "ca_path", K_STRING, tls.ca_path, 0, 4096),
+    KEY("tls", "cert_file", K_STRING, tls.cert_file, 0, 4096),
+    KEY("tls", "key_file", K_STRING, tls.key_file, 0, 4096),
+    KEY("tls", "verify", K_BOOL, tls.verify, 0, 0),
+    KEY("tls", "server_name", K_STRING, tls.server_name, 0, 255),
+    KEY("tls", "min_version", K_TLSVER, tls.min_version, 0, 0),
+    KEY("tls", "alpn", K_STRING, tls.alpn, 0, 255),
+    KEY("ipc", "socket", K_STRING, ipc.socket, 1, 107),
+    KEY("ipc", "mode", K_MODE, ipc.mode, 0, 0777),
+    KEY("ipc", "group", K_STRING, ipc.group, 0, 255),
+    KEY("ipc", "max_clients", K_UINT, ipc.max_clients, 1, 1000000),
+    KEY("ipc", "max_line", K_SIZE, ipc.max_line, 1024, 1ull << 30),
+    KEY("ipc", "client_buffer", K_SIZE, ipc.client_buffer, 4096, 1ull << 32),
+    KEY("queue", "max_messages", K_SIZE, queue.max_messages, 1, 100000000),
+    KEY("queue", "max_bytes", K_SIZE, queue.max_bytes, 1024, 1ull << 40),
+    KEY("queue", "spool_dir", K_STRING, queue.spool_dir, 0, 4096),
+    KEY("queue", "fsync", K_FSYNC, queue.fsync, 0, 0),
+    KEY("log", "level", K_LEVEL, log.level, 0, 0),
+};
+
+static const char *const level_names[] = {"error", "warning", "info", "debug", "packet"};
+
+const char *log_level_name(enum log_level l)
+{
+    return l <= LOG_LEVEL_PACKET ? level_names[l] : "?";
+}
+
+int log_level_parse(const char *s, enum log_level *ret)
+{
+    for (int i = 0; i <= LOG_LEVEL_PACKET; i++) {
+        if (strcmp(s, level_names[i]) == 0) {
+            *ret = (enum log_level)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int set_string(char **slot, const char *v)
+{
+    char *copy = strdup(v);
+    if (!copy) {
+        return -ENOMEM;
+    }
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+int config_init(Config *cfg)
+{
+    *cfg = (Config){
+        .broker = {.port = DEFAULT_BROKER_PORT,
+                   .keepalive = DEFAULT_KEEPALIVE,
+                   .clean_session = true,
+                   .connect_timeout = DEFAULT_CONNECT_TIMEOUT,
+                   .reconnect_min = DEFAULT_RECONNECT_MIN,
+                   .reconnect_max = DEFAULT_RECONNECT_MAX,
+                   .max_inflight = DEFAULT_MAX_INFLIGHT,
+                   .publish_timeout = DEFAULT_PUBLISH_TIMEOUT},
+        .tls = {.verify = true, .min_version = 12},
+        .ipc = {.mode = DEFAULT_IPC_MODE,
+                .max_clients = DEFAULT_MAX_CLIENTS,
+                .max_line = DEFAULT_MAX_LINE,
+                .client_buffer = DEFAULT_CLIENT_BUFFER},
+        .queue = {.max_messages = DEFAULT_QUEUE_MAX_MESSAGES,
+                  .max_bytes = DEFAULT_QUEUE_MAX_BYTES,
+                  .fsync = FSYNC_BATCH},
+        .log = {.level = LOG_LEVEL_INFO},
+    };
+    char err[64];
+    if (set_string(&cfg->ipc.socket, DEFAULT_SOCKET) < 0 ||
+        config_set_hosts(cfg, DEFAULT_BROKER_HOST, err, sizeof(err)) < 0) {
+        config_free(cfg);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void config_free(Config *cfg)
+{
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (keys[i].type == K_STRING || keys[i].type == K_HOSTS) {
+            char **slot = (char **)((char *)cfg + keys[i].offset);
+            free(*slot);
+            *slot = NULL;
+        }
+    }
+    for (size_t i = 0; i < cfg->broker.n_addrs; i++) {
+        free(cfg->broker.addrs[i].host);
+    }
+    cfg->broker.n_addrs = 0;
+}
+
+static void fmt(char *err, size_t errlen, const char *f, ...) __attribute__((format(printf, 3, 4)));
+static void fmt(char *err, size_t errlen, const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(err, errlen, f, ap);
+    va_end(ap);
+}
+
+static int parse_uint(const char *v, unsigned long long *ret, bool size_suffix)
+{
+    char *end;
+    if (*v < '0' || *v > '9') {
+        return -EINVAL;
+    }
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno) {
+        return -EINVAL;
+    }
+    if (size_suffix && *end) {
+        unsigned shift = 0;
+        switch (*end) {
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        default: return -EINVAL;
+        }
+        if (n > (ULLONG_MAX >> shift)) {
+            return -EINVAL;
+        }
+        n <<= shift;
+        end++;
+    }
+    if (*end) {
+        return -EINVAL;
+    }
+    *ret = n;
+    return 0;
+}
+
+static int parse_bool(const char *v, bool *ret)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *ret = true;
+            return 0;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *ret = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+/* One "host[:port]" entry; IPv6 addresses in brackets: "[::1]:1883". */
+static int parse_addr(const char *s, size_t n, BrokerAddr *ret)
+{
+    const char *host = s, *port = NULL;
+    size_t host_n = n;
+    if (n && s[0] == '[') {
+        const char *close = memchr(s, ']', n);
+        if (!close) {
+            return -EINVAL;
+        }
+        host = s + 1;
+        host_n = (size_t)(close - host);
+        if (close + 1 < s + n) {
+            if (close[1] != ':') {
+                return -EINVAL;
+            }
+            port = close + 2;
+        }
+    } else {
+        const char *colon = memchr(s, ':', n);
+        if (colon && memchr(colon + 1, ':', (size_t)(s + n - colon - 1))) {
+            colon = NULL; /* a bare IPv6 address: no port */
+        }
+        if (colon) {
+            host_n = (size_t)(colon - s);
+            port = colon + 1;
+        }
+    }
+    if (host_n == 0 || host_n > 253) {
+        return -EINVAL;
+    }
+    unsigned long p = 0;
+    if (port) {
+        char buf[8];
+        size_t pn = (size_t)(s + n - port);
+        char *end;
+        if (pn == 0 || pn >= sizeof(buf)) {
+            return -EINVAL;
+        }
+        memcpy(buf, port, pn);
+        buf[pn] = 0;
+        p = strtoul(buf, &end, 10);
+        if (*end || p == 0 || p > 65535) {
+            return -EINVAL;
+        }
+    }
+    ret->host = strndup(host, host_n);
+    if (!ret->host) {
+        return -ENOMEM;
+    }
+    ret->port = (uint16_t)p; /* 0: use [broker] port */
+    return 0;
+}
+
+int config_set_hosts(Config *cfg, const char *list, char *err, size_t errlen)
+{
+    BrokerAddr addrs[MAX_BROKER_HOSTS];
+    size_t n = 0;
+    const char *p = list;
+    int r = 0;
+    for (;;) {
+        while (*p == ' ' || *p == '\t') {
+            p++;
+        }
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) {
+            len--;
+        }
+        if (n == MAX_BROKER_HOSTS) {
+            fmt(err, errlen, "more than %d broker hosts", MAX_BROKER_HOSTS);
+            r = -EINVAL;
+            break;
+        }
+        if ((r = parse_addr(p, len, &addrs[n])) < 0) {
+            fmt(err, errlen, "invalid broker address '%.*s' (want host[:port], [v6addr]:port)",
+                (int)len, p);
+            break;
+        }
+        n++;
+        if (!end) {
+            break;
+        }
+        p = end + 1;
+    }
+    if (r < 0) {
+        while (n) {
+            free(addrs[--n].host);
+        }
+        return r;
+    }
+    for (size_t i = 0; i < cfg->broker.n_addrs; i++) {
+        free(cfg->broker.addrs[i].host);
+    }
+    memcpy(cfg->broker.addrs, addrs, n * sizeof(addrs[0]));
+    cfg->broker.n_addrs = n;
+    return set_string(&cfg->broker.host_list, list);
+}
+
+typedef struct ParseState {
+    Config *cfg;
+    char *msg; /* first error */
+    size_t msglen;
+    bool failed;
+} ParseState;
+
+static int set_key(Config *cfg, const Key *k, const char *v, char *err, size_t errlen)
+{
+    void *slot = (char *)cfg + k->offset;
+    unsigned long long n;
+    switch (k->type) {
+    case K_STRING:
+        if (strlen(v) < k->min || strlen(v) > k->max) {
+            fmt(err, errlen, "%s must be %llu to %llu characters", k->name, k->min, k->max);
+            return -EINVAL;
+        }
+        return set_string(slot, v);
+    case K_HOSTS:
+        return config_set_hosts(cfg, v, err, errlen);
+    case K_PORT:
+    case K_UINT:
+    case K_SIZE:
+        if (parse_uint(v, &n, k->type == K_SIZE) < 0 || n < k->min || n > k->max) {
+            fmt(err, errlen, "%s must be a whole number from %llu to %llu%s, not '%s'", k->name,
+                k->min, k->max, k->type == K_SIZE ? " (suffix K, M, G allowed)" : "", v);
+            return -EINVAL;
+        }
+        if (k->type == K_SIZE) {
+            *(size_t *)slot = (size_t)n;
+        } else if (k->type == K_PORT) {
+            *(uint16_t *)slot = (uint16_t)n;
+        } else {
+            *(unsigned *)slot = (unsigned)n;
+        }
+        return 0;
+    case K_BOOL:
+        if (parse_bool(v, slot) < 0) {
+            fmt(err, errlen, "%s must be true or false, not '%s'", k->name, v);
+            return -EINVAL;
+        }
+        return 0;
+    case K_MODE: {
+        char *end;
+        unsigned long m = strtoul(v, &end, 8);
+        if (!*v || *end || m > 0777) {
+            fmt(err, errlen, "mode must be octal permission bits like 0660, not '%s'", v);
+            return -EINVAL;
+        }
+        *(mode_t *)slot = (mode_t)m;
+        return 0;
+    }
+    case K_LEVEL:
+        if (log_level_parse(v, slot) < 0) {
+            fmt(err, errlen, "level must be error, warning, info, debug or packet, not '%s'", v);
+            return -EINVAL;
+        }
+        return 0;
+    case K_FSYNC: {
+        static const char *const modes[] = {"always", "batch", "never"};
+        for (int i = 0; i < 3; i++) {
+            if (strcmp(v, modes[i]) == 0) {
+                *(enum fsync_mode *)slot = (enum fsync_mode)i;
+                return 0;
+            }
+        }
+        fmt(err, errlen, "fsync must be always, batch or never, not '%s'", v);
+        return -EINVAL;
+    }
+    case K_TLSVER:
+        if (strcmp(v, "1.2") == 0) {
+            *(unsigned *)slot = 12;
+        } else if (strcmp(v, "1.3") == 0) {
+            *(unsigned *)slot = 13;
+        } else {
+            fmt(err, errlen, "min_version must be 1.2 or 1.3, not '%s'", v);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static int on_key(void *user, const char *section, const char *name, const char *value)
+{
+    ParseState *st = user;
+    if (st->failed) {
+        return 1; /* report the first error only */
+    }
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0) {
+            if (set_key(st->cfg, &keys[i], value, st->msg, st->msglen) < 0) {
+                st->failed = true;
+                return 0;
+            }
+            return 1;
+        }
+    }
+    bool known_section = strcmp(section, "acl") == 0;
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        known_section |= strcmp(keys[i].section, section) == 0;
+    }
+    if (!*section) {
+        fmt(st->msg, st->msglen, "key '%s' outside of any [section]", name);
+    } else if (!known_section) {
+        fmt(st->msg, st->msglen, "unknown section [%s]", section);
+    } else {
+        fmt(st->msg, st->msglen, "unknown key '%s' in [%s]", name, section);
+    }
+    st->failed = true;
+    return 0;
+}
+
+int config_parse(Config *cfg, const char *text, const char *filename, char *err, size_t errlen)
+{
+    char msg[300] = "";
+    ParseState st = {.cfg = cfg, .msg = msg, .msglen = sizeof(msg)};
+    int line = ini_parse_string(text, on_key, &st);
+    if (line != 0) {
+        fmt(err, errlen, "%s:%d: %s", filename, line,
+            st.failed ? msg : "syntax error (expected [section] or key = value)");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int config_check(const Config *cfg, char *err, size_t errlen)
+{
+    const struct Broker *b = &cfg->broker;
+    if (b->reconnect_min > b->reconnect_max) {
+        fmt(err, errlen, "broker.reconnect_min (%u) is larger than reconnect_max (%u)",
+            b->reconnect_min, b->reconnect_max);
+        return -EINVAL;
+    }
+    if (b->password && *b->password && b->password_file && *b->password_file) {
+        fmt(err, errlen, "broker.password and broker.password_file are both set: use one");
+        return -EINVAL;
+    }
+    if (((b->password && *b->password) || (b->password_file && *b->password_file)) &&
+        !(b->username && *b->username)) {
+        fmt(err, errlen, "a broker password needs broker.username (MQTT 3.1.1 rule)");
+        return -EINVAL;
+    }
+    if (cfg->will.topic && *cfg->will.topic && mqtt_topic_check(VIEW_STR(cfg->will.topic)) < 0) {
+        fmt(err, errlen, "will.topic '%s' is not a valid topic name", cfg->will.topic);
+        return -EINVAL;
+    }
+    if ((cfg->tls.cert_file && *cfg->tls.cert_file) != (cfg->tls.key_file && *cfg->tls.key_file)) {
+        fmt(err, errlen, "tls.cert_file and tls.key_file go together");
+        return -EINVAL;
+    }
+    if (cfg->ipc.socket[0] != '/') {
+        fmt(err, errlen, "ipc.socket must be an absolute path, not '%s'", cfg->ipc.socket);
+        return -EINVAL;
+    }
+    return 0;
+}

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The configuration of mqttbridged: the INI file of config.md, parsed from a string with
+ * inih, every key validated. Errors come back as "FILE:LINE: message". The daemon reads the
+ * file and the password file; this module does no I/O.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARNING, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG,
+                 LOG_LEVEL_PACKET };
+
+enum fsync_mode { FSYNC_ALWAYS, FSYNC_BATCH, FSYNC_NEVER };
+
+typedef struct BrokerAddr {
+    char *host; /* name or address, without IPv6 brackets */
+    uint16_t port; /* 0: the [broker] port */
+} BrokerAddr;
+
+typedef struct Config {
+    struct Broker {
+        BrokerAddr addrs[16];
+        size_t n_addrs;
+        char *host_list; /* as written, for messages */
+        uint16_t port;
+        char *client_id, *username, *password, *password_file;
+        unsigned keepalive, connect_timeout, reconnect_min, reconnect_max, max_inflight;
+        unsigned publish_timeout;
+        bool clean_session;
+    } broker;
+    struct {
+        char *topic, *message;
+        unsigned qos;
+        bool retain;
+    } will;
+    struct {
+        bool enabled, verify;
+        char *ca_file, *ca_path, *cert_file, *key_file, *server_name, *alpn;
+        unsigned min_version; /* 12 or 13 */
+    } tls;
+    struct {
+        char *socket, *group;
+        mode_t mode;
+        unsigned max_clients;
+        size_t max_line, client_buffer;
+    } ipc;
+    struct {
+        size_t max_messages, max_bytes;
+        char *spool_dir;
+        enum fsync_mode fsync;
+    } queue;
+    struct {
+        enum log_level level;
+    } log;
+} Config;
+
+/* Fill `cfg` with the defaults. */
+int config_init(Config *cfg);
+void config_free(Config *cfg);
+
+/* Parse INI text over the values already in `cfg`. On error returns -EINVAL and writes
+ * "FILENAME:LINE: message" to err; `cfg` may then be partly changed (parse into a scratch
+ * copy to keep a running configuration). */
+int config_parse(Config *cfg, const char *text, const char *filename, char *err, size_t errlen);
+
+/* Set broker hosts from "host[:port], ..." (the -b option goes through here too). */
+int config_set_hosts(Config *cfg, const char *list, char *err, size_t errlen);
+
+/* Checks across keys, after all sources are applied (e.g. reconnect_min <= reconnect_max). */
+int config_check(const Config *cfg, char *err, size_t errlen);
+
+const char *log_level_name(enum log_level l);
+int log_level_parse(const char *s, enum log_level *ret);
