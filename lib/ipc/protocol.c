@@ -1,0 +1,355 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The IPC schema layer: see protocol.h. Field rules: unknown fields are ignored (so clients
+ * may send extensions), known fields must have their documented type and range.
+ */
+#include "ipc/protocol.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "base64.h"
+#include "mqtt/codec.h"
+#include "mqtt/topic.h"
+#include "utf8.h"
+
+static const char *const op_names[OP_COUNT] = {
+    [OP_PUBLISH] = "publish",     [OP_SUBSCRIBE] = "subscribe", [OP_UNSUBSCRIBE] = "unsubscribe",
+    [OP_STATUS] = "status",       [OP_STATS] = "stats",         [OP_PING] = "ping",
+    [OP_EVENTS] = "events",       [OP_RECONNECT] = "reconnect", [OP_STATS_RESET] = "stats_reset",
+    [OP_RELOAD] = "reload",
+};
+
+static const char *const error_codes[] = {
+    [IPC_OK] = "ok",
+    [IPC_BAD_JSON] = "bad_json",
+    [IPC_BAD_REQUEST] = "bad_request",
+    [IPC_UNKNOWN_OP] = "unknown_op",
+    [IPC_TOO_LARGE] = "too_large",
+    [IPC_FORBIDDEN] = "forbidden",
+    [IPC_NOT_SUBSCRIBED] = "not_subscribed",
+    [IPC_QUEUE_FULL] = "queue_full",
+    [IPC_TIMEOUT] = "timeout",
+    [IPC_REFUSED] = "refused",
+    [IPC_SHUTTING_DOWN] = "shutting_down",
+    [IPC_INTERNAL] = "internal",
+};
+
+const char *ipc_op_name(enum ipc_op op)
+{
+    return op < OP_COUNT ? op_names[op] : "?";
+}
+
+const char *ipc_error_code(enum ipc_error e)
+{
+    return e <= IPC_INTERNAL ? error_codes[e] : "internal";
+}
+
+static int fail(IpcError *err, enum ipc_error code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(IpcError *err, enum ipc_error code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    err->code = code;
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+static int get_bool(json_t *root, const char *name, bool *slot, IpcError *err)
+{
+    json_t *v = json_object_get(root, name);
+    if (!v) {
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        return fail(err, IPC_BAD_REQUEST, "%s must be true or false", name);
+    }
+    *slot = json_is_true(v);
+    return 0;
+}
+
+static int get_qos(json_t *root, uint8_t *slot, IpcError *err)
+{
+    json_t *v = json_object_get(root, "qos");
+    if (!v) {
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 2) {
+        return fail(err, IPC_BAD_REQUEST, "qos must be 0, 1 or 2");
+    }
+    *slot = (uint8_t)json_integer_value(v);
+    return 0;
+}
+
+/* A required string field, returned as bytes. */
+static int get_string(json_t *root, const char *name, View *ret, IpcError *err)
+{
+    json_t *v = json_object_get(root, name);
+    if (!v) {
+        return fail(err, IPC_BAD_REQUEST, "%s is required", name);
+    }
+    if (!json_is_string(v)) {
+        return fail(err, IPC_BAD_REQUEST, "%s must be a string", name);
+    }
+    *ret = VIEW(json_string_value(v), json_string_length(v));
+    return 0;
+}
+
+static int topic_error(IpcError *err, const char *what, int r)
+{
+    if (r == -MQTT_E_TOPIC_WILDCARD) {
+        return fail(err, IPC_BAD_REQUEST, "%s must not contain wildcards", what);
+    }
+    return fail(err, IPC_BAD_REQUEST, "invalid %s: %s", what, mqtt_strerror(r));
+}
+
+static int parse_publish(Request *req, IpcError *err)
+{
+    json_t *root = req->root;
+    int r;
+    if ((r = get_string(root, "topic", &req->topic, err)) < 0) {
+        return r;
+    }
+    if ((r = mqtt_topic_check(req->topic)) < 0) {
+        return topic_error(err, "topic", r);
+    }
+    json_t *text = json_object_get(root, "payload"), *b64 = json_object_get(root, "payload_b64");
+    if (text && b64) {
+        return fail(err, IPC_BAD_REQUEST, "give payload or payload_b64, not both");
+    }
+    if (!text && !b64) {
+        return fail(err, IPC_BAD_REQUEST, "payload or payload_b64 is required");
+    }
+    if (text) {
+        if ((r = get_string(root, "payload", &req->payload, err)) < 0) {
+            return r;
+        }
+    } else {
+        View enc;
+        if ((r = get_string(root, "payload_b64", &enc, err)) < 0) {
+            return r;
+        }
+        if (base64_decode(&req->decoded, enc) < 0) {
+            return fail(err, IPC_BAD_REQUEST, "payload_b64 is not valid base64");
+        }
+        req->payload = buf_view(&req->decoded);
+    }
+    if ((r = get_qos(root, &req->qos, err)) < 0 ||
+        (r = get_bool(root, "retain", &req->retain, err)) < 0 ||
+        (r = get_bool(root, "wait", &req->wait, err)) < 0) {
+        return r;
+    }
+    json_t *t = json_object_get(root, "timeout_ms");
+    if (t) {
+        if (!json_is_integer(t) || json_integer_value(t) <= 0 ||
+            json_integer_value(t) > 86400000) {
+            return fail(err, IPC_BAD_REQUEST, "timeout_ms must be an integer from 1 to 86400000");
+        }
+        req->timeout_ms = json_integer_value(t);
+    }
+    return 0;
+}
+
+static int parse_filter(Request *req, IpcError *err)
+{
+    int r;
+    if ((r = get_string(req->root, "filter", &req->topic, err)) < 0) {
+        return r;
+    }
+    if ((r = mqtt_filter_check(req->topic)) < 0) {
+        return topic_error(err, "filter", r);
+    }
+    return 0;
+}
+
+static int parse_subscribe(Request *req, IpcError *err)
+{
+    int r;
+    if ((r = parse_filter(req, err)) < 0 || (r = get_qos(req->root, &req->qos, err)) < 0) {
+        return r;
+    }
+    json_t *e = json_object_get(req->root, "encoding");
+    if (e) {
+        const char *s = json_string_value(e);
+        if (s && strcmp(s, "auto") == 0) {
+            req->encoding = ENC_AUTO;
+        } else if (s && strcmp(s, "base64") == 0) {
+            req->encoding = ENC_BASE64;
+        } else {
+            return fail(err, IPC_BAD_REQUEST, "encoding must be \"auto\" or \"base64\"");
+        }
+    }
+    return 0;
+}
+
+static int parse_events(Request *req, IpcError *err)
+{
+    static const char *const names[] = {"connection", "ping"};
+    int *slots[] = {&req->events_connection, &req->events_ping};
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(req->root, names[i]);
+        if (!v) {
+            continue;
+        }
+        if (!json_is_boolean(v)) {
+            return fail(err, IPC_BAD_REQUEST, "%s must be true or false", names[i]);
+        }
+        *slots[i] = json_is_true(v);
+    }
+    return 0;
+}
+
+int request_parse(View line, Request *req, IpcError *err)
+{
+    *req = (Request){.wait = true, .timeout_ms = -1, .events_connection = -1, .events_ping = -1};
+    json_error_t jerr;
+    req->root = json_loadb((const char *)line.p, line.n, JSON_ALLOW_NUL, &jerr);
+    if (!req->root) {
+        return fail(err, IPC_BAD_JSON, "invalid JSON at column %d: %s", jerr.column, jerr.text);
+    }
+    if (!json_is_object(req->root)) {
+        return fail(err, IPC_BAD_JSON, "a request must be a JSON object");
+    }
+    req->id = json_object_get(req->root, "id");
+    json_t *op = json_object_get(req->root, "op");
+    if (!op) {
+        return fail(err, IPC_BAD_REQUEST, "op is required");
+    }
+    if (!json_is_string(op)) {
+        return fail(err, IPC_BAD_REQUEST, "op must be a string");
+    }
+    const char *name = json_string_value(op);
+    int i = 0;
+    while (i < OP_COUNT && strcmp(op_names[i], name) != 0) {
+        i++;
+    }
+    if (i == OP_COUNT) {
+        return fail(err, IPC_UNKNOWN_OP, "unknown op \"%.60s\"", name);
+    }
+    req->op = (enum ipc_op)i;
+    switch (req->op) {
+    case OP_PUBLISH:
+        return parse_publish(req, err);
+    case OP_SUBSCRIBE:
+        return parse_subscribe(req, err);
+    case OP_UNSUBSCRIBE:
+        return parse_filter(req, err);
+    case OP_EVENTS:
+        return parse_events(req, err);
+    default:
+        return 0;
+    }
+}
+
+void request_free(Request *req)
+{
+    json_decref(req->root);
+    buf_free(&req->decoded);
+    req->root = req->id = NULL;
+}
+
+static int dump_cb(const char *p, size_t n, void *data)
+{
+    return buf_append(data, p, n) < 0 ? -1 : 0;
+}
+
+int write_json_line(Buf *out, json_t *obj)
+{
+    size_t before = out->len;
+    int r = 0;
+    if (!obj || json_dump_callback(obj, dump_cb, out, JSON_COMPACT) < 0 ||
+        buf_put_u8(out, '\n') < 0) {
+        out->len = before;
+        r = -ENOBUFS;
+    }
+    json_decref(obj);
+    return r;
+}
+
+int reply_ok(Buf *out, json_t *id, json_t *fields)
+{
+    json_t *o = fields ? fields : json_object();
+    if (!o) {
+        return -ENOMEM;
+    }
+    /* id first, then ok, then the fields: readable and stable. */
+    json_t *reply = json_object();
+    if (!reply) {
+        json_decref(o);
+        return -ENOMEM;
+    }
+    json_object_set(reply, "id", id ? id : json_null());
+    json_object_set_new(reply, "ok", json_true());
+    json_object_update(reply, o);
+    json_decref(o);
+    return write_json_line(out, reply);
+}
+
+int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message)
+{
+    json_t *reply = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
+                              "error", "code", ipc_error_code(code), "message", message);
+    return write_json_line(out, reply);
+}
+
+/* Append `s` as a JSON string body (no quotes): valid UTF-8 in, escapes as needed. */
+static int put_escaped(Buf *out, View s)
+{
+    static const char hex[] = "0123456789abcdef";
+    int r = buf_reserve(out, s.n + 16);
+    if (r < 0) {
+        return r;
+    }
+    size_t start = 0;
+    for (size_t i = 0; i < s.n; i++) {
+        uint8_t c = s.p[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            continue;
+        }
+        if ((r = buf_append(out, s.p + start, i - start)) < 0) {
+            return r;
+        }
+        char esc[6] = {'\\', 0};
+        size_t n = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        if ((r = buf_append(out, esc, n)) < 0) {
+            return r;
+        }
+        start = i + 1;
+    }
+    return buf_append(out, s.p + start, s.n - start);
+}
+
+int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64)
+{
+    size_t before = out->len;
+    bool text = !base64 && utf8_valid(payload, true);
+    int r;
+    char tail[40];
+    int tn = snprintf(tail, sizeof(tail), "\",\"qos\":%u,\"retain\":%s}\n", qos,
+                      retain ? "true" : "false");
+    if ((r = buf_append(out, "{\"event\":\"message\",\"topic\":\"", 28)) < 0 ||
+        (r = put_escaped(out, topic)) < 0 ||
+        (r = buf_append(out, text ? "\",\"payload\":\"" : "\",\"payload_b64\":\"",
+                        text ? 13 : 17)) < 0 ||
+        (r = text ? put_escaped(out, payload) : base64_encode(out, payload)) < 0 ||
+        (r = buf_append(out, tail, (size_t)tn)) < 0) {
+        out->len = before;
+        return r;
+    }
+    return 0;
+}

@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The local IPC protocol's schema layer (../shared/spec/ipc-protocol.md): one JSON line in,
+ * one typed Request out; typed replies and events out as JSON lines. Pure: jansson and
+ * buffers only. Transport and policy live in daemon/.
+ */
+#pragma once
+
+#include <jansson.h>
+
+#include "buf.h"
+
+enum ipc_op {
+    OP_PUBLISH,
+    OP_SUBSCRIBE,
+    OP_UNSUBSCRIBE,
+    OP_STATUS,
+    OP_STATS,
+    OP_PING,
+    OP_EVENTS,
+    OP_RECONNECT,
+    OP_STATS_RESET,
+    OP_RELOAD,
+    OP_COUNT,
+};
+
+enum ipc_error {
+    IPC_OK = 0,
+    IPC_BAD_JSON,
+    IPC_BAD_REQUEST,
+    IPC_UNKNOWN_OP,
+    IPC_TOO_LARGE,
+    IPC_FORBIDDEN,
+    IPC_NOT_SUBSCRIBED,
+    IPC_QUEUE_FULL,
+    IPC_TIMEOUT,
+    IPC_REFUSED,
+    IPC_SHUTTING_DOWN,
+    IPC_INTERNAL,
+};
+
+const char *ipc_op_name(enum ipc_op op);
+const char *ipc_error_code(enum ipc_error e); /* "bad_json", ... */
+
+enum ipc_encoding { ENC_AUTO, ENC_BASE64 };
+
+typedef struct Request {
+    enum ipc_op op;
+    json_t *root; /* owns everything below */
+    json_t *id;   /* borrowed from root; NULL means null */
+    View topic;   /* publish: topic; subscribe/unsubscribe: filter */
+    View payload; /* publish: the bytes (base64 already decoded) */
+    Buf decoded;  /* owns payload bytes when payload_b64 was used */
+    uint8_t qos;
+    bool retain, wait;
+    int64_t timeout_ms; /* -1: the daemon's default */
+    enum ipc_encoding encoding;
+    int events_connection, events_ping; /* -1 absent, else 0/1 */
+} Request;
+
+typedef struct IpcError {
+    enum ipc_error code;
+    char message[160];
+} IpcError;
+
+/* Parse one line. On failure returns -EINVAL with *err filled, and req->id set to the
+ * request's id when it could be read (so the error reply can echo it); call request_free()
+ * either way. */
+int request_parse(View line, Request *req, IpcError *err);
+void request_free(Request *req);
+
+/* Replies: one JSON line each, appended to `out`. `fields` (stolen, may be NULL) holds the
+ * op-specific members of a success reply. */
+int reply_ok(Buf *out, json_t *id, json_t *fields);
+int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message);
+/* Any object as one line (events other than message). Steals `obj`. */
+int write_json_line(Buf *out, json_t *obj);
+
+/* The message event, written directly (it is the hot path): `payload` as text when the
+ * encoding is auto and the bytes are valid UTF-8, else `payload_b64`. */
+int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64);

@@ -1,0 +1,280 @@
+/* SPDX-License-Identifier: MIT */
+/* Unit tests of the IPC layer: NDJSON framing, base64, request parsing, replies, events. */
+#include <errno.h>
+
+#include "base64.h"
+#include "ipc/ndjson.h"
+#include "ipc/protocol.h"
+#include "testutil.h"
+
+/* Feed `text` in pieces of `step` bytes and join the lines seen with '|'. */
+static void frame(const char *text, size_t step, size_t max_line, char *out, size_t outlen)
+{
+    LineReader lr;
+    line_reader_init(&lr, max_line);
+    size_t n = strlen(text), o = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < n; i += step) {
+        size_t k = n - i < step ? n - i : step;
+        ck_assert_int_eq(line_reader_feed(&lr, text + i, k), 0);
+        View line;
+        int r;
+        while ((r = line_reader_next(&lr, &line)) != 0) {
+            o += (size_t)snprintf(out + o, outlen - o, "%.*s|", r > 0 ? (int)line.n : 4,
+                                  r > 0 ? (const char *)line.p : "BIG!");
+        }
+    }
+    line_reader_free(&lr);
+}
+
+START_TEST(framing)
+{
+    char out[256];
+    static const char *text = "{\"a\":1}\n{\"b\":2}\r\n\n{\"c\":3}\npartial";
+    for (size_t step = 1; step <= strlen(text); step++) {
+        frame(text, step, 100, out, sizeof(out));
+        ck_assert_str_eq(out, "{\"a\":1}|{\"b\":2}||{\"c\":3}|");
+    }
+}
+END_TEST
+
+START_TEST(framing_too_long)
+{
+    char out[256];
+    /* max_line 8: the long line is reported once, wherever the reads split it, and the
+     * next line still comes through. */
+    static const char *text = "short\n0123456789abcdefghij\nnext\n12345678\n";
+    for (size_t step = 1; step <= strlen(text); step++) {
+        frame(text, step, 8, out, sizeof(out));
+        ck_assert_msg(strcmp(out, "short|BIG!|next|12345678|") == 0, "step %zu: %s", step, out);
+    }
+}
+END_TEST
+
+START_TEST(base64_round_trip)
+{
+    static const char *const vec[][2] = {{"", ""},           {"f", "Zg=="},
+                                         {"fo", "Zm8="},     {"foo", "Zm9v"},
+                                         {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+                                         {"foobar", "Zm9vYmFy"}};
+    for (size_t i = 0; i < 7; i++) {
+        Buf b = {0};
+        ck_assert_int_eq(base64_encode(&b, VIEW_STR(vec[i][0])), 0);
+        ck_assert_view_str(buf_view(&b), vec[i][1]);
+        buf_clear(&b);
+        ck_assert_int_eq(base64_decode(&b, VIEW_STR(vec[i][1])), 0);
+        ck_assert_view_str(buf_view(&b), vec[i][0]);
+        buf_free(&b);
+    }
+    Buf b = {0};
+    ck_assert_int_eq(base64_decode(&b, VIEW_STR("Zm9vYg")), 0); /* padding optional */
+    ck_assert_view_str(buf_view(&b), "foob");
+    static const char *const bad[] = {"Z", "Zm9v!", "Zm=v", "Zh==", "Zm9vY", "Zm 9v"};
+    for (size_t i = 0; i < 6; i++) {
+        buf_clear(&b);
+        ck_assert_msg(base64_decode(&b, VIEW_STR(bad[i])) == -EINVAL, "%s", bad[i]);
+    }
+    uint8_t all[256];
+    for (int i = 0; i < 256; i++) {
+        all[i] = (uint8_t)i;
+    }
+    Buf e = {0};
+    buf_clear(&b);
+    ck_assert_int_eq(base64_encode(&e, VIEW(all, 256)), 0);
+    ck_assert_int_eq(base64_decode(&b, buf_view(&e)), 0);
+    ck_assert_view_eq(buf_view(&b), VIEW(all, 256));
+    buf_free(&b);
+    buf_free(&e);
+}
+END_TEST
+
+START_TEST(parse_publish)
+{
+    Request r;
+    IpcError err;
+    View line = VIEW_STR("{\"id\":7,\"op\":\"publish\",\"topic\":\"a/b\",\"payload\":\"hi\","
+                         "\"qos\":2,\"retain\":true,\"wait\":false,\"timeout_ms\":500,\"x\":1}");
+    ck_assert_int_eq(request_parse(line, &r, &err), 0);
+    ck_assert_int_eq(r.op, OP_PUBLISH);
+    ck_assert_int_eq(json_integer_value(r.id), 7);
+    ck_assert_view_str(r.topic, "a/b");
+    ck_assert_view_str(r.payload, "hi");
+    ck_assert_int_eq(r.qos, 2);
+    ck_assert(r.retain);
+    ck_assert(!r.wait);
+    ck_assert_int_eq(r.timeout_ms, 500);
+    request_free(&r);
+
+    line = VIEW_STR("{\"op\":\"publish\",\"topic\":\"t\",\"payload_b64\":\"AAEC/w==\"}");
+    ck_assert_int_eq(request_parse(line, &r, &err), 0);
+    ck_assert_view_eq(r.payload, VIEW("\x00\x01\x02\xff", 4));
+    ck_assert_int_eq(r.qos, 0);
+    ck_assert(r.wait);
+    ck_assert_int_eq(r.timeout_ms, -1);
+    ck_assert_ptr_null(r.id);
+    request_free(&r);
+
+    /* U+0000 in a JSON payload is allowed (it is not an MQTT string). */
+    line = VIEW_STR("{\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"a\\u0000b\"}");
+    ck_assert_int_eq(request_parse(line, &r, &err), 0);
+    ck_assert_view_eq(r.payload, VIEW("a\0b", 3));
+    request_free(&r);
+}
+END_TEST
+
+START_TEST(parse_other_ops)
+{
+    Request r;
+    IpcError err;
+    ck_assert_int_eq(request_parse(VIEW_STR("{\"id\":\"s\",\"op\":\"subscribe\",\"filter\":"
+                                            "\"$share/g/a/+\",\"qos\":1,\"encoding\":\"base64\"}"),
+                                   &r, &err),
+                     0);
+    ck_assert_int_eq(r.op, OP_SUBSCRIBE);
+    ck_assert_view_str(r.topic, "$share/g/a/+");
+    ck_assert_int_eq(r.encoding, ENC_BASE64);
+    ck_assert_str_eq(json_string_value(r.id), "s");
+    request_free(&r);
+    ck_assert_int_eq(request_parse(VIEW_STR("{\"op\":\"events\",\"connection\":true}"), &r, &err),
+                     0);
+    ck_assert_int_eq(r.events_connection, 1);
+    ck_assert_int_eq(r.events_ping, -1);
+    request_free(&r);
+    static const char *const simple[] = {"status", "stats", "ping", "reconnect", "stats_reset",
+                                         "reload"};
+    static const enum ipc_op ops[] = {OP_STATUS, OP_STATS, OP_PING, OP_RECONNECT, OP_STATS_RESET,
+                                      OP_RELOAD};
+    for (int i = 0; i < 6; i++) {
+        char line[80];
+        snprintf(line, sizeof(line), "{\"id\":[1,2],\"op\":\"%s\"}", simple[i]);
+        ck_assert_int_eq(request_parse(VIEW_STR(line), &r, &err), 0);
+        ck_assert_int_eq(r.op, ops[i]);
+        ck_assert(json_is_array(r.id));
+        request_free(&r);
+    }
+}
+END_TEST
+
+static const struct {
+    const char *line;
+    enum ipc_error code;
+    const char *message;
+    bool has_id;
+} bad[] = {
+    {"not json", IPC_BAD_JSON, NULL, false},
+    {"[1,2]", IPC_BAD_JSON, "a request must be a JSON object", false},
+    {"{\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"\xff\"}", IPC_BAD_JSON, NULL, false},
+    {"{\"id\":1}", IPC_BAD_REQUEST, "op is required", true},
+    {"{\"id\":1,\"op\":5}", IPC_BAD_REQUEST, "op must be a string", true},
+    {"{\"id\":1,\"op\":\"fly\"}", IPC_UNKNOWN_OP, "unknown op \"fly\"", true},
+    {"{\"id\":1,\"op\":\"publish\",\"payload\":\"x\"}", IPC_BAD_REQUEST, "topic is required", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":3,\"payload\":\"x\"}", IPC_BAD_REQUEST,
+     "topic must be a string", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a/#\",\"payload\":\"x\"}", IPC_BAD_REQUEST,
+     "topic must not contain wildcards", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"\",\"payload\":\"x\"}", IPC_BAD_REQUEST,
+     "invalid topic: empty topic", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\"}", IPC_BAD_REQUEST,
+     "payload or payload_b64 is required", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\",\"payload_b64\":\"eA==\"}",
+     IPC_BAD_REQUEST, "give payload or payload_b64, not both", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload_b64\":\"@@\"}", IPC_BAD_REQUEST,
+     "payload_b64 is not valid base64", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\",\"qos\":3}", IPC_BAD_REQUEST,
+     "qos must be 0, 1 or 2", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\",\"qos\":\"1\"}",
+     IPC_BAD_REQUEST, "qos must be 0, 1 or 2", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\",\"retain\":1}",
+     IPC_BAD_REQUEST, "retain must be true or false", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\",\"timeout_ms\":0}",
+     IPC_BAD_REQUEST, "timeout_ms must be an integer from 1 to 86400000", true},
+    {"{\"id\":1,\"op\":\"subscribe\",\"filter\":\"a/b#\"}", IPC_BAD_REQUEST,
+     "invalid filter: invalid topic filter", true},
+    {"{\"id\":1,\"op\":\"subscribe\"}", IPC_BAD_REQUEST, "filter is required", true},
+    {"{\"id\":1,\"op\":\"subscribe\",\"filter\":\"a\",\"encoding\":\"hex\"}", IPC_BAD_REQUEST,
+     "encoding must be \"auto\" or \"base64\"", true},
+    {"{\"id\":1,\"op\":\"unsubscribe\",\"filter\":\"\"}", IPC_BAD_REQUEST,
+     "invalid filter: empty topic", true},
+    {"{\"id\":1,\"op\":\"events\",\"ping\":\"yes\"}", IPC_BAD_REQUEST,
+     "ping must be true or false", true},
+};
+
+START_TEST(parse_errors)
+{
+    Request r;
+    IpcError err;
+    ck_assert_int_eq(request_parse(VIEW_STR(bad[_i].line), &r, &err), -EINVAL);
+    ck_assert_msg(err.code == bad[_i].code, "%s: code %s", bad[_i].line,
+                  ipc_error_code(err.code));
+    if (bad[_i].message) {
+        ck_assert_str_eq(err.message, bad[_i].message);
+    }
+    ck_assert_int_eq(r.id != NULL, bad[_i].has_id);
+    request_free(&r);
+}
+END_TEST
+
+START_TEST(replies)
+{
+    Buf b = {0};
+    json_t *id = json_integer(3);
+    ck_assert_int_eq(reply_ok(&b, id, json_pack("{s:i}", "granted_qos", 1)), 0);
+    ck_assert_view_str(buf_view(&b), "{\"id\":3,\"ok\":true,\"granted_qos\":1}\n");
+    buf_clear(&b);
+    ck_assert_int_eq(reply_ok(&b, NULL, NULL), 0);
+    ck_assert_view_str(buf_view(&b), "{\"id\":null,\"ok\":true}\n");
+    buf_clear(&b);
+    ck_assert_int_eq(reply_error(&b, id, IPC_QUEUE_FULL, "queue full"), 0);
+    ck_assert_view_str(buf_view(&b), "{\"id\":3,\"ok\":false,\"error\":{\"code\":\"queue_full\","
+                                     "\"message\":\"queue full\"}}\n");
+    json_decref(id);
+    buf_free(&b);
+    for (int e = IPC_BAD_JSON; e <= IPC_INTERNAL; e++) {
+        ck_assert_str_ne(ipc_error_code((enum ipc_error)e), "");
+    }
+    ck_assert_str_eq(ipc_error_code(IPC_NOT_SUBSCRIBED), "not_subscribed");
+    ck_assert_str_eq(ipc_error_code(IPC_SHUTTING_DOWN), "shutting_down");
+}
+END_TEST
+
+START_TEST(message_event)
+{
+    Buf b = {0};
+    ck_assert_int_eq(event_message(&b, VIEW_STR("a/\"b\""), VIEW_STR("x\n\\y\x01"), 1, true, false),
+                     0);
+    ck_assert_view_str(buf_view(&b), "{\"event\":\"message\",\"topic\":\"a/\\\"b\\\"\",\"payload\":"
+                                     "\"x\\n\\\\y\\u0001\",\"qos\":1,\"retain\":true}\n");
+    /* What we write, jansson reads back to the same bytes. */
+    json_t *j = json_loadb((const char *)b.data, b.len, JSON_ALLOW_NUL, NULL);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "payload")), "x\n\\y\x01");
+    json_decref(j);
+    buf_clear(&b);
+    ck_assert_int_eq(event_message(&b, VIEW_STR("t"), VIEW("\xff\x00", 2), 0, false, false), 0);
+    ck_assert_view_str(buf_view(&b), "{\"event\":\"message\",\"topic\":\"t\",\"payload_b64\":"
+                                     "\"/wA=\",\"qos\":0,\"retain\":false}\n");
+    buf_clear(&b);
+    ck_assert_int_eq(event_message(&b, VIEW_STR("t"), VIEW_STR("ok"), 2, false, true), 0);
+    ck_assert_view_str(buf_view(&b), "{\"event\":\"message\",\"topic\":\"t\",\"payload_b64\":"
+                                     "\"b2s=\",\"qos\":2,\"retain\":false}\n");
+    buf_free(&b);
+}
+END_TEST
+
+static Suite *protocol_suite(void)
+{
+    Suite *s = suite_create("protocol");
+    TCase *tc = tcase_create("protocol");
+    tcase_add_test(tc, framing);
+    tcase_add_test(tc, framing_too_long);
+    tcase_add_test(tc, base64_round_trip);
+    tcase_add_test(tc, parse_publish);
+    tcase_add_test(tc, parse_other_ops);
+    tcase_add_loop_test(tc, parse_errors, 0, sizeof(bad) / sizeof(bad[0]));
+    tcase_add_test(tc, replies);
+    tcase_add_test(tc, message_event);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+CHECK_MAIN(protocol_suite)
