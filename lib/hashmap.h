@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A small chained hash map from byte-string keys to pointers. Keys are copied; values are
+ * the caller's. Used by the router for trie edges and per-filter holder counts.
+ */
+#pragma once
+
+#include "buf.h"
+
+typedef struct HashEntry HashEntry;
+
+typedef struct HashMap {
+    HashEntry **slots;
+    size_t n_slots, count;
+} HashMap;
+
+void hashmap_init(HashMap *m);
+/* Frees the entries, and each value with free_value when it is not NULL. */
+void hashmap_free(HashMap *m, void (*free_value)(void *));
+void *hashmap_get(const HashMap *m, View key);
+/* Insert or replace. -ENOMEM on allocation failure. */
+int hashmap_put(HashMap *m, View key, void *value);
+/* Remove; returns the value that was there, or NULL. */
+void *hashmap_remove(HashMap *m, View key);

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The router's data structure: which local subscribers hold which topic filters.
+ *
+ * Matching walks a trie over topic levels ('+' and '#' are children of their own), so the
+ * cost of routing a message grows with the depth of its topic and the number of matching
+ * subscriptions, not with the number of subscriptions held. A subscriber whose several
+ * filters match one message is returned once, with the highest QoS among them and base64 if
+ * any of them asked for it.
+ *
+ * Per exact filter it also counts holders, which is how one broker subscription serves many
+ * local subscribers: router_add reports the first holder (SUBSCRIBE needed) and a QoS above
+ * what the broker was asked for (SUBSCRIBE again); router_remove reports the last one
+ * (UNSUBSCRIBE needed).
+ *
+ * Shared subscriptions ("$share/G/F") are matched through F: MQTT 3.1.1 does not say which
+ * subscription a message was delivered for.
+ */
+#pragma once
+
+#include "buf.h"
+#include "hashmap.h"
+
+/* Embedded in whatever a subscriber is (the daemon's client); the router writes the match
+ * results into it. */
+typedef struct RouterTarget {
+    uint64_t epoch;
+    uint8_t qos;
+    bool base64;
+} RouterTarget;
+
+typedef struct RouterNode RouterNode;
+
+typedef struct Router {
+    HashMap edges;   /* (parent node, level) -> child node */
+    HashMap filters; /* exact filter -> holder counts */
+    RouterNode *root;
+    uint64_t epoch;
+    RouterTarget **matched; /* result array of router_match */
+    size_t n_matched, cap_matched;
+    size_t subscriptions; /* (filter, target) pairs */
+    Buf key;              /* scratch for edge keys */
+} Router;
+
+/* Per exact filter string: what one broker subscription serves. */
+typedef struct RouterFilter {
+    size_t holders;
+    uint8_t broker_qos; /* the highest QoS any holder asked for */
+    bool active;        /* the broker granted it (the daemon sets this on SUBACK) */
+} RouterFilter;
+
+enum {
+    ROUTER_FIRST = 1,   /* router_add: the filter had no holder before */
+    ROUTER_UPGRADE = 2, /* router_add: a holder asks a higher QoS than the broker was asked */
+    ROUTER_LAST = 4,    /* router_remove: the filter has no holder left */
+};
+
+int router_init(Router *r);
+void router_free(Router *r);
+
+/* Add or update target's subscription to `filter` (valid). Returns ROUTER_FIRST,
+ * ROUTER_UPGRADE or 0, or -ENOMEM. A new holder is marked fresh: it alone receives the
+ * retained messages that arrive until router_settle() (see daemon/router.c). */
+int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64);
+/* Returns ROUTER_LAST or 0, or -ENOENT when the target did not hold the filter. */
+int router_remove(Router *r, View filter, RouterTarget *t);
+/* Whether target holds exactly this filter. */
+bool router_holds(Router *r, View filter, const RouterTarget *t);
+/* The exact filter's broker-side record, or NULL when nobody holds it. */
+RouterFilter *router_filter(Router *r, View filter);
+/* The retained messages for target's new subscription to `filter` have all arrived. */
+void router_settle(Router *r, View filter, const RouterTarget *t);
+/* Targets matching `topic`, each once, with their highest QoS and base64 choice written into
+ * them. A retained message goes only to fresh holders. Valid until the next router call. */
+size_t router_match(Router *r, View topic, bool retained, RouterTarget ***ret);
