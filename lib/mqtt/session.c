@@ -88,15 +88,24 @@ struct SessionMsg {
     uint8_t data[];    /* topic, then payload */
 };
 
-typedef struct Pending { /* a SUBSCRIBE or UNSUBSCRIBE request */
+enum pending_kind { P_SUBSCRIBE, P_UNSUBSCRIBE, P_BARRIER };
+
+typedef struct Pending { /* a request waiting for SUBACK / UNSUBACK / PINGRESP, in order */
     Link link;
     void *req;
-    uint16_t id; /* 0 while not on the wire */
+    uint16_t id; /* subscribe/unsubscribe: packet id while on the wire */
     uint8_t qos;
-    bool unsubscribe;
+    enum pending_kind kind;
+    bool sent;
     uint16_t len;
     uint8_t filter[];
 } Pending;
+
+typedef struct Ping { /* a PINGREQ on the wire; PINGRESPs come back in order */
+    Link link;
+    int64_t sent_at;
+    Pending *barrier; /* NULL for a keepalive ping */
+} Ping;
 
 typedef struct Sub { /* a subscription the broker granted, restored after reconnects */
     Link link;
@@ -116,12 +125,13 @@ typedef struct Impl {
     Link inflight; /* SessionMsg sent, awaiting PUBACK / PUBREC / PUBCOMP, in order */
     Link pending;  /* Pending */
     Link subs;     /* Sub */
+    Link pings;    /* Ping, oldest first */
     uint64_t ids_used[65536 / 64];
     uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
     uint16_t next_id;
     unsigned attempts;
     bool ever_connected;
-    int64_t attempt_started, last_tx, last_rx, ping_sent_at;
+    int64_t attempt_started, last_tx, last_rx;
     uint64_t rng;
 } Impl;
 
@@ -239,6 +249,7 @@ int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *user
     list_init(&m->inflight);
     list_init(&m->pending);
     list_init(&m->subs);
+    list_init(&m->pings);
     mqtt_decoder_init(&m->dec, cfg->max_packet);
     int r = session_configure(&m->pub, cfg);
     if (r < 0) {
@@ -272,6 +283,7 @@ void session_free(Session *s)
     free_list(&m->inflight);
     free_list(&m->pending);
     free_list(&m->subs);
+    free_list(&m->pings);
     mqtt_decoder_free(&m->dec);
     buf_free(&s->out);
     free(m->cfg_strings);
@@ -321,11 +333,32 @@ static void send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
     msg->sent_at = now;
 }
 
+static void send_ping(Impl *m, Pending *barrier, int64_t now)
+{
+    Ping *ping = malloc(sizeof(*ping));
+    if (!ping) {
+        return; /* a barrier then waits for the next link; keepalive retries at the next tick */
+    }
+    *ping = (Ping){.sent_at = now, .barrier = barrier};
+    list_push_back(&m->pings, &ping->link);
+    MqttPacket p = {.type = MQTT_PINGREQ};
+    send_packet(m, &p, now);
+    m->pub.stats.ping_sent++;
+    if (!barrier) {
+        emit(m, (SessionEvent){.type = SESSION_EV_PING_SENT});
+    }
+}
+
 static void send_pending(Impl *m, Pending *p, int64_t now)
 {
+    p->sent = true;
+    if (p->kind == P_BARRIER) {
+        send_ping(m, p, now);
+        return;
+    }
     MqttTopicReq t = {VIEW(p->filter, p->len), p->qos};
     p->id = id_alloc(m);
-    MqttPacket pkt = {.type = p->unsubscribe ? MQTT_UNSUBSCRIBE : MQTT_SUBSCRIBE,
+    MqttPacket pkt = {.type = p->kind == P_UNSUBSCRIBE ? MQTT_UNSUBSCRIBE : MQTT_SUBSCRIBE,
                       .subscribe = {.id = p->id, .topics = &t, .count = 1}};
     send_packet(m, &pkt, now);
 }
@@ -453,13 +486,13 @@ static Sub *find_sub(Impl *m, View filter)
     return NULL;
 }
 
-static int add_pending(Impl *m, View filter, uint8_t qos, bool unsubscribe, void *req)
+static int add_pending(Impl *m, View filter, uint8_t qos, enum pending_kind kind, void *req)
 {
     Pending *p = malloc(sizeof(*p) + filter.n);
     if (!p) {
         return -ENOMEM;
     }
-    *p = (Pending){.req = req, .qos = qos, .unsubscribe = unsubscribe, .len = (uint16_t)filter.n};
+    *p = (Pending){.req = req, .qos = qos, .kind = kind, .len = (uint16_t)filter.n};
     memcpy(p->filter, filter.p, filter.n);
     list_push_back(&m->pending, &p->link);
     return 0;
@@ -471,7 +504,12 @@ int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t n
     if (qos > 2 || mqtt_filter_check(filter) < 0) {
         return -EINVAL;
     }
-    return add_pending(impl(s), filter, qos, false, req);
+    return add_pending(impl(s), filter, qos, P_SUBSCRIBE, req);
+}
+
+int session_barrier(Session *s, void *req)
+{
+    return add_pending(impl(s), VIEW_NULL, 0, P_BARRIER, req);
 }
 
 int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
@@ -487,7 +525,7 @@ int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
         free(sub);
         s->subscriptions--;
     }
-    return add_pending(m, filter, 0, true, req);
+    return add_pending(m, filter, 0, P_UNSUBSCRIBE, req);
 }
 
 void session_forget_req(Session *s, void *req)
@@ -520,15 +558,18 @@ static void remember_sub(Impl *m, View filter, uint8_t qos)
 
 static void pending_done(Impl *m, Pending *p, int result)
 {
+    static const enum session_event_type done[] = {
+        [P_SUBSCRIBE] = SESSION_EV_SUBSCRIBE_DONE,
+        [P_UNSUBSCRIBE] = SESSION_EV_UNSUBSCRIBE_DONE,
+        [P_BARRIER] = SESSION_EV_BARRIER_DONE,
+    };
     void *req = p->req;
-    bool unsub = p->unsubscribe;
+    enum pending_kind kind = p->kind;
     list_remove(&p->link);
     id_release(m, &p->id);
     free(p);
     if (req) {
-        emit(m, (SessionEvent){.type = unsub ? SESSION_EV_UNSUBSCRIBE_DONE
-                                             : SESSION_EV_SUBSCRIBE_DONE,
-                               .done = {req, result}});
+        emit(m, (SessionEvent){.type = done[kind], .done = {req, result}});
     }
 }
 
@@ -539,12 +580,12 @@ static void flush_pending(Impl *m, int64_t now)
     list_for_each_safe(l, t, &m->pending)
     {
         Pending *p = container_of(l, Pending, link);
-        if (p->id) {
+        if (p->sent) {
             continue;
         }
         if (m->pub.state == SESSION_CONNECTED) {
             send_pending(m, p, now);
-        } else if (p->unsubscribe && m->cfg.clean_session) {
+        } else if (p->kind == P_UNSUBSCRIBE && m->cfg.clean_session) {
             /* The broker forgets every subscription of a clean session at the next
              * connect: nothing to tell it. */
             pending_done(m, p, 0);
@@ -552,11 +593,11 @@ static void flush_pending(Impl *m, int64_t now)
     }
 }
 
-static Pending *find_pending(Impl *m, uint16_t id, bool unsubscribe)
+static Pending *find_pending(Impl *m, uint16_t id, enum pending_kind kind)
 {
     for (Link *l = m->pending.next; l != &m->pending; l = l->next) {
         Pending *p = container_of(l, Pending, link);
-        if (p->id == id && p->unsubscribe == unsubscribe) {
+        if (p->sent && p->id == id && p->kind == kind) {
             return p;
         }
     }
@@ -597,11 +638,13 @@ static void link_down(Impl *m, int64_t now, int code, bool refused, const char *
     s->state = SESSION_IDLE;
     s->retry_at = now + backoff_ms(m);
     m->attempts++;
-    m->ping_sent_at = 0;
+    free_list(&m->pings);
     buf_clear(&m->dec.in);
     /* Requests on the wire are sent again on the next link. */
     for (Link *l = m->pending.next; l != &m->pending; l = l->next) {
-        id_release(m, &container_of(l, Pending, link)->id);
+        Pending *p = container_of(l, Pending, link);
+        id_release(m, &p->id);
+        p->sent = false;
     }
     emit(m, (SessionEvent){.type = SESSION_EV_LINK_DOWN,
                            .down = {reason, code, refused, was_connected}});
@@ -694,7 +737,7 @@ static void connected(Impl *m, bool session_present, int64_t now)
         /* Restore the subscriptions, ahead of any request made meanwhile. */
         for (l = m->subs.prev; l != &m->subs; l = l->prev) {
             Sub *sub = container_of(l, Sub, link);
-            if (add_pending(m, VIEW(sub->filter, sub->len), sub->qos, false, NULL) == 0) {
+            if (add_pending(m, VIEW(sub->filter, sub->len), sub->qos, P_SUBSCRIBE, NULL) == 0) {
                 Link *p = m->pending.prev;
                 list_remove(p);
                 list_insert_before(m->pending.next, p);
@@ -789,7 +832,7 @@ static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
         send_ack(m, MQTT_PUBCOMP, pkt->ack.id, now);
         break;
     case MQTT_SUBACK: {
-        Pending *p = find_pending(m, pkt->suback.id, false);
+        Pending *p = find_pending(m, pkt->suback.id, P_SUBSCRIBE);
         if (!p) {
             break;
         }
@@ -810,20 +853,27 @@ static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
         break;
     }
     case MQTT_UNSUBACK: {
-        Pending *p = find_pending(m, pkt->ack.id, true);
+        Pending *p = find_pending(m, pkt->ack.id, P_UNSUBSCRIBE);
         if (p) {
             pending_done(m, p, 0);
         }
         break;
     }
     case MQTT_PINGRESP:
-        if (m->ping_sent_at) {
-            int64_t rtt = now - m->ping_sent_at;
-            m->ping_sent_at = 0;
+        if (!list_empty(&m->pings)) {
+            Ping *ping = container_of(m->pings.next, Ping, link);
+            int64_t rtt = now - ping->sent_at;
+            Pending *barrier = ping->barrier;
+            list_remove(&ping->link);
+            free(ping);
             s->stats.ping_received++;
             s->stats.ping_rtt_sum_ms += (uint64_t)rtt;
             s->last_ping_rtt_ms = rtt;
-            emit(m, (SessionEvent){.type = SESSION_EV_PING_ANSWERED, .ping = {rtt}});
+            if (barrier) {
+                pending_done(m, barrier, 0);
+            } else {
+                emit(m, (SessionEvent){.type = SESSION_EV_PING_ANSWERED, .ping = {rtt}});
+            }
         }
         break;
     default: {
@@ -902,7 +952,8 @@ int64_t session_tick(Session *s, int64_t now)
     int64_t ka = (int64_t)m->cfg.keepalive * 1000;
     int64_t ping_timeout = ka / 2 > MIN_PING_TIMEOUT_MS ? ka / 2 : MIN_PING_TIMEOUT_MS;
     char reason[80];
-    if (m->ping_sent_at && now - m->ping_sent_at >= ping_timeout) {
+    int64_t ping_sent_at = list_empty(&m->pings) ? 0 : container_of(m->pings.next, Ping, link)->sent_at;
+    if (ping_sent_at && now - ping_sent_at >= ping_timeout) {
         snprintf(reason, sizeof(reason), "no PINGRESP within %lld ms", (long long)ping_timeout);
         link_down(m, now, ETIMEDOUT, false, reason);
         return s->retry_at;
@@ -912,16 +963,13 @@ int64_t session_tick(Session *s, int64_t now)
         link_down(m, now, ETIMEDOUT, false, reason);
         return s->retry_at;
     }
-    if (!m->ping_sent_at && now - m->last_tx >= ka) {
-        MqttPacket p = {.type = MQTT_PINGREQ};
-        send_packet(m, &p, now);
-        m->ping_sent_at = now;
-        s->stats.ping_sent++;
-        emit(m, (SessionEvent){.type = SESSION_EV_PING_SENT});
+    if (!ping_sent_at && now - m->last_tx >= ka) {
+        send_ping(m, NULL, now);
+        ping_sent_at = now;
     }
     int64_t next = m->last_rx + ka * 3 / 2;
-    if (m->ping_sent_at) {
-        next = min64(next, m->ping_sent_at + ping_timeout);
+    if (ping_sent_at) {
+        next = min64(next, ping_sent_at + ping_timeout);
     } else {
         next = min64(next, m->last_tx + ka);
     }

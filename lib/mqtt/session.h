@@ -72,6 +72,7 @@ enum session_event_type {
     SESSION_EV_PUBLISH_DONE,   /* .done: result 0, or -ECONNABORTED (see below) */
     SESSION_EV_SUBSCRIBE_DONE, /* .done: result = granted QoS, or -EPERM for 0x80 */
     SESSION_EV_UNSUBSCRIBE_DONE,
+    SESSION_EV_BARRIER_DONE, /* .done: everything the broker sent before it has arrived */
 };
 
 typedef struct SessionEvent {
@@ -171,5 +172,9 @@ void session_abandon(Session *s, SessionMsg *msg, bool failed);
 int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t now);
 /* Forget a subscription and tell the broker (now or at the next connect). */
 int session_unsubscribe(Session *s, View filter, void *req, int64_t now);
-/* Forget `req` in every pending subscribe/unsubscribe request. */
+/* A barrier: a PINGREQ queued behind the requests made so far. When its PINGRESP arrives
+ * (BARRIER_DONE), everything the broker sent in answer to those requests - such as the
+ * retained messages of a SUBSCRIBE - has arrived too. Re-sent after a reconnect. */
+int session_barrier(Session *s, void *req);
+/* Forget `req` in every pending subscribe/unsubscribe/barrier request. */
 void session_forget_req(Session *s, void *req);

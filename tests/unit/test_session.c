@@ -733,6 +733,45 @@ START_TEST(split_input)
 }
 END_TEST
 
+START_TEST(barrier_follows_subscribe)
+{
+    Harness h;
+    setup_connected(&h);
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("ret/#"), 0, REQ(1), h.now), 0);
+    ck_assert_int_eq(session_barrier(h.s, REQ(2)), 0);
+    session_tick(h.s, h.now);
+    MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
+    expect_packet(&h, MQTT_PINGREQ);
+    MqttPacket ack = {.type = MQTT_SUBACK,
+                      .suback = {.id = sub.subscribe.id, .codes = VIEW("\x00", 1)}};
+    broker_sends(&h, &ack);
+    MqttPacket ret = {.type = MQTT_PUBLISH,
+                      .publish = {.topic = VIEW_STR("ret/a"), .payload = VIEW_STR("r"),
+                                  .retain = true}};
+    broker_sends(&h, &ret);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_BARRIER_DONE), 0);
+    h.now += 5;
+    MqttPacket resp = {.type = MQTT_PINGRESP};
+    broker_sends(&h, &resp);
+    /* In order: SUBACK, the retained message, then the barrier. */
+    ck_assert_int_eq(h.ev[h.n_ev - 3].type, SESSION_EV_SUBSCRIBE_DONE);
+    ck_assert_int_eq(h.ev[h.n_ev - 2].type, SESSION_EV_MESSAGE);
+    ck_assert_int_eq(h.ev[h.n_ev - 1].type, SESSION_EV_BARRIER_DONE);
+    ck_assert_ptr_eq(h.ev[h.n_ev - 1].done.req, REQ(2));
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PING_ANSWERED), 0);
+    ck_assert_uint_eq(h.s->stats.ping_received, 1);
+
+    /* Queued while offline: sent after the reconnect, behind the subscription restore. */
+    session_transport_down(h.s, h.now, ECONNRESET, "gone");
+    ck_assert_int_eq(session_barrier(h.s, REQ(3)), 0);
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    expect_packet(&h, MQTT_SUBSCRIBE);
+    expect_packet(&h, MQTT_PINGREQ);
+    teardown(&h);
+}
+END_TEST
+
 static Suite *session_suite(void)
 {
     Suite *s = suite_create("session");
@@ -759,6 +798,7 @@ static Suite *session_suite(void)
     tc = tcase_create("subscribe");
     tcase_add_test(tc, subscribe_and_restore);
     tcase_add_test(tc, unsubscribe_flows);
+    tcase_add_test(tc, barrier_follows_subscribe);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: MIT */
+/* Plain TCP transport: see transport.h. */
+#include "transport.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+int transport_connect(Transport *t, const struct sockaddr *addr, socklen_t len)
+{
+    t->fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (t->fd < 0) {
+        return -errno;
+    }
+    /* MQTT is request/response heavy: Nagle would hold small acks back. */
+    int one = 1;
+    setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(t->fd, addr, len) == 0) {
+        return 0;
+    }
+    int e = errno;
+    if (e == EINPROGRESS) {
+        t->want = EV_WRITE;
+        return -EINPROGRESS;
+    }
+    transport_close(t);
+    return -e;
+}
+
+int transport_connect_result(Transport *t)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) {
+        return -errno;
+    }
+    return -err;
+}
+
+ssize_t transport_read(Transport *t, void *buf, size_t n)
+{
+    ssize_t r = read(t->fd, buf, n);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            t->want = EV_READ;
+            return -EAGAIN;
+        }
+        return -errno;
+    }
+    return r;
+}
+
+ssize_t transport_write(Transport *t, const void *buf, size_t n)
+{
+    ssize_t r = send(t->fd, buf, n, MSG_NOSIGNAL);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            t->want = EV_WRITE;
+            return -EAGAIN;
+        }
+        return -errno;
+    }
+    return r;
+}
+
+void transport_close(Transport *t)
+{
+    if (t->fd >= 0) {
+        close(t->fd);
+    }
+    t->fd = -1;
+}
