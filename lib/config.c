@@ -427,7 +427,7 @@ int config_parse(Config *cfg, const char *text, const char *filename, char *err,
 
 int config_check(const Config *cfg, char *err, size_t errlen)
 {
-    const struct Broker *b = &cfg->broker;
+    const struct BrokerConfig *b = &cfg->broker;
     if (b->reconnect_min > b->reconnect_max) {
         fmt(err, errlen, "broker.reconnect_min (%u) is larger than reconnect_max (%u)",
             b->reconnect_min, b->reconnect_max);

@@ -22,7 +22,7 @@ typedef struct BrokerAddr {
 } BrokerAddr;
 
 typedef struct Config {
-    struct Broker {
+    struct BrokerConfig {
         BrokerAddr addrs[16];
         size_t n_addrs;
         char *host_list; /* as written, for messages */

@@ -47,6 +47,7 @@ typedef struct RouterFilter {
     size_t holders;
     uint8_t broker_qos; /* the highest QoS any holder asked for */
     bool active;        /* the broker granted it (the daemon sets this on SUBACK) */
+    uint8_t granted;    /* the QoS it granted */
 } RouterFilter;
 
 enum {

@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * From the broker session to local clients: messages routed to every client whose filters
+ * match (once per client), connection and ping events to the clients that asked for them,
+ * and the completions that answer waiting requests.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+
+/* A message event toward a client, unless that would pass its buffer limit. */
+static void send_message(Client *c, View bytes)
+{
+    Daemon *d = c->d;
+    if (buf_size(&c->out) + bytes.n > d->cfg.ipc.client_buffer) {
+        if (!c->dropped) {
+            log_warning("client %llu (pid %d) reads too slowly: dropping messages for it",
+                        (unsigned long long)c->serial, (int)c->pid);
+        }
+        c->dropped++;
+        d->stats.messages_dropped++;
+        return;
+    }
+    d->stats.messages_delivered++;
+    client_send(c, bytes);
+}
+
+static void deliver(Daemon *d, const MqttPublish *m)
+{
+    /* The event text depends only on (QoS, encoding): built at most once for each. */
+    static Buf variants[3][2];
+    RouterTarget **t;
+    size_t n = router_match(&d->router, m->topic, m->retain, &t);
+    for (size_t i = 0; i < n; i++) {
+        Client *c = container_of(t[i], Client, target);
+        uint8_t qos = m->qos < t[i]->qos ? m->qos : t[i]->qos;
+        Buf *v = &variants[qos][t[i]->base64];
+        if (!v->len && event_message(v, m->topic, m->payload, qos, m->retain, t[i]->base64) < 0) {
+            continue;
+        }
+        send_message(c, buf_view(v));
+    }
+    for (int q = 0; q < 3; q++) {
+        for (int b = 0; b < 2; b++) {
+            buf_clear(&variants[q][b]);
+            buf_shrink(&variants[q][b], 65536);
+        }
+    }
+}
+
+/* An event line to every client that asked for this kind. */
+static void broadcast(Daemon *d, bool connection, json_t *event)
+{
+    Buf b = {0};
+    if (write_json_line(&b, event) == 0) {
+        for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
+            Client *c = container_of(l, Client, link);
+            if (connection ? c->events_connection : c->events_ping) {
+                client_send(c, buf_view(&b));
+            }
+        }
+    }
+    buf_free(&b);
+}
+
+static void send_ok(Client *c, json_t *id, json_t *fields)
+{
+    Buf b = {0};
+    if (reply_ok(&b, id, fields) == 0) {
+        client_send(c, buf_view(&b));
+    }
+    buf_free(&b);
+}
+
+static void subscribe_done(Daemon *d, Waiter *w, int result)
+{
+    Client *c = w->c;
+    View f = VIEW_STR(w->filter);
+    if (w->barrier) {
+        router_settle(&d->router, f, &c->target);
+        waiter_free(w);
+        return;
+    }
+    RouterFilter *rf = router_filter(&d->router, f);
+    if (result >= 0) {
+        if (rf) {
+            rf->active = true;
+            rf->granted = (uint8_t)result;
+        }
+        uint8_t granted = w->qos < result ? w->qos : (uint8_t)result;
+        send_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
+    } else {
+        /* Refused: this client does not hold it after all. */
+        for (size_t i = 0; i < c->n_subs; i++) {
+            if (strcmp(c->subs[i]->filter, w->filter) == 0) {
+                free(c->subs[i]);
+                c->subs[i] = c->subs[--c->n_subs];
+                router_remove(&d->router, f, &c->target);
+                break;
+            }
+        }
+        ops_reply_error(c, w->id, IPC_REFUSED, "the broker refused the subscription to %s (SUBACK 0x80)",
+                        w->filter);
+    }
+    waiter_free(w);
+}
+
+static void link_down(Daemon *d, const SessionEvent *ev)
+{
+    Session *s = d->broker.session;
+    int64_t wait = s->retry_at - now_ms();
+    if (ev->down.was_connected) {
+        if (ev->down.code) {
+            log_warning("connection to the broker lost: %s; reconnecting in %lld ms",
+                        ev->down.reason, (long long)(wait > 0 ? wait : 0));
+        } else {
+            log_info("disconnected from the broker: %s", ev->down.reason);
+        }
+        json_t *e = json_pack("{s:s, s:s, s:o}", "event", "disconnected", "reason",
+                              ev->down.reason, "rc",
+                              ev->down.code ? json_integer(ev->down.code) : json_null());
+        broadcast(d, true, e);
+    } else if (ev->down.code && s->state != SESSION_STOPPED) {
+        log_warning("cannot connect to the broker: %s; retrying in %lld ms", ev->down.reason,
+                    (long long)(wait > 0 ? wait : 0));
+    }
+}
+
+void bridge_on_event(void *userdata, const SessionEvent *ev)
+{
+    Daemon *d = userdata;
+    switch (ev->type) {
+    case SESSION_EV_CONNECTED:
+        log_info("connected to %s as %s (session present: %s)", d->broker.peer, d->client_id,
+                 ev->connected.session_present ? "yes" : "no");
+        broadcast(d, true,
+                  json_pack("{s:s, s:b}", "event", "connected", "session_present",
+                            ev->connected.session_present));
+        break;
+    case SESSION_EV_LINK_DOWN:
+        link_down(d, ev);
+        break;
+    case SESSION_EV_MESSAGE:
+        deliver(d, ev->message);
+        break;
+    case SESSION_EV_PING_SENT:
+        break;
+    case SESSION_EV_PING_ANSWERED:
+        broadcast(d, false, json_pack("{s:s, s:I}", "event", "ping", "rtt_ms",
+                                      (json_int_t)ev->ping.rtt_ms));
+        break;
+    case SESSION_EV_PUBLISH_DONE: {
+        Waiter *w = ev->done.req;
+        send_ok(w->c, w->id, NULL);
+        waiter_free(w);
+        break;
+    }
+    case SESSION_EV_SUBSCRIBE_DONE:
+    case SESSION_EV_BARRIER_DONE:
+        subscribe_done(d, ev->done.req, ev->done.result);
+        break;
+    case SESSION_EV_UNSUBSCRIBE_DONE: {
+        Waiter *w = ev->done.req;
+        send_ok(w->c, w->id, NULL);
+        waiter_free(w);
+        break;
+    }
+    }
+}

@@ -1,0 +1,373 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker link: see broker.h.
+ *
+ * Attempt flow: session_should_connect() -> resolve host -> connect each address in turn
+ * -> (next host when all fail) -> session_transport_up(). Any failure before that ends the
+ * attempt with session_transport_down(), and the session decides when to try again. The
+ * next attempt starts at the host after the one that failed, so a dead first host does not
+ * shadow a healthy second one.
+ */
+#include "broker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+#define READ_CHUNK 65536
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void try_address(Broker *b);
+
+int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static SessionConfig session_config(const Config *cfg, const char *client_id,
+                                    const char *password)
+{
+    const struct BrokerConfig *c = &cfg->broker;
+    bool will = cfg->will.topic && *cfg->will.topic;
+    return (SessionConfig){
+        .client_id = VIEW_STR(client_id),
+        .username = VIEW_STR(c->username ? c->username : ""),
+        .has_username = c->username && *c->username,
+        .password = VIEW_STR(password ? password : ""),
+        .has_password = password != NULL,
+        .keepalive = (uint16_t)c->keepalive,
+        .clean_session = c->clean_session,
+        .will = will,
+        .will_topic = VIEW_STR(will ? cfg->will.topic : ""),
+        .will_payload = VIEW_STR(will && cfg->will.message ? cfg->will.message : ""),
+        .will_qos = (uint8_t)cfg->will.qos,
+        .will_retain = cfg->will.retain,
+        .connect_timeout_ms = (int64_t)c->connect_timeout * 1000,
+        .reconnect_min_ms = (int64_t)c->reconnect_min * 1000,
+        .reconnect_max_ms = (int64_t)c->reconnect_max * 1000,
+        .max_inflight = (uint16_t)c->max_inflight,
+        .max_messages = cfg->queue.max_messages,
+        .max_bytes = cfg->queue.max_bytes,
+        .max_packet = 16u << 20,
+        .seed = (uint64_t)now_ms() ^ (uint64_t)getpid() << 32,
+    };
+}
+
+static void close_link(Broker *b)
+{
+    ev_io_stop(b->loop, &b->io);
+    transport_close(&b->tr);
+    if (b->addrs) {
+        freeaddrinfo(b->addrs);
+        b->addrs = b->addr = NULL;
+    }
+    resolve_cancel(b->resolving);
+    b->resolving = NULL;
+    b->up = false;
+}
+
+/* Write what the session produced; keep the write watcher on only while bytes wait. */
+static void flush(Broker *b)
+{
+    Buf *out = &b->session->out;
+    while (b->tr.fd >= 0 && buf_size(out)) {
+        ssize_t n = transport_write(&b->tr, out->data + out->off, buf_size(out));
+        if (n == -EAGAIN) {
+            break;
+        }
+        if (n < 0) {
+            char reason[400];
+            snprintf(reason, sizeof(reason), "write to %s: %s", b->peer, strerror((int)-n));
+            session_transport_down(b->session, now_ms(), (int)-n, reason);
+            return;
+        }
+        buf_consume(out, (size_t)n);
+    }
+    if (b->tr.fd < 0 || !b->up) {
+        return;
+    }
+    int events = EV_READ | (buf_size(out) ? EV_WRITE : 0);
+    if (!ev_is_active(&b->io) || b->io.events != events) {
+        ev_io_stop(b->loop, &b->io);
+        ev_io_set(&b->io, b->tr.fd, events);
+        ev_io_start(b->loop, &b->io);
+    }
+    if (!buf_size(out)) {
+        buf_shrink(out, 65536);
+    }
+}
+
+static void on_session_event(void *userdata, const SessionEvent *ev)
+{
+    Broker *b = userdata;
+    if (ev->type == SESSION_EV_LINK_DOWN) {
+        if (b->tr.fd >= 0 && b->up) {
+            flush(b); /* e.g. a DISCONNECT; best effort, the socket is non-blocking */
+        }
+        close_link(b);
+    }
+    b->on_event(b->userdata, ev);
+}
+
+static void on_trace(void *userdata, bool out, const MqttPacket *pkt, View raw)
+{
+    (void)userdata;
+    log_packet(out, pkt, raw);
+}
+
+static void attempt_failed(Broker *b, int code, const char *reason)
+{
+    close_link(b);
+    session_transport_down(b->session, now_ms(), code, reason);
+}
+
+static void host_port(const Broker *b, const char **host, unsigned *port)
+{
+    const BrokerAddr *a = &b->cfg->broker.addrs[b->host];
+    *host = a->host;
+    *port = a->port ? a->port : b->cfg->broker.port;
+}
+
+static void on_resolved(void *userdata, struct addrinfo *res, int gai_error);
+
+/* Resolve the current host (b->host). */
+static void start_host(Broker *b)
+{
+    const char *host;
+    unsigned port;
+    host_port(b, &host, &port);
+    snprintf(b->peer, sizeof(b->peer), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
+    int r = resolve_start(b->loop, host, port, on_resolved, b, &b->resolving);
+    if (r < 0) {
+        char reason[400];
+        snprintf(reason, sizeof(reason), "resolve %s: %s", b->peer, strerror(-r));
+        attempt_failed(b, -r, reason);
+    }
+}
+
+/* The current host failed with `reason`: go on with the next one, or end the attempt. */
+static void next_host(Broker *b, int code, const char *reason)
+{
+    size_t n = b->cfg->broker.n_addrs;
+    b->host = (b->host + 1) % n;
+    if (++b->hosts_tried >= n) {
+        attempt_failed(b, code, reason);
+        return;
+    }
+    log_info("%s; trying the next broker host", reason);
+    if (b->addrs) {
+        freeaddrinfo(b->addrs);
+        b->addrs = b->addr = NULL;
+    }
+    start_host(b);
+}
+
+static void on_resolved(void *userdata, struct addrinfo *res, int gai_error)
+{
+    Broker *b = userdata;
+    b->resolving = NULL;
+    if (!res) {
+        char reason[400];
+        snprintf(reason, sizeof(reason), "resolve %s: %s", b->peer, gai_strerror(gai_error));
+        next_host(b, EHOSTUNREACH, reason);
+        return;
+    }
+    b->addrs = b->addr = res;
+    try_address(b);
+}
+
+static void addr_text(const struct addrinfo *ai, char *out, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ai->ai_family == AF_INET) {
+        const struct sockaddr_in *s = (const void *)ai->ai_addr;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        port = ntohs(s->sin_port);
+        snprintf(out, n, "%s:%u", ip, port);
+    } else if (ai->ai_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const void *)ai->ai_addr;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        port = ntohs(s->sin6_port);
+        snprintf(out, n, "[%s]:%u", ip, port);
+    } else {
+        snprintf(out, n, "?");
+    }
+}
+
+static void link_up(Broker *b)
+{
+    b->up = true;
+    b->hosts_tried = 0;
+    log_debug("TCP connected to %s", b->peer);
+    session_transport_up(b->session, now_ms());
+    flush(b);
+}
+
+/* Try b->addr; on an immediate failure move on to the next address or host. */
+static void try_address(Broker *b)
+{
+    int r = -ENOENT;
+    char reason[400] = "";
+    while (b->addr) {
+        char where[INET6_ADDRSTRLEN + 10];
+        addr_text(b->addr, where, sizeof(where));
+        r = transport_connect(&b->tr, b->addr->ai_addr, b->addr->ai_addrlen);
+        snprintf(b->peer, sizeof(b->peer), "%s", where);
+        if (r == 0) {
+            link_up(b);
+            return;
+        }
+        if (r == -EINPROGRESS) {
+            ev_io_stop(b->loop, &b->io);
+            ev_io_set(&b->io, b->tr.fd, EV_WRITE);
+            ev_io_start(b->loop, &b->io);
+            return;
+        }
+        snprintf(reason, sizeof(reason), "connect to %s: %s", where, strerror(-r));
+        log_debug("%s", reason);
+        b->addr = b->addr->ai_next;
+    }
+    next_host(b, -r, reason);
+}
+
+static void on_connect_result(Broker *b)
+{
+    int r = transport_connect_result(&b->tr);
+    if (r == 0) {
+        link_up(b);
+        return;
+    }
+    char reason[400];
+    snprintf(reason, sizeof(reason), "connect to %s: %s", b->peer, strerror(-r));
+    log_debug("%s", reason);
+    ev_io_stop(b->loop, &b->io);
+    transport_close(&b->tr);
+    b->addr = b->addr->ai_next;
+    if (b->addr) {
+        try_address(b);
+    } else {
+        next_host(b, -r, reason);
+    }
+}
+
+static void on_readable(Broker *b)
+{
+    uint8_t buf[READ_CHUNK];
+    /* Bounded per wake-up so one busy broker cannot starve local clients. */
+    for (int i = 0; i < 16 && b->up; i++) {
+        ssize_t n = transport_read(&b->tr, buf, sizeof(buf));
+        if (n == -EAGAIN) {
+            break;
+        }
+        if (n <= 0) {
+            char reason[400];
+            if (n == 0) {
+                snprintf(reason, sizeof(reason), "%s closed the connection", b->peer);
+            } else {
+                snprintf(reason, sizeof(reason), "read from %s: %s", b->peer,
+                         strerror((int)-n));
+            }
+            session_transport_down(b->session, now_ms(), n == 0 ? ECONNRESET : (int)-n,
+                                   reason);
+            return;
+        }
+        session_input(b->session, buf, (size_t)n, now_ms());
+        if ((size_t)n < sizeof(buf)) {
+            break;
+        }
+    }
+}
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    Broker *b = (Broker *)((char *)w - offsetof(Broker, io));
+    (void)loop;
+    if (!b->up) {
+        on_connect_result(b);
+        broker_kick(b);
+        return;
+    }
+    if (revents & EV_READ) {
+        on_readable(b);
+    }
+    broker_kick(b);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    Broker *b = (Broker *)((char *)w - offsetof(Broker, timer));
+    (void)loop;
+    (void)revents;
+    broker_kick(b);
+}
+
+void broker_kick(Broker *b)
+{
+    int64_t now = now_ms();
+    if (session_should_connect(b->session, now)) {
+        b->hosts_tried = 0;
+        if (b->host >= b->cfg->broker.n_addrs) {
+            b->host = 0;
+        }
+        start_host(b);
+    }
+    int64_t next = session_tick(b->session, now);
+    if (b->up) {
+        flush(b);
+    }
+    ev_timer_stop(b->loop, &b->timer);
+    if (next != INT64_MAX) {
+        double after = next > now ? (double)(next - now) / 1000.0 : 0.0;
+        ev_timer_set(&b->timer, after, 0.0);
+        ev_timer_start(b->loop, &b->timer);
+    }
+}
+
+int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, const char *client_id,
+                const char *password, broker_event_cb on_event, void *userdata)
+{
+    *b = (Broker){.loop = loop, .cfg = cfg, .on_event = on_event, .userdata = userdata};
+    b->tr.fd = -1;
+    ev_io_init(&b->io, on_io, -1, EV_READ);
+    ev_timer_init(&b->timer, on_timer, 0.0, 0.0);
+    SessionConfig sc = session_config(cfg, client_id, password);
+    static const SessionCallbacks cb = {.event = on_session_event, .trace = on_trace};
+    return session_new(&sc, &cb, b, &b->session);
+}
+
+int broker_configure(Broker *b, const Config *cfg, const char *client_id, const char *password)
+{
+    b->cfg = cfg;
+    b->host = 0;
+    SessionConfig sc = session_config(cfg, client_id, password);
+    return session_configure(b->session, &sc);
+}
+
+void broker_reconnect(Broker *b)
+{
+    session_reconnect_now(b->session, now_ms());
+    broker_kick(b);
+}
+
+void broker_stop(Broker *b)
+{
+    session_disconnect(b->session, now_ms());
+    close_link(b);
+    ev_timer_stop(b->loop, &b->timer);
+}
+
+void broker_free(Broker *b)
+{
+    close_link(b);
+    ev_timer_stop(b->loop, &b->timer);
+    session_free(b->session);
+    b->session = NULL;
+}

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker link: drives the sans-I/O Session (lib/mqtt/session.h) with real sockets.
+ * It resolves the configured hosts without blocking, tries every address of every host in
+ * turn, keeps the session's deadlines on one ev_timer, and moves bytes between the socket
+ * and the session. Session events are handed on to the daemon through `on_event`.
+ */
+#pragma once
+
+#include <ev.h>
+
+#include "config.h"
+#include "mqtt/session.h"
+#include "resolve.h"
+#include "transport.h"
+
+typedef struct Broker Broker;
+typedef void (*broker_event_cb)(void *userdata, const SessionEvent *ev);
+
+struct Broker {
+    struct ev_loop *loop;
+    Session *session;
+    const Config *cfg;
+    broker_event_cb on_event;
+    void *userdata;
+
+    Transport tr;
+    ev_io io;
+    ev_timer timer;
+    Resolve *resolving;
+    struct addrinfo *addrs, *addr; /* of the host being tried */
+    size_t host;                   /* index into cfg->broker.addrs */
+    size_t hosts_tried;            /* in this attempt */
+    bool up;                       /* transport open (CONNECT sent or about to be) */
+    char peer[300];                /* "host:port" being tried or connected to */
+    char last_net_error[256];
+};
+
+/* Start the link with the session configuration built from cfg (strings copied). */
+int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, const char *client_id,
+                const char *password, broker_event_cb on_event, void *userdata);
+void broker_free(Broker *b);
+/* Configuration changed: takes effect at the next connect. */
+int broker_configure(Broker *b, const Config *cfg, const char *client_id, const char *password);
+/* Run the session's clock now and write what it produced (call after requests). */
+void broker_kick(Broker *b);
+/* Drop the link cleanly and connect again. */
+void broker_reconnect(Broker *b);
+/* Graceful stop: DISCONNECT written (best effort) and the socket closed. */
+void broker_stop(Broker *b);
+
+int64_t now_ms(void);

@@ -1,0 +1,152 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon's shared state and the seams between its parts:
+ *
+ *   main.c    start-up, configuration loading and reload, signals, systemd
+ *   server.c  the Unix socket: accepting, reading request lines, buffered writes, limits
+ *   ops.c     one function per request op; replies; the waits for broker confirmations
+ *   bridge.c  broker events to local clients: message routing, connection/ping events
+ *   broker.c  the broker link (session + socket)
+ */
+#pragma once
+
+#include <ev.h>
+#include <jansson.h>
+#include <sys/types.h>
+
+#include "broker.h"
+#include "config.h"
+#include "ipc/ndjson.h"
+#include "ipc/protocol.h"
+#include "router.h"
+
+typedef struct Daemon Daemon;
+typedef struct Client Client;
+typedef struct Waiter Waiter;
+
+/* Intrusive doubly-linked list, as in lib/mqtt/session.c. */
+typedef struct DList {
+    struct DList *prev, *next;
+} DList;
+
+static inline void dlist_init(DList *h)
+{
+    h->prev = h->next = h;
+}
+
+static inline bool dlist_empty(const DList *h)
+{
+    return h->next == h;
+}
+
+static inline void dlist_push(DList *h, DList *n)
+{
+    n->prev = h->prev;
+    n->next = h;
+    h->prev->next = n;
+    h->prev = n;
+}
+
+static inline void dlist_remove(DList *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* One filter a client holds. */
+typedef struct ClientSub {
+    uint8_t qos;
+    bool base64;
+    uint16_t len;
+    char filter[]; /* NUL-terminated */
+} ClientSub;
+
+struct Client {
+    DList link; /* in Daemon.clients, or Daemon.closed until freed */
+    Daemon *d;
+    int fd;
+    ev_io io;
+    uint64_t serial;
+    pid_t pid;
+    uid_t uid;
+    gid_t gid;
+    bool admin;
+    bool closed;
+    bool eof; /* the client shut down its sending side: answer what is pending, then close */
+    bool events_connection, events_ping;
+    LineReader in;
+    Buf out;
+    RouterTarget target;
+    ClientSub **subs;
+    size_t n_subs, cap_subs;
+    DList waiters; /* Waiter.link */
+    uint64_t dropped; /* messages dropped since the last "dropped" event */
+};
+
+/* A request waiting for the broker (publish confirmation, SUBACK, UNSUBACK) or for the
+ * retained messages of a new subscription (a session barrier). */
+struct Waiter {
+    DList link; /* in Client.waiters */
+    Client *c;
+    enum ipc_op op;
+    bool barrier; /* a retained-message barrier: no reply, settles the filter */
+    json_t *id;
+    ev_timer timer;
+    SessionMsg *msg; /* publish */
+    uint8_t qos;     /* subscribe: asked */
+    char filter[];   /* subscribe / unsubscribe / barrier */
+};
+
+typedef struct DaemonStats {
+    uint64_t messages_delivered, messages_dropped, clients_accepted, clients_rejected;
+} DaemonStats;
+
+struct Daemon {
+    struct ev_loop *loop;
+    Config cfg;
+    const char *config_path;
+    const char *socket_override, *broker_override;
+    int verbosity;
+    char *client_id;
+    char *password;
+    Broker broker;
+    Router router;
+    DaemonStats stats;
+    int64_t started_at;
+    bool stopping;
+
+    /* server */
+    int listen_fd;
+    bool socket_activated;
+    char *socket_path; /* the path we bound (to unlink at exit) */
+    ev_io listen_io;
+    ev_prepare prepare;
+    DList clients, closed;
+    size_t n_clients;
+    uint64_t next_serial;
+};
+
+/* server.c */
+int server_start(Daemon *d);
+void server_stop(Daemon *d);
+/* Queue bytes for a client (replies: always; see client_send_message for events). */
+void client_send(Client *c, View bytes);
+void client_close(Client *c, const char *why);
+/* Close a client that has sent EOF once nothing is left to answer or write. */
+void client_finish_if_done(Client *c);
+
+/* ops.c */
+void ops_handle_line(Client *c, View line);
+void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void ops_client_gone(Client *c);
+void waiter_free(Waiter *w);
+
+/* bridge.c */
+void bridge_on_event(void *userdata, const SessionEvent *ev);
+
+/* main.c */
+int daemon_reload(Daemon *d, char *err, size_t errlen);

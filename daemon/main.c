@@ -1,0 +1,368 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mqttbridged: one MQTT session shared by local processes over a Unix socket.
+ * Start-up, configuration (load, overrides, reload), signals and shutdown.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "defaults.h"
+#include "log.h"
+
+#define MAX_CONFIG_FILE (1 << 20)
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: mqttbridged [OPTION]...\n"
+            "Keep one MQTT session with a broker and share it with local processes through a\n"
+            "Unix socket speaking newline-delimited JSON.\n"
+            "\n"
+            "  -c, --config FILE     configuration file (default " DEFAULT_CONFIG_FILE ")\n"
+            "  -f, --foreground      accepted for compatibility: mqttbridged never forks\n"
+            "  -s, --socket PATH     listen on PATH (overrides ipc.socket)\n"
+            "  -b, --broker HOST[:PORT][,...]  broker address(es) (overrides broker.host)\n"
+            "  -v                    more verbose logging (repeat for packet dumps)\n"
+            "      --check-config    validate the configuration and exit\n"
+            "      --version         print the version and exit\n"
+            "  -h, --help            show this help\n"
+            "\n"
+            "Signals: SIGHUP reloads the configuration, SIGTERM/SIGINT stop gracefully.\n"
+            "See mqttbridged(8) and mqttbridged.conf(5).\n");
+}
+
+/* Read a whole small file. */
+static int read_file(const char *path, char **ret)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -errno;
+    }
+    Buf b = {.max = MAX_CONFIG_FILE};
+    int r = 0;
+    for (;;) {
+        if ((r = buf_reserve(&b, 4096)) < 0) {
+            break;
+        }
+        ssize_t n = read(fd, b.data + b.len, b.cap - b.len - 1);
+        if (n < 0) {
+            r = errno == EINTR ? 0 : -errno;
+            if (r) {
+                break;
+            }
+            continue;
+        }
+        if (n == 0) {
+            break;
+        }
+        b.len += (size_t)n;
+    }
+    close(fd);
+    if (r < 0) {
+        buf_free(&b);
+        return r;
+    }
+    if (buf_reserve(&b, 1) < 0) {
+        buf_free(&b);
+        return -ENOMEM;
+    }
+    b.data[b.len] = 0;
+    *ret = (char *)b.data;
+    return 0;
+}
+
+/* The first line of the password file, without its newline. */
+static int read_password(const char *path, char **ret, char *err, size_t errlen)
+{
+    char *text;
+    int r = read_file(path, &text);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot read broker.password_file %s: %s", path, strerror(-r));
+        return r;
+    }
+    text[strcspn(text, "\r\n")] = 0;
+    *ret = text;
+    return 0;
+}
+
+typedef struct Loaded {
+    Config cfg;
+    char *password; /* resolved from password or password_file, NULL when none */
+} Loaded;
+
+/* Build a complete configuration from the file and the command line. */
+static int load_config(const Daemon *d, Loaded *out, bool explicit_path, char *err, size_t errlen)
+{
+    int r = config_init(&out->cfg);
+    out->password = NULL;
+    if (r < 0) {
+        snprintf(err, errlen, "out of memory");
+        return r;
+    }
+    char *text = NULL;
+    r = read_file(d->config_path, &text);
+    if (r == -ENOENT && !explicit_path) {
+        log_info("no %s: using the defaults", d->config_path);
+    } else if (r < 0) {
+        snprintf(err, errlen, "cannot read %s: %s", d->config_path, strerror(-r));
+        goto fail;
+    } else {
+        r = config_parse(&out->cfg, text, d->config_path, err, errlen);
+        free(text);
+        if (r < 0) {
+            goto fail;
+        }
+    }
+    if (d->socket_override) {
+        free(out->cfg.ipc.socket);
+        out->cfg.ipc.socket = strdup(d->socket_override);
+    }
+    if (d->broker_override &&
+        (r = config_set_hosts(&out->cfg, d->broker_override, err, errlen)) < 0) {
+        goto fail;
+    }
+    if (d->verbosity) {
+        int level = LOG_LEVEL_INFO + d->verbosity;
+        out->cfg.log.level = level > LOG_LEVEL_PACKET ? LOG_LEVEL_PACKET : (enum log_level)level;
+    }
+    if ((r = config_check(&out->cfg, err, errlen)) < 0) {
+        goto fail;
+    }
+    const struct BrokerConfig *b = &out->cfg.broker;
+    if (b->password_file && *b->password_file) {
+        if ((r = read_password(b->password_file, &out->password, err, errlen)) < 0) {
+            goto fail;
+        }
+    } else if (b->password && *b->password) {
+        out->password = strdup(b->password);
+    }
+    return 0;
+fail:
+    config_free(&out->cfg);
+    return r ? r : -EINVAL;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* Whether the broker connection itself must be made again for `n` to apply. */
+static bool link_changed(const Daemon *d, const Loaded *n)
+{
+    const Config *a = &d->cfg, *b = &n->cfg;
+    return !str_eq(a->broker.host_list, b->broker.host_list) || a->broker.port != b->broker.port ||
+           !str_eq(a->broker.client_id, b->broker.client_id) ||
+           !str_eq(a->broker.username, b->broker.username) || !str_eq(d->password, n->password) ||
+           a->broker.keepalive != b->broker.keepalive ||
+           a->broker.clean_session != b->broker.clean_session ||
+           !str_eq(a->will.topic, b->will.topic) || !str_eq(a->will.message, b->will.message) ||
+           a->will.qos != b->will.qos || a->will.retain != b->will.retain ||
+           a->tls.enabled != b->tls.enabled;
+}
+
+/* "mqttbridge-HOST-RANDOM": stable for the life of the process. */
+static char *make_client_id(const Config *cfg)
+{
+    const char *given = cfg->broker.client_id;
+    if (given && strlen(given) >= 2) {
+        return strdup(given);
+    }
+    char host[64] = "host", clean[24];
+    gethostname(host, sizeof(host) - 1);
+    size_t n = 0;
+    for (const char *p = host; *p && n < sizeof(clean) - 1; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')) {
+            clean[n++] = *p;
+        }
+    }
+    clean[n] = 0;
+    uint32_t rnd = 0;
+    if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != sizeof(rnd)) {
+        rnd = (uint32_t)now_ms() ^ (uint32_t)getpid();
+    }
+    char id[64];
+    snprintf(id, sizeof(id), "mqttbridge-%s-%08x", clean, rnd);
+    return strdup(id);
+}
+
+static void apply_limits(Daemon *d)
+{
+    log_set_level(d->cfg.log.level);
+    for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
+        container_of(l, Client, link)->in.max_line = d->cfg.ipc.max_line;
+    }
+}
+
+int daemon_reload(Daemon *d, char *err, size_t errlen)
+{
+    Loaded n;
+    sd_notify(0, "RELOADING=1");
+    int r = load_config(d, &n, true, err, errlen);
+    if (r < 0) {
+        log_error("reload: %s; keeping the running configuration", err);
+        sd_notify(0, "READY=1");
+        return r;
+    }
+    if (!str_eq(d->cfg.ipc.socket, n.cfg.ipc.socket)) {
+        log_warning("reload: ipc.socket changed to %s; it takes effect at the next start",
+                    n.cfg.ipc.socket);
+    }
+    bool reconnect = link_changed(d, &n);
+    config_free(&d->cfg);
+    d->cfg = n.cfg;
+    free(d->password);
+    d->password = n.password;
+    if (reconnect) {
+        free(d->client_id);
+        d->client_id = make_client_id(&d->cfg);
+    }
+    broker_configure(&d->broker, &d->cfg, d->client_id, d->password);
+    apply_limits(d);
+    log_info("configuration reloaded from %s%s", d->config_path,
+             reconnect ? "; reconnecting to apply the broker settings" : "");
+    if (reconnect) {
+        broker_reconnect(&d->broker);
+    }
+    sd_notify(0, "READY=1");
+    return 0;
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    Daemon *d = w->data;
+    (void)revents;
+    if (w->signum == SIGHUP) {
+        char err[512];
+        daemon_reload(d, err, sizeof(err));
+        return;
+    }
+    log_info("%s: stopping", strsignal(w->signum));
+    sd_notify(0, "STOPPING=1");
+    d->stopping = true;
+    ev_break(loop, EVBREAK_ALL);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"foreground", no_argument, NULL, 'f'},
+        {"socket", required_argument, NULL, 's'},
+        {"broker", required_argument, NULL, 'b'},
+        {"check-config", no_argument, NULL, 'C'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    static Daemon daemon;
+    Daemon *d = &daemon;
+    d->config_path = DEFAULT_CONFIG_FILE;
+    d->listen_fd = -1;
+    bool explicit_path = false, check_only = false;
+    int o;
+    log_init("mqttbridged");
+    while ((o = getopt_long(argc, argv, "c:fs:b:vh", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c':
+            d->config_path = optarg;
+            explicit_path = true;
+            break;
+        case 'f':
+            break;
+        case 's':
+            d->socket_override = optarg;
+            break;
+        case 'b':
+            d->broker_override = optarg;
+            break;
+        case 'v':
+            d->verbosity++;
+            break;
+        case 'C':
+            check_only = true;
+            break;
+        case 'V':
+            printf("mqttbridged %s\n", MQTTBRIDGE_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mqttbridged: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    char err[512];
+    Loaded l;
+    if (load_config(d, &l, explicit_path, err, sizeof(err)) < 0) {
+        fprintf(stderr, "mqttbridged: %s\n", err);
+        return 1;
+    }
+    d->cfg = l.cfg;
+    d->password = l.password;
+    if (check_only) {
+        printf("%s: configuration OK\n", explicit_path ? d->config_path : "defaults");
+        config_free(&d->cfg);
+        free(d->password);
+        return 0;
+    }
+    log_set_level(d->cfg.log.level);
+    signal(SIGPIPE, SIG_IGN);
+
+    d->loop = ev_default_loop(EVFLAG_AUTO);
+    d->started_at = now_ms();
+    d->client_id = make_client_id(&d->cfg);
+    if (router_init(&d->router) < 0 ||
+        broker_init(&d->broker, d->loop, &d->cfg, d->client_id, d->password, bridge_on_event,
+                    d) < 0) {
+        log_error("out of memory");
+        return 1;
+    }
+    int r = server_start(d);
+    if (r < 0) {
+        return 1;
+    }
+    ev_signal sig[4];
+    const int signums[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT};
+    for (int i = 0; i < 4; i++) {
+        ev_signal_init(&sig[i], on_signal, signums[i]);
+        sig[i].data = d;
+        ev_signal_start(d->loop, &sig[i]);
+    }
+    log_info("mqttbridged %s started; broker %s, client id %s", MQTTBRIDGE_VERSION,
+             d->cfg.broker.host_list, d->client_id);
+    sd_notify(0, "READY=1");
+    broker_kick(&d->broker);
+    ev_run(d->loop, 0);
+
+    /* Graceful stop: no new clients, DISCONNECT to the broker, clients told nothing more. */
+    server_stop(d);
+    broker_stop(&d->broker);
+    broker_free(&d->broker);
+    router_free(&d->router);
+    for (int i = 0; i < 4; i++) {
+        ev_signal_stop(d->loop, &sig[i]);
+    }
+    free(d->client_id);
+    free(d->password);
+    config_free(&d->cfg);
+    log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,445 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Request ops: one function per op of the IPC protocol (docs/protocol.md).
+ *
+ * publish, subscribe and unsubscribe may wait for the broker: they leave a Waiter, which
+ * the session names in its completion event (bridge.c) or which its own timer answers with
+ * `timeout`. Everything else is answered at once, in order.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "defaults.h"
+#include "log.h"
+
+static Buf scratch; /* one reply at a time is built here, then copied to the client */
+
+static void send_reply(Client *c, json_t *id, json_t *fields)
+{
+    buf_clear(&scratch);
+    if (reply_ok(&scratch, id, fields) < 0) {
+        client_close(c, "out of memory");
+        return;
+    }
+    client_send(c, buf_view(&scratch));
+}
+
+void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    buf_clear(&scratch);
+    if (reply_error(&scratch, id, code, msg) < 0) {
+        client_close(c, "out of memory");
+        return;
+    }
+    client_send(c, buf_view(&scratch));
+}
+
+/* ---- waiters ---- */
+
+static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+
+static Waiter *waiter_new(Client *c, json_t *id, enum ipc_op op, View filter, int64_t timeout_ms)
+{
+    Waiter *w = calloc(1, sizeof(*w) + filter.n + 1);
+    if (!w) {
+        return NULL;
+    }
+    w->c = c;
+    w->op = op;
+    w->id = id ? json_incref(id) : NULL;
+    memcpy(w->filter, filter.p, filter.n);
+    dlist_push(&c->waiters, &w->link);
+    ev_timer_init(&w->timer, on_waiter_timeout, (double)timeout_ms / 1000.0, 0.0);
+    if (timeout_ms > 0) {
+        ev_timer_start(c->d->loop, &w->timer);
+    }
+    return w;
+}
+
+void waiter_free(Waiter *w)
+{
+    if (!w) {
+        return;
+    }
+    Client *c = w->c;
+    ev_timer_stop(c->d->loop, &w->timer);
+    dlist_remove(&w->link);
+    json_decref(w->id);
+    free(w);
+    client_finish_if_done(c);
+}
+
+static int64_t timeout_of(const Client *c, const Request *r)
+{
+    return r->timeout_ms > 0 ? r->timeout_ms : (int64_t)c->d->cfg.broker.publish_timeout * 1000;
+}
+
+static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    Waiter *w = container_of(t, Waiter, timer);
+    Client *c = w->c;
+    Session *s = c->d->broker.session;
+    (void)loop;
+    (void)revents;
+    switch (w->op) {
+    case OP_PUBLISH:
+        session_abandon(s, w->msg, true);
+        ops_reply_error(c, w->id, IPC_TIMEOUT,
+                        "not confirmed by the broker in time; the message stays queued and will "
+                        "still be delivered%s",
+                        w->qos ? " (at least once)" : " when the broker is reachable");
+        break;
+    case OP_SUBSCRIBE:
+        session_forget_req(s, w);
+        ops_reply_error(c, w->id, IPC_TIMEOUT,
+                        "no SUBACK in time; the subscription to %s is recorded and takes effect "
+                        "when the broker confirms it",
+                        w->filter);
+        break;
+    default:
+        session_forget_req(s, w);
+        ops_reply_error(c, w->id, IPC_TIMEOUT, "no UNSUBACK in time; %s is unsubscribed locally",
+                        w->filter);
+        break;
+    }
+    waiter_free(w);
+}
+
+/* ---- client subscriptions ---- */
+
+static ClientSub **find_sub(Client *c, View filter)
+{
+    for (size_t i = 0; i < c->n_subs; i++) {
+        if (view_eq(VIEW(c->subs[i]->filter, c->subs[i]->len), filter)) {
+            return &c->subs[i];
+        }
+    }
+    return NULL;
+}
+
+static ClientSub *add_sub(Client *c, View filter)
+{
+    if (c->n_subs == c->cap_subs) {
+        size_t cap = c->cap_subs ? c->cap_subs * 2 : 4;
+        ClientSub **n = realloc(c->subs, cap * sizeof(*n));
+        if (!n) {
+            return NULL;
+        }
+        c->subs = n;
+        c->cap_subs = cap;
+    }
+    ClientSub *s = malloc(sizeof(*s) + filter.n + 1);
+    if (!s) {
+        return NULL;
+    }
+    s->len = (uint16_t)filter.n;
+    memcpy(s->filter, filter.p, filter.n);
+    s->filter[filter.n] = 0;
+    c->subs[c->n_subs++] = s;
+    return s;
+}
+
+static void drop_sub(Client *c, ClientSub **slot)
+{
+    free(*slot);
+    *slot = c->subs[--c->n_subs];
+}
+
+/* Stop holding `filter`; the last local holder takes the broker subscription away. */
+static int release_filter(Client *c, View filter, void *req)
+{
+    Daemon *d = c->d;
+    int r = router_remove(&d->router, filter, &c->target);
+    if (r == ROUTER_LAST) {
+        session_unsubscribe(d->broker.session, filter, req, now_ms());
+    }
+    return r;
+}
+
+/* ---- ops ---- */
+
+static bool admin_only(Client *c, const Request *r)
+{
+    if (c->admin) {
+        return true;
+    }
+    ops_reply_error(c, r->id, IPC_FORBIDDEN,
+                    "%s is an admin op (allowed: root and the daemon's own user)",
+                    ipc_op_name(r->op));
+    return false;
+}
+
+static void op_publish(Client *c, Request *r)
+{
+    Daemon *d = c->d;
+    if (d->stopping) {
+        ops_reply_error(c, r->id, IPC_SHUTTING_DOWN, "the daemon is shutting down");
+        return;
+    }
+    Waiter *w = NULL;
+    if (r->wait) {
+        w = waiter_new(c, r->id, OP_PUBLISH, VIEW_NULL, timeout_of(c, r));
+        if (!w) {
+            ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
+            return;
+        }
+        w->qos = r->qos;
+    }
+    SessionPublish p = {.topic = r->topic, .payload = r->payload, .qos = r->qos,
+                        .retain = r->retain};
+    Session *s = d->broker.session;
+    int e = session_publish(s, &p, w, now_ms(), w ? &w->msg : NULL);
+    if (e < 0) {
+        waiter_free(w);
+        if (e == -ENOBUFS) {
+            ops_reply_error(c, r->id, IPC_QUEUE_FULL,
+                            "queue full: %zu messages, %zu bytes held ([queue] max_messages = "
+                            "%zu, max_bytes = %zu)",
+                            s->queued + s->inflight, s->queued_bytes, d->cfg.queue.max_messages,
+                            d->cfg.queue.max_bytes);
+        } else {
+            ops_reply_error(c, r->id, e == -EINVAL ? IPC_BAD_REQUEST : IPC_INTERNAL,
+                            "cannot queue the message: %s", strerror(-e));
+        }
+        return;
+    }
+    if (!w) {
+        send_reply(c, r->id, NULL);
+    }
+}
+
+static void op_subscribe(Client *c, Request *r)
+{
+    Daemon *d = c->d;
+    View f = r->topic;
+    ClientSub **slot = find_sub(c, f);
+    if (!slot && c->n_subs >= MAX_SUBS_PER_CLIENT) {
+        ops_reply_error(c, r->id, IPC_BAD_REQUEST, "too many subscriptions on one connection (%d)",
+                        MAX_SUBS_PER_CLIENT);
+        return;
+    }
+    ClientSub *sub = slot ? *slot : add_sub(c, f);
+    if (!sub) {
+        ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
+        return;
+    }
+    bool b64 = r->encoding == ENC_BASE64;
+    int res = router_add(&d->router, f, &c->target, r->qos, b64);
+    if (res < 0) {
+        if (!slot) {
+            drop_sub(c, find_sub(c, f));
+        }
+        ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
+        return;
+    }
+    sub->qos = r->qos;
+    sub->base64 = b64;
+    RouterFilter *rf = router_filter(&d->router, f);
+    Session *s = d->broker.session;
+    /* The broker is asked again even when it already holds the filter: a SUBSCRIBE makes it
+     * send the retained messages, which go to this (fresh) holder only. The barrier after it
+     * says when they have all arrived. */
+    bool immediate = rf->active && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
+    Waiter *w = NULL;
+    if (!immediate && !(w = waiter_new(c, r->id, OP_SUBSCRIBE, f, timeout_of(c, r)))) {
+        ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
+        return;
+    }
+    if (w) {
+        w->qos = r->qos;
+    }
+    session_subscribe(s, f, rf->broker_qos, w, now_ms());
+    Waiter *b = waiter_new(c, NULL, OP_SUBSCRIBE, f, 0);
+    if (b) {
+        b->barrier = true;
+        session_barrier(s, b);
+    }
+    if (immediate) {
+        uint8_t granted = r->qos < rf->granted ? r->qos : rf->granted;
+        send_reply(c, r->id, json_pack("{s:i}", "granted_qos", granted));
+    }
+}
+
+static void op_unsubscribe(Client *c, Request *r)
+{
+    ClientSub **slot = find_sub(c, r->topic);
+    if (!slot) {
+        ops_reply_error(c, r->id, IPC_NOT_SUBSCRIBED, "not subscribed to %.*s", (int)r->topic.n,
+                        (const char *)r->topic.p);
+        return;
+    }
+    drop_sub(c, slot);
+    /* Answered on UNSUBACK when this was the last local holder, else at once. */
+    Waiter *w = waiter_new(c, r->id, OP_UNSUBSCRIBE, r->topic, timeout_of(c, r));
+    if (release_filter(c, r->topic, w) != ROUTER_LAST || !w) {
+        waiter_free(w);
+        send_reply(c, r->id, NULL);
+    }
+}
+
+static json_t *int_or_null(bool ok, json_int_t v)
+{
+    return ok ? json_integer(v) : json_null();
+}
+
+static void op_status(Client *c, Request *r)
+{
+    Daemon *d = c->d;
+    Session *s = d->broker.session;
+    int64_t now = now_ms();
+    bool connected = s->state == SESSION_CONNECTED;
+    json_t *st = json_pack(
+        "{s:b, s:s, s:s, s:b, s:s, s:b, s:i, s:I, s:o, s:o, s:I, s:o, s:I, s:I, s:I, s:I, s:s}",
+        "connected", connected, "state", session_state_name(s->state), "broker",
+        d->broker.up || connected ? d->broker.peer : d->cfg.broker.host_list, "tls", 0,
+        "client_id", d->client_id, "session_present", connected && s->session_present,
+        "keepalive", (int)d->cfg.broker.keepalive, "uptime_s",
+        (json_int_t)((now - d->started_at) / 1000), "connected_for_s",
+        int_or_null(connected, (json_int_t)((now - s->connected_at) / 1000)), "last_error",
+        s->last_error[0] ? json_string(s->last_error) : json_null(), "reconnects",
+        (json_int_t)s->stats.reconnects, "next_retry_ms",
+        int_or_null(s->state == SESSION_IDLE,
+                    (json_int_t)(s->retry_at > now ? s->retry_at - now : 0)),
+        "queued", (json_int_t)s->queued, "inflight", (json_int_t)s->inflight, "local_clients",
+        (json_int_t)d->n_clients, "subscriptions", (json_int_t)d->router.filters.count, "version",
+        MQTTBRIDGE_VERSION);
+    send_reply(c, r->id, json_pack("{s:o}", "status", st));
+}
+
+static json_int_t avg(uint64_t sum, uint64_t n)
+{
+    return n ? (json_int_t)((sum + n / 2) / n) : 0;
+}
+
+static void op_stats(Client *c, Request *r)
+{
+    Daemon *d = c->d;
+    Session *s = d->broker.session;
+    const SessionStats *t = &s->stats;
+    json_t *st = json_pack(
+        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+        " s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+        "packets_sent", (json_int_t)t->packets_sent, "packets_received",
+        (json_int_t)t->packets_received, "bytes_sent", (json_int_t)t->bytes_sent,
+        "bytes_received", (json_int_t)t->bytes_received, "pub_ok_count", (json_int_t)t->pub_ok,
+        "pub_fail_count", (json_int_t)t->pub_fail, "pub_rtt_ms",
+        avg(t->pub_rtt_sum_ms, t->pub_rtt_n), "pub_package_avg_size",
+        avg(t->pub_bytes_sum, t->pub_bytes_n), "sub_package_avg_size",
+        avg(t->sub_bytes_sum, t->sub_bytes_n), "connections_sent",
+        (json_int_t)t->connections_sent, "connections_failed", (json_int_t)t->connections_failed,
+        "ping_sent_count", (json_int_t)t->ping_sent, "ping_received_count",
+        (json_int_t)t->ping_received, "ping_rtt_ms", avg(t->ping_rtt_sum_ms, t->ping_received),
+        /* extras */
+        "reconnects", (json_int_t)t->reconnects, "queued", (json_int_t)s->queued, "inflight",
+        (json_int_t)s->inflight, "queued_bytes", (json_int_t)s->queued_bytes, "local_clients",
+        (json_int_t)d->n_clients, "subscriptions", (json_int_t)d->router.filters.count,
+        "messages_received", (json_int_t)t->messages_received, "messages_delivered",
+        (json_int_t)d->stats.messages_delivered, "messages_dropped",
+        (json_int_t)d->stats.messages_dropped, "duplicates_dropped",
+        (json_int_t)t->duplicates_dropped, "clients_rejected",
+        (json_int_t)d->stats.clients_rejected);
+    send_reply(c, r->id, json_pack("{s:o}", "stats", st));
+}
+
+static void op_ping(Client *c, Request *r)
+{
+    int64_t rtt = c->d->broker.session->last_ping_rtt_ms;
+    send_reply(c, r->id, json_pack("{s:o}", "broker_rtt_ms", int_or_null(rtt >= 0, rtt)));
+}
+
+static void op_events(Client *c, Request *r)
+{
+    if (r->events_connection >= 0) {
+        c->events_connection = r->events_connection;
+    }
+    if (r->events_ping >= 0) {
+        c->events_ping = r->events_ping;
+    }
+    send_reply(c, r->id, NULL);
+}
+
+static void op_reconnect(Client *c, Request *r)
+{
+    if (!admin_only(c, r)) {
+        return;
+    }
+    log_info("reconnect requested by client %llu (pid %d)", (unsigned long long)c->serial,
+             (int)c->pid);
+    broker_reconnect(&c->d->broker);
+    send_reply(c, r->id, NULL);
+}
+
+static void op_stats_reset(Client *c, Request *r)
+{
+    if (!admin_only(c, r)) {
+        return;
+    }
+    memset(&c->d->broker.session->stats, 0, sizeof(c->d->broker.session->stats));
+    memset(&c->d->stats, 0, sizeof(c->d->stats));
+    send_reply(c, r->id, NULL);
+}
+
+static void op_reload(Client *c, Request *r)
+{
+    if (!admin_only(c, r)) {
+        return;
+    }
+    char err[512];
+    json_t *id = r->id ? json_incref(r->id) : NULL; /* reload may close clients? never c */
+    if (daemon_reload(c->d, err, sizeof(err)) < 0) {
+        ops_reply_error(c, id, IPC_BAD_REQUEST, "reload failed, keeping the running "
+                                                "configuration: %s", err);
+    } else {
+        send_reply(c, id, NULL);
+    }
+    json_decref(id);
+}
+
+void ops_handle_line(Client *c, View line)
+{
+    typedef void (*op_fn)(Client *, Request *);
+    static const op_fn ops[OP_COUNT] = {
+        [OP_PUBLISH] = op_publish,     [OP_SUBSCRIBE] = op_subscribe,
+        [OP_UNSUBSCRIBE] = op_unsubscribe, [OP_STATUS] = op_status,
+        [OP_STATS] = op_stats,         [OP_PING] = op_ping,
+        [OP_EVENTS] = op_events,       [OP_RECONNECT] = op_reconnect,
+        [OP_STATS_RESET] = op_stats_reset, [OP_RELOAD] = op_reload,
+    };
+    Request req;
+    IpcError err;
+    if (request_parse(line, &req, &err) < 0) {
+        ops_reply_error(c, req.id, err.code, "%s", err.message);
+    } else {
+        ops[req.op](c, &req);
+    }
+    request_free(&req);
+}
+
+void ops_client_gone(Client *c)
+{
+    Session *s = c->d->broker.session;
+    while (c->n_subs) {
+        ClientSub *sub = c->subs[c->n_subs - 1];
+        release_filter(c, VIEW(sub->filter, sub->len), NULL);
+        drop_sub(c, &c->subs[c->n_subs - 1]);
+    }
+    while (!dlist_empty(&c->waiters)) {
+        Waiter *w = container_of(c->waiters.next, Waiter, link);
+        if (w->op == OP_PUBLISH) {
+            session_abandon(s, w->msg, false); /* still delivered; nobody to tell */
+        } else {
+            session_forget_req(s, w);
+        }
+        waiter_free(w);
+    }
+}
