@@ -49,7 +49,8 @@ static HashEntry **find(const HashMap *m, View key, uint32_t h)
     }
     HashEntry **pp = &m->slots[h & (m->n_slots - 1)];
     for (; *pp; pp = &(*pp)->next) {
-        if ((*pp)->hash == h && (*pp)->len == key.n && memcmp((*pp)->key, key.p, key.n) == 0) {
+        if ((*pp)->hash == h && (*pp)->len == key.n &&
+            (key.n == 0 || memcmp((*pp)->key, key.p, key.n) == 0)) {
             return pp;
         }
     }
@@ -100,7 +101,9 @@ int hashmap_put(HashMap *m, View key, void *value)
     e->value = value;
     e->hash = h;
     e->len = (uint32_t)key.n;
-    memcpy(e->key, key.p, key.n);
+    if (key.n) {
+        memcpy(e->key, key.p, key.n);
+    }
     HashEntry **slot = &m->slots[h & (m->n_slots - 1)];
     e->next = *slot;
     *slot = e;

@@ -43,7 +43,9 @@ static RouterNode *node_new(RouterNode *parent, View level)
     if (n) {
         n->parent = parent;
         n->level_len = (uint16_t)level.n;
-        memcpy(n->level, level.p, level.n);
+        if (level.n) {
+            memcpy(n->level, level.p, level.n);
+        }
     }
     return n;
 }
@@ -73,6 +75,7 @@ void router_free(Router *r)
     node_free(r->root);
     free(r->matched);
     buf_free(&r->key);
+    buf_free(&r->stack);
     *r = (Router){0};
 }
 
@@ -273,25 +276,50 @@ static void collect(Router *r, const RouterNode *n, bool retained)
     }
 }
 
-/* Walk the levels of `rest` from node n. */
-static void match_from(Router *r, const RouterNode *n, View rest, bool at_end, bool first,
-                       bool retained)
+typedef struct Frame { /* one branch of the walk still to explore */
+    const RouterNode *node;
+    View rest;   /* levels not yet matched */
+    bool at_end; /* every level matched */
+} Frame;
+
+/* Depth-first over the trie with an explicit stack: a topic may have 32 768 levels, too
+ * many for recursion. */
+static void match_all(Router *r, View topic, bool retained)
 {
-    if (n->hash && !(first && rest.n && rest.p[0] == '$')) {
-        collect(r, n->hash, retained); /* '#' also matches the parent level: "a/#" ~ "a" */
-    }
-    if (at_end) {
-        collect(r, n, retained);
-        return;
-    }
-    bool last;
-    View level = next_level(&rest, &last);
-    if (n->plus && !(first && level.n && level.p[0] == '$')) {
-        match_from(r, n->plus, rest, last, false, retained);
-    }
-    RouterNode *c = hashmap_get(&r->edges, edge_key(r, n, level));
-    if (c && c != n->plus && c != n->hash) {
-        match_from(r, c, rest, last, false, retained);
+    bool dollar = topic.n && topic.p[0] == '$'; /* 4.7.2: no root wildcards for $topics */
+    buf_clear(&r->stack);
+    Frame f = {r->root, topic, false};
+    for (;;) {
+        const RouterNode *n = f.node;
+        bool root = n == r->root;
+        if (n->hash && !(root && dollar)) {
+            collect(r, n->hash, retained); /* '#' matches the parent level too */
+        }
+        if (f.at_end) {
+            collect(r, n, retained);
+        } else {
+            bool last;
+            View rest = f.rest;
+            View level = next_level(&rest, &last);
+            RouterNode *c = hashmap_get(&r->edges, edge_key(r, n, level));
+            Frame next[2] = {{n->plus, rest, last}, {c, rest, last}};
+            if (root && dollar) {
+                next[0].node = NULL;
+            }
+            if (c == n->plus || c == n->hash) {
+                next[1].node = NULL;
+            }
+            for (int i = 0; i < 2; i++) {
+                if (next[i].node && buf_append(&r->stack, &next[i], sizeof(Frame)) < 0) {
+                    return; /* out of memory: a partial match */
+                }
+            }
+        }
+        if (!buf_size(&r->stack)) {
+            return;
+        }
+        r->stack.len -= sizeof(Frame);
+        memcpy(&f, r->stack.data + r->stack.len, sizeof(Frame));
     }
 }
 
@@ -299,7 +327,7 @@ size_t router_match(Router *r, View topic, bool retained, RouterTarget ***ret)
 {
     r->epoch++;
     r->n_matched = 0;
-    match_from(r, r->root, topic, false, true, retained);
+    match_all(r, topic, retained);
     *ret = r->matched;
     return r->n_matched;
 }

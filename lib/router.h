@@ -40,6 +40,7 @@ typedef struct Router {
     size_t n_matched, cap_matched;
     size_t subscriptions; /* (filter, target) pairs */
     Buf key;              /* scratch for edge keys */
+    Buf stack;            /* scratch for router_match's walk */
 } Router;
 
 /* Per exact filter string: what one broker subscription serves. */
