@@ -57,7 +57,9 @@ static Waiter *waiter_new(Client *c, json_t *id, enum ipc_op op, View filter, in
     w->c = c;
     w->op = op;
     w->id = id ? json_incref(id) : NULL;
-    memcpy(w->filter, filter.p, filter.n);
+    if (filter.n) {
+        memcpy(w->filter, filter.p, filter.n);
+    }
     dlist_push(&c->waiters, &w->link);
     ev_timer_init(&w->timer, on_waiter_timeout, (double)timeout_ms / 1000.0, 0.0);
     if (timeout_ms > 0) {

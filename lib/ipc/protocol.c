@@ -138,11 +138,16 @@ static int parse_publish(Request *req, IpcError *err)
         req->payload = buf_view(&req->decoded);
     }
     if ((r = get_qos(root, &req->qos, err)) < 0 ||
-        (r = get_bool(root, "retain", &req->retain, err)) < 0 ||
-        (r = get_bool(root, "wait", &req->wait, err)) < 0) {
+        (r = get_bool(root, "retain", &req->retain, err)) < 0) {
         return r;
     }
-    json_t *t = json_object_get(root, "timeout_ms");
+    return get_bool(root, "wait", &req->wait, err);
+}
+
+/* How long publish, subscribe and unsubscribe wait for the broker. */
+static int get_timeout(Request *req, IpcError *err)
+{
+    json_t *t = json_object_get(req->root, "timeout_ms");
     if (t) {
         if (!json_is_integer(t) || json_integer_value(t) <= 0 ||
             json_integer_value(t) > 86400000) {
@@ -230,13 +235,14 @@ int request_parse(View line, Request *req, IpcError *err)
         return fail(err, IPC_UNKNOWN_OP, "unknown op \"%.60s\"", name);
     }
     req->op = (enum ipc_op)i;
+    int r;
     switch (req->op) {
     case OP_PUBLISH:
-        return parse_publish(req, err);
+        return (r = parse_publish(req, err)) < 0 ? r : get_timeout(req, err);
     case OP_SUBSCRIBE:
-        return parse_subscribe(req, err);
+        return (r = parse_subscribe(req, err)) < 0 ? r : get_timeout(req, err);
     case OP_UNSUBSCRIBE:
-        return parse_filter(req, err);
+        return (r = parse_filter(req, err)) < 0 ? r : get_timeout(req, err);
     case OP_EVENTS:
         return parse_events(req, err);
     default:

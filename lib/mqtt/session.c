@@ -493,7 +493,9 @@ static int add_pending(Impl *m, View filter, uint8_t qos, enum pending_kind kind
         return -ENOMEM;
     }
     *p = (Pending){.req = req, .qos = qos, .kind = kind, .len = (uint16_t)filter.n};
-    memcpy(p->filter, filter.p, filter.n);
+    if (filter.n) {
+        memcpy(p->filter, filter.p, filter.n);
+    }
     list_push_back(&m->pending, &p->link);
     return 0;
 }

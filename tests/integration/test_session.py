@@ -147,6 +147,23 @@ class RealBroker(TestCase):
             self.assertTrue(st["connected"])
             self.assertIsNone(st["last_error"])
 
+    def test_packet_log_hides_the_password(self):
+        pwfile = os.path.join(self.tmp, "passwd")
+        open(pwfile, "w").close()
+        os.system(f"mosquitto_passwd -b {pwfile} bob hunter2")
+        os.chmod(pwfile, 0o644)
+        m = self.broker(extra=f"allow_anonymous false\npassword_file {pwfile}")
+        d = self.daemon(m.port, sections={"broker": {"username": "bob", "password": "hunter2"},
+                                          "log": {"level": "packet"}})
+        with d.client() as c:
+            c.ok("publish", topic="pk/t", payload="x", qos=1)
+        log = d.logtext()
+        self.assertRegex(log, r"> CONNECT \(\d+ bytes\): 10 ")
+        self.assertRegex(log, r"< CONNACK \(4 bytes\): 20 02 00 00")
+        self.assertRegex(log, r"> PUBLISH .*\n.*< PUBACK")
+        self.assertNotIn("hunter2", log)
+        self.assertNotIn(" ".join(f"{b:02x}" for b in b"hunter2"), log)
+
     def test_connection_refused_error_and_backoff(self):
         from harness import free_port
         port = free_port()  # nothing listens here
@@ -247,6 +264,26 @@ class FakeBrokerFaults(TestCase):
                     err = wait_until(lambda: c.ok("status")["status"]["last_error"])
                     self.assertEqual(err, f"connection refused: {text}")
                 self.assertEqual(d.stop(), 0)
+
+    def test_suback_failure_is_refused(self):
+        def handler(conn, fb):
+            fb.read_connect(conn)
+            conn.sendall(connack(0))
+            while True:
+                t, body = fb.read_packet(conn)
+                if t >> 4 == 8:  # SUBSCRIBE: refuse every filter
+                    conn.sendall(bytes([0x90, 3]) + body[:2] + b"\x80")
+                elif t >> 4 == 12:  # PINGREQ
+                    conn.sendall(b"\xd0\x00")
+        fb = self.fake_broker(handler)
+        d = self.daemon(fb.port)
+        with d.client() as c:
+            r = c.request("subscribe", filter="no/#", qos=1)
+            self.assertEqual(r["error"]["code"], "refused")
+            self.assertIn("no/#", r["error"]["message"])
+            self.assertEqual(c.request("unsubscribe", filter="no/#")["error"]["code"],
+                             "not_subscribed")
+            self.assertEqual(c.ok("status")["status"]["subscriptions"], 0)
 
     def test_connect_packet_fields(self):
         def handler(conn, fb):
