@@ -658,9 +658,11 @@ void mqtt_decoder_commit(MqttDecoder *d, size_t n)
 
 int mqtt_decoder_next(MqttDecoder *d, MqttPacket *ret_pkt)
 {
-    int r = mqtt_decode(buf_view(&d->in), d->max_size, ret_pkt);
+    View in = buf_view(&d->in);
+    int r = mqtt_decode(in, d->max_size, ret_pkt);
     if (r > 0) {
         /* Only offsets move: the packet's Views stay valid until the next feed. */
+        d->last = VIEW(in.p, ret_pkt->size);
         buf_consume(&d->in, ret_pkt->size);
     }
     return r;

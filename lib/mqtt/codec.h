@@ -153,6 +153,7 @@ int mqtt_topic_list_next(View *list, bool has_qos, MqttTopicReq *ret);
 typedef struct MqttDecoder {
     Buf in;
     size_t max_size;
+    View last; /* the raw bytes of the packet mqtt_decoder_next returned last */
 } MqttDecoder;
 
 void mqtt_decoder_init(MqttDecoder *d, size_t max_size);

@@ -909,8 +909,7 @@ void session_input(Session *s, const void *data, size_t n, int64_t now)
         s->stats.packets_received++;
         s->stats.bytes_received += pkt.size;
         if (m->cb.trace) {
-            m->cb.trace(m->userdata, false, &pkt,
-                        VIEW(m->dec.in.data + m->dec.in.off - pkt.size, pkt.size));
+            m->cb.trace(m->userdata, false, &pkt, m->dec.last);
         }
         handle_packet(m, &pkt, now);
     }
