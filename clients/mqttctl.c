@@ -1,0 +1,681 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mqttctl: the admin and scripting CLI of mqttbridged.
+ *
+ * Exit status: 0 success, 1 the daemon answered an error, 2 usage error, 3 the daemon cannot
+ * be reached. pub/sub follow mosquitto_pub/mosquitto_sub flags.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base64.h"
+#include "defaults.h"
+#include "ipcclient.h"
+#include "utf8.h"
+
+enum { EXIT_DAEMON_ERROR = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
+
+static const char *socket_path;
+static bool json_out;
+static int timeout_ms = 10000;
+static volatile sig_atomic_t interrupted;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: mqttctl [-s SOCKET] [--json] [--timeout SECONDS] COMMAND [ARGS]\n"
+            "\n"
+            "Commands:\n"
+            "  status                      the broker session and the daemon, summarised\n"
+            "  stats [--reset]             every counter; --reset zeroes them (admin)\n"
+            "  pub -t TOPIC (-m MSG | -f FILE | -l | -n) [-q QOS] [-r]\n"
+            "                              publish a message, a file, each stdin line, or nothing\n"
+            "  sub -t FILTER [-t FILTER...] [-q QOS] [-C COUNT] [-W SECONDS] [-v]\n"
+            "                              print messages (-v: with their topic)\n"
+            "  ping                        round trip to the daemon and the broker\n"
+            "  reconnect                   drop and re-establish the broker session (admin)\n"
+            "  reload                      re-read the daemon's configuration (admin)\n"
+            "  version                     versions of mqttctl and the daemon\n"
+            "\n"
+            "Options:\n"
+            "  -s, --socket PATH   the daemon socket (else $MQTTBRIDGE_SOCKET, else\n"
+            "                      " DEFAULT_SOCKET ")\n"
+            "      --json          print the daemon's JSON replies and events\n"
+            "      --timeout SECS  how long to wait for the daemon (default 10)\n"
+            "  -h, --help          this help\n"
+            "\n"
+            "Exit status: 0 ok, 1 the daemon answered an error, 2 usage, 3 daemon unreachable.\n");
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "mqttctl: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nTry 'mqttctl --help'.\n");
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+static int connect_daemon(IpcClient *c)
+{
+    int r = ipc_connect(c, socket_path);
+    if (r < 0) {
+        fprintf(stderr, "mqttctl: cannot connect to %s: %s (is mqttbridged running?)\n",
+                socket_path, strerror(-r));
+        return EXIT_UNREACHABLE;
+    }
+    return 0;
+}
+
+static int lost(int r)
+{
+    if (r == -ETIMEDOUT) {
+        fprintf(stderr, "mqttctl: no answer from the daemon within %d ms\n", timeout_ms);
+    } else {
+        fprintf(stderr, "mqttctl: lost the connection to the daemon: %s\n",
+                r == -EPIPE ? "closed" : strerror(-r));
+    }
+    return EXIT_UNREACHABLE;
+}
+
+static void print_json(json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    if (s) {
+        puts(s);
+        free(s);
+    }
+}
+
+/* The error of a failed reply, printed; returns the exit status for it. */
+static int reply_failed(json_t *reply, const char *what)
+{
+    json_t *e = json_object_get(reply, "error");
+    fprintf(stderr, "mqttctl: %s%s%s: %s\n", what ? what : "", what ? ": " : "",
+            json_string_value(json_object_get(e, "code")),
+            json_string_value(json_object_get(e, "message")));
+    return EXIT_DAEMON_ERROR;
+}
+
+/* One request, one reply; on success *ret (may be NULL) gets the reply. */
+static int simple(const char *op, json_t **ret)
+{
+    IpcClient c;
+    int r = connect_daemon(&c);
+    if (r) {
+        return r;
+    }
+    json_t *reply;
+    r = ipc_call(&c, json_pack("{s:s}", "op", op), &reply, timeout_ms);
+    ipc_close(&c);
+    if (r < 0) {
+        return lost(r);
+    }
+    if (json_out) {
+        print_json(reply);
+    }
+    if (!json_is_true(json_object_get(reply, "ok"))) {
+        r = json_out ? EXIT_DAEMON_ERROR : reply_failed(reply, op);
+        json_decref(reply);
+        return r;
+    }
+    if (ret) {
+        *ret = reply;
+    } else {
+        json_decref(reply);
+    }
+    return 0;
+}
+
+static void duration(char *out, size_t n, json_int_t s)
+{
+    if (s >= 86400) {
+        snprintf(out, n, "%lldd %02lldh%02lldm", (long long)(s / 86400),
+                 (long long)(s % 86400 / 3600), (long long)(s % 3600 / 60));
+    } else if (s >= 3600) {
+        snprintf(out, n, "%lldh%02lldm%02llds", (long long)(s / 3600), (long long)(s % 3600 / 60),
+                 (long long)(s % 60));
+    } else if (s >= 60) {
+        snprintf(out, n, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+    } else {
+        snprintf(out, n, "%llds", (long long)s);
+    }
+}
+
+static int cmd_status(void)
+{
+    json_t *reply;
+    int r = simple("status", &reply);
+    if (r || json_out) {
+        json_decref(json_out ? NULL : reply);
+        return r;
+    }
+    json_t *s = json_object_get(reply, "status");
+#define I(k) ((long long)json_integer_value(json_object_get(s, k)))
+#define S(k) json_string_value(json_object_get(s, k))
+#define B(k) json_is_true(json_object_get(s, k))
+    char up[32], conn[32];
+    duration(up, sizeof(up), I("uptime_s"));
+    duration(conn, sizeof(conn), I("connected_for_s"));
+    if (B("connected")) {
+        printf("connected     yes, to %s for %s%s\n", S("broker"), conn,
+               B("session_present") ? " (session resumed)" : "");
+    } else {
+        printf("connected     no (%s), broker %s\n", S("state"), S("broker"));
+        if (json_is_integer(json_object_get(s, "next_retry_ms"))) {
+            printf("next retry    in %lld ms\n", I("next_retry_ms"));
+        }
+    }
+    printf("last error    %s\n", S("last_error") ? S("last_error") : "none");
+    printf("tls           %s\n", B("tls") ? "yes" : "no");
+    printf("client id     %s\n", S("client_id"));
+    printf("keepalive     %lld s\n", I("keepalive"));
+    printf("reconnects    %lld\n", I("reconnects"));
+    printf("queued        %lld (in flight %lld)\n", I("queued"), I("inflight"));
+    printf("local clients %lld\n", I("local_clients"));
+    printf("subscriptions %lld\n", I("subscriptions"));
+    printf("uptime        %s\n", up);
+    printf("version       mqttbridged %s\n", S("version"));
+#undef I
+#undef S
+#undef B
+    json_decref(reply);
+    return 0;
+}
+
+static int cmd_stats(int argc, char **argv)
+{
+    bool reset = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--reset") == 0) {
+            reset = true;
+        } else {
+            return usage_error("stats: unknown option '%s'", argv[i]);
+        }
+    }
+    if (reset) {
+        int r = simple("stats_reset", NULL);
+        if (!r && !json_out) {
+            printf("statistics reset\n");
+        }
+        return r;
+    }
+    json_t *reply;
+    int r = simple("stats", &reply);
+    if (r || json_out) {
+        json_decref(json_out ? NULL : reply);
+        return r;
+    }
+    json_t *st = json_object_get(reply, "stats");
+    const char *key;
+    json_t *v;
+    size_t width = 0;
+    json_object_foreach(st, key, v) {
+        width = strlen(key) > width ? strlen(key) : width;
+    }
+    json_object_foreach(st, key, v) {
+        printf("%-*s %12lld\n", (int)width, key, (long long)json_integer_value(v));
+    }
+    json_decref(reply);
+    return 0;
+}
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int cmd_ping(void)
+{
+    int64_t t0 = mono_us();
+    json_t *reply;
+    int r = simple("ping", &reply);
+    int64_t us = mono_us() - t0;
+    if (r || json_out) {
+        json_decref(json_out ? NULL : reply);
+        return r;
+    }
+    json_t *rtt = json_object_get(reply, "broker_rtt_ms");
+    printf("daemon round trip %.3f ms\n", (double)us / 1000.0);
+    if (json_is_integer(rtt)) {
+        printf("broker round trip %lld ms (last PINGREQ)\n", (long long)json_integer_value(rtt));
+    } else {
+        printf("broker round trip unknown (no PINGREQ answered yet)\n");
+    }
+    json_decref(reply);
+    return 0;
+}
+
+static int cmd_version(void)
+{
+    printf("mqttctl %s\n", MQTTBRIDGE_VERSION);
+    json_t *reply;
+    bool saved = json_out;
+    json_out = false;
+    int r = simple("status", &reply);
+    json_out = saved;
+    if (r) {
+        return r;
+    }
+    printf("mqttbridged %s\n",
+           json_string_value(json_object_get(json_object_get(reply, "status"), "version")));
+    json_decref(reply);
+    return 0;
+}
+
+static int cmd_admin(const char *op)
+{
+    int r = simple(op, NULL);
+    if (!r && !json_out) {
+        printf("%s: done\n", op);
+    }
+    return r;
+}
+
+/* ---- pub ---- */
+
+static json_t *publish_req(const char *topic, View payload, int qos, bool retain)
+{
+    /* The daemon answers `timeout` itself after --timeout: failures stay per message. */
+    json_t *req = json_pack("{s:s, s:s, s:i, s:b, s:i}", "op", "publish", "topic", topic, "qos",
+                            qos, "retain", retain, "timeout_ms", timeout_ms);
+    if (utf8_valid(payload, true)) {
+        json_object_set_new(req, "payload",
+                            json_stringn(payload.n ? (const char *)payload.p : "", payload.n));
+    } else {
+        Buf b = {0};
+        base64_encode(&b, payload);
+        json_object_set_new(req, "payload_b64", json_stringn((const char *)b.data, b.len));
+        buf_free(&b);
+    }
+    return req;
+}
+
+static int read_all(const char *path, Buf *out)
+{
+    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -errno;
+    }
+    for (;;) {
+        if (buf_reserve(out, 65536) < 0) {
+            return -ENOMEM;
+        }
+        ssize_t n = read(fd, out->data + out->len, 65536);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            int e = n < 0 ? -errno : 0;
+            if (fd != STDIN_FILENO) {
+                close(fd);
+            }
+            return e;
+        }
+        out->len += (size_t)n;
+    }
+}
+
+/* Read a reply for a pipelined publish; failures reported with their line number. */
+static int collect_reply(IpcClient *c, json_int_t first_id, int *failures)
+{
+    json_t *m;
+    int r = ipc_read(c, &m, timeout_ms + 5000); /* the daemon's own timeout comes first */
+    if (r <= 0) {
+        return r == 0 ? -ETIMEDOUT : r;
+    }
+    if (json_object_get(m, "event")) {
+        json_decref(m);
+        return 1;
+    }
+    if (json_out) {
+        print_json(m);
+    }
+    if (!json_is_true(json_object_get(m, "ok"))) {
+        char what[48];
+        snprintf(what, sizeof(what), "message %lld",
+                 (long long)(json_integer_value(json_object_get(m, "id")) - first_id + 1));
+        if (!json_out) {
+            reply_failed(m, what);
+        }
+        (*failures)++;
+    }
+    json_decref(m);
+    return 1;
+}
+
+static int cmd_pub(int argc, char **argv)
+{
+    const char *topic = NULL, *message = NULL, *file = NULL;
+    bool lines = false, null_msg = false, retain = false;
+    int qos = 0, o;
+    static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "+t:m:f:lnq:r", opts, NULL)) != -1) {
+        switch (o) {
+        case 't': topic = optarg; break;
+        case 'm': message = optarg; break;
+        case 'f': file = optarg; break;
+        case 'l': lines = true; break;
+        case 'n': null_msg = true; break;
+        case 'r': retain = true; break;
+        case 'J': json_out = true; break;
+        case 'q':
+            if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '2') {
+                return usage_error("pub: -q must be 0, 1 or 2, not '%s'", optarg);
+            }
+            qos = optarg[0] - '0';
+            break;
+        default:
+            return usage_error("pub: bad option");
+        }
+    }
+    if (optind < argc) {
+        return usage_error("pub: unexpected argument '%s'", argv[optind]);
+    }
+    if (!topic) {
+        return usage_error("pub: -t TOPIC is required");
+    }
+    if ((message != NULL) + (file != NULL) + lines + null_msg != 1) {
+        return usage_error("pub: give exactly one of -m MSG, -f FILE, -l, -n");
+    }
+    IpcClient c;
+    int r = connect_daemon(&c);
+    if (r) {
+        return r;
+    }
+    int failures = 0;
+    if (!lines) {
+        Buf payload = {0};
+        if (file && (r = read_all(file, &payload)) < 0) {
+            fprintf(stderr, "mqttctl: cannot read %s: %s\n", file, strerror(-r));
+            ipc_close(&c);
+            buf_free(&payload);
+            return EXIT_USAGE;
+        }
+        View p = message ? VIEW_STR(message) : buf_view(&payload);
+        json_int_t first = c.next_id;
+        ipc_queue(&c, publish_req(topic, p, qos, retain));
+        buf_free(&payload);
+        r = collect_reply(&c, first, &failures);
+    } else {
+        /* Stream: keep up to WINDOW requests in flight, read replies as they come. */
+        enum { WINDOW = 1024 };
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t n;
+        long outstanding = 0;
+        json_int_t first = c.next_id;
+        r = 1;
+        while (r > 0 && (n = getline(&line, &cap, stdin)) >= 0) {
+            if (n && line[n - 1] == '\n') {
+                n--;
+            }
+            ipc_queue(&c, publish_req(topic, VIEW(line, (size_t)n), qos, retain));
+            outstanding++;
+            if (buf_size(&c.out) > 256 * 1024 && (r = ipc_flush(&c, timeout_ms)) < 0) {
+                break;
+            }
+            while (r > 0 && outstanding >= WINDOW) {
+                r = collect_reply(&c, first, &failures);
+                outstanding--;
+            }
+        }
+        free(line);
+        while (r > 0 && outstanding > 0) {
+            r = collect_reply(&c, first, &failures);
+            outstanding--;
+        }
+    }
+    ipc_close(&c);
+    if (r < 0) {
+        return lost(r);
+    }
+    return failures ? EXIT_DAEMON_ERROR : 0;
+}
+
+/* ---- sub ---- */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static int write_all(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    while (n) {
+        ssize_t w = write(STDOUT_FILENO, b, n);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            return -1;
+        }
+        b += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int cmd_sub(int argc, char **argv)
+{
+    const char *filters[64];
+    int n_filters = 0, qos = 0, o;
+    long count = 0, wait_s = 0;
+    bool verbose = false;
+    static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "+t:q:C:W:v", opts, NULL)) != -1) {
+        char *end;
+        switch (o) {
+        case 't':
+            if (n_filters == 64) {
+                return usage_error("sub: at most 64 -t filters");
+            }
+            filters[n_filters++] = optarg;
+            break;
+        case 'q':
+            if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '2') {
+                return usage_error("sub: -q must be 0, 1 or 2, not '%s'", optarg);
+            }
+            qos = optarg[0] - '0';
+            break;
+        case 'C':
+            count = strtol(optarg, &end, 10);
+            if (*end || count <= 0) {
+                return usage_error("sub: -C needs a positive count, not '%s'", optarg);
+            }
+            break;
+        case 'W':
+            wait_s = strtol(optarg, &end, 10);
+            if (*end || wait_s <= 0) {
+                return usage_error("sub: -W needs a positive number of seconds, not '%s'",
+                                   optarg);
+            }
+            break;
+        case 'v': verbose = true; break;
+        case 'J': json_out = true; break;
+        default:
+            return usage_error("sub: bad option");
+        }
+    }
+    if (optind < argc) {
+        return usage_error("sub: unexpected argument '%s'", argv[optind]);
+    }
+    if (!n_filters) {
+        return usage_error("sub: -t FILTER is required");
+    }
+    IpcClient c;
+    int r = connect_daemon(&c);
+    if (r) {
+        return r;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    /* Binary-safe output: ask for base64 unless the JSON lines are what we print. */
+    for (int i = 0; i < n_filters; i++) {
+        json_t *reply;
+        r = ipc_call(&c,
+                     json_pack("{s:s, s:s, s:i, s:s}", "op", "subscribe", "filter", filters[i],
+                               "qos", qos, "encoding", json_out ? "auto" : "base64"),
+                     &reply, timeout_ms);
+        if (r < 0) {
+            ipc_close(&c);
+            return lost(r);
+        }
+        if (!json_is_true(json_object_get(reply, "ok"))) {
+            r = reply_failed(reply, filters[i]);
+            json_decref(reply);
+            ipc_close(&c);
+            return r;
+        }
+        json_decref(reply);
+    }
+    long got = 0;
+    int64_t deadline = wait_s ? mono_us() / 1000 + wait_s * 1000 : -1;
+    int status = 0;
+    while (!interrupted && (!count || got < count)) {
+        int left = deadline < 0 ? 500 : (int)(deadline - mono_us() / 1000);
+        if (deadline >= 0 && left <= 0) {
+            if (count) {
+                fprintf(stderr, "mqttctl: timed out after %ld s (%ld of %ld messages)\n",
+                        wait_s, got, count);
+                status = EXIT_DAEMON_ERROR;
+            }
+            break;
+        }
+        json_t *m;
+        r = ipc_read(&c, &m, left > 500 ? 500 : left);
+        if (r == 0 || r == -EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            ipc_close(&c);
+            return lost(r);
+        }
+        const char *ev = json_string_value(json_object_get(m, "event"));
+        if (ev && strcmp(ev, "message") == 0) {
+            got++;
+        }
+        int w = 0;
+        if (json_out) {
+            char *s = json_dumps(m, JSON_COMPACT);
+            w = s ? write_all(s, strlen(s)) | write_all("\n", 1) : 0;
+            free(s);
+        } else if (ev && strcmp(ev, "message") == 0) {
+            const char *topic = json_string_value(json_object_get(m, "topic"));
+            json_t *b64 = json_object_get(m, "payload_b64");
+            Buf payload = {0};
+            base64_decode(&payload, VIEW(json_string_value(b64), json_string_length(b64)));
+            if (verbose) {
+                w |= write_all(topic, strlen(topic)) | write_all(" ", 1);
+            }
+            w |= write_all(payload.data, payload.len) | write_all("\n", 1);
+            buf_free(&payload);
+        } else if (ev && strcmp(ev, "dropped") == 0) {
+            fprintf(stderr, "mqttctl: the daemon dropped %lld messages: output too slow\n",
+                    (long long)json_integer_value(json_object_get(m, "count")));
+        }
+        json_decref(m);
+        if (w) {
+            break; /* stdout closed (SIGPIPE ignored): nothing left to do */
+        }
+    }
+    ipc_close(&c);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"socket", required_argument, NULL, 's'}, {"json", no_argument, NULL, 'J'},
+        {"timeout", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {0},
+    };
+    socket_path = getenv("MQTTBRIDGE_SOCKET");
+    if (!socket_path || !*socket_path) {
+        socket_path = DEFAULT_SOCKET;
+    }
+    int o;
+    while ((o = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
+        char *end;
+        switch (o) {
+        case 's': socket_path = optarg; break;
+        case 'J': json_out = true; break;
+        case 'T': {
+            double t = strtod(optarg, &end);
+            if (*end || t <= 0 || t > 86400) {
+                return usage_error("--timeout needs seconds, not '%s'", optarg);
+            }
+            timeout_ms = (int)(t * 1000);
+            break;
+        }
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("mqttctl %s\n", MQTTBRIDGE_VERSION); return 0;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    char **args = argv + optind;
+    int n = argc - optind;
+    const char *cmd = args[0];
+    /* --json may also follow the command. */
+    for (int i = 1; i < n; i++) {
+        if (strcmp(args[i], "--json") == 0) {
+            json_out = true;
+        }
+    }
+    if (strcmp(cmd, "pub") == 0) {
+        return cmd_pub(n, args);
+    }
+    if (strcmp(cmd, "sub") == 0) {
+        return cmd_sub(n, args);
+    }
+    if (strcmp(cmd, "stats") == 0) {
+        int m = 0;
+        for (int i = 0; i < n; i++) { /* drop --json, handled above */
+            if (strcmp(args[i], "--json") != 0) {
+                args[m++] = args[i];
+            }
+        }
+        return cmd_stats(m, args);
+    }
+    for (int i = 1; i < n; i++) {
+        if (strcmp(args[i], "--json") != 0) {
+            return usage_error("unexpected argument '%s'", args[i]);
+        }
+    }
+    if (strcmp(cmd, "status") == 0) {
+        return cmd_status();
+    }
+    if (strcmp(cmd, "ping") == 0) {
+        return cmd_ping();
+    }
+    if (strcmp(cmd, "reconnect") == 0 || strcmp(cmd, "reload") == 0) {
+        return cmd_admin(cmd);
+    }
+    if (strcmp(cmd, "version") == 0) {
+        return cmd_version();
+    }
+    return usage_error("unknown command '%s'", cmd);
+}
