@@ -158,7 +158,9 @@ static int cmd_status(void)
     json_t *reply;
     int r = simple("status", &reply);
     if (r || json_out) {
-        json_decref(json_out ? NULL : reply);
+        if (!r) {
+            json_decref(reply); /* printed already */
+        }
         return r;
     }
     json_t *s = json_object_get(reply, "status");
@@ -214,7 +216,9 @@ static int cmd_stats(int argc, char **argv)
     json_t *reply;
     int r = simple("stats", &reply);
     if (r || json_out) {
-        json_decref(json_out ? NULL : reply);
+        if (!r) {
+            json_decref(reply); /* printed already */
+        }
         return r;
     }
     json_t *st = json_object_get(reply, "stats");
@@ -245,7 +249,9 @@ static int cmd_ping(void)
     int r = simple("ping", &reply);
     int64_t us = mono_us() - t0;
     if (r || json_out) {
-        json_decref(json_out ? NULL : reply);
+        if (!r) {
+            json_decref(reply); /* printed already */
+        }
         return r;
     }
     json_t *rtt = json_object_get(reply, "broker_rtt_ms");

@@ -45,7 +45,7 @@ static inline bool view_eq_str(View a, const char *s)
 /* The unread bytes. */
 static inline View buf_view(const Buf *b)
 {
-    return VIEW(b->data + b->off, b->len - b->off);
+    return b->data ? VIEW(b->data + b->off, b->len - b->off) : VIEW_NULL;
 }
 
 static inline size_t buf_size(const Buf *b)
