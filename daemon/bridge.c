@@ -153,7 +153,8 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         broadcast(d, false, json_pack("{s:s, s:I}", "event", "ping", "rtt_ms",
                                       (json_int_t)ev->ping.rtt_ms));
         break;
-    case SESSION_EV_PUBLISH_DONE: {
+    case SESSION_EV_PUBLISH_DONE:
+    case SESSION_EV_UNSUBSCRIBE_DONE: {
         Waiter *w = ev->done.req;
         send_ok(w->c, w->id, NULL);
         waiter_free(w);
@@ -163,11 +164,5 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_BARRIER_DONE:
         subscribe_done(d, ev->done.req, ev->done.result);
         break;
-    case SESSION_EV_UNSUBSCRIBE_DONE: {
-        Waiter *w = ev->done.req;
-        send_ok(w->c, w->id, NULL);
-        waiter_free(w);
-        break;
-    }
     }
 }

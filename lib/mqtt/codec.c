@@ -110,6 +110,20 @@ static int check_string(View s)
     return utf8_valid(s, false) ? 0 : -MQTT_E_UTF8;
 }
 
+/* At least one code, each 0, 1, 2 or 0x80. */
+static int check_suback_codes(View codes)
+{
+    if (codes.n == 0) {
+        return -MQTT_E_NO_TOPICS;
+    }
+    for (size_t i = 0; i < codes.n; i++) {
+        if (codes.p[i] > 2 && codes.p[i] != MQTT_SUBACK_FAILURE) {
+            return -MQTT_E_SUBACK_RC;
+        }
+    }
+    return 0;
+}
+
 static int check_ack_id(uint16_t id)
 {
     return id ? 0 : -MQTT_E_PACKET_ID;
@@ -232,14 +246,8 @@ static int measure(const MqttPacket *pkt, uint8_t *ret_first, size_t *ret_len)
         if ((r = check_ack_id(pkt->suback.id)) < 0) {
             return r;
         }
-        if (pkt->suback.codes.n == 0) {
-            return -MQTT_E_NO_TOPICS;
-        }
-        for (size_t i = 0; i < pkt->suback.codes.n; i++) {
-            uint8_t c = pkt->suback.codes.p[i];
-            if (c > 2 && c != MQTT_SUBACK_FAILURE) {
-                return -MQTT_E_SUBACK_RC;
-            }
+        if ((r = check_suback_codes(pkt->suback.codes)) < 0) {
+            return r;
         }
         if (pkt->suback.codes.n > MQTT_REMAINING_MAX - 2) {
             return -MQTT_E_TOO_LARGE;
@@ -526,16 +534,7 @@ static int decode_body(Reader *r, uint8_t flags, MqttPacket *pkt)
     case MQTT_SUBACK:
         TRY(get_id(r, &pkt->suback.id));
         pkt->suback.codes = rest(r);
-        if (pkt->suback.codes.n == 0) {
-            return -MQTT_E_NO_TOPICS;
-        }
-        for (size_t i = 0; i < pkt->suback.codes.n; i++) {
-            uint8_t c = pkt->suback.codes.p[i];
-            if (c > 2 && c != MQTT_SUBACK_FAILURE) {
-                return -MQTT_E_SUBACK_RC;
-            }
-        }
-        return 0;
+        return check_suback_codes(pkt->suback.codes);
     default: /* PINGREQ, PINGRESP, DISCONNECT: no body */
         return 0;
     }
