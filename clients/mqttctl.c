@@ -180,7 +180,11 @@ static int cmd_status(void)
         }
     }
     printf("last error    %s\n", S("last_error") ? S("last_error") : "none");
-    printf("tls           %s\n", B("tls") ? "yes" : "no");
+    if (S("tls_version")) {
+        printf("tls           yes, %s %s\n", S("tls_version"), S("tls_cipher"));
+    } else {
+        printf("tls           %s\n", B("tls") ? "yes" : "no");
+    }
     printf("client id     %s\n", S("client_id"));
     printf("keepalive     %lld s\n", I("keepalive"));
     printf("reconnects    %lld\n", I("reconnects"));

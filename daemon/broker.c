@@ -71,6 +71,7 @@ static void close_link(Broker *b)
     resolve_cancel(b->resolving);
     b->resolving = NULL;
     b->up = false;
+    b->handshaking = false;
 }
 
 /* Write what the session produced; keep the write watcher on only while bytes wait. */
@@ -83,8 +84,13 @@ static void flush(Broker *b)
             break;
         }
         if (n < 0) {
-            char reason[400];
-            snprintf(reason, sizeof(reason), "write to %s: %s", b->peer, strerror((int)-n));
+            char reason[700];
+            if (n == -EPROTO) {
+                snprintf(reason, sizeof(reason), "TLS error from %s: %s", b->peer,
+                         tls_last_error(b->tr.tls));
+            } else {
+                snprintf(reason, sizeof(reason), "write to %s: %s", b->peer, strerror((int)-n));
+            }
             session_transport_down(b->session, now_ms(), (int)-n, reason);
             return;
         }
@@ -93,7 +99,8 @@ static void flush(Broker *b)
     if (b->tr.fd < 0 || !b->up) {
         return;
     }
-    int events = EV_READ | (buf_size(out) ? EV_WRITE : 0);
+    /* TLS may need the fd writable to go on reading (renegotiation, key update). */
+    int events = EV_READ | (buf_size(out) || b->tr.want == EV_WRITE ? EV_WRITE : 0);
     if (!ev_is_active(&b->io) || b->io.events != events) {
         ev_io_stop(b->loop, &b->io);
         ev_io_set(&b->io, b->tr.fd, events);
@@ -202,13 +209,61 @@ static void addr_text(const struct addrinfo *ai, char *out, size_t n)
     }
 }
 
+static void watch(Broker *b, int events)
+{
+    ev_io_stop(b->loop, &b->io);
+    ev_io_set(&b->io, b->tr.fd, events);
+    ev_io_start(b->loop, &b->io);
+}
+
+/* The stream is ready for MQTT: CONNECT goes out. */
 static void link_up(Broker *b)
 {
     b->up = true;
+    b->handshaking = false;
     b->hosts_tried = 0;
-    log_debug("TCP connected to %s", b->peer);
+    if (b->tr.tls) {
+        log_debug("TLS connected to %s (%s, %s)", b->peer, tls_version(b->tr.tls),
+                  tls_cipher(b->tr.tls));
+    }
     session_transport_up(b->session, now_ms());
     flush(b);
+}
+
+static void handshake(Broker *b)
+{
+    char err[300], reason[700];
+    int r = transport_handshake(&b->tr, err, sizeof(err));
+    if (r == 0) {
+        link_up(b);
+    } else if (r == -EAGAIN) {
+        watch(b, b->tr.want);
+    } else {
+        snprintf(reason, sizeof(reason), "TLS handshake with %s failed: %s", b->peer, err);
+        attempt_failed(b, EPROTO, reason);
+    }
+}
+
+/* TCP is up: TLS first when configured. */
+static void tcp_up(Broker *b)
+{
+    log_debug("TCP connected to %s", b->peer);
+    const char *host;
+    unsigned port;
+    host_port(b, &host, &port);
+    char err[300], phase[400];
+    if (transport_start_tls(&b->tr, b->cfg, host, err, sizeof(err)) < 0) {
+        attempt_failed(b, EPROTO, err);
+        return;
+    }
+    if (!b->tr.tls) {
+        link_up(b);
+        return;
+    }
+    snprintf(phase, sizeof(phase), "TLS handshake with %s", b->peer);
+    session_set_phase(b->session, phase);
+    b->handshaking = true;
+    handshake(b);
 }
 
 /* Try b->addr; on an immediate failure move on to the next address or host. */
@@ -222,13 +277,14 @@ static void try_address(Broker *b)
         r = transport_connect(&b->tr, b->addr->ai_addr, b->addr->ai_addrlen);
         snprintf(b->peer, sizeof(b->peer), "%s", where);
         if (r == 0) {
-            link_up(b);
+            tcp_up(b);
             return;
         }
         if (r == -EINPROGRESS) {
-            ev_io_stop(b->loop, &b->io);
-            ev_io_set(&b->io, b->tr.fd, EV_WRITE);
-            ev_io_start(b->loop, &b->io);
+            char phase[400];
+            snprintf(phase, sizeof(phase), "TCP connect to %s", where);
+            session_set_phase(b->session, phase);
+            watch(b, EV_WRITE);
             return;
         }
         snprintf(reason, sizeof(reason), "connect to %s: %s", where, strerror(-r));
@@ -242,7 +298,7 @@ static void on_connect_result(Broker *b)
 {
     int r = transport_connect_result(&b->tr);
     if (r == 0) {
-        link_up(b);
+        tcp_up(b);
         return;
     }
     char reason[400];
@@ -268,19 +324,26 @@ static void on_readable(Broker *b)
             break;
         }
         if (n <= 0) {
-            char reason[400];
+            char reason[700];
+            /* A plain MQTT client on a TLS port is dropped by the broker right away. */
+            const char *hint = b->session->state == SESSION_CONNACK_WAIT && !b->tr.tls
+                                   ? " before CONNACK (a TLS port? see [tls] enabled)"
+                                   : "";
             if (n == 0) {
-                snprintf(reason, sizeof(reason), "%s closed the connection", b->peer);
+                snprintf(reason, sizeof(reason), "%s closed the connection%s", b->peer, hint);
+            } else if (n == -EPROTO) {
+                snprintf(reason, sizeof(reason), "TLS error from %s: %s", b->peer,
+                         tls_last_error(b->tr.tls));
             } else {
-                snprintf(reason, sizeof(reason), "read from %s: %s", b->peer,
-                         strerror((int)-n));
+                snprintf(reason, sizeof(reason), "read from %s: %s%s", b->peer,
+                         strerror((int)-n), hint);
             }
             session_transport_down(b->session, now_ms(), n == 0 ? ECONNRESET : (int)-n,
                                    reason);
             return;
         }
         session_input(b->session, buf, (size_t)n, now_ms());
-        if ((size_t)n < sizeof(buf)) {
+        if ((size_t)n < sizeof(buf) && !(b->up && transport_pending(&b->tr))) {
             break;
         }
     }
@@ -290,12 +353,13 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     Broker *b = (Broker *)((char *)w - offsetof(Broker, io));
     (void)loop;
-    if (!b->up) {
+    (void)revents;
+    if (b->handshaking) {
+        handshake(b);
+    } else if (!b->up) {
         on_connect_result(b);
-        broker_kick(b);
-        return;
-    }
-    if (revents & EV_READ) {
+    } else {
+        /* Read on any readiness: with TLS, a write readiness may be what a read waited for. */
         on_readable(b);
     }
     broker_kick(b);

@@ -31,7 +31,8 @@ struct Broker {
     struct addrinfo *addrs, *addr; /* of the host being tried */
     size_t host;                   /* index into cfg->broker.addrs */
     size_t hosts_tried;            /* in this attempt */
-    bool up;                       /* transport open (CONNECT sent or about to be) */
+    bool handshaking;              /* TLS handshake in progress */
+    bool up;                       /* stream ready (CONNECT sent or about to be) */
     char peer[300];                /* "host:port" being tried or connected to */
     char last_net_error[256];
 };

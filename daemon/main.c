@@ -18,6 +18,7 @@
 #include "daemon.h"
 #include "defaults.h"
 #include "log.h"
+#include "tls.h"
 
 #define MAX_CONFIG_FILE (1 << 20)
 
@@ -135,7 +136,8 @@ static int load_config(const Daemon *d, Loaded *out, bool explicit_path, char *e
         int level = LOG_LEVEL_INFO + d->verbosity;
         out->cfg.log.level = level > LOG_LEVEL_PACKET ? LOG_LEVEL_PACKET : (enum log_level)level;
     }
-    if ((r = config_check(&out->cfg, err, errlen)) < 0) {
+    if ((r = config_check(&out->cfg, err, errlen)) < 0 ||
+        (r = tls_check_config(&out->cfg, err, errlen)) < 0) {
         goto fail;
     }
     const struct BrokerConfig *b = &out->cfg.broker;
@@ -168,7 +170,12 @@ static bool link_changed(const Daemon *d, const Loaded *n)
            a->broker.clean_session != b->broker.clean_session ||
            !str_eq(a->will.topic, b->will.topic) || !str_eq(a->will.message, b->will.message) ||
            a->will.qos != b->will.qos || a->will.retain != b->will.retain ||
-           a->tls.enabled != b->tls.enabled;
+           a->tls.enabled != b->tls.enabled || a->tls.verify != b->tls.verify ||
+           !str_eq(a->tls.ca_file, b->tls.ca_file) || !str_eq(a->tls.ca_path, b->tls.ca_path) ||
+           !str_eq(a->tls.cert_file, b->tls.cert_file) ||
+           !str_eq(a->tls.key_file, b->tls.key_file) ||
+           !str_eq(a->tls.server_name, b->tls.server_name) ||
+           a->tls.min_version != b->tls.min_version || !str_eq(a->tls.alpn, b->tls.alpn);
 }
 
 /* "mqttbridge-HOST-RANDOM": stable for the life of the process. */

@@ -303,7 +303,8 @@ static void op_status(Client *c, Request *r)
     json_t *st = json_pack(
         "{s:b, s:s, s:s, s:b, s:s, s:b, s:i, s:I, s:o, s:o, s:I, s:o, s:I, s:I, s:I, s:I, s:s}",
         "connected", connected, "state", session_state_name(s->state), "broker",
-        d->broker.up || connected ? d->broker.peer : d->cfg.broker.host_list, "tls", 0,
+        d->broker.up || connected ? d->broker.peer : d->cfg.broker.host_list, "tls",
+        d->cfg.tls.enabled,
         "client_id", d->client_id, "session_present", connected && s->session_present,
         "keepalive", (int)d->cfg.broker.keepalive, "uptime_s",
         (json_int_t)((now - d->started_at) / 1000), "connected_for_s",
@@ -315,6 +316,11 @@ static void op_status(Client *c, Request *r)
         "queued", (json_int_t)s->queued, "inflight", (json_int_t)s->inflight, "local_clients",
         (json_int_t)d->n_clients, "subscriptions", (json_int_t)d->router.filters.count, "version",
         MQTTBRIDGE_VERSION);
+    TlsConn *tls = d->broker.tr.tls;
+    if (tls && connected) {
+        json_object_set_new(st, "tls_version", json_string(tls_version(tls)));
+        json_object_set_new(st, "tls_cipher", json_string(tls_cipher(tls)));
+    }
     send_reply(c, r->id, json_pack("{s:o}", "status", st));
 }
 

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Plain TCP transport: see transport.h. */
+/* The broker transport, TCP with optional TLS: see transport.h. */
 #include "transport.h"
 
 #include <errno.h>
@@ -39,8 +39,30 @@ int transport_connect_result(Transport *t)
     return -err;
 }
 
+int transport_start_tls(Transport *t, const Config *cfg, const char *host, char *err,
+                        size_t errlen)
+{
+    if (!cfg->tls.enabled) {
+        return 0;
+    }
+    return tls_new(cfg, t->fd, host, &t->tls, err, errlen);
+}
+
+int transport_handshake(Transport *t, char *err, size_t errlen)
+{
+    return t->tls ? tls_handshake(t->tls, &t->want, err, errlen) : 0;
+}
+
+bool transport_pending(Transport *t)
+{
+    return t->tls && tls_pending(t->tls) > 0;
+}
+
 ssize_t transport_read(Transport *t, void *buf, size_t n)
 {
+    if (t->tls) {
+        return tls_read(t->tls, buf, n, &t->want);
+    }
     ssize_t r = read(t->fd, buf, n);
     if (r < 0) {
         if (errno == EAGAIN || errno == EINTR) {
@@ -54,6 +76,9 @@ ssize_t transport_read(Transport *t, void *buf, size_t n)
 
 ssize_t transport_write(Transport *t, const void *buf, size_t n)
 {
+    if (t->tls) {
+        return tls_write(t->tls, buf, n, &t->want);
+    }
     ssize_t r = send(t->fd, buf, n, MSG_NOSIGNAL);
     if (r < 0) {
         if (errno == EAGAIN || errno == EINTR) {
@@ -67,6 +92,8 @@ ssize_t transport_write(Transport *t, const void *buf, size_t n)
 
 void transport_close(Transport *t)
 {
+    tls_free(t->tls);
+    t->tls = NULL;
     if (t->fd >= 0) {
         close(t->fd);
     }

@@ -660,6 +660,7 @@ bool session_should_connect(Session *s, int64_t now)
         return false;
     }
     s->state = SESSION_CONNECTING;
+    s->phase[0] = '\0';
     m->attempt_started = now;
     s->stats.connections_sent++;
     return true;
@@ -688,8 +689,14 @@ void session_transport_up(Session *s, int64_t now)
     buf_clear(&s->out);
     buf_clear(&m->dec.in);
     s->state = SESSION_CONNACK_WAIT;
+    snprintf(s->phase, sizeof(s->phase), "waiting for CONNACK");
     m->last_rx = now;
     send_packet(m, &p, now);
+}
+
+void session_set_phase(Session *s, const char *phase)
+{
+    snprintf(s->phase, sizeof(s->phase), "%s", phase);
 }
 
 void session_transport_down(Session *s, int64_t now, int code, const char *reason)
@@ -931,9 +938,9 @@ int64_t session_tick(Session *s, int64_t now)
     case SESSION_CONNACK_WAIT: {
         int64_t deadline = m->attempt_started + m->cfg.connect_timeout_ms;
         if (now >= deadline) {
-            char reason[80];
-            snprintf(reason, sizeof(reason), "connect timeout (%lld ms)",
-                     (long long)m->cfg.connect_timeout_ms);
+            char reason[240];
+            snprintf(reason, sizeof(reason), "connect timeout (%lld ms)%s%s",
+                     (long long)m->cfg.connect_timeout_ms, s->phase[0] ? ": " : "", s->phase);
             link_down(m, now, ETIMEDOUT, false, reason);
             return s->retry_at;
         }

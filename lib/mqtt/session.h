@@ -129,6 +129,7 @@ struct Session {
     enum session_state state;
     SessionStats stats;
     char last_error[256]; /* "" when none */
+    char phase[160];      /* see session_set_phase */
     bool session_present;
     int64_t connected_at, retry_at;
     int64_t last_ping_rtt_ms; /* -1 before the first answer */
@@ -149,6 +150,9 @@ bool session_should_connect(Session *s, int64_t now);
 void session_transport_up(Session *s, int64_t now);
 /* The transport failed or closed. `code` is a positive errno. */
 void session_transport_down(Session *s, int64_t now, int code, const char *reason);
+/* What the caller is doing in CONNECTING (e.g. "TLS handshake with host:port"), named in
+ * the reason of a connect timeout. Copied. */
+void session_set_phase(Session *s, const char *phase);
 /* Bytes from the broker. On a protocol violation the link is declared down (LINK_DOWN). */
 void session_input(Session *s, const void *data, size_t n, int64_t now);
 /* Let time pass; returns the next time (ms, same clock) the session wants a tick. */

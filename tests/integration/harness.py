@@ -247,6 +247,8 @@ class Daemon:
         return Client(self.socket)
 
     def logtext(self):
+        if not os.path.exists(self.logpath):
+            return ""
         with open(self.logpath, errors="replace") as f:
             return f.read()
 

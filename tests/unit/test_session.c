@@ -278,7 +278,7 @@ START_TEST(connect_timeout)
     ck_assert_int_eq(h.s->state, SESSION_CONNACK_WAIT);
     session_tick(h.s, h.now + 5000);
     ck_assert_int_eq(h.s->state, SESSION_IDLE);
-    ck_assert_str_eq(h.s->last_error, "connect timeout (5000 ms)");
+    ck_assert_str_eq(h.s->last_error, "connect timeout (5000 ms): waiting for CONNACK");
     ck_assert_int_eq(last_event(&h, SESSION_EV_LINK_DOWN)->down.code, ETIMEDOUT);
     teardown(&h);
 }

@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/* TLS with wolfSSL: see tls.h. */
+#include <wolfssl/options.h> /* first: the library's build settings */
+
+#include "tls.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <stdio.h>
+#include <string.h>
+#include <wolfssl/error-ssl.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/error-crypt.h>
+
+#include "log.h"
+
+struct TlsConn {
+    WOLFSSL_CTX *ctx;
+    WOLFSSL *ssl;
+    bool has_cert;
+    char error[300];
+};
+
+static void init_once(void)
+{
+    static bool done;
+    if (!done) {
+        wolfSSL_Init();
+        done = true;
+    }
+}
+
+static bool set(const char *s)
+{
+    return s && *s;
+}
+
+/* A context with everything of [tls]; NULL and a message on failure. */
+static WOLFSSL_CTX *make_ctx(const Config *cfg, char *err, size_t errlen)
+{
+    init_once();
+    const __typeof__(cfg->tls) *t = &cfg->tls;
+    WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
+    if (!ctx) {
+        snprintf(err, errlen, "TLS: out of memory");
+        return NULL;
+    }
+    wolfSSL_CTX_SetMinVersion(ctx, t->min_version == 13 ? WOLFSSL_TLSV1_3 : WOLFSSL_TLSV1_2);
+    if (t->verify) {
+        wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, NULL);
+        int r;
+        const char *what;
+        if (set(t->ca_file) || set(t->ca_path)) {
+            r = wolfSSL_CTX_load_verify_locations(ctx, set(t->ca_file) ? t->ca_file : NULL,
+                                                  set(t->ca_path) ? t->ca_path : NULL);
+            what = set(t->ca_file) ? t->ca_file : t->ca_path;
+        } else {
+            r = wolfSSL_CTX_load_system_CA_certs(ctx);
+            what = "the system CA store";
+        }
+        if (r != WOLFSSL_SUCCESS) {
+            snprintf(err, errlen, "TLS: cannot load CA certificates from %s", what);
+            wolfSSL_CTX_free(ctx);
+            return NULL;
+        }
+    } else {
+        wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
+    }
+    if (set(t->cert_file)) {
+        if (wolfSSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != WOLFSSL_SUCCESS) {
+            snprintf(err, errlen, "TLS: cannot load the client certificate %s (PEM expected)",
+                     t->cert_file);
+            wolfSSL_CTX_free(ctx);
+            return NULL;
+        }
+        if (wolfSSL_CTX_use_PrivateKey_file(ctx, t->key_file, WOLFSSL_FILETYPE_PEM) !=
+                WOLFSSL_SUCCESS ||
+            wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
+            snprintf(err, errlen,
+                     "TLS: cannot load the private key %s (PEM expected, matching %s)",
+                     t->key_file, t->cert_file);
+            wolfSSL_CTX_free(ctx);
+            return NULL;
+        }
+    }
+    return ctx;
+}
+
+int tls_check_config(const Config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->tls.enabled) {
+        return 0;
+    }
+    WOLFSSL_CTX *ctx = make_ctx(cfg, err, errlen);
+    if (!ctx) {
+        return -EINVAL;
+    }
+    wolfSSL_CTX_free(ctx);
+    return 0;
+}
+
+int tls_new(const Config *cfg, int fd, const char *host, TlsConn **ret, char *err, size_t errlen)
+{
+    TlsConn *t = calloc(1, sizeof(*t));
+    if (!t) {
+        snprintf(err, errlen, "TLS: out of memory");
+        return -ENOMEM;
+    }
+    t->ctx = make_ctx(cfg, err, errlen);
+    t->ssl = t->ctx ? wolfSSL_new(t->ctx) : NULL;
+    if (!t->ssl) {
+        if (t->ctx) {
+            snprintf(err, errlen, "TLS: out of memory");
+        }
+        tls_free(t);
+        return -EINVAL;
+    }
+    t->has_cert = set(cfg->tls.cert_file);
+    const char *name = set(cfg->tls.server_name) ? cfg->tls.server_name : host;
+    wolfSSL_set_fd(t->ssl, fd);
+    wolfSSL_set_using_nonblock(t->ssl, 1);
+    wolfSSL_UseSNI(t->ssl, WOLFSSL_SNI_HOST_NAME, name, (unsigned short)strlen(name));
+    if (cfg->tls.verify) {
+        wolfSSL_check_domain_name(t->ssl, name);
+    } else {
+        log_warning("TLS certificate verification is OFF ([tls] verify = false): the broker at "
+                    "%s is not authenticated and the connection can be intercepted",
+                    name);
+    }
+    if (set(cfg->tls.alpn)) {
+        char alpn[256];
+        snprintf(alpn, sizeof(alpn), "%s", cfg->tls.alpn);
+        wolfSSL_UseALPN(t->ssl, alpn, (unsigned)strlen(alpn), WOLFSSL_ALPN_FAILED_ON_MISMATCH);
+    }
+    *ret = t;
+    return 0;
+}
+
+void tls_free(TlsConn *t)
+{
+    if (!t) {
+        return;
+    }
+    if (t->ssl) {
+        wolfSSL_free(t->ssl);
+    }
+    if (t->ctx) {
+        wolfSSL_CTX_free(t->ctx);
+    }
+    free(t);
+}
+
+/* The one place wolfSSL errors become words. */
+static void describe(TlsConn *t, int e, char *err, size_t errlen)
+{
+    WOLFSSL_ALERT_HISTORY h = {0};
+    wolfSSL_get_alert_history(t->ssl, &h);
+    int alert = h.last_rx.code;
+    switch (e) {
+    case ASN_NO_SIGNER_E:
+    case ASN_SELF_SIGNED_E:
+        snprintf(err, errlen, "the broker's certificate is signed by an unknown CA (check "
+                              "[tls] ca_file)");
+        return;
+    case DOMAIN_NAME_MISMATCH:
+    case IPADDR_MISMATCH:
+        snprintf(err, errlen, "the broker's certificate does not match the host name (check "
+                              "[tls] server_name)");
+        return;
+    case ASN_AFTER_DATE_E:
+        snprintf(err, errlen, "the broker's certificate has expired");
+        return;
+    case ASN_BEFORE_DATE_E:
+        snprintf(err, errlen, "the broker's certificate is not valid yet (check the clock)");
+        return;
+    case SOCKET_PEER_CLOSED_E:
+    case SOCKET_ERROR_E:
+        snprintf(err, errlen, "the broker closed the connection during the TLS handshake (is "
+                              "this a TLS port?)");
+        return;
+    case VERSION_ERROR:
+        snprintf(err, errlen, "the broker does not speak TLS here (is this a plain MQTT port?)");
+        return;
+    default:
+        break;
+    }
+    /* Alerts the broker sent: 116 certificate_required (TLS 1.3), 40 handshake_failure and 42
+     * bad_certificate are what a broker wanting a client certificate sends. */
+    if (!t->has_cert && (alert == 116 || alert == 40 || alert == 42)) {
+        snprintf(err, errlen, "the broker requires a client certificate (set [tls] cert_file "
+                              "and key_file)");
+        return;
+    }
+    if (alert == 70) {
+        snprintf(err, errlen, "the broker does not accept our TLS version (check [tls] "
+                              "min_version)");
+        return;
+    }
+    char text[WOLFSSL_MAX_ERROR_SZ];
+    wolfSSL_ERR_error_string_n((unsigned long)e, text, sizeof(text));
+    if (alert) {
+        snprintf(err, errlen, "TLS error %d (%s), broker alert %d", e, text, alert);
+    } else {
+        snprintf(err, errlen, "TLS error %d (%s)", e, text);
+    }
+}
+
+static int want_of(int e, int *want)
+{
+    if (e == WOLFSSL_ERROR_WANT_READ) {
+        *want = EV_READ;
+        return -EAGAIN;
+    }
+    if (e == WOLFSSL_ERROR_WANT_WRITE) {
+        *want = EV_WRITE;
+        return -EAGAIN;
+    }
+    return 0;
+}
+
+int tls_handshake(TlsConn *t, int *want, char *err, size_t errlen)
+{
+    int r = wolfSSL_connect(t->ssl);
+    if (r == WOLFSSL_SUCCESS) {
+        return 0;
+    }
+    int e = wolfSSL_get_error(t->ssl, r);
+    if (want_of(e, want)) {
+        return -EAGAIN;
+    }
+    describe(t, e, err, errlen);
+    return -EPROTO;
+}
+
+long tls_read(TlsConn *t, void *buf, size_t n, int *want)
+{
+    int r = wolfSSL_read(t->ssl, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0) {
+        return r;
+    }
+    int e = wolfSSL_get_error(t->ssl, r);
+    if (want_of(e, want)) {
+        return -EAGAIN;
+    }
+    if (e == WOLFSSL_ERROR_ZERO_RETURN || e == SOCKET_PEER_CLOSED_E) {
+        return 0;
+    }
+    /* With TLS 1.3 the broker may refuse us (e.g. no client certificate) only after our
+     * side of the handshake is done: that alert arrives here. */
+    describe(t, e, t->error, sizeof(t->error));
+    return -EPROTO;
+}
+
+const char *tls_last_error(TlsConn *t)
+{
+    return t->error;
+}
+
+long tls_write(TlsConn *t, const void *buf, size_t n, int *want)
+{
+    int r = wolfSSL_write(t->ssl, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0) {
+        return r;
+    }
+    int e = wolfSSL_get_error(t->ssl, r);
+    if (want_of(e, want)) {
+        return -EAGAIN;
+    }
+    if (e == SOCKET_ERROR_E || e == SOCKET_PEER_CLOSED_E) {
+        return -EPIPE;
+    }
+    describe(t, e, t->error, sizeof(t->error));
+    return -EPROTO;
+}
+
+int tls_pending(TlsConn *t)
+{
+    return wolfSSL_pending(t->ssl);
+}
+
+const char *tls_version(TlsConn *t)
+{
+    return wolfSSL_get_version(t->ssl);
+}
+
+const char *tls_cipher(TlsConn *t)
+{
+    return wolfSSL_get_cipher_name(t->ssl);
+}

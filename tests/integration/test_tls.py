@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""TLS to the broker: verification, mutual TLS, versions, and the errors a person sees."""
+import os
+import shutil
+import signal
+import tempfile
+
+import certs
+from harness import TestCase, main, wait_until
+
+CERTS = None
+
+
+def setUpModule():
+    global CERTS
+    CERTS = certs.make(tempfile.mkdtemp(prefix="mqttbridge-certs-"))
+
+
+def tearDownModule():
+    shutil.rmtree(CERTS, ignore_errors=True)
+
+
+def tls_listener(cert="server", require_cert=False, version=None):
+    c = CERTS
+    lines = [f"cafile {c}/ca.crt", f"certfile {c}/{cert}.crt", f"keyfile {c}/{cert}.key"]
+    if require_cert:
+        lines.append("require_certificate true")
+    if version:
+        lines.append(f"tls_version {version}")
+    return "\n".join(lines)
+
+
+class Tls(TestCase):
+    def tls_daemon(self, port, name="d", **tls):
+        cfg = {"enabled": "true", "ca_file": f"{CERTS}/ca.crt", **tls}
+        d = self.daemon(port, sections={"broker": {"host": f"localhost:{port}"}, "tls": cfg},
+                        start=False, name=name)
+        return d
+
+    def last_error(self, d):
+        with d.client() as c:
+            return wait_until(lambda: c.ok("status")["status"]["last_error"],
+                              what="a connection error")
+
+    def test_verified_round_trip(self):
+        m = self.broker(extra=tls_listener())
+        d = self.tls_daemon(m.port)
+        d.start()
+        with d.client() as c:
+            st = c.ok("status")["status"]
+            self.assertTrue(st["tls"])
+            self.assertIn(st["tls_version"], ("TLSv1.2", "TLSv1.3"))
+            self.assertTrue(st["tls_cipher"])
+            c.ok("subscribe", filter="tls/#", qos=1)
+            c.ok("publish", topic="tls/a", payload="secret", qos=1)
+            self.assertEqual(c.event("message")["payload"], "secret")
+
+    def test_unknown_ca(self):
+        m = self.broker(extra=tls_listener())
+        d = self.tls_daemon(m.port, ca_file=f"{CERTS}/other-ca.crt")
+        d.start(wait_connected=False)
+        err = self.last_error(d)
+        self.assertIn("signed by an unknown CA", err)
+        self.assertTrue(err.startswith(f"TLS handshake with 127.0.0.1:{m.port} failed"))
+
+    def test_host_name_mismatch(self):
+        m = self.broker(extra=tls_listener())
+        d = self.tls_daemon(m.port, server_name="broker.wrong.example")
+        d.start(wait_connected=False)
+        self.assertIn("does not match the host name", self.last_error(d))
+
+    def test_expired_certificate(self):
+        m = self.broker(extra=tls_listener(cert="expired"))
+        d = self.tls_daemon(m.port)
+        d.start(wait_connected=False)
+        self.assertIn("certificate has expired", self.last_error(d))
+
+    def test_verify_off_connects_and_warns(self):
+        m = self.broker(extra=tls_listener())
+        d = self.tls_daemon(m.port, ca_file=f"{CERTS}/other-ca.crt", verify="false")
+        d.start()
+        self.assertIn("TLS certificate verification is OFF", d.logtext())
+
+    def test_mutual_tls(self):
+        m = self.broker(extra=tls_listener(require_cert=True))
+        d = self.tls_daemon(m.port, name="without")
+        d.start(wait_connected=False)
+        self.assertIn("requires a client certificate", self.last_error(d))
+        self.assertEqual(d.stop(), 0)
+        d2 = self.tls_daemon(m.port, name="with", cert_file=f"{CERTS}/client.crt",
+                             key_file=f"{CERTS}/client.key")
+        d2.start()
+        with d2.client() as c:
+            c.ok("publish", topic="mtls", payload="x", qos=1)
+
+    def test_tls13_only(self):
+        m = self.broker(extra=tls_listener(version="tlsv1.3"))
+        d = self.tls_daemon(m.port, min_version="1.3")
+        d.start()
+        with d.client() as c:
+            self.assertEqual(c.ok("status")["status"]["tls_version"], "TLSv1.3")
+        # min_version 1.2 (the default) negotiates 1.3 with a 1.3-only broker.
+        d12 = self.tls_daemon(m.port, name="d12", min_version="1.2")
+        d12.start()
+        with d12.client() as c:
+            self.assertEqual(c.ok("status")["status"]["tls_version"], "TLSv1.3")
+
+    def test_wrong_port_kinds_fail_fast_and_back_off(self):
+        tls_broker = self.broker(extra=tls_listener())
+        plain = self.daemon(tls_broker.port, name="plain", start=False)
+        plain.start(wait_connected=False)
+        err = self.last_error(plain)
+        self.assertIn("before CONNACK (a TLS port? see [tls] enabled)", err)
+        with plain.client() as c:
+            st = c.ok("status")["status"]
+            self.assertFalse(st["connected"])
+            self.assertIsInstance(st["next_retry_ms"], int)
+        plain_broker = self.broker()
+        tls = self.tls_daemon(plain_broker.port, name="tls")
+        tls.start(wait_connected=False)
+        err = self.last_error(tls)
+        self.assertRegex(err, "TLS handshake with .* failed: .*(TLS port|plain MQTT port|TLS error)")
+        with tls.client() as c:
+            wait_until(lambda: c.ok("stats")["stats"]["connections_failed"] >= 2,
+                       what="a second attempt after backoff")
+        self.assertTrue(plain.alive() and tls.alive())
+
+    def test_keepalive_reconnect_qos1_over_tls(self):
+        m = self.broker(extra=tls_listener())
+        d = self.tls_daemon(m.port)
+        d.cfg["broker"]["keepalive"] = "1"
+        d.write_config(d.cfg)
+        d.start()
+        with d.client() as c:
+            c.ok("events", ping=True, connection=True)
+            self.assertGreaterEqual(c.event("ping", timeout=5)["rtt_ms"], 0)
+            c.ok("subscribe", filter="r/#", qos=1)
+            m.stop()
+            c.event("disconnected")
+            for i in range(20):
+                c.ok("publish", topic=f"r/{i}", payload=str(i), qos=1, wait=False)
+            m.start()
+            c.event("connected")
+            got = sorted(int(e["payload"]) for e in c.messages(20))
+            self.assertEqual(got, list(range(20)))
+
+    def test_bad_tls_files_stop_start_up(self):
+        import subprocess
+        from harness import DAEMON
+        d = self.tls_daemon(1, cert_file="/nonexistent.crt", key_file="/nonexistent.key")
+        r = subprocess.run([DAEMON, "--check-config", "-c", d.conf], capture_output=True)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"cannot load the client certificate /nonexistent.crt", r.stderr)
+
+    def test_rotated_certificate_used_at_next_connect(self):
+        m = self.broker(extra=tls_listener(require_cert=True))
+        cert = os.path.join(self.tmp, "client.crt")
+        key = os.path.join(self.tmp, "client.key")
+        shutil.copy(f"{CERTS}/client.crt", cert)
+        shutil.copy(f"{CERTS}/client.key", key)
+        d = self.tls_daemon(m.port, cert_file=cert, key_file=key)
+        d.start()
+        with d.client() as c:
+            # Rotated on disk to a certificate the broker refuses: used at the next connect.
+            shutil.copy(f"{CERTS}/expired.crt", cert)
+            shutil.copy(f"{CERTS}/expired.key", key)
+            c.ok("reconnect")
+            wait_until(lambda: c.ok("status")["status"]["last_error"], what="the refusal")
+            # And back to a good one: connected again without a restart.
+            shutil.copy(f"{CERTS}/client.crt", cert)
+            shutil.copy(f"{CERTS}/client.key", key)
+            wait_until(lambda: c.ok("status")["status"]["connected"], what="reconnection")
+
+
+if __name__ == "__main__":
+    main()
