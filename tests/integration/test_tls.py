@@ -153,6 +153,23 @@ class Tls(TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(b"cannot load the client certificate /nonexistent.crt", r.stderr)
 
+    def test_handshake_timeout(self):
+        def silent(conn, fb):  # accepts TCP, never answers the ClientHello
+            with fb.lock:
+                fb.connects.append((0, b""))
+                fb.lock.notify_all()
+            while conn.recv(4096):
+                pass
+        fb = self.fake_broker(silent)
+        d = self.tls_daemon(fb.port)
+        d.cfg["broker"]["connect_timeout"] = "1"
+        d.write_config(d.cfg)
+        d.start(wait_connected=False)
+        self.assertEqual(self.last_error(d),
+                         f"connect timeout (1000 ms): TLS handshake with 127.0.0.1:{fb.port}")
+        fb.wait_connects(2)  # and it tries again
+        self.assertTrue(d.alive())
+
     def test_rotated_certificate_used_at_next_connect(self):
         m = self.broker(extra=tls_listener(require_cert=True))
         cert = os.path.join(self.tmp, "client.crt")
