@@ -11,6 +11,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "notify.h"
 
 /* A message event toward a client, unless that would pass its buffer limit. */
 static void send_message(Client *c, View bytes)
@@ -113,6 +114,10 @@ static void link_down(Daemon *d, const SessionEvent *ev)
 {
     Session *s = d->broker.session;
     int64_t wait = s->retry_at - now_ms();
+    if (s->state != SESSION_STOPPED) {
+        notify_status("reconnecting in %lld s: %s", (long long)((wait > 0 ? wait : 0) + 999) / 1000,
+                      ev->down.reason);
+    }
     if (ev->down.was_connected) {
         if (ev->down.code) {
             log_warning("connection to the broker lost: %s; reconnecting in %lld ms",
@@ -137,6 +142,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_CONNECTED:
         log_info("connected to %s as %s (session present: %s)", d->broker.peer, d->client_id,
                  ev->connected.session_present ? "yes" : "no");
+        notify_status("connected to %s", d->broker.peer);
         broadcast(d, true,
                   json_pack("{s:s, s:b}", "event", "connected", "session_present",
                             ev->connected.session_present));

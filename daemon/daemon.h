@@ -117,6 +117,7 @@ struct Daemon {
     DaemonStats stats;
     int64_t started_at;
     bool stopping;
+    ev_timer grace; /* at stop: time left for in-flight acknowledgements */
 
     /* server */
     int listen_fd;

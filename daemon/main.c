@@ -18,9 +18,11 @@
 #include "daemon.h"
 #include "defaults.h"
 #include "log.h"
+#include "notify.h"
 #include "tls.h"
 
 #define MAX_CONFIG_FILE (1 << 20)
+#define STOP_GRACE 2.0 /* seconds for in-flight QoS 1/2 acknowledgements at stop */
 
 static void usage(FILE *f)
 {
@@ -214,11 +216,11 @@ static void apply_limits(Daemon *d)
 int daemon_reload(Daemon *d, char *err, size_t errlen)
 {
     Loaded n;
-    sd_notify(0, "RELOADING=1");
+    notify_reloading();
     int r = load_config(d, &n, true, err, errlen);
     if (r < 0) {
         log_error("reload: %s; keeping the running configuration", err);
-        sd_notify(0, "READY=1");
+        notify_ready();
         return r;
     }
     if (!str_eq(d->cfg.ipc.socket, n.cfg.ipc.socket)) {
@@ -241,8 +243,16 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     if (reconnect) {
         broker_reconnect(&d->broker);
     }
-    sd_notify(0, "READY=1");
+    notify_ready();
     return 0;
+}
+
+static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    Daemon *d = container_of(w, Daemon, grace);
+    (void)revents;
+    log_warning("stopping with %zu messages still unacknowledged", d->broker.session->inflight);
+    ev_break(loop, EVBREAK_ALL);
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -254,10 +264,22 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         daemon_reload(d, err, sizeof(err));
         return;
     }
-    log_info("%s: stopping", strsignal(w->signum));
-    sd_notify(0, "STOPPING=1");
+    if (d->stopping) {
+        return; /* already on its way */
+    }
+    notify_stopping();
     d->stopping = true;
-    ev_break(loop, EVBREAK_ALL);
+    Session *s = d->broker.session;
+    if (s->state == SESSION_CONNECTED && s->inflight) {
+        /* A short grace for the broker to acknowledge what is in flight. */
+        log_info("%s: stopping after %zu in-flight messages are acknowledged (at most %.1f s)",
+                 strsignal(w->signum), s->inflight, STOP_GRACE);
+        ev_timer_init(&d->grace, on_grace, STOP_GRACE, 0.0);
+        ev_timer_start(loop, &d->grace);
+    } else {
+        log_info("%s: stopping", strsignal(w->signum));
+        ev_break(loop, EVBREAK_ALL);
+    }
 }
 
 int main(int argc, char **argv)
@@ -355,11 +377,20 @@ int main(int argc, char **argv)
     }
     log_info("mqttbridged %s started; broker %s, client id %s", MQTTBRIDGE_VERSION,
              d->cfg.broker.host_list, d->client_id);
-    sd_notify(0, "READY=1");
+    notify_status("connecting to %s", d->cfg.broker.host_list);
+    notify_start(d->loop);
+    notify_ready(); /* the socket accepts clients now; the broker may come later */
     broker_kick(&d->broker);
     ev_run(d->loop, 0);
 
     /* Graceful stop: no new clients, DISCONNECT to the broker, clients told nothing more. */
+    notify_stop(d->loop);
+    ev_timer_stop(d->loop, &d->grace);
+    Session *s = d->broker.session;
+    if (s->queued + s->inflight) {
+        log_warning("stopping with %zu messages not delivered to the broker (no spool: lost)",
+                    s->queued + s->inflight);
+    }
     server_stop(d);
     broker_stop(&d->broker);
     broker_free(&d->broker);

@@ -179,8 +179,14 @@ static void reject(Daemon *d, int fd)
 {
     Buf b = {0};
     char msg[120];
-    snprintf(msg, sizeof(msg), "too many clients (ipc.max_clients = %u)", d->cfg.ipc.max_clients);
-    if (reply_error(&b, NULL, IPC_REFUSED, msg) == 0) {
+    enum ipc_error code = d->stopping ? IPC_SHUTTING_DOWN : IPC_REFUSED;
+    if (d->stopping) {
+        snprintf(msg, sizeof(msg), "the daemon is shutting down");
+    } else {
+        snprintf(msg, sizeof(msg), "too many clients (ipc.max_clients = %u)",
+                 d->cfg.ipc.max_clients);
+    }
+    if (reply_error(&b, NULL, code, msg) == 0) {
         ssize_t w = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
     }
@@ -244,6 +250,11 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     /* Requests of this loop iteration go to the broker in one write. */
     if (d->broker.session) {
         broker_kick(&d->broker);
+        /* Stopping, and nothing left in flight: done. */
+        Session *s = d->broker.session;
+        if (d->stopping && (s->inflight == 0 || s->state != SESSION_CONNECTED)) {
+            ev_break(d->loop, EVBREAK_ALL);
+        }
     }
 }
 

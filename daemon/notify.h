@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The systemd service protocol (sd_notify): READY/RELOADING/STOPPING, a STATUS= line kept
+ * current, and WATCHDOG=1 pings sent from the event loop itself, so a stuck loop is noticed
+ * and restarted. Without NOTIFY_SOCKET all of this costs nothing.
+ */
+#pragma once
+
+#include <ev.h>
+
+void notify_start(struct ev_loop *loop);
+void notify_stop(struct ev_loop *loop);
+void notify_ready(void);
+void notify_reloading(void);
+void notify_stopping(void);
+/* STATUS=...; sent only when the text changes. */
+void notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
