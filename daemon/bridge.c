@@ -160,10 +160,16 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
                                       (json_int_t)ev->ping.rtt_ms));
         break;
     case SESSION_EV_PUBLISH_DONE:
+        if (ev->done.spool_id) {
+            spool_done(d->spool, ev->done.spool_id);
+        }
+        /* fall through */
     case SESSION_EV_UNSUBSCRIBE_DONE: {
         Waiter *w = ev->done.req;
-        send_ok(w->c, w->id, NULL);
-        waiter_free(w);
+        if (w) {
+            send_ok(w->c, w->id, NULL);
+            waiter_free(w);
+        }
         break;
     }
     case SESSION_EV_SUBSCRIBE_DONE:

@@ -19,6 +19,7 @@
 #include "ipc/ndjson.h"
 #include "ipc/protocol.h"
 #include "router.h"
+#include "spool.h"
 
 typedef struct Daemon Daemon;
 typedef struct Client Client;
@@ -96,6 +97,7 @@ struct Waiter {
     json_t *id;
     ev_timer timer;
     SessionMsg *msg; /* publish */
+    SpoolWait durable; /* publish with wait false: until the spool has it on disk */
     uint8_t qos;     /* subscribe: asked */
     char filter[];   /* subscribe / unsubscribe / barrier */
 };
@@ -114,6 +116,7 @@ struct Daemon {
     char *password;
     Broker broker;
     Router router;
+    Spool *spool; /* NULL without [queue] spool_dir */
     DaemonStats stats;
     int64_t started_at;
     bool stopping;

@@ -223,6 +223,10 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
         notify_ready();
         return r;
     }
+    if (!str_eq(d->cfg.queue.spool_dir, n.cfg.queue.spool_dir) ||
+        d->cfg.queue.fsync != n.cfg.queue.fsync) {
+        log_warning("reload: [queue] spool_dir and fsync take effect at the next start");
+    }
     if (!str_eq(d->cfg.ipc.socket, n.cfg.ipc.socket)) {
         log_warning("reload: ipc.socket changed to %s; it takes effect at the next start",
                     n.cfg.ipc.socket);
@@ -245,6 +249,21 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     }
     notify_ready();
     return 0;
+}
+
+/* A message the spool still held from an earlier run: queued again, in order. */
+static void on_recovered(void *ud, uint64_t seq, uint8_t qos, bool retain, View topic,
+                         View payload)
+{
+    Daemon *d = ud;
+    SessionPublish p = {.topic = topic, .payload = payload, .qos = qos, .retain = retain,
+                        .spool_id = seq};
+    int r = session_publish(d->broker.session, &p, NULL, now_ms(), NULL);
+    if (r < 0) {
+        log_error("spool: message %llu to %.*s could not be queued again (%s); it stays in the "
+                  "spool for the next start",
+                  (unsigned long long)seq, (int)topic.n, (const char *)topic.p, strerror(-r));
+    }
 }
 
 static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
@@ -364,8 +383,20 @@ int main(int argc, char **argv)
         log_error("out of memory");
         return 1;
     }
+    if (d->cfg.queue.spool_dir && *d->cfg.queue.spool_dir) {
+        if (spool_open(d->loop, d->cfg.queue.spool_dir, d->cfg.queue.fsync, on_recovered, d,
+                       &d->spool) < 0) {
+            return 1;
+        }
+        Session *s = d->broker.session;
+        if (s->queued) {
+            log_info("spool %s: %zu unacknowledged messages recovered; they go out first",
+                     d->cfg.queue.spool_dir, s->queued);
+        }
+    }
     int r = server_start(d);
     if (r < 0) {
+        spool_close(d->spool);
         return 1;
     }
     ev_signal sig[4];
@@ -387,12 +418,20 @@ int main(int argc, char **argv)
     notify_stop(d->loop);
     ev_timer_stop(d->loop, &d->grace);
     Session *s = d->broker.session;
-    if (s->queued + s->inflight) {
-        log_warning("stopping with %zu messages not delivered to the broker (no spool: lost)",
-                    s->queued + s->inflight);
+    if (d->spool && spool_pending(d->spool)) {
+        log_info("stopping with %zu messages kept in the spool for the next start",
+                 spool_pending(d->spool));
+    }
+    size_t held = s->queued + s->inflight, kept = d->spool ? spool_pending(d->spool) : 0;
+    if (held > kept) {
+        log_warning("stopping with %zu messages not delivered to the broker (not in a spool: "
+                    "lost)",
+                    held - kept);
     }
     server_stop(d);
     broker_stop(&d->broker);
+    spool_close(d->spool);
+    d->spool = NULL;
     broker_free(&d->broker);
     router_free(&d->router);
     for (int i = 0; i < 4; i++) {

@@ -75,6 +75,7 @@ void waiter_free(Waiter *w)
     }
     Client *c = w->c;
     ev_timer_stop(c->d->loop, &w->timer);
+    spool_wait_cancel(&w->durable);
     dlist_remove(&w->link);
     json_decref(w->id);
     free(w);
@@ -181,6 +182,13 @@ static bool admin_only(Client *c, const Request *r)
     return false;
 }
 
+static void on_durable(void *ud)
+{
+    Waiter *w = ud;
+    send_reply(w->c, w->id, NULL);
+    waiter_free(w);
+}
+
 static void op_publish(Client *c, Request *r)
 {
     Daemon *d = c->d;
@@ -188,9 +196,11 @@ static void op_publish(Client *c, Request *r)
         ops_reply_error(c, r->id, IPC_SHUTTING_DOWN, "the daemon is shutting down");
         return;
     }
+    /* QoS 1/2 with a spool: on disk before anyone is told it was accepted. */
+    bool spooled = d->spool && r->qos > 0;
     Waiter *w = NULL;
-    if (r->wait) {
-        w = waiter_new(c, r->id, OP_PUBLISH, VIEW_NULL, timeout_of(c, r));
+    if (r->wait || spooled) {
+        w = waiter_new(c, r->id, OP_PUBLISH, VIEW_NULL, r->wait ? timeout_of(c, r) : 0);
         if (!w) {
             ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
             return;
@@ -199,9 +209,23 @@ static void op_publish(Client *c, Request *r)
     }
     SessionPublish p = {.topic = r->topic, .payload = r->payload, .qos = r->qos,
                         .retain = r->retain};
+    uint64_t mark = 0;
+    int e = 0;
+    if (spooled) {
+        e = spool_add(d->spool, r->qos, r->retain, r->topic, r->payload, &p.spool_id, &mark);
+        if (e < 0) {
+            waiter_free(w);
+            ops_reply_error(c, r->id, e == -ENOSPC ? IPC_QUEUE_FULL : IPC_INTERNAL,
+                            "cannot write the message to the spool: %s", strerror(-e));
+            return;
+        }
+    }
     Session *s = d->broker.session;
-    int e = session_publish(s, &p, w, now_ms(), w ? &w->msg : NULL);
+    e = session_publish(s, &p, r->wait ? w : NULL, now_ms(), r->wait ? &w->msg : NULL);
     if (e < 0) {
+        if (p.spool_id) {
+            spool_done(d->spool, p.spool_id);
+        }
         waiter_free(w);
         if (e == -ENOBUFS) {
             ops_reply_error(c, r->id, IPC_QUEUE_FULL,
@@ -215,7 +239,9 @@ static void op_publish(Client *c, Request *r)
         }
         return;
     }
-    if (!w) {
+    if (!r->wait && spooled) {
+        spool_wait(d->spool, &w->durable, mark, on_durable, w);
+    } else if (!w) {
         send_reply(c, r->id, NULL);
     }
 }
@@ -356,6 +382,11 @@ static void op_stats(Client *c, Request *r)
         (json_int_t)d->stats.messages_dropped, "duplicates_dropped",
         (json_int_t)t->duplicates_dropped, "clients_rejected",
         (json_int_t)d->stats.clients_rejected);
+    if (d->spool) {
+        json_object_set_new(st, "spool_pending", json_integer((json_int_t)spool_pending(d->spool)));
+        json_object_set_new(st, "spool_bytes",
+                            json_integer((json_int_t)spool_disk_bytes(d->spool)));
+    }
     send_reply(c, r->id, json_pack("{s:o}", "stats", st));
 }
 

@@ -124,3 +124,23 @@ void *hashmap_remove(HashMap *m, View key)
     m->count--;
     return v;
 }
+
+void hashmap_iter(const HashMap *m, HashIter *it)
+{
+    *it = (HashIter){.m = m};
+}
+
+int hashmap_iter_next(HashIter *it, void **ret_value)
+{
+    if (it->e) {
+        it->e = it->e->next;
+    }
+    while (!it->e) {
+        if (it->slot >= it->m->n_slots) {
+            return 0;
+        }
+        it->e = it->m->slots[it->slot++];
+    }
+    *ret_value = it->e->value;
+    return 1;
+}

@@ -22,3 +22,14 @@ void *hashmap_get(const HashMap *m, View key);
 int hashmap_put(HashMap *m, View key, void *value);
 /* Remove; returns the value that was there, or NULL. */
 void *hashmap_remove(HashMap *m, View key);
+
+/* Iteration, in no particular order; the map must not change meanwhile. */
+typedef struct HashIter {
+    const HashMap *m;
+    size_t slot;
+    const HashEntry *e;
+} HashIter;
+
+void hashmap_iter(const HashMap *m, HashIter *it);
+/* 1 with the next value, 0 at the end. */
+int hashmap_iter_next(HashIter *it, void **ret_value);

@@ -77,6 +77,7 @@ static void list_splice_front(Link *to, Link *from)
 struct SessionMsg {
     Link link;
     void *req;
+    uint64_t spool_id;
     int64_t sent_at;
     size_t payload_len;
     uint16_t topic_len;
@@ -388,9 +389,10 @@ static void msg_complete(Impl *m, SessionMsg *msg, bool was_inflight, int64_t no
         m->pub.stats.pub_ok++;
     }
     void *req = msg->req;
+    uint64_t spool_id = msg->spool_id;
     msg_free(m, msg, was_inflight);
-    if (req) {
-        emit(m, (SessionEvent){.type = SESSION_EV_PUBLISH_DONE, .done = {req, 0}});
+    if (req || spool_id) {
+        emit(m, (SessionEvent){.type = SESSION_EV_PUBLISH_DONE, .done = {.req = req, .spool_id = spool_id}});
     }
 }
 
@@ -446,6 +448,7 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
         return -ENOMEM;
     }
     *msg = (SessionMsg){.req = req,
+                        .spool_id = p->spool_id,
                         .payload_len = p->payload.n,
                         .topic_len = (uint16_t)p->topic.n,
                         .qos = p->qos,
@@ -571,7 +574,7 @@ static void pending_done(Impl *m, Pending *p, int result)
     id_release(m, &p->id);
     free(p);
     if (req) {
-        emit(m, (SessionEvent){.type = done[kind], .done = {req, result}});
+        emit(m, (SessionEvent){.type = done[kind], .done = {.req = req, .result = result}});
     }
 }
 

@@ -69,7 +69,7 @@ enum session_event_type {
     SESSION_EV_MESSAGE,        /* .message: a PUBLISH from the broker, delivered once */
     SESSION_EV_PING_SENT,      /* no payload */
     SESSION_EV_PING_ANSWERED,  /* .ping */
-    SESSION_EV_PUBLISH_DONE,   /* .done: result 0, or -ECONNABORTED (see below) */
+    SESSION_EV_PUBLISH_DONE,   /* .done: the broker has it (QoS 0 written, PUBACK, PUBCOMP) */
     SESSION_EV_SUBSCRIBE_DONE, /* .done: result = granted QoS, or -EPERM for 0x80 */
     SESSION_EV_UNSUBSCRIBE_DONE,
     SESSION_EV_BARRIER_DONE, /* .done: everything the broker sent before it has arrived */
@@ -92,8 +92,9 @@ typedef struct SessionEvent {
             int64_t rtt_ms;
         } ping;
         struct {
-            void *req;
+            void *req; /* NULL once abandoned (PUBLISH_DONE still comes for a spool_id) */
             int result;
+            uint64_t spool_id;
         } done;
     };
 } SessionEvent;
@@ -121,6 +122,7 @@ typedef struct SessionPublish {
     View topic, payload;
     uint8_t qos;
     bool retain;
+    uint64_t spool_id; /* the caller's durable copy, named again in PUBLISH_DONE; 0 = none */
 } SessionPublish;
 
 /* The whole session's public state; the rest is private to session.c. */

@@ -139,8 +139,14 @@ class Mqttctl(TestCase):
                              stdout=subprocess.PIPE, env=self.env)
         with self.d.client() as c:
             wait_until(lambda: c.ok("status")["status"]["subscriptions"] >= 1)
-            for i in range(3):
+            # head exits after the first line; mqttctl notices at its next write.
+            for i in range(50):
                 c.ok("publish", topic="pipe", payload=str(i), qos=1)
+                try:
+                    p.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
         out, _ = p.communicate(timeout=WAIT)
         self.assertEqual(out, b"0\n")
 
