@@ -296,8 +296,19 @@ int reply_ok(Buf *out, json_t *id, json_t *fields)
 
 int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message)
 {
+    /* Messages may quote the client's own bytes (jansson's "near '...'"), which need not be
+     * UTF-8: those bytes become '?', so the reply can always be written. */
+    char safe[512];
+    snprintf(safe, sizeof(safe), "%s", message);
+    if (!utf8_valid(VIEW_STR(safe), false)) {
+        for (char *p = safe; *p; p++) {
+            if ((unsigned char)*p >= 0x80) {
+                *p = '?';
+            }
+        }
+    }
     json_t *reply = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
-                              "error", "code", ipc_error_code(code), "message", message);
+                              "error", "code", ipc_error_code(code), "message", safe);
     return write_json_line(out, reply);
 }
 

@@ -227,6 +227,10 @@ START_TEST(replies)
     ck_assert_int_eq(reply_error(&b, id, IPC_QUEUE_FULL, "queue full"), 0);
     ck_assert_view_str(buf_view(&b), "{\"id\":3,\"ok\":false,\"error\":{\"code\":\"queue_full\","
                                      "\"message\":\"queue full\"}}\n");
+    /* A message quoting invalid UTF-8 from the client is still written. */
+    buf_clear(&b);
+    ck_assert_int_eq(reply_error(&b, NULL, IPC_BAD_JSON, "near '\xcb\x9d\xdd'"), 0);
+    ck_assert(strstr((const char *)b.data, "near '?\x3f?'") != NULL);
     json_decref(id);
     buf_free(&b);
     for (int e = IPC_BAD_JSON; e <= IPC_INTERNAL; e++) {

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Write the seed corpora of the fuzz harnesses (run once; the output is committed)."""
+import os
+import struct
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(name, seeds):
+    d = os.path.join(HERE, "corpus", name)
+    os.makedirs(d, exist_ok=True)
+    for i, data in enumerate(seeds):
+        with open(os.path.join(d, f"seed-{i:03d}"), "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode())
+
+
+packets = [bytes.fromhex(h) for h in [
+    "100d00044d5154540402003c000161",
+    "102000044d51545404ec000a00036369640003772f7400036279650001750002707077",
+    "20020000", "20020100", "20020005",
+    "300700036162686901", "3b0900036162000a6869", "34090003612f6212346869",
+    "40020001", "50020002", "62020003", "7002ffff",
+    "820c000a0003612f2b010001233b02"[:-4] + "02",
+    "9005000a010280", "a20a000b0003612f2b000123", "b002000b", "c000", "d000", "e000",
+]]
+write("codec", [b"".join(packets)] + packets + [b"\x30\xff\xff\xff\x7f", b"\x36\x05\x00\x01a\x00\x01"])
+
+with open(os.path.join(HERE, "../../config/mqttbridged.conf")) as f:
+    example = f.read()
+write("config", [example, "[broker]\nhost = a:1, [::1]:2\nkeepalive = 0\n",
+                 "[ipc]\nmax_line = 64K\nmode = 0600\n", "[will]\ntopic = a/#\n", "no section\n"])
+
+requests = [
+    '{"id":1,"op":"publish","topic":"a/b","payload":"hi","qos":1,"retain":true,"wait":false}',
+    '{"id":"x","op":"publish","topic":"t","payload_b64":"AAEC/w==","timeout_ms":100}',
+    '{"id":[1],"op":"subscribe","filter":"$share/g/a/+","qos":2,"encoding":"base64"}',
+    '{"op":"unsubscribe","filter":"a/#"}', '{"op":"status"}', '{"op":"stats"}',
+    '{"op":"ping"}', '{"op":"events","connection":true,"ping":false}', '{"op":"reconnect"}',
+    '{"op":"stats_reset"}', '{"op":"reload"}', 'not json', '[1]', '{"op":5}',
+    '{"op":"publish","topic":"a","payload":"a\\u0000b"}',
+]
+write("request", requests)
+write("ndjson", ["\n".join(requests) + "\n", "a\r\nb\n\n" + "x" * 200 + "\nc", "\n\n\n"])
+
+pub1 = b"\x32\x08\x00\x03a/b\x00\x07x"
+pub2 = b"\x34\x08\x00\x03a/b\x00\x08y"
+write("session", [b"\x06" + pub1 + b"\x03\x62\x02\x00\x08", b"\x09" + pub2,
+                  b"\x04\x90\x03\x00\x01\x00", b"\x01\xd0\x00", b"\x03\x50\x02\x00\x01",
+                  b"\x03\x40\x02\x00\x01", b"\x00\x00"])
+
+
+def record(body):
+    ln = struct.pack("<I", len(body))
+    return struct.pack("<I", zlib.crc32(ln + body)) + ln + body
+
+
+add = record(bytes([1]) + struct.pack("<Q", 7) + bytes([1, 1]) + struct.pack("<HI", 3, 2)
+             + b"a/bhi")
+done = record(bytes([2]) + struct.pack("<Q", 7))
+write("spool", [add + done, add, add[:-3], done * 3])
