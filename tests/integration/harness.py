@@ -477,3 +477,75 @@ class TestCase(unittest.TestCase):
 
 def main():
     unittest.main(verbosity=2)
+
+
+class Proxy:
+    """A TCP proxy between the daemon and the broker, for faults on the wire.
+
+    mode "pass" forwards; "stall" keeps connections open but forwards nothing (a half-open
+    link); with cut_after = (lo, hi) each connection is closed after a random number of
+    bytes in [lo, hi] (both directions counted), in the middle of whatever packet it is.
+    """
+
+    def __init__(self, upstream_port, seed=1):
+        import random
+        self.rng = random.Random(seed)
+        self.upstream = upstream_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.mode = "pass"
+        self.cut_after = None
+        self.connections = 0
+        self.cuts = 0
+        self.closed = False
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.connections += 1
+                budget = [self.rng.randint(*self.cut_after)] if self.cut_after else [None]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b, budget, (c, u)),
+                                 daemon=True).start()
+
+    def _pump(self, src, dst, budget, pair):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self.mode == "stall" and not self.closed:
+                    time.sleep(0.05)  # holding bytes back is the fault being injected
+                with self.lock:
+                    if budget[0] is not None:
+                        if len(data) >= budget[0]:
+                            dst.sendall(data[:budget[0]])
+                            self.cuts += 1
+                            raise OSError("cut")
+                        budget[0] -= len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in pair:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
