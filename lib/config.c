@@ -141,6 +141,7 @@ void config_free(Config *cfg)
         free(cfg->broker.addrs[i].host);
     }
     cfg->broker.n_addrs = 0;
+    acl_free(&cfg->acl);
 }
 
 static void fmt(char *err, size_t errlen, const char *f, ...) __attribute__((format(printf, 3, 4)));
@@ -387,6 +388,13 @@ static int on_key(void *user, const char *section, const char *name, const char 
     ParseState *st = user;
     if (st->failed) {
         return 1; /* report the first error only */
+    }
+    if (strcmp(section, "acl") == 0) {
+        if (acl_parse_line(&st->cfg->acl, name, value, st->msg, st->msglen) < 0) {
+            st->failed = true;
+            return 0;
+        }
+        return 1;
     }
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0) {

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "acl.h"
+
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARNING, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG,
                  LOG_LEVEL_PACKET };
 
@@ -56,6 +58,7 @@ typedef struct Config {
     struct {
         enum log_level level;
     } log;
+    Acl acl;
 } Config;
 
 /* Fill `cfg` with the defaults. */

@@ -136,7 +136,19 @@ static const struct {
     {"[broker]\nhost = a,,b\n",
      "f.conf:2: invalid broker address '' (want host[:port], [v6addr]:port)"},
     {"[broker]\n\nthis is not ini\n", "f.conf:3: syntax error (expected [section] or key = value)"},
-    {"[acl]\nallow = x\n", "f.conf:2: unknown key 'allow' in [acl]"},
+    {"[acl]\nallow = x\n",
+     "f.conf:2: [acl] unknown key 'allow' (allow WHO, deny WHO, admin, max_connections_per_uid, "
+     "max_subscriptions_per_uid)"},
+    {"[acl]\nallow people = publish a\n",
+     "f.conf:2: [acl] rule 'allow people = publish a': who must be user NAME, group NAME, uid N, "
+     "gid N or all"},
+    {"[acl]\nallow all = read a\n",
+     "f.conf:2: [acl] rule 'allow all = read a': the value must start with publish, subscribe or "
+     "pubsub"},
+    {"[acl]\nallow uid 5 = publish a/#/b\n",
+     "f.conf:2: [acl] rule 'allow uid 5 = publish a/#/b': 'a/#/b' is not a valid topic filter"},
+    {"[acl]\nadmin = root\n",
+     "f.conf:2: [acl] admin: 'root' must be user:NAME, group:NAME, uid:N or gid:N"},
 };
 
 START_TEST(errors_name_file_and_line)
