@@ -12,6 +12,7 @@
 
 #include <ev.h>
 #include <jansson.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "broker.h"
@@ -74,7 +75,8 @@ struct Client {
     pid_t pid;
     uid_t uid;
     gid_t gid;
-    bool admin;
+    char *user;  /* name of uid, or NULL */
+    AclView acl; /* the [acl] rules that apply to this peer, %u substituted */
     bool closed;
     bool eof; /* the client shut down its sending side: answer what is pending, then close */
     bool events_connection, events_ping;
@@ -142,11 +144,23 @@ void client_close(Client *c, const char *why);
 /* Close a client that has sent EOF once nothing is left to answer or write. */
 void client_finish_if_done(Client *c);
 
+/* access.c */
+int access_resolve(Config *cfg, char *err, size_t errlen);
+int access_check_secrets(const Config *cfg, char *err, size_t errlen);
+int access_client_init(Client *c, const struct ucred *cred);
+/* After a reload: every client's view rebuilt, subscriptions no longer allowed dropped. */
+void access_reload(Daemon *d);
+/* 0, or IPC_FORBIDDEN with a message when the per-uid limit is reached. */
+bool access_uid_may_connect(Daemon *d, uid_t uid, char *why, size_t n);
+bool access_uid_may_subscribe(Daemon *d, uid_t uid, char *why, size_t n);
+
 /* ops.c */
 void ops_handle_line(Client *c, View line);
 void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void ops_client_gone(Client *c);
+/* Stop holding c->subs[i] (the broker subscription goes when it was the last holder). */
+void ops_drop_subscription(Client *c, size_t i);
 void waiter_free(Waiter *w);
 
 /* bridge.c */

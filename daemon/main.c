@@ -139,7 +139,9 @@ static int load_config(const Daemon *d, Loaded *out, bool explicit_path, char *e
         out->cfg.log.level = level > LOG_LEVEL_PACKET ? LOG_LEVEL_PACKET : (enum log_level)level;
     }
     if ((r = config_check(&out->cfg, err, errlen)) < 0 ||
-        (r = tls_check_config(&out->cfg, err, errlen)) < 0) {
+        (r = access_check_secrets(&out->cfg, err, errlen)) < 0 ||
+        (r = tls_check_config(&out->cfg, err, errlen)) < 0 ||
+        (r = access_resolve(&out->cfg, err, errlen)) < 0) {
         goto fail;
     }
     const struct BrokerConfig *b = &out->cfg.broker;
@@ -242,6 +244,7 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     }
     broker_configure(&d->broker, &d->cfg, d->client_id, d->password);
     apply_limits(d);
+    access_reload(d);
     log_info("configuration reloaded from %s%s", d->config_path,
              reconnect ? "; reconnecting to apply the broker settings" : "");
     if (reconnect) {

@@ -173,12 +173,23 @@ static int release_filter(Client *c, View filter, void *req)
 
 static bool admin_only(Client *c, const Request *r)
 {
-    if (c->admin) {
+    if (c->acl.admin) {
         return true;
     }
     ops_reply_error(c, r->id, IPC_FORBIDDEN,
-                    "%s is an admin op (allowed: root and the daemon's own user)",
+                    "%s is an admin op (root, the daemon's own user and [acl] admin)",
                     ipc_op_name(r->op));
+    return false;
+}
+
+/* The [acl] decision for this request; answered `forbidden` when it is no. */
+static bool permitted(Client *c, const Request *r, unsigned action)
+{
+    char why[400];
+    if (acl_allows(&c->acl, action, r->topic, why, sizeof(why))) {
+        return true;
+    }
+    ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
     return false;
 }
 
@@ -194,6 +205,9 @@ static void op_publish(Client *c, Request *r)
     Daemon *d = c->d;
     if (d->stopping) {
         ops_reply_error(c, r->id, IPC_SHUTTING_DOWN, "the daemon is shutting down");
+        return;
+    }
+    if (!permitted(c, r, ACL_PUBLISH)) {
         return;
     }
     /* QoS 1/2 with a spool: on disk before anyone is told it was accepted. */
@@ -251,9 +265,17 @@ static void op_subscribe(Client *c, Request *r)
     Daemon *d = c->d;
     View f = r->topic;
     ClientSub **slot = find_sub(c, f);
+    if (!permitted(c, r, ACL_SUBSCRIBE)) {
+        return;
+    }
+    char why[200];
     if (!slot && c->n_subs >= MAX_SUBS_PER_CLIENT) {
         ops_reply_error(c, r->id, IPC_BAD_REQUEST, "too many subscriptions on one connection (%d)",
                         MAX_SUBS_PER_CLIENT);
+        return;
+    }
+    if (!slot && !access_uid_may_subscribe(d, c->uid, why, sizeof(why))) {
+        ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
         return;
     }
     ClientSub *sub = slot ? *slot : add_sub(c, f);
@@ -342,6 +364,17 @@ static void op_status(Client *c, Request *r)
         "queued", (json_int_t)s->queued, "inflight", (json_int_t)s->inflight, "local_clients",
         (json_int_t)d->n_clients, "subscriptions", (json_int_t)d->router.filters.count, "version",
         MQTTBRIDGE_VERSION);
+    if (c->acl.admin) {
+        /* Who is connected: for admins only. */
+        json_t *list = json_array();
+        for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
+            Client *o = container_of(l, Client, link);
+            json_array_append_new(list, json_pack("{s:i, s:I, s:s?, s:I}", "pid", (int)o->pid,
+                                                  "uid", (json_int_t)o->uid, "user", o->user,
+                                                  "subscriptions", (json_int_t)o->n_subs));
+        }
+        json_object_set_new(st, "clients", list);
+    }
     TlsConn *tls = d->broker.tr.tls;
     if (tls && connected) {
         json_object_set_new(st, "tls_version", json_string(tls_version(tls)));
@@ -464,13 +497,18 @@ void ops_handle_line(Client *c, View line)
     request_free(&req);
 }
 
+void ops_drop_subscription(Client *c, size_t i)
+{
+    ClientSub *sub = c->subs[i];
+    release_filter(c, VIEW(sub->filter, sub->len), NULL);
+    drop_sub(c, &c->subs[i]);
+}
+
 void ops_client_gone(Client *c)
 {
     Session *s = c->d->broker.session;
     while (c->n_subs) {
-        ClientSub *sub = c->subs[c->n_subs - 1];
-        release_filter(c, VIEW(sub->filter, sub->len), NULL);
-        drop_sub(c, &c->subs[c->n_subs - 1]);
+        ops_drop_subscription(c, c->n_subs - 1);
     }
     while (!dlist_empty(&c->waiters)) {
         Waiter *w = container_of(c->waiters.next, Waiter, link);

@@ -82,6 +82,8 @@ void client_finish_if_done(Client *c)
 
 static void client_free(Client *c)
 {
+    acl_view_free(&c->acl);
+    free(c->user);
     line_reader_free(&c->in);
     buf_free(&c->out);
     free(c->subs);
@@ -175,17 +177,9 @@ static void on_client_io(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
-static void reject(Daemon *d, int fd)
+static void reject(Daemon *d, int fd, enum ipc_error code, const char *msg)
 {
     Buf b = {0};
-    char msg[120];
-    enum ipc_error code = d->stopping ? IPC_SHUTTING_DOWN : IPC_REFUSED;
-    if (d->stopping) {
-        snprintf(msg, sizeof(msg), "the daemon is shutting down");
-    } else {
-        snprintf(msg, sizeof(msg), "too many clients (ipc.max_clients = %u)",
-                 d->cfg.ipc.max_clients);
-    }
     if (reply_error(&b, NULL, code, msg) == 0) {
         ssize_t w = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
@@ -209,8 +203,22 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             }
             return;
         }
-        if (d->n_clients >= d->cfg.ipc.max_clients || d->stopping) {
-            reject(d, fd);
+        struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
+        socklen_t len = sizeof(cred);
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+        char why[160];
+        if (d->stopping) {
+            reject(d, fd, IPC_SHUTTING_DOWN, "the daemon is shutting down");
+            continue;
+        }
+        if (d->n_clients >= d->cfg.ipc.max_clients) {
+            snprintf(why, sizeof(why), "too many clients (ipc.max_clients = %u)",
+                     d->cfg.ipc.max_clients);
+            reject(d, fd, IPC_REFUSED, why);
+            continue;
+        }
+        if (!access_uid_may_connect(d, cred.uid, why, sizeof(why))) {
+            reject(d, fd, IPC_FORBIDDEN, why);
             continue;
         }
         Client *c = calloc(1, sizeof(*c));
@@ -218,13 +226,14 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
-        struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
-        socklen_t len = sizeof(cred);
-        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
-        *c = (Client){.d = d, .fd = fd, .pid = cred.pid, .uid = cred.uid, .gid = cred.gid,
-                      .serial = ++d->next_serial};
-        /* Until [acl] exists: root and the daemon's own user may use admin ops. */
-        c->admin = cred.uid == 0 || cred.uid == geteuid();
+        *c = (Client){.d = d, .fd = fd, .serial = ++d->next_serial};
+        if (access_client_init(c, &cred) < 0) {
+            acl_view_free(&c->acl);
+            free(c->user);
+            free(c);
+            close(fd);
+            continue;
+        }
         line_reader_init(&c->in, d->cfg.ipc.max_line);
         dlist_init(&c->waiters);
         ev_io_init(&c->io, on_client_io, fd, EV_READ);

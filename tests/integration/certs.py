@@ -43,5 +43,7 @@ def make(dir):
     for f in os.listdir(dir):
         p = os.path.join(dir, f)
         if os.path.isfile(p):
-            os.chmod(p, 0o644)
+            # mosquitto (its own user) reads the server keys; the daemon insists that its
+            # client key is private.
+            os.chmod(p, 0o600 if f == "client.key" else 0o644)
     return dir

@@ -139,6 +139,7 @@ class RealBroker(TestCase):
         secret = os.path.join(self.tmp, "pw")
         with open(secret, "w") as f:
             f.write("s3cret\n")
+        os.chmod(secret, 0o600)
         d.write_config({**d.cfg, "broker": {**d.cfg["broker"], "password": "",
                                             "password_file": secret}})
         d.start()

@@ -148,7 +148,7 @@ class Tls(TestCase):
     def test_bad_tls_files_stop_start_up(self):
         import subprocess
         from harness import DAEMON
-        d = self.tls_daemon(1, cert_file="/nonexistent.crt", key_file="/nonexistent.key")
+        d = self.tls_daemon(1, cert_file="/nonexistent.crt", key_file=f"{CERTS}/client.key")
         r = subprocess.run([DAEMON, "--check-config", "-c", d.conf], capture_output=True)
         self.assertEqual(r.returncode, 1)
         self.assertIn(b"cannot load the client certificate /nonexistent.crt", r.stderr)
@@ -182,6 +182,7 @@ class Tls(TestCase):
             # Rotated on disk to a certificate the broker refuses: used at the next connect.
             shutil.copy(f"{CERTS}/expired.crt", cert)
             shutil.copy(f"{CERTS}/expired.key", key)
+            os.chmod(key, 0o600)
             c.ok("reconnect")
             wait_until(lambda: c.ok("status")["status"]["last_error"], what="the refusal")
             # And back to a good one: connected again without a restart.
