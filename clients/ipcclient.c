@@ -124,8 +124,8 @@ int ipc_read_pending(IpcClient *c, json_t **ret)
     return 1;
 }
 
-/* The next line from the socket, parsed. */
-static int read_line(IpcClient *c, json_t **ret, int64_t deadline)
+/* The next non-empty line from the socket. */
+static int next_line(IpcClient *c, View *ret, int64_t deadline)
 {
     for (;;) {
         View line;
@@ -137,11 +137,7 @@ static int read_line(IpcClient *c, json_t **ret, int64_t deadline)
             if (line.n == 0) {
                 continue;
             }
-            json_t *j = json_loadb((const char *)line.p, line.n, JSON_ALLOW_NUL, NULL);
-            if (!j) {
-                return -EBADMSG;
-            }
-            *ret = j;
+            *ret = line;
             return 1;
         }
         int ev = wait_fd(c, (short)(POLLIN | (buf_size(&c->out) ? POLLOUT : 0)), deadline);
@@ -168,6 +164,27 @@ static int read_line(IpcClient *c, json_t **ret, int64_t deadline)
             }
         }
     }
+}
+
+/* The next line from the socket, parsed. */
+static int read_line(IpcClient *c, json_t **ret, int64_t deadline)
+{
+    View line;
+    int r = next_line(c, &line, deadline);
+    if (r <= 0) {
+        return r;
+    }
+    json_t *j = json_loadb((const char *)line.p, line.n, JSON_ALLOW_NUL, NULL);
+    if (!j) {
+        return -EBADMSG;
+    }
+    *ret = j;
+    return 1;
+}
+
+int ipc_read_raw(IpcClient *c, View *ret, int timeout_ms)
+{
+    return next_line(c, ret, timeout_ms < 0 ? -1 : mono_ms() + timeout_ms);
 }
 
 int ipc_read(IpcClient *c, json_t **ret, int timeout_ms)

@@ -32,5 +32,8 @@ int ipc_read(IpcClient *c, json_t **ret, int timeout_ms);
 /* Send one request (stolen) and wait for its reply (caller owns it): 0, -ETIMEDOUT, -EPIPE.
  * Messages read meanwhile are kept for ipc_read. */
 int ipc_call(IpcClient *c, json_t *req, json_t **ret_reply, int timeout_ms);
+/* The next line as it came (valid until the next read), for callers that only need to
+ * glance at most replies: 1, 0 on timeout, -errno. Ignores what ipc_call kept. */
+int ipc_read_raw(IpcClient *c, View *ret, int timeout_ms);
 /* A message kept by ipc_call (1), or 0 when there is none. */
 int ipc_read_pending(IpcClient *c, json_t **ret);

@@ -18,6 +18,7 @@
 
 #include "base64.h"
 #include "defaults.h"
+#include "ipc/protocol.h"
 #include "ipcclient.h"
 #include "utf8.h"
 
@@ -297,21 +298,28 @@ static int cmd_admin(const char *op)
 
 /* ---- pub ---- */
 
-static json_t *publish_req(const char *topic, View payload, int qos, bool retain)
+/* One publish request line, written straight into the client's output (no JSON tree:
+ * `pub -l` sends one per input line). */
+static void queue_publish(IpcClient *c, const char *topic, View payload, int qos, bool retain,
+                          bool wait)
 {
-    /* The daemon answers `timeout` itself after --timeout: failures stay per message. */
-    json_t *req = json_pack("{s:s, s:s, s:i, s:b, s:i}", "op", "publish", "topic", topic, "qos",
-                            qos, "retain", retain, "timeout_ms", timeout_ms);
+    char head[128];
+    int n = snprintf(head, sizeof(head), "{\"id\":%lld,\"op\":\"publish\",\"qos\":%d,"
+                                         "\"retain\":%s,\"wait\":%s,\"timeout_ms\":%d,"
+                                         "\"topic\":",
+                     (long long)c->next_id++, qos, retain ? "true" : "false",
+                     wait ? "true" : "false", timeout_ms);
+    buf_append(&c->out, head, (size_t)n);
+    json_write_string(&c->out, VIEW_STR(topic));
     if (utf8_valid(payload, true)) {
-        json_object_set_new(req, "payload",
-                            json_stringn(payload.n ? (const char *)payload.p : "", payload.n));
+        buf_append(&c->out, ",\"payload\":", 11);
+        json_write_string(&c->out, payload);
     } else {
-        Buf b = {0};
-        base64_encode(&b, payload);
-        json_object_set_new(req, "payload_b64", json_stringn((const char *)b.data, b.len));
-        buf_free(&b);
+        buf_append(&c->out, ",\"payload_b64\":\"", 16);
+        base64_encode(&c->out, payload);
+        buf_put_u8(&c->out, '"');
     }
-    return req;
+    buf_append(&c->out, "}\n", 2);
 }
 
 static int read_all(const char *path, Buf *out)
@@ -339,17 +347,27 @@ static int read_all(const char *path, Buf *out)
     }
 }
 
-/* Read a reply for a pipelined publish; failures reported with their line number. */
+/* Read a reply for a pipelined publish; failures reported with their line number. A plain
+ * success (`{"id":N,"ok":true}`) is recognised without parsing. */
 static int collect_reply(IpcClient *c, json_int_t first_id, int *failures)
 {
-    json_t *m;
-    int r = ipc_read(c, &m, timeout_ms + 5000); /* the daemon's own timeout comes first */
+    View line;
+    int r = ipc_read_raw(c, &line, timeout_ms + 5000); /* the daemon's own timeout comes first */
     if (r <= 0) {
         return r == 0 ? -ETIMEDOUT : r;
     }
+    static const char ok_tail[] = ",\"ok\":true}";
+    if (!json_out && line.n > 6 + sizeof(ok_tail) - 1 && memcmp(line.p, "{\"id\":", 6) == 0 &&
+        memcmp(line.p + line.n - (sizeof(ok_tail) - 1), ok_tail, sizeof(ok_tail) - 1) == 0) {
+        return 1;
+    }
+    json_t *m = json_loadb((const char *)line.p, line.n, JSON_ALLOW_NUL, NULL);
+    if (!m) {
+        return -EBADMSG;
+    }
     if (json_object_get(m, "event")) {
         json_decref(m);
-        return 1;
+        return 2; /* not a reply */
     }
     if (json_out) {
         print_json(m);
@@ -418,9 +436,10 @@ static int cmd_pub(int argc, char **argv)
         }
         View p = message ? VIEW_STR(message) : buf_view(&payload);
         json_int_t first = c.next_id;
-        ipc_queue(&c, publish_req(topic, p, qos, retain));
+        queue_publish(&c, topic, p, qos, retain, true);
         buf_free(&payload);
-        r = collect_reply(&c, first, &failures);
+        while ((r = collect_reply(&c, first, &failures)) == 2) {
+        }
     } else {
         /* Stream: keep up to WINDOW requests in flight, read replies as they come. */
         enum { WINDOW = 1024 };
@@ -434,20 +453,22 @@ static int cmd_pub(int argc, char **argv)
             if (n && line[n - 1] == '\n') {
                 n--;
             }
-            ipc_queue(&c, publish_req(topic, VIEW(line, (size_t)n), qos, retain));
+            /* A QoS 0 stream is confirmed as queued (as mosquitto_pub confirms nothing);
+             * QoS 1/2 lines wait for the broker's acknowledgement. */
+            queue_publish(&c, topic, VIEW(line, (size_t)n), qos, retain, qos > 0);
             outstanding++;
             if (buf_size(&c.out) > 256 * 1024 && (r = ipc_flush(&c, timeout_ms)) < 0) {
                 break;
             }
             while (r > 0 && outstanding >= WINDOW) {
                 r = collect_reply(&c, first, &failures);
-                outstanding--;
+                outstanding -= r == 1;
             }
         }
         free(line);
         while (r > 0 && outstanding > 0) {
             r = collect_reply(&c, first, &failures);
-            outstanding--;
+            outstanding -= r == 1;
         }
     }
     ipc_close(&c);

@@ -70,11 +70,12 @@ static void broadcast(Daemon *d, bool connection, json_t *event)
 
 static void send_ok(Client *c, json_t *id, json_t *fields)
 {
-    Buf b = {0};
+    static Buf b; /* one reply at a time; kept to spare a malloc per confirmation */
+    buf_clear(&b);
     if (reply_ok(&b, id, fields) == 0) {
         client_send(c, buf_view(&b));
     }
-    buf_free(&b);
+    buf_shrink(&b, 4096);
 }
 
 static void subscribe_done(Daemon *d, Waiter *w, int result)

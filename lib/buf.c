@@ -15,7 +15,9 @@ int buf_reserve(Buf *b, size_t extra)
     if (extra <= b->cap - b->len) {
         return 0;
     }
-    if (b->off > 0 && extra <= b->cap - unread) {
+    /* Move the unread bytes to the front only when the read part is at least as big: each
+     * byte is then moved O(1) times on average, however the buffer is drained. */
+    if (b->off > 0 && extra <= b->cap - unread && b->off >= unread) {
         memmove(b->data, b->data + b->off, unread);
         b->len = unread;
         b->off = 0;

@@ -275,9 +275,35 @@ int write_json_line(Buf *out, json_t *obj)
     return r;
 }
 
+/* `{"id":ID,"ok":true}` without building a tree: the reply to nearly every publish. */
+static int reply_ok_plain(Buf *out, json_t *id)
+{
+    char num[32];
+    size_t before = out->len;
+    int r = buf_append(out, "{\"id\":", 6);
+    if (r == 0 && json_is_integer(id)) {
+        int n = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
+        r = buf_append(out, num, (size_t)n);
+    } else if (r == 0 && (!id || json_is_null(id))) {
+        r = buf_append(out, "null", 4);
+    } else if (r == 0 && json_dump_callback(id, dump_cb, out, JSON_COMPACT | JSON_ENCODE_ANY) < 0) {
+        r = -ENOBUFS;
+    }
+    if (r == 0) {
+        r = buf_append(out, ",\"ok\":true}\n", 12);
+    }
+    if (r < 0) {
+        out->len = before;
+    }
+    return r;
+}
+
 int reply_ok(Buf *out, json_t *id, json_t *fields)
 {
-    json_t *o = fields ? fields : json_object();
+    if (!fields) {
+        return reply_ok_plain(out, id);
+    }
+    json_t *o = fields;
     if (!o) {
         return -ENOMEM;
     }
@@ -349,6 +375,17 @@ static int put_escaped(Buf *out, View s)
         start = i + 1;
     }
     return buf_append(out, s.p + start, s.n - start);
+}
+
+int json_write_string(Buf *out, View s)
+{
+    size_t before = out->len;
+    int r;
+    if ((r = buf_put_u8(out, '"')) < 0 || (r = put_escaped(out, s)) < 0 ||
+        (r = buf_put_u8(out, '"')) < 0) {
+        out->len = before;
+    }
+    return r;
 }
 
 int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64)

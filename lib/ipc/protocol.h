@@ -76,6 +76,9 @@ int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message);
 /* Any object as one line (events other than message). Steals `obj`. */
 int write_json_line(Buf *out, json_t *obj);
 
+/* `s` (valid UTF-8, U+0000 allowed) as a quoted JSON string. */
+int json_write_string(Buf *out, View s);
+
 /* The message event, written directly (it is the hot path): `payload` as text when the
  * encoding is auto and the bytes are valid UTF-8, else `payload_b64`. */
 int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64);

@@ -303,20 +303,68 @@ typedef struct Job {
     int qos;
     long count;
     const char *topic;
-    atomic_long *received;
     long failures;
 } Job;
+
+/* End to end, at most E2E_WINDOW messages published and not yet received, for the daemon and
+ * the direct runs alike: otherwise the broker's queue toward a slower subscriber grows without
+ * bound and measures mosquitto's queue handling instead of the clients. */
+#define E2E_WINDOW 8192
+static atomic_long e2e_sent, e2e_received;
+
+/* Waiting threads sleep on this and are woken by progress(), never spin: a spinning load
+ * generator would steal the broker's CPU on a 2-core machine. */
+static pthread_mutex_t progress_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t progress_cv = PTHREAD_COND_INITIALIZER;
+
+static void progress(void)
+{
+    pthread_mutex_lock(&progress_mu);
+    pthread_cond_broadcast(&progress_cv);
+    pthread_mutex_unlock(&progress_mu);
+}
+
+/* Sleep until cond(arg) holds (re-checked at least every 10 ms). */
+static void await(bool (*cond)(void *), void *arg)
+{
+    pthread_mutex_lock(&progress_mu);
+    while (!cond(arg)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&progress_cv, &progress_mu, &ts);
+    }
+    pthread_mutex_unlock(&progress_mu);
+}
+
+static bool e2e_room(void *more)
+{
+    return atomic_load(&e2e_sent) + *(long *)more - atomic_load(&e2e_received) <= E2E_WINDOW;
+}
+
+static void e2e_wait(long more)
+{
+    await(e2e_room, &more);
+    atomic_fetch_add(&e2e_sent, more);
+}
+
+#define PUB_WINDOW 2048 /* unconfirmed publishes per publisher, daemon and direct alike */
 
 static void *daemon_publisher(void *arg)
 {
     Job *j = arg;
     Conn c;
     conn_open(&c);
-    enum { WINDOW = 2048, BATCH = 256 };
+    enum { WINDOW = PUB_WINDOW, BATCH = 256 };
     char *out = malloc(BATCH * 200);
     long sent = 0, replies = 0, msgs = 0;
     while (replies < j->count) {
         if (sent < j->count && sent - replies <= WINDOW - BATCH) {
+            e2e_wait(j->count - sent < BATCH ? j->count - sent : BATCH);
             size_t o = 0;
             for (int k = 0; k < BATCH && sent < j->count; k++, sent++) {
                 o += (size_t)sprintf(out + o,
@@ -339,6 +387,8 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     (void)m;
     (void)msg;
     atomic_fetch_add((atomic_long *)ud, 1);
+    atomic_fetch_add(&e2e_received, 1);
+    progress();
 }
 
 static void on_publish(struct mosquitto *m, void *ud, int mid)
@@ -346,6 +396,18 @@ static void on_publish(struct mosquitto *m, void *ud, int mid)
     (void)m;
     (void)mid;
     atomic_fetch_add((atomic_long *)ud, 1);
+    progress();
+}
+
+typedef struct Until {
+    atomic_long *counter;
+    long target;
+} Until;
+
+static bool reached(void *arg)
+{
+    Until *u = arg;
+    return atomic_load(u->counter) >= u->target;
 }
 
 static struct mosquitto *direct_client(void *ud)
@@ -367,11 +429,15 @@ static void *direct_publisher(void *arg)
     mosquitto_publish_callback_set(m, on_publish);
     mosquitto_loop_start(m);
     for (long i = 0; i < j->count; i++) {
+        /* The same window of unconfirmed messages as the daemon's publishers get (libmosquitto
+         * slows down badly with very long internal queues). */
+        Until window = {&done, i - PUB_WINDOW + 1};
+        await(reached, &window);
+        e2e_wait(1);
         mosquitto_publish(m, NULL, j->topic, 64, PAYLOAD, j->qos, false);
     }
-    while (atomic_load(&done) < j->count) {
-        usleep(200); /* libmosquitto's own thread completes them */
-    }
+    Until all = {&done, j->count};
+    await(reached, &all); /* libmosquitto's own thread completes them */
     mosquitto_disconnect(m);
     mosquitto_loop_stop(m, false);
     mosquitto_destroy(m);
@@ -401,6 +467,8 @@ static double throughput(bool via_daemon, int qos, int n_pub, long count)
     }
     pthread_t t[8];
     Job jobs[8];
+    atomic_store(&e2e_sent, 0);
+    atomic_store(&e2e_received, 0);
     double t0 = now_s();
     for (int i = 0; i < n_pub; i++) {
         snprintf(topic[i], sizeof(topic[i]), "tp/%d", i);
@@ -415,12 +483,12 @@ static double throughput(bool via_daemon, int qos, int n_pub, long count)
                 break;
             }
             conn_read(&c, &replies, &msgs, NULL);
+            atomic_store(&e2e_received, msgs);
+            progress();
         }
     } else {
-        double give_up = now_s() + 30;
-        while (atomic_load(&received) < want && now_s() < give_up) {
-            usleep(200);
-        }
+        Until all = {&received, want};
+        await(reached, &all);
         msgs = atomic_load(&received);
     }
     double elapsed = now_s() - t0;
