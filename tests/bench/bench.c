@@ -595,7 +595,7 @@ static void fleet_open(Fleet *f, int n, int subs)
 {
     f->n = n;
     f->c = calloc((size_t)n, sizeof(*f->c));
-    char *buf = malloc((size_t)subs * 120 + 1);
+    char *buf = malloc((size_t)(subs ? subs : 1) * 120 + 1);
     for (int i = 0; i < n; i++) {
         conn_open(&f->c[i]);
         size_t o = 0;
