@@ -423,6 +423,17 @@ class FakeBroker:
         self.sock.close()
 
 
+def connack_then(data=b""):
+    """A FakeBroker handler: accept the CONNECT, send CONNACK and `data`, then read (and
+    ignore) everything, answering nothing - not even PINGREQ."""
+    def handler(conn, fb):
+        fb.read_connect(conn)
+        conn.sendall(b"\x20\x02\x00\x00" + data)
+        while True:
+            fb.read_packet(conn)
+    return handler
+
+
 class TestCase(unittest.TestCase):
     """Base class: a temp dir, cleaned up with everything started in it."""
 

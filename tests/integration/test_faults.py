@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from harness import WAIT, Client, Proxy, TestCase, main, wait_until
+from harness import WAIT, Client, Proxy, TestCase, connack_then, main, wait_until
 
 REPORT = []
 
@@ -203,14 +203,8 @@ class Faults(TestCase):
         self.assertEqual(report(f"link cut at random points ({proxy.cuts} cuts)", sent, got), 0)
 
     def test_oversized_packet_from_broker(self):
-        def handler(conn, fb):
-            fb.read_connect(conn)
-            conn.sendall(bytes([0x20, 2, 0, 0]))
-            # A PUBLISH announcing 200 MB: refused from its header, not buffered.
-            conn.sendall(bytes([0x30, 0x80, 0x80, 0x80, 0x64]) + b"\x00\x01a")
-            while True:
-                fb.read_packet(conn)
-        fb = self.fake_broker(handler)
+        # A PUBLISH announcing 200 MB: refused from its header, not buffered.
+        fb = self.fake_broker(connack_then(bytes([0x30, 0x80, 0x80, 0x80, 0x64]) + b"\x00\x01a"))
         d = self.daemon(fb.port, start=False)
         d.start(wait_connected=False)
         fb.wait_connects(2)

@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 
-from harness import TestCase, WAIT, main, wait_until
+from harness import TestCase, WAIT, connack_then, main, wait_until
 
 
 class RealBroker(TestCase):
@@ -219,12 +219,7 @@ def connack(rc, session_present=0):
 
 class FakeBrokerFaults(TestCase):
     def test_unanswered_pingreq_reconnects(self):
-        def handler(conn, fb):
-            fb.read_connect(conn)
-            conn.sendall(connack(0))
-            while True:  # swallow everything, answer nothing
-                fb.read_packet(conn)
-        fb = self.fake_broker(handler)
+        fb = self.fake_broker(connack_then())
         d = self.daemon(fb.port, sections={"broker": {"keepalive": "1", "reconnect_min": "1"}})
         connects = fb.wait_connects(2, timeout=6)
         gap = connects[1][0] - connects[0][0]
@@ -235,13 +230,7 @@ class FakeBrokerFaults(TestCase):
         self.assertRegex(d.logtext(), r"no PINGRESP within 1000 ms|broker silent for 1[0-9]{3} ms")
 
     def test_malformed_packet_reconnects(self):
-        def handler(conn, fb):
-            fb.read_connect(conn)
-            conn.sendall(connack(0))
-            conn.sendall(bytes([0x30, 0x03, 0x00, 0x01, ord("#")]))  # wildcard topic
-            while True:
-                fb.read_packet(conn)
-        fb = self.fake_broker(handler)
+        fb = self.fake_broker(connack_then(bytes([0x30, 0x03, 0x00, 0x01, ord("#")])))
         d = self.daemon(fb.port, start=False)
         d.start(wait_connected=False)
         fb.wait_connects(2)
@@ -287,12 +276,7 @@ class FakeBrokerFaults(TestCase):
             self.assertEqual(c.ok("status")["status"]["subscriptions"], 0)
 
     def test_connect_packet_fields(self):
-        def handler(conn, fb):
-            fb.read_connect(conn)
-            conn.sendall(connack(0))
-            while True:
-                fb.read_packet(conn)
-        fb = self.fake_broker(handler)
+        fb = self.fake_broker(connack_then())
         self.daemon(fb.port, sections={
             "broker": {"client_id": "cid-1", "username": "u", "password": "p",
                        "keepalive": "33", "clean_session": "false"},
