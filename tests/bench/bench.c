@@ -324,11 +324,14 @@ static void progress(void)
     pthread_mutex_unlock(&progress_mu);
 }
 
-/* Sleep until cond(arg) holds (re-checked at least every 10 ms). */
-static void await(bool (*cond)(void *), void *arg)
+/* Sleep until cond(arg) holds (re-checked at least every 10 ms); false after 30 s without
+ * it, so a lost message can never hang the benchmark. */
+static bool await(bool (*cond)(void *), void *arg)
 {
+    double give_up = now_s() + 30;
+    bool ok;
     pthread_mutex_lock(&progress_mu);
-    while (!cond(arg)) {
+    while (!(ok = cond(arg)) && now_s() < give_up) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 10000000;
@@ -339,6 +342,7 @@ static void await(bool (*cond)(void *), void *arg)
         pthread_cond_timedwait(&progress_cv, &progress_mu, &ts);
     }
     pthread_mutex_unlock(&progress_mu);
+    return ok;
 }
 
 static bool e2e_room(void *more)
@@ -421,6 +425,35 @@ static struct mosquitto *direct_client(void *ud)
     return m;
 }
 
+static atomic_int subacked;
+
+static void on_subscribe(struct mosquitto *m, void *ud, int mid, int n, const int *granted)
+{
+    (void)m;
+    (void)ud;
+    (void)mid;
+    (void)n;
+    (void)granted;
+    atomic_store(&subacked, 1);
+}
+
+/* Subscribe and wait for the SUBACK (before the loop thread runs): what is published after
+ * this returns is delivered. */
+static void direct_subscribe(struct mosquitto *m, const char *filter, int qos)
+{
+    atomic_store(&subacked, 0);
+    mosquitto_subscribe_callback_set(m, on_subscribe);
+    mosquitto_subscribe(m, NULL, filter, qos);
+    double give_up = now_s() + 10;
+    while (!atomic_load(&subacked) && now_s() < give_up) {
+        mosquitto_loop(m, 100, 1);
+    }
+    if (!atomic_load(&subacked)) {
+        fprintf(stderr, "mqttbridge-bench: no SUBACK for the direct subscriber\n");
+        exit(2);
+    }
+}
+
 static void *direct_publisher(void *arg)
 {
     Job *j = arg;
@@ -461,8 +494,7 @@ static double throughput(bool via_daemon, int qos, int n_pub, long count)
     } else {
         sub = direct_client(&received);
         mosquitto_message_callback_set(sub, on_message);
-        mosquitto_subscribe(sub, NULL, "tp/#", qos);
-        mosquitto_loop(sub, 1000, 1);
+        direct_subscribe(sub, "tp/#", qos);
         mosquitto_loop_start(sub);
     }
     pthread_t t[8];
@@ -505,9 +537,12 @@ static double throughput(bool via_daemon, int qos, int n_pub, long count)
     if (msgs < want) {
         fprintf(stderr, "mqttbridge-bench: %s QoS %d: only %ld of %ld messages arrived\n",
                 via_daemon ? "daemon" : "direct", qos, msgs, want);
-        exit(1);
+        /* Through the daemon that is a failure; the direct peer is only measured. */
+        if (via_daemon || qos > 0) {
+            exit(1);
+        }
     }
-    return (double)want / elapsed;
+    return (double)msgs / elapsed;
 }
 
 /* ---- latency ---- */
@@ -557,10 +592,7 @@ static double *latency(bool via_daemon, int qos, long n)
     } else {
         struct mosquitto *m = direct_client(NULL);
         mosquitto_message_callback_set(m, on_echo);
-        mosquitto_subscribe(m, NULL, "lat", qos);
-        for (int k = 0; k < 10; k++) {
-            mosquitto_loop(m, 100, 1);
-        }
+        direct_subscribe(m, "lat", qos);
         for (long i = 0; i < n; i++) {
             atomic_store(&echo, 0);
             double t0 = now_s();
@@ -722,8 +754,7 @@ static void pub_lines(long n, double *ret_ctl, double *ret_mosq)
         atomic_long got = 0;
         struct mosquitto *sub = direct_client(&got);
         mosquitto_message_callback_set(sub, on_message);
-        mosquitto_subscribe(sub, NULL, "lines", 0);
-        mosquitto_loop(sub, 1000, 1);
+        direct_subscribe(sub, "lines", 0);
         mosquitto_loop_start(sub);
         char *ctl[] = {(char *)opt.mqttctl, "-s", opt.sock, "pub", "-t", "lines", "-l", NULL};
         char *mosq[] = {"mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-t", "lines", "-l",
