@@ -86,8 +86,8 @@ static int wait_fd(IpcClient *c, short events, int64_t deadline)
 
 static int write_some(IpcClient *c)
 {
-    ssize_t n = send(c->fd, c->out.data + c->out.off, buf_size(&c->out),
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n =
+        send(c->fd, c->out.data + c->out.off, buf_size(&c->out), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
         return errno == EAGAIN ? 0 : -errno;
     }
@@ -206,8 +206,7 @@ int ipc_call(IpcClient *c, json_t *req, json_t **ret_reply, int timeout_ms)
             return r == 0 ? -ETIMEDOUT : r;
         }
         json_t *mid = json_object_get(m, "id");
-        if (!json_object_get(m, "event") && json_is_integer(mid) &&
-            json_integer_value(mid) == id) {
+        if (!json_object_get(m, "event") && json_is_integer(mid) && json_integer_value(mid) == id) {
             *ret_reply = m;
             return 0;
         }

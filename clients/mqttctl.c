@@ -230,10 +230,12 @@ static int cmd_stats(int argc, char **argv)
     const char *key;
     json_t *v;
     size_t width = 0;
-    json_object_foreach(st, key, v) {
+    json_object_foreach(st, key, v)
+    {
         width = strlen(key) > width ? strlen(key) : width;
     }
-    json_object_foreach(st, key, v) {
+    json_object_foreach(st, key, v)
+    {
         printf("%-*s %12lld\n", (int)width, key, (long long)json_integer_value(v));
     }
     json_decref(reply);
@@ -304,9 +306,10 @@ static void queue_publish(IpcClient *c, const char *topic, View payload, int qos
                           bool wait)
 {
     char head[128];
-    int n = snprintf(head, sizeof(head), "{\"id\":%lld,\"op\":\"publish\",\"qos\":%d,"
-                                         "\"retain\":%s,\"wait\":%s,\"timeout_ms\":%d,"
-                                         "\"topic\":",
+    int n = snprintf(head, sizeof(head),
+                     "{\"id\":%lld,\"op\":\"publish\",\"qos\":%d,"
+                     "\"retain\":%s,\"wait\":%s,\"timeout_ms\":%d,"
+                     "\"topic\":",
                      (long long)c->next_id++, qos, retain ? "true" : "false",
                      wait ? "true" : "false", timeout_ms);
     buf_append(&c->out, head, (size_t)n);
@@ -394,13 +397,27 @@ static int cmd_pub(int argc, char **argv)
     optind = 1;
     while ((o = getopt_long(argc, argv, "+t:m:f:lnq:r", opts, NULL)) != -1) {
         switch (o) {
-        case 't': topic = optarg; break;
-        case 'm': message = optarg; break;
-        case 'f': file = optarg; break;
-        case 'l': lines = true; break;
-        case 'n': null_msg = true; break;
-        case 'r': retain = true; break;
-        case 'J': json_out = true; break;
+        case 't':
+            topic = optarg;
+            break;
+        case 'm':
+            message = optarg;
+            break;
+        case 'f':
+            file = optarg;
+            break;
+        case 'l':
+            lines = true;
+            break;
+        case 'n':
+            null_msg = true;
+            break;
+        case 'r':
+            retain = true;
+            break;
+        case 'J':
+            json_out = true;
+            break;
         case 'q':
             if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '2') {
                 return usage_error("pub: -q must be 0, 1 or 2, not '%s'", optarg);
@@ -535,12 +552,15 @@ static int cmd_sub(int argc, char **argv)
         case 'W':
             wait_s = strtol(optarg, &end, 10);
             if (*end || wait_s <= 0) {
-                return usage_error("sub: -W needs a positive number of seconds, not '%s'",
-                                   optarg);
+                return usage_error("sub: -W needs a positive number of seconds, not '%s'", optarg);
             }
             break;
-        case 'v': verbose = true; break;
-        case 'J': json_out = true; break;
+        case 'v':
+            verbose = true;
+            break;
+        case 'J':
+            json_out = true;
+            break;
         default:
             return usage_error("sub: bad option");
         }
@@ -586,8 +606,8 @@ static int cmd_sub(int argc, char **argv)
         int left = deadline < 0 ? 500 : (int)(deadline - mono_us() / 1000);
         if (deadline >= 0 && left <= 0) {
             if (count) {
-                fprintf(stderr, "mqttctl: timed out after %ld s (%ld of %ld messages)\n",
-                        wait_s, got, count);
+                fprintf(stderr, "mqttctl: timed out after %ld s (%ld of %ld messages)\n", wait_s,
+                        got, count);
                 status = EXIT_DAEMON_ERROR;
             }
             break;
@@ -636,9 +656,9 @@ static int cmd_sub(int argc, char **argv)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"socket", required_argument, NULL, 's'}, {"json", no_argument, NULL, 'J'},
+        {"socket", required_argument, NULL, 's'},  {"json", no_argument, NULL, 'J'},
         {"timeout", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},      {0},
+        {"version", no_argument, NULL, 'V'},       {0},
     };
     socket_path = getenv("MQTTBRIDGE_SOCKET");
     if (!socket_path || !*socket_path) {
@@ -648,8 +668,12 @@ int main(int argc, char **argv)
     while ((o = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
         char *end;
         switch (o) {
-        case 's': socket_path = optarg; break;
-        case 'J': json_out = true; break;
+        case 's':
+            socket_path = optarg;
+            break;
+        case 'J':
+            json_out = true;
+            break;
         case 'T': {
             double t = strtod(optarg, &end);
             if (*end || t <= 0 || t > 86400) {
@@ -658,9 +682,15 @@ int main(int argc, char **argv)
             timeout_ms = (int)(t * 1000);
             break;
         }
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("mqttctl %s\n", MQTTBRIDGE_VERSION); return 0;
-        default: usage(stderr); return EXIT_USAGE;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("mqttctl %s\n", MQTTBRIDGE_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return EXIT_USAGE;
         }
     }
     if (optind >= argc) {

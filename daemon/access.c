@@ -26,10 +26,12 @@ int access_resolve(Config *cfg, char *err, size_t errlen)
     Acl *acl = &cfg->acl;
     for (size_t i = 0; i < acl->n_rules + acl->n_admins; i++) {
         bool is_rule = i < acl->n_rules;
-        enum acl_subject kind = is_rule ? acl->rules[i].subject : acl->admins[i - acl->n_rules].subject;
+        enum acl_subject kind =
+            is_rule ? acl->rules[i].subject : acl->admins[i - acl->n_rules].subject;
         const char *name = is_rule ? acl->rules[i].name : acl->admins[i - acl->n_rules].name;
         unsigned *id = is_rule ? &acl->rules[i].id : &acl->admins[i - acl->n_rules].id;
-        bool *resolved = is_rule ? &acl->rules[i].resolved : &acl->admins[i - acl->n_rules].resolved;
+        bool *resolved =
+            is_rule ? &acl->rules[i].resolved : &acl->admins[i - acl->n_rules].resolved;
         if (kind == ACL_USER) {
             struct passwd *pw = getpwnam(name);
             *resolved = pw != NULL;
@@ -144,8 +146,7 @@ bool access_uid_may_subscribe(Daemon *d, uid_t uid, char *why, size_t n)
 {
     unsigned max = d->cfg.acl.max_subscriptions_per_uid;
     if (max && count_uid(d, uid, true) >= max) {
-        snprintf(why, n,
-                 "too many subscriptions for uid %u ([acl] max_subscriptions_per_uid = %u)",
+        snprintf(why, n, "too many subscriptions for uid %u ([acl] max_subscriptions_per_uid = %u)",
                  (unsigned)uid, max);
         return false;
     }
@@ -170,8 +171,8 @@ void access_reload(Daemon *d)
             }
             log_info("client %llu (uid %u) loses %s after reload: %s",
                      (unsigned long long)c->serial, (unsigned)c->uid, s->filter, why);
-            json_t *ev = json_pack("{s:s, s:s, s:s}", "event", "unsubscribed", "filter",
-                                   s->filter, "reason", why);
+            json_t *ev = json_pack("{s:s, s:s, s:s}", "event", "unsubscribed", "filter", s->filter,
+                                   "reason", why);
             Buf b = {0};
             if (write_json_line(&b, ev) == 0) {
                 client_send(c, buf_view(&b));

@@ -105,8 +105,8 @@ static void subscribe_done(Daemon *d, Waiter *w, int result)
                 break;
             }
         }
-        ops_reply_error(c, w->id, IPC_REFUSED, "the broker refused the subscription to %s (SUBACK 0x80)",
-                        w->filter);
+        ops_reply_error(c, w->id, IPC_REFUSED,
+                        "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
     }
     waiter_free(w);
 }
@@ -126,9 +126,8 @@ static void link_down(Daemon *d, const SessionEvent *ev)
         } else {
             log_info("disconnected from the broker: %s", ev->down.reason);
         }
-        json_t *e = json_pack("{s:s, s:s, s:o}", "event", "disconnected", "reason",
-                              ev->down.reason, "rc",
-                              ev->down.code ? json_integer(ev->down.code) : json_null());
+        json_t *e = json_pack("{s:s, s:s, s:o}", "event", "disconnected", "reason", ev->down.reason,
+                              "rc", ev->down.code ? json_integer(ev->down.code) : json_null());
         broadcast(d, true, e);
     } else if (ev->down.code && s->state != SESSION_STOPPED) {
         log_warning("cannot connect to the broker: %s; retrying in %lld ms", ev->down.reason,
@@ -157,8 +156,8 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_PING_SENT:
         break;
     case SESSION_EV_PING_ANSWERED:
-        broadcast(d, false, json_pack("{s:s, s:I}", "event", "ping", "rtt_ms",
-                                      (json_int_t)ev->ping.rtt_ms));
+        broadcast(d, false,
+                  json_pack("{s:s, s:I}", "event", "ping", "rtt_ms", (json_int_t)ev->ping.rtt_ms));
         break;
     case SESSION_EV_PUBLISH_DONE:
         if (ev->done.spool_id) {

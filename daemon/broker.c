@@ -31,8 +31,7 @@ int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static SessionConfig session_config(const Config *cfg, const char *client_id,
-                                    const char *password)
+static SessionConfig session_config(const Config *cfg, const char *client_id, const char *password)
 {
     const struct BrokerConfig *c = &cfg->broker;
     bool will = cfg->will.topic && *cfg->will.topic;
@@ -335,11 +334,10 @@ static void on_readable(Broker *b)
                 snprintf(reason, sizeof(reason), "TLS error from %s: %s", b->peer,
                          tls_last_error(b->tr.tls));
             } else {
-                snprintf(reason, sizeof(reason), "read from %s: %s%s", b->peer,
-                         strerror((int)-n), hint);
+                snprintf(reason, sizeof(reason), "read from %s: %s%s", b->peer, strerror((int)-n),
+                         hint);
             }
-            session_transport_down(b->session, now_ms(), n == 0 ? ECONNRESET : (int)-n,
-                                   reason);
+            session_transport_down(b->session, now_ms(), n == 0 ? ECONNRESET : (int)-n, reason);
             return;
         }
         session_input(b->session, buf, (size_t)n, now_ms());

@@ -85,7 +85,7 @@ struct Client {
     RouterTarget target;
     ClientSub **subs;
     size_t n_subs, cap_subs;
-    DList waiters; /* Waiter.link */
+    DList waiters;    /* Waiter.link */
     uint64_t dropped; /* messages dropped since the last "dropped" event */
 };
 
@@ -98,10 +98,10 @@ struct Waiter {
     bool barrier; /* a retained-message barrier: no reply, settles the filter */
     json_t *id;
     ev_timer timer;
-    SessionMsg *msg; /* publish */
+    SessionMsg *msg;   /* publish */
     SpoolWait durable; /* publish with wait false: until the spool has it on disk */
-    uint8_t qos;     /* subscribe: asked */
-    char filter[];   /* subscribe / unsubscribe / barrier */
+    uint8_t qos;       /* subscribe: asked */
+    char filter[];     /* subscribe / unsubscribe / barrier */
 };
 
 typedef struct DaemonStats {

@@ -45,8 +45,9 @@ void log_msg(enum log_level level, const char *fmt, ...)
         clock_gettime(CLOCK_REALTIME, &ts);
         localtime_r(&ts.tv_sec, &tm);
         n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-        n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld %s[%d]: %s: ",
-                      ts.tv_nsec / 1000000, name, (int)getpid(), log_level_name(level));
+        n += snprintf(line + n, sizeof(line) - (size_t)n,
+                      ".%03ld %s[%d]: %s: ", ts.tv_nsec / 1000000, name, (int)getpid(),
+                      log_level_name(level));
     }
     va_list ap;
     va_start(ap, fmt);

@@ -22,26 +22,25 @@
 #include "tls.h"
 
 #define MAX_CONFIG_FILE (1 << 20)
-#define STOP_GRACE 2.0 /* seconds for in-flight QoS 1/2 acknowledgements at stop */
+#define STOP_GRACE      2.0 /* seconds for in-flight QoS 1/2 acknowledgements at stop */
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: mqttbridged [OPTION]...\n"
-            "Keep one MQTT session with a broker and share it with local processes through a\n"
-            "Unix socket speaking newline-delimited JSON.\n"
-            "\n"
-            "  -c, --config FILE     configuration file (default " DEFAULT_CONFIG_FILE ")\n"
-            "  -f, --foreground      accepted for compatibility: mqttbridged never forks\n"
-            "  -s, --socket PATH     listen on PATH (overrides ipc.socket)\n"
-            "  -b, --broker HOST[:PORT][,...]  broker address(es) (overrides broker.host)\n"
-            "  -v                    more verbose logging (repeat for packet dumps)\n"
-            "      --check-config    validate the configuration and exit\n"
-            "      --version         print the version and exit\n"
-            "  -h, --help            show this help\n"
-            "\n"
-            "Signals: SIGHUP reloads the configuration, SIGTERM/SIGINT stop gracefully.\n"
-            "See mqttbridged(8) and mqttbridged.conf(5).\n");
+    fprintf(f, "Usage: mqttbridged [OPTION]...\n"
+               "Keep one MQTT session with a broker and share it with local processes through a\n"
+               "Unix socket speaking newline-delimited JSON.\n"
+               "\n"
+               "  -c, --config FILE     configuration file (default " DEFAULT_CONFIG_FILE ")\n"
+               "  -f, --foreground      accepted for compatibility: mqttbridged never forks\n"
+               "  -s, --socket PATH     listen on PATH (overrides ipc.socket)\n"
+               "  -b, --broker HOST[:PORT][,...]  broker address(es) (overrides broker.host)\n"
+               "  -v                    more verbose logging (repeat for packet dumps)\n"
+               "      --check-config    validate the configuration and exit\n"
+               "      --version         print the version and exit\n"
+               "  -h, --help            show this help\n"
+               "\n"
+               "Signals: SIGHUP reloads the configuration, SIGTERM/SIGINT stop gracefully.\n"
+               "See mqttbridged(8) and mqttbridged.conf(5).\n");
 }
 
 /* Read a whole small file. */
@@ -255,12 +254,11 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
 }
 
 /* A message the spool still held from an earlier run: queued again, in order. */
-static void on_recovered(void *ud, uint64_t seq, uint8_t qos, bool retain, View topic,
-                         View payload)
+static void on_recovered(void *ud, uint64_t seq, uint8_t qos, bool retain, View topic, View payload)
 {
     Daemon *d = ud;
-    SessionPublish p = {.topic = topic, .payload = payload, .qos = qos, .retain = retain,
-                        .spool_id = seq};
+    SessionPublish p = {
+        .topic = topic, .payload = payload, .qos = qos, .retain = retain, .spool_id = seq};
     int r = session_publish(d->broker.session, &p, NULL, now_ms(), NULL);
     if (r < 0) {
         log_error("spool: message %llu to %.*s could not be queued again (%s); it stays in the "
@@ -307,14 +305,10 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"foreground", no_argument, NULL, 'f'},
-        {"socket", required_argument, NULL, 's'},
-        {"broker", required_argument, NULL, 'b'},
-        {"check-config", no_argument, NULL, 'C'},
-        {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
+        {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
+        {"socket", required_argument, NULL, 's'}, {"broker", required_argument, NULL, 'b'},
+        {"check-config", no_argument, NULL, 'C'}, {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},         {0},
     };
     static Daemon daemon;
     Daemon *d = &daemon;
@@ -380,9 +374,8 @@ int main(int argc, char **argv)
     d->loop = ev_default_loop(EVFLAG_AUTO);
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
-    if (router_init(&d->router) < 0 ||
-        broker_init(&d->broker, d->loop, &d->cfg, d->client_id, d->password, bridge_on_event,
-                    d) < 0) {
+    if (router_init(&d->router) < 0 || broker_init(&d->broker, d->loop, &d->cfg, d->client_id,
+                                                   d->password, bridge_on_event, d) < 0) {
         log_error("out of memory");
         return 1;
     }

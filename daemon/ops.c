@@ -221,8 +221,8 @@ static void op_publish(Client *c, Request *r)
         }
         w->qos = r->qos;
     }
-    SessionPublish p = {.topic = r->topic, .payload = r->payload, .qos = r->qos,
-                        .retain = r->retain};
+    SessionPublish p = {
+        .topic = r->topic, .payload = r->payload, .qos = r->qos, .retain = r->retain};
     uint64_t mark = 0;
     int e = 0;
     if (spooled) {
@@ -352,9 +352,8 @@ static void op_status(Client *c, Request *r)
         "{s:b, s:s, s:s, s:b, s:s, s:b, s:i, s:I, s:o, s:o, s:I, s:o, s:I, s:I, s:I, s:I, s:s}",
         "connected", connected, "state", session_state_name(s->state), "broker",
         d->broker.up || connected ? d->broker.peer : d->cfg.broker.host_list, "tls",
-        d->cfg.tls.enabled,
-        "client_id", d->client_id, "session_present", connected && s->session_present,
-        "keepalive", (int)d->cfg.broker.keepalive, "uptime_s",
+        d->cfg.tls.enabled, "client_id", d->client_id, "session_present",
+        connected && s->session_present, "keepalive", (int)d->cfg.broker.keepalive, "uptime_s",
         (json_int_t)((now - d->started_at) / 1000), "connected_for_s",
         int_or_null(connected, (json_int_t)((now - s->connected_at) / 1000)), "last_error",
         s->last_error[0] ? json_string(s->last_error) : json_null(), "reconnects",
@@ -397,15 +396,14 @@ static void op_stats(Client *c, Request *r)
         "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
         " s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
         "packets_sent", (json_int_t)t->packets_sent, "packets_received",
-        (json_int_t)t->packets_received, "bytes_sent", (json_int_t)t->bytes_sent,
-        "bytes_received", (json_int_t)t->bytes_received, "pub_ok_count", (json_int_t)t->pub_ok,
-        "pub_fail_count", (json_int_t)t->pub_fail, "pub_rtt_ms",
-        avg(t->pub_rtt_sum_ms, t->pub_rtt_n), "pub_package_avg_size",
-        avg(t->pub_bytes_sum, t->pub_bytes_n), "sub_package_avg_size",
-        avg(t->sub_bytes_sum, t->sub_bytes_n), "connections_sent",
-        (json_int_t)t->connections_sent, "connections_failed", (json_int_t)t->connections_failed,
-        "ping_sent_count", (json_int_t)t->ping_sent, "ping_received_count",
-        (json_int_t)t->ping_received, "ping_rtt_ms", avg(t->ping_rtt_sum_ms, t->ping_received),
+        (json_int_t)t->packets_received, "bytes_sent", (json_int_t)t->bytes_sent, "bytes_received",
+        (json_int_t)t->bytes_received, "pub_ok_count", (json_int_t)t->pub_ok, "pub_fail_count",
+        (json_int_t)t->pub_fail, "pub_rtt_ms", avg(t->pub_rtt_sum_ms, t->pub_rtt_n),
+        "pub_package_avg_size", avg(t->pub_bytes_sum, t->pub_bytes_n), "sub_package_avg_size",
+        avg(t->sub_bytes_sum, t->sub_bytes_n), "connections_sent", (json_int_t)t->connections_sent,
+        "connections_failed", (json_int_t)t->connections_failed, "ping_sent_count",
+        (json_int_t)t->ping_sent, "ping_received_count", (json_int_t)t->ping_received,
+        "ping_rtt_ms", avg(t->ping_rtt_sum_ms, t->ping_received),
         /* extras */
         "reconnects", (json_int_t)t->reconnects, "queued", (json_int_t)s->queued, "inflight",
         (json_int_t)s->inflight, "queued_bytes", (json_int_t)s->queued_bytes, "local_clients",
@@ -469,8 +467,10 @@ static void op_reload(Client *c, Request *r)
     char err[512];
     json_t *id = r->id ? json_incref(r->id) : NULL; /* reload may close clients? never c */
     if (daemon_reload(c->d, err, sizeof(err)) < 0) {
-        ops_reply_error(c, id, IPC_BAD_REQUEST, "reload failed, keeping the running "
-                                                "configuration: %s", err);
+        ops_reply_error(c, id, IPC_BAD_REQUEST,
+                        "reload failed, keeping the running "
+                        "configuration: %s",
+                        err);
     } else {
         send_reply(c, id, NULL);
     }
@@ -481,11 +481,10 @@ void ops_handle_line(Client *c, View line)
 {
     typedef void (*op_fn)(Client *, Request *);
     static const op_fn ops[OP_COUNT] = {
-        [OP_PUBLISH] = op_publish,     [OP_SUBSCRIBE] = op_subscribe,
-        [OP_UNSUBSCRIBE] = op_unsubscribe, [OP_STATUS] = op_status,
-        [OP_STATS] = op_stats,         [OP_PING] = op_ping,
-        [OP_EVENTS] = op_events,       [OP_RECONNECT] = op_reconnect,
-        [OP_STATS_RESET] = op_stats_reset, [OP_RELOAD] = op_reload,
+        [OP_PUBLISH] = op_publish, [OP_SUBSCRIBE] = op_subscribe, [OP_UNSUBSCRIBE] = op_unsubscribe,
+        [OP_STATUS] = op_status,   [OP_STATS] = op_stats,         [OP_PING] = op_ping,
+        [OP_EVENTS] = op_events,   [OP_RECONNECT] = op_reconnect, [OP_STATS_RESET] = op_stats_reset,
+        [OP_RELOAD] = op_reload,
     };
     Request req;
     IpcError err;

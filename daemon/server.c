@@ -60,8 +60,8 @@ void client_close(Client *c, const char *why)
         return;
     }
     Daemon *d = c->d;
-    log_debug("client %llu (pid %d, uid %u) closed: %s", (unsigned long long)c->serial,
-              (int)c->pid, (unsigned)c->uid, why);
+    log_debug("client %llu (pid %d, uid %u) closed: %s", (unsigned long long)c->serial, (int)c->pid,
+              (unsigned)c->uid, why);
     c->closed = true;
     ops_client_gone(c);
     ev_io_stop(d->loop, &c->io);

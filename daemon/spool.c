@@ -29,7 +29,7 @@
 #include "log.h"
 #include "spool/record.h"
 
-#define SEGMENT_MAX (4u << 20)
+#define SEGMENT_MAX   (4u << 20)
 #define BATCH_RECORDS 256
 #define BATCH_SECONDS 0.005
 
@@ -369,8 +369,8 @@ int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint
     track(s, seq, s->segs[s->n_segs - 1].id, off, (uint32_t)s->rec.len);
     *ret_seq = seq;
     *ret_mark = s->appended;
-    if (s->mode == FSYNC_ALWAYS || (s->mode == FSYNC_BATCH &&
-                                    ++s->unsynced_records >= BATCH_RECORDS)) {
+    if (s->mode == FSYNC_ALWAYS ||
+        (s->mode == FSYNC_BATCH && ++s->unsynced_records >= BATCH_RECORDS)) {
         push_job(s, s->fd, false);
     } else if (s->mode == FSYNC_BATCH && !ev_is_active(&s->batch)) {
         ev_timer_set(&s->batch, BATCH_SECONDS, 0.0);

@@ -76,8 +76,7 @@ static WOLFSSL_CTX *make_ctx(const Config *cfg, char *err, size_t errlen)
         if (wolfSSL_CTX_use_PrivateKey_file(ctx, t->key_file, WOLFSSL_FILETYPE_PEM) !=
                 WOLFSSL_SUCCESS ||
             wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
-            snprintf(err, errlen,
-                     "TLS: cannot load the private key %s (PEM expected, matching %s)",
+            snprintf(err, errlen, "TLS: cannot load the private key %s (PEM expected, matching %s)",
                      t->key_file, t->cert_file);
             wolfSSL_CTX_free(ctx);
             return NULL;
@@ -159,13 +158,15 @@ static void describe(TlsConn *t, int e, char *err, size_t errlen)
     switch (e) {
     case ASN_NO_SIGNER_E:
     case ASN_SELF_SIGNED_E:
-        snprintf(err, errlen, "the broker's certificate is signed by an unknown CA (check "
-                              "[tls] ca_file)");
+        snprintf(err, errlen,
+                 "the broker's certificate is signed by an unknown CA (check "
+                 "[tls] ca_file)");
         return;
     case DOMAIN_NAME_MISMATCH:
     case IPADDR_MISMATCH:
-        snprintf(err, errlen, "the broker's certificate does not match the host name (check "
-                              "[tls] server_name)");
+        snprintf(err, errlen,
+                 "the broker's certificate does not match the host name (check "
+                 "[tls] server_name)");
         return;
     case ASN_AFTER_DATE_E:
         snprintf(err, errlen, "the broker's certificate has expired");
@@ -175,8 +176,9 @@ static void describe(TlsConn *t, int e, char *err, size_t errlen)
         return;
     case SOCKET_PEER_CLOSED_E:
     case SOCKET_ERROR_E:
-        snprintf(err, errlen, "the broker closed the connection during the TLS handshake (is "
-                              "this a TLS port?)");
+        snprintf(err, errlen,
+                 "the broker closed the connection during the TLS handshake (is "
+                 "this a TLS port?)");
         return;
     case VERSION_ERROR:
         snprintf(err, errlen, "the broker does not speak TLS here (is this a plain MQTT port?)");
@@ -187,13 +189,15 @@ static void describe(TlsConn *t, int e, char *err, size_t errlen)
     /* Alerts the broker sent: 116 certificate_required (TLS 1.3), 40 handshake_failure and 42
      * bad_certificate are what a broker wanting a client certificate sends. */
     if (!t->has_cert && (alert == 116 || alert == 40 || alert == 42)) {
-        snprintf(err, errlen, "the broker requires a client certificate (set [tls] cert_file "
-                              "and key_file)");
+        snprintf(err, errlen,
+                 "the broker requires a client certificate (set [tls] cert_file "
+                 "and key_file)");
         return;
     }
     if (alert == 70) {
-        snprintf(err, errlen, "the broker does not accept our TLS version (check [tls] "
-                              "min_version)");
+        snprintf(err, errlen,
+                 "the broker does not accept our TLS version (check [tls] "
+                 "min_version)");
         return;
     }
     char text[WOLFSSL_MAX_ERROR_SZ];

@@ -39,8 +39,7 @@ int transport_connect_result(Transport *t)
     return -err;
 }
 
-int transport_start_tls(Transport *t, const Config *cfg, const char *host, char *err,
-                        size_t errlen)
+int transport_start_tls(Transport *t, const Config *cfg, const char *host, char *err, size_t errlen)
 {
     if (!cfg->tls.enabled) {
         return 0;

@@ -85,8 +85,10 @@ static int parse_rule(Acl *acl, bool deny, char *subject, const char *value, con
 {
     AclRule r = {.deny = deny, .resolved = true};
     if (parse_subject(subject, ' ', &r.subject, &r.name, &r.id) < 0) {
-        snprintf(err, errlen, "[acl] rule '%s': who must be user NAME, group NAME, uid N, gid N "
-                              "or all", text);
+        snprintf(err, errlen,
+                 "[acl] rule '%s': who must be user NAME, group NAME, uid N, gid N "
+                 "or all",
+                 text);
         return -EINVAL;
     }
     r.resolved = r.subject != ACL_USER && r.subject != ACL_GROUP;
@@ -103,8 +105,10 @@ static int parse_rule(Acl *acl, bool deny, char *subject, const char *value, con
     } else if (action && strcmp(action, "pubsub") == 0) {
         r.actions = ACL_PUBLISH | ACL_SUBSCRIBE;
     } else {
-        snprintf(err, errlen, "[acl] rule '%s': the value must start with publish, subscribe or "
-                              "pubsub", text);
+        snprintf(err, errlen,
+                 "[acl] rule '%s': the value must start with publish, subscribe or "
+                 "pubsub",
+                 text);
         free(v);
         rule_free(&r);
         return -EINVAL;
@@ -162,8 +166,10 @@ static int parse_admins(Acl *acl, const char *value, char *err, size_t errlen)
     for (char *s = strtok_r(v, ",", &save); s; s = strtok_r(NULL, ",", &save)) {
         AclAdmin a = {0};
         if (parse_subject(s, ':', &a.subject, &a.name, &a.id) < 0 || a.subject == ACL_ALL) {
-            snprintf(err, errlen, "[acl] admin: '%s' must be user:NAME, group:NAME, uid:N or "
-                                  "gid:N", trim(s));
+            snprintf(err, errlen,
+                     "[acl] admin: '%s' must be user:NAME, group:NAME, uid:N or "
+                     "gid:N",
+                     trim(s));
             free(v);
             return -EINVAL;
         }
@@ -202,8 +208,10 @@ int acl_parse_line(Acl *acl, const char *key, const char *value, char *err, size
     }
     bool deny = strncmp(key, "deny ", 5) == 0;
     if (!deny && strncmp(key, "allow ", 6) != 0) {
-        snprintf(err, errlen, "[acl] unknown key '%s' (allow WHO, deny WHO, admin, "
-                              "max_connections_per_uid, max_subscriptions_per_uid)", key);
+        snprintf(err, errlen,
+                 "[acl] unknown key '%s' (allow WHO, deny WHO, admin, "
+                 "max_connections_per_uid, max_subscriptions_per_uid)",
+                 key);
         return -EINVAL;
     }
     char subject[256];

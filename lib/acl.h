@@ -33,8 +33,8 @@ enum { ACL_PUBLISH = 1, ACL_SUBSCRIBE = 2 };
 typedef struct AclRule {
     bool deny;
     enum acl_subject subject;
-    char *name;   /* user or group name as written (USER, GROUP), else NULL */
-    unsigned id;  /* uid or gid (resolved from name by the daemon) */
+    char *name;    /* user or group name as written (USER, GROUP), else NULL */
+    unsigned id;   /* uid or gid (resolved from name by the daemon) */
     bool resolved; /* the name exists on this system */
     unsigned actions;
     char **filters;
@@ -61,7 +61,7 @@ typedef struct Acl {
 /* Who is asking. */
 typedef struct AclPeer {
     uid_t uid;
-    const char *user; /* name of uid, or NULL */
+    const char *user;  /* name of uid, or NULL */
     const gid_t *gids; /* primary and supplementary groups */
     size_t n_gids;
 } AclPeer;

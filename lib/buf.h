@@ -28,9 +28,9 @@ typedef struct Buf {
 } Buf;
 
 #define VIEW(ptr, len) ((View){(const uint8_t *)(ptr), (len)})
-#define VIEW_STR(s) ((View){(const uint8_t *)(s), strlen(s)})
-#define VIEW_LIT(lit) ((View){(const uint8_t *)("" lit), sizeof(lit) - 1}) /* constant */
-#define VIEW_NULL ((View){NULL, 0})
+#define VIEW_STR(s)    ((View){(const uint8_t *)(s), strlen(s)})
+#define VIEW_LIT(lit)  ((View){(const uint8_t *)("" lit), sizeof(lit) - 1}) /* constant */
+#define VIEW_NULL      ((View){NULL, 0})
 
 static inline bool view_eq(View a, View b)
 {

@@ -18,7 +18,18 @@
 #include "mqtt/topic.h"
 #include "buf.h"
 
-enum key_type { K_STRING, K_PORT, K_UINT, K_SIZE, K_BOOL, K_MODE, K_HOSTS, K_LEVEL, K_FSYNC, K_TLSVER };
+enum key_type {
+    K_STRING,
+    K_PORT,
+    K_UINT,
+    K_SIZE,
+    K_BOOL,
+    K_MODE,
+    K_HOSTS,
+    K_LEVEL,
+    K_FSYNC,
+    K_TLSVER
+};
 
 typedef struct Key {
     const char *section, *name;
@@ -27,7 +38,10 @@ typedef struct Key {
     unsigned long long min, max;
 } Key;
 
-#define KEY(sec, nm, ty, field, lo, hi) {sec, nm, ty, offsetof(Config, field), lo, hi}
+#define KEY(sec, nm, ty, field, lo, hi)                                                            \
+    {                                                                                              \
+        sec, nm, ty, offsetof(Config, field), lo, hi                                               \
+    }
 
 static const Key keys[] = {
     KEY("broker", "host", K_HOSTS, broker.host_list, 0, 0),
@@ -167,10 +181,20 @@ static int parse_uint(const char *v, unsigned long long *ret, bool size_suffix)
     if (size_suffix && *end) {
         unsigned shift = 0;
         switch (*end) {
-        case 'k': case 'K': shift = 10; break;
-        case 'm': case 'M': shift = 20; break;
-        case 'g': case 'G': shift = 30; break;
-        default: return -EINVAL;
+        case 'k':
+        case 'K':
+            shift = 10;
+            break;
+        case 'm':
+        case 'M':
+            shift = 20;
+            break;
+        case 'g':
+        case 'G':
+            shift = 30;
+            break;
+        default:
+            return -EINVAL;
         }
         if (n > (ULLONG_MAX >> shift)) {
             return -EINVAL;
@@ -187,7 +211,8 @@ static int parse_uint(const char *v, unsigned long long *ret, bool size_suffix)
 
 static int parse_bool(const char *v, bool *ret)
 {
-    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                "off", "0"};
     for (int i = 0; i < 4; i++) {
         if (strcasecmp(v, yes[i]) == 0) {
             *ret = true;

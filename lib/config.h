@@ -13,13 +13,18 @@
 
 #include "acl.h"
 
-enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARNING, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG,
-                 LOG_LEVEL_PACKET };
+enum log_level {
+    LOG_LEVEL_ERROR,
+    LOG_LEVEL_WARNING,
+    LOG_LEVEL_INFO,
+    LOG_LEVEL_DEBUG,
+    LOG_LEVEL_PACKET
+};
 
 enum fsync_mode { FSYNC_ALWAYS, FSYNC_BATCH, FSYNC_NEVER };
 
 typedef struct BrokerAddr {
-    char *host; /* name or address, without IPv6 brackets */
+    char *host;    /* name or address, without IPv6 brackets */
     uint16_t port; /* 0: the [broker] port */
 } BrokerAddr;
 

@@ -3,24 +3,24 @@
 #pragma once
 
 #define DEFAULT_CONFIG_FILE "/etc/mqttbridge/mqttbridged.conf"
-#define DEFAULT_SOCKET "/run/mqttbridge/mqttbridge.sock"
+#define DEFAULT_SOCKET      "/run/mqttbridge/mqttbridge.sock"
 
-#define DEFAULT_BROKER_HOST "localhost"
-#define DEFAULT_BROKER_PORT 1883
-#define DEFAULT_KEEPALIVE 60
+#define DEFAULT_BROKER_HOST     "localhost"
+#define DEFAULT_BROKER_PORT     1883
+#define DEFAULT_KEEPALIVE       60
 #define DEFAULT_CONNECT_TIMEOUT 10
-#define DEFAULT_RECONNECT_MIN 1
-#define DEFAULT_RECONNECT_MAX 60
-#define DEFAULT_MAX_INFLIGHT 20
+#define DEFAULT_RECONNECT_MIN   1
+#define DEFAULT_RECONNECT_MAX   60
+#define DEFAULT_MAX_INFLIGHT    20
 #define DEFAULT_PUBLISH_TIMEOUT 30
-#define MAX_BROKER_PACKET (16u << 20) /* largest packet accepted from the broker */
-#define MAX_BROKER_HOSTS 16
+#define MAX_BROKER_PACKET       (16u << 20) /* largest packet accepted from the broker */
+#define MAX_BROKER_HOSTS        16
 
-#define DEFAULT_IPC_MODE 0660
-#define DEFAULT_MAX_CLIENTS 1024
-#define DEFAULT_MAX_LINE 1048576
+#define DEFAULT_IPC_MODE      0660
+#define DEFAULT_MAX_CLIENTS   1024
+#define DEFAULT_MAX_LINE      1048576
 #define DEFAULT_CLIENT_BUFFER 4194304
-#define MAX_SUBS_PER_CLIENT 10000
+#define MAX_SUBS_PER_CLIENT   10000
 
 #define DEFAULT_QUEUE_MAX_MESSAGES 100000
-#define DEFAULT_QUEUE_MAX_BYTES 67108864
+#define DEFAULT_QUEUE_MAX_BYTES    67108864

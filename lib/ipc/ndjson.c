@@ -41,8 +41,8 @@ int line_reader_next(LineReader *lr, View *ret_line)
 {
     for (;;) {
         View v = buf_view(&lr->in);
-        const uint8_t *nl = v.n > lr->scanned ? memchr(v.p + lr->scanned, '\n', v.n - lr->scanned)
-                                              : NULL;
+        const uint8_t *nl =
+            v.n > lr->scanned ? memchr(v.p + lr->scanned, '\n', v.n - lr->scanned) : NULL;
         if (!nl) {
             lr->scanned = v.n;
             if (lr->discarding) {

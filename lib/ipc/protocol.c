@@ -15,9 +15,9 @@
 #include "utf8.h"
 
 static const char *const op_names[OP_COUNT] = {
-    [OP_PUBLISH] = "publish",     [OP_SUBSCRIBE] = "subscribe", [OP_UNSUBSCRIBE] = "unsubscribe",
-    [OP_STATUS] = "status",       [OP_STATS] = "stats",         [OP_PING] = "ping",
-    [OP_EVENTS] = "events",       [OP_RECONNECT] = "reconnect", [OP_STATS_RESET] = "stats_reset",
+    [OP_PUBLISH] = "publish", [OP_SUBSCRIBE] = "subscribe", [OP_UNSUBSCRIBE] = "unsubscribe",
+    [OP_STATUS] = "status",   [OP_STATS] = "stats",         [OP_PING] = "ping",
+    [OP_EVENTS] = "events",   [OP_RECONNECT] = "reconnect", [OP_STATS_RESET] = "stats_reset",
     [OP_RELOAD] = "reload",
 };
 
@@ -149,8 +149,7 @@ static int get_timeout(Request *req, IpcError *err)
 {
     json_t *t = json_object_get(req->root, "timeout_ms");
     if (t) {
-        if (!json_is_integer(t) || json_integer_value(t) <= 0 ||
-            json_integer_value(t) > 86400000) {
+        if (!json_is_integer(t) || json_integer_value(t) <= 0 || json_integer_value(t) > 86400000) {
             return fail(err, IPC_BAD_REQUEST, "timeout_ms must be an integer from 1 to 86400000");
         }
         req->timeout_ms = json_integer_value(t);
@@ -358,11 +357,21 @@ static int put_escaped(Buf *out, View s)
         char esc[6] = {'\\', 0};
         size_t n = 2;
         switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
         default:
             memcpy(esc, "\\u00", 4);
             esc[4] = hex[c >> 4];

@@ -49,9 +49,9 @@ const char *mqtt_strerror(int negative_code)
 const char *mqtt_type_name(int type)
 {
     static const char *const names[] = {
-        "RESERVED", "CONNECT",   "CONNACK", "PUBLISH",     "PUBACK",   "PUBREC",
-        "PUBREL",   "PUBCOMP",   "SUBSCRIBE", "SUBACK",    "UNSUBSCRIBE", "UNSUBACK",
-        "PINGREQ",  "PINGRESP",  "DISCONNECT", "RESERVED",
+        "RESERVED", "CONNECT",  "CONNACK",    "PUBLISH",  "PUBACK",      "PUBREC",
+        "PUBREL",   "PUBCOMP",  "SUBSCRIBE",  "SUBACK",   "UNSUBSCRIBE", "UNSUBACK",
+        "PINGREQ",  "PINGRESP", "DISCONNECT", "RESERVED",
     };
     return type >= 0 && type < 16 ? names[type] : "?";
 }
@@ -59,8 +59,8 @@ const char *mqtt_type_name(int type)
 const char *mqtt_connack_str(int rc)
 {
     static const char *const text[] = {
-        "connection accepted",      "unacceptable protocol version", "identifier rejected",
-        "server unavailable",       "bad user name or password",     "not authorized",
+        "connection accepted", "unacceptable protocol version", "identifier rejected",
+        "server unavailable",  "bad user name or password",     "not authorized",
     };
     return rc >= 0 && rc <= 5 ? text[rc] : "unknown CONNACK return code";
 }
@@ -271,8 +271,8 @@ static uint8_t *put_body(uint8_t *w, const MqttPacket *pkt)
     switch (pkt->type) {
     case MQTT_CONNECT: {
         const MqttConnect *c = &pkt->connect;
-        uint8_t flags = (uint8_t)(c->has_username << 7 | c->has_password << 6 |
-                                  c->clean_session << 1);
+        uint8_t flags =
+            (uint8_t)(c->has_username << 7 | c->has_password << 6 | c->clean_session << 1);
         if (c->will) {
             flags |= (uint8_t)(c->will_retain << 5 | c->will_qos << 3 | 1 << 2);
         }
@@ -409,12 +409,12 @@ static View rest(Reader *r)
     return v;
 }
 
-#define TRY(expr)                                                                              \
-    do {                                                                                       \
-        int e_ = (expr);                                                                       \
-        if (e_ < 0) {                                                                          \
-            return e_;                                                                         \
-        }                                                                                      \
+#define TRY(expr)                                                                                  \
+    do {                                                                                           \
+        int e_ = (expr);                                                                           \
+        if (e_ < 0) {                                                                              \
+            return e_;                                                                             \
+        }                                                                                          \
     } while (0)
 
 static int decode_connect(Reader *r, MqttPacket *pkt)
@@ -587,9 +587,9 @@ int mqtt_decode(View in, size_t max_size, MqttPacket *ret_pkt)
     }
     /* Types with a fixed body size: fail before waiting for bytes that need not come. */
     static const int8_t fixed_len[16] = {
-        [MQTT_CONNACK] = 2, [MQTT_PUBACK] = 2,   [MQTT_PUBREC] = 2,   [MQTT_PUBREL] = 2,
-        [MQTT_PUBCOMP] = 2, [MQTT_UNSUBACK] = 2, [MQTT_PINGREQ] = 0,  [MQTT_PINGRESP] = 0,
-        [MQTT_DISCONNECT] = 0,
+        [MQTT_CONNACK] = 2, [MQTT_PUBACK] = 2,   [MQTT_PUBREC] = 2,
+        [MQTT_PUBREL] = 2,  [MQTT_PUBCOMP] = 2,  [MQTT_UNSUBACK] = 2,
+        [MQTT_PINGREQ] = 0, [MQTT_PINGRESP] = 0, [MQTT_DISCONNECT] = 0,
     };
     bool is_fixed = type == MQTT_CONNACK || (type >= MQTT_PUBACK && type <= MQTT_PUBCOMP) ||
                     type >= MQTT_UNSUBACK;

@@ -62,7 +62,7 @@ const char *mqtt_strerror(int negative_code);
 const char *mqtt_type_name(int type);
 
 #define MQTT_SUBACK_FAILURE 0x80
-#define MQTT_PACKET_MAX (268435455 + 5) /* largest remaining length plus fixed header */
+#define MQTT_PACKET_MAX     (268435455 + 5) /* largest remaining length plus fixed header */
 
 /* CONNACK return codes (3.2.2.3). */
 enum mqtt_connack_rc {

@@ -15,7 +15,7 @@
 
 #include "mqtt/topic.h"
 
-#define STABLE_MS 10000 /* a link up this long resets the reconnect backoff */
+#define STABLE_MS           10000 /* a link up this long resets the reconnect backoff */
 #define MIN_PING_TIMEOUT_MS 1000
 
 /* ---- intrusive circular lists ---- */
@@ -25,7 +25,7 @@ typedef struct Link {
 } Link;
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#define list_for_each_safe(pos, tmp, head)                                                     \
+#define list_for_each_safe(pos, tmp, head)                                                         \
     for (pos = (head)->next, tmp = pos->next; pos != (head); pos = tmp, tmp = pos->next)
 
 static void list_init(Link *h)
@@ -81,12 +81,12 @@ struct SessionMsg {
     int64_t sent_at;
     size_t payload_len;
     uint16_t topic_len;
-    uint16_t id;       /* 0 until it goes on the wire */
+    uint16_t id; /* 0 until it goes on the wire */
     uint8_t qos;
     bool retain;
-    bool got_pubrec;   /* QoS 2: in the PUBREL phase */
-    bool counted;      /* already counted in pub_fail */
-    uint8_t data[];    /* topic, then payload */
+    bool got_pubrec; /* QoS 2: in the PUBREL phase */
+    bool counted;    /* already counted in pub_fail */
+    uint8_t data[];  /* topic, then payload */
 };
 
 enum pending_kind { P_SUBSCRIBE, P_UNSUBSCRIBE, P_BARRIER };
@@ -237,8 +237,7 @@ int session_configure(Session *s, const SessionConfig *cfg)
     return 0;
 }
 
-int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *userdata,
-                Session **ret)
+int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *userdata, Session **ret)
 {
     Impl *m = calloc(1, sizeof(*m));
     if (!m) {
@@ -392,7 +391,8 @@ static void msg_complete(Impl *m, SessionMsg *msg, bool was_inflight, int64_t no
     uint64_t spool_id = msg->spool_id;
     msg_free(m, msg, was_inflight);
     if (req || spool_id) {
-        emit(m, (SessionEvent){.type = SESSION_EV_PUBLISH_DONE, .done = {.req = req, .spool_id = spool_id}});
+        emit(m, (SessionEvent){.type = SESSION_EV_PUBLISH_DONE,
+                               .done = {.req = req, .spool_id = spool_id}});
     }
 }
 
@@ -438,8 +438,8 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
     }
     size_t bytes = p->topic.n + p->payload.n;
     if (s->queued + s->inflight >= m->cfg.max_messages ||
-        bytes > m->cfg.max_bytes - (s->queued_bytes < m->cfg.max_bytes ? s->queued_bytes
-                                                                         : m->cfg.max_bytes)) {
+        bytes > m->cfg.max_bytes -
+                    (s->queued_bytes < m->cfg.max_bytes ? s->queued_bytes : m->cfg.max_bytes)) {
         s->stats.pub_fail++;
         return -ENOBUFS;
     }
@@ -963,14 +963,16 @@ int64_t session_tick(Session *s, int64_t now)
     int64_t ka = (int64_t)m->cfg.keepalive * 1000;
     int64_t ping_timeout = ka / 2 > MIN_PING_TIMEOUT_MS ? ka / 2 : MIN_PING_TIMEOUT_MS;
     char reason[80];
-    int64_t ping_sent_at = list_empty(&m->pings) ? 0 : container_of(m->pings.next, Ping, link)->sent_at;
+    int64_t ping_sent_at =
+        list_empty(&m->pings) ? 0 : container_of(m->pings.next, Ping, link)->sent_at;
     if (ping_sent_at && now - ping_sent_at >= ping_timeout) {
         snprintf(reason, sizeof(reason), "no PINGRESP within %lld ms", (long long)ping_timeout);
         link_down(m, now, ETIMEDOUT, false, reason);
         return s->retry_at;
     }
     if (now - m->last_rx >= ka * 3 / 2) {
-        snprintf(reason, sizeof(reason), "broker silent for %lld ms", (long long)(now - m->last_rx));
+        snprintf(reason, sizeof(reason), "broker silent for %lld ms",
+                 (long long)(now - m->last_rx));
         link_down(m, now, ETIMEDOUT, false, reason);
         return s->retry_at;
     }

@@ -122,8 +122,8 @@ int spool_record_parse(View in, SpoolRecord *ret)
         return -EBADMSG;
     }
     const uint8_t *b = in.p + 8;
-    SpoolRecord rec = {.type = (enum spool_record_type)b[0], .seq = get_le(b + 1, 8),
-                       .size = 8 + len};
+    SpoolRecord rec = {
+        .type = (enum spool_record_type)b[0], .seq = get_le(b + 1, 8), .size = 8 + len};
     if (rec.type == SPOOL_DONE) {
         if (len != 9) {
             return -EBADMSG;

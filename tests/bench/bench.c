@@ -106,7 +106,8 @@ static int unix_connect(const char *path)
 static bool tcp_up(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
     close(fd);
@@ -633,11 +634,15 @@ static void fleet_open(Fleet *f, int n, int subs)
         size_t o = 0;
         for (int k = 0; k < subs; k++) {
             if (k == 0) {
-                o += (size_t)sprintf(buf + o, "{\"id\":%d,\"op\":\"subscribe\",\"filter\":"
-                                              "\"fan/+/v\"}\n", k);
+                o += (size_t)sprintf(buf + o,
+                                     "{\"id\":%d,\"op\":\"subscribe\",\"filter\":"
+                                     "\"fan/+/v\"}\n",
+                                     k);
             } else {
-                o += (size_t)sprintf(buf + o, "{\"id\":%d,\"op\":\"subscribe\",\"filter\":"
-                                              "\"idle/%d/%d\"}\n", k, i, k);
+                o += (size_t)sprintf(buf + o,
+                                     "{\"id\":%d,\"op\":\"subscribe\",\"filter\":"
+                                     "\"idle/%d/%d\"}\n",
+                                     k, i, k);
             }
         }
         if (subs == 0) {
@@ -672,8 +677,10 @@ static double fanout(int clients, int subs, long messages)
     long want = messages * clients, got = 0, dummy = 0;
     char line[300];
     for (long i = 0; i < messages; i++) {
-        snprintf(line, sizeof(line), "{\"op\":\"publish\",\"topic\":\"fan/%ld/v\","
-                                     "\"payload\":\"%s\",\"wait\":false}\n", i % 100, PAYLOAD);
+        snprintf(line, sizeof(line),
+                 "{\"op\":\"publish\",\"topic\":\"fan/%ld/v\","
+                 "\"payload\":\"%s\",\"wait\":false}\n",
+                 i % 100, PAYLOAD);
         send_all(pub.fd, line, strlen(line));
     }
     while (got < want) {
@@ -757,8 +764,7 @@ static void pub_lines(long n, double *ret_ctl, double *ret_mosq)
         direct_subscribe(sub, "lines", 0);
         mosquitto_loop_start(sub);
         char *ctl[] = {(char *)opt.mqttctl, "-s", opt.sock, "pub", "-t", "lines", "-l", NULL};
-        char *mosq[] = {"mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-t", "lines", "-l",
-                        NULL};
+        char *mosq[] = {"mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-t", "lines", "-l", NULL};
         /* The sender's time from start to exit; then check that everything arrived. */
         double t = run_timed(pass == 0 ? ctl : mosq, input);
         double give_up = now_s() + 30;
@@ -770,8 +776,8 @@ static void pub_lines(long n, double *ret_ctl, double *ret_mosq)
         mosquitto_loop_stop(sub, false);
         mosquitto_destroy(sub);
         if (pass == 0 && arrived < n) {
-            fprintf(stderr, "mqttbridge-bench: mqttctl pub -l: %ld of %ld lines arrived\n",
-                    arrived, n);
+            fprintf(stderr, "mqttbridge-bench: mqttctl pub -l: %ld of %ld lines arrived\n", arrived,
+                    n);
             exit(1);
         }
         *(pass == 0 ? ret_ctl : ret_mosq) = (double)n / t;
@@ -794,8 +800,9 @@ static int soak(long total)
     for (long sent = 0; sent < total;) {
         size_t o = 0;
         for (int k = 0; k < 256 && sent < total; k++, sent++) {
-            o += (size_t)sprintf(buf + o, "{\"id\":%ld,\"op\":\"publish\",\"topic\":\"soak/%ld\","
-                                          "\"payload\":\"%s\",\"qos\":1}\n",
+            o += (size_t)sprintf(buf + o,
+                                 "{\"id\":%ld,\"op\":\"publish\",\"topic\":\"soak/%ld\","
+                                 "\"payload\":\"%s\",\"qos\":1}\n",
                                  sent, sent % 10, PAYLOAD);
         }
         send_all(pub.fd, buf, o);
@@ -877,14 +884,30 @@ int main(int argc, char **argv)
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
-        case 'q': opt.quick = true; break;
-        case 'j': opt.json = true; break;
-        case 'r': opt.runs = atoi(optarg); break;
-        case 's': opt.soak = atol(optarg); break;
-        case 'd': opt.daemon = optarg; break;
-        case 'm': opt.mqttctl = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'q':
+            opt.quick = true;
+            break;
+        case 'j':
+            opt.json = true;
+            break;
+        case 'r':
+            opt.runs = atoi(optarg);
+            break;
+        case 's':
+            opt.soak = atol(optarg);
+            break;
+        case 'd':
+            opt.daemon = optarg;
+            break;
+        case 'm':
+            opt.mqttctl = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (opt.quick) {
@@ -915,7 +938,7 @@ int main(int argc, char **argv)
         int qos, pubs;
         double daemon[MAX_RUNS], direct[MAX_RUNS], ratio[MAX_RUNS];
     } tp[6] = {{.qos = 0, .pubs = 1}, {.qos = 0, .pubs = 8}, {.qos = 1, .pubs = 1},
-                {.qos = 1, .pubs = 8}, {.qos = 2, .pubs = 1}, {.qos = 2, .pubs = 8}};
+               {.qos = 1, .pubs = 8}, {.qos = 2, .pubs = 1}, {.qos = 2, .pubs = 8}};
     struct {
         int qos;
         double d50[MAX_RUNS], d99[MAX_RUNS], d999[MAX_RUNS], m50[MAX_RUNS], m99[MAX_RUNS],
@@ -948,7 +971,8 @@ int main(int argc, char **argv)
     Memory mem = memory(fan_big, 10);
 
     if (opt.json) {
-        printf("{\"runs\":%d,\"quick\":%s,\"throughput\":[", opt.runs, opt.quick ? "true" : "false");
+        printf("{\"runs\":%d,\"quick\":%s,\"throughput\":[", opt.runs,
+               opt.quick ? "true" : "false");
         for (int i = 0; i < 6; i++) {
             printf("%s{\"qos\":%d,\"publishers\":%d,\"daemon_msgs_per_s\":%.0f,"
                    "\"direct_msgs_per_s\":%.0f,\"ratio\":%.3f}",
@@ -972,8 +996,7 @@ int main(int argc, char **argv)
                mem.idle_kib, mem.per_client_kib, mem.per_sub_kib);
         printf("\"pub_lines\":{\"lines\":%ld,\"mqttctl_per_s\":%.0f,\"mosquitto_pub_per_s\":%.0f,"
                "\"ratio\":%.3f}}\n",
-               lines, median(ctl, opt.runs), median(mosq, opt.runs),
-               median(lines_ratio, opt.runs));
+               lines, median(ctl, opt.runs), median(mosq, opt.runs), median(lines_ratio, opt.runs));
         return 0;
     }
     printf("mqttbridge-bench: %d run(s), medians; ratio = through the daemon / direct\n\n",
@@ -987,8 +1010,8 @@ int main(int argc, char **argv)
     printf("\nlatency, one in flight (us)    %8s %8s %8s | %8s %8s %8s\n", "p50", "p99", "p99.9",
            "p50", "p99", "p99.9");
     for (int i = 0; i < 2; i++) {
-        printf("  QoS %d daemon | direct       %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f\n",
-               lat[i].qos, median(lat[i].d50, opt.runs), median(lat[i].d99, opt.runs),
+        printf("  QoS %d daemon | direct       %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f\n", lat[i].qos,
+               median(lat[i].d50, opt.runs), median(lat[i].d99, opt.runs),
                median(lat[i].d999, opt.runs), median(lat[i].m50, opt.runs),
                median(lat[i].m99, opt.runs), median(lat[i].m999, opt.runs));
     }

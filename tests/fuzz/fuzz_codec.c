@@ -25,7 +25,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (p.type == MQTT_SUBSCRIBE || p.type == MQTT_UNSUBSCRIBE) {
                 size_t k = 0;
                 View list = p.subscribe.list;
-                while (k < 64 && mqtt_topic_list_next(&list, p.type == MQTT_SUBSCRIBE, &t[k]) == 1) {
+                while (k < 64 &&
+                       mqtt_topic_list_next(&list, p.type == MQTT_SUBSCRIBE, &t[k]) == 1) {
                     k++;
                 }
                 if (k != p.subscribe.count) {

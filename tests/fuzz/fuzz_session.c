@@ -15,10 +15,17 @@ static void on_event(void *ud, const SessionEvent *ev)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    SessionConfig cfg = {.client_id = VIEW_STR("fuzz"), .keepalive = 5, .clean_session = true,
-                         .connect_timeout_ms = 1000, .reconnect_min_ms = 10,
-                         .reconnect_max_ms = 100, .max_inflight = 4, .max_messages = 16,
-                         .max_bytes = 4096, .max_packet = 1 << 16, .seed = 1};
+    SessionConfig cfg = {.client_id = VIEW_STR("fuzz"),
+                         .keepalive = 5,
+                         .clean_session = true,
+                         .connect_timeout_ms = 1000,
+                         .reconnect_min_ms = 10,
+                         .reconnect_max_ms = 100,
+                         .max_inflight = 4,
+                         .max_messages = 16,
+                         .max_bytes = 4096,
+                         .max_packet = 1 << 16,
+                         .seed = 1};
     static const SessionCallbacks cb = {.event = on_event};
     Session *s;
     if (session_new(&cfg, &cb, NULL, &s) < 0) {

@@ -9,13 +9,26 @@ static const struct {
     const char *a, *b;
     bool covers;
 } cover_cases[] = {
-    {"#", "a/b", true},          {"#", "#", true},           {"a/#", "a", true},
-    {"a/#", "a/+/c", true},      {"a/#", "b/#", false},      {"a/+", "a/b", true},
-    {"a/+", "a/+", true},        {"a/+", "a/#", false},      {"a/+", "a/b/c", false},
-    {"a/b", "a/+", false},       {"a/b", "a/b", true},       {"+/b", "x/b", true},
-    {"#", "$SYS/x", false},      {"+/x", "$SYS/x", false},   {"$SYS/#", "$SYS/a", true},
-    {"a/%", "a/%", true},        {"a/b/c", "a/b", false},    {"a/b", "a/b/c", false},
-    {"apps/bob/#", "$share/g/apps/bob/x", true},             {"apps/bob/#", "apps/#", false},
+    {"#", "a/b", true},
+    {"#", "#", true},
+    {"a/#", "a", true},
+    {"a/#", "a/+/c", true},
+    {"a/#", "b/#", false},
+    {"a/+", "a/b", true},
+    {"a/+", "a/+", true},
+    {"a/+", "a/#", false},
+    {"a/+", "a/b/c", false},
+    {"a/b", "a/+", false},
+    {"a/b", "a/b", true},
+    {"+/b", "x/b", true},
+    {"#", "$SYS/x", false},
+    {"+/x", "$SYS/x", false},
+    {"$SYS/#", "$SYS/a", true},
+    {"a/%", "a/%", true},
+    {"a/b/c", "a/b", false},
+    {"a/b", "a/b/c", false},
+    {"apps/bob/#", "$share/g/apps/bob/x", true},
+    {"apps/bob/#", "apps/#", false},
 };
 
 START_TEST(covers)
@@ -39,12 +52,18 @@ static Acl parse(const char *const *lines)
 START_TEST(decisions)
 {
     static const char *const lines[] = {
-        "allow user alice", "pubsub apps/%u/#",
-        "allow group sensors", "publish sensors/#",
-        "allow all", "subscribe public/#",
-        "deny uid 1001", "publish public/announce",
-        "deny all", "subscribe secret/+",
-        "admin", "user:alice, gid:10",
+        "allow user alice",
+        "pubsub apps/%u/#",
+        "allow group sensors",
+        "publish sensors/#",
+        "allow all",
+        "subscribe public/#",
+        "deny uid 1001",
+        "publish public/announce",
+        "deny all",
+        "subscribe secret/+",
+        "admin",
+        "user:alice, gid:10",
         NULL,
     };
     Acl acl = parse(lines);

@@ -75,22 +75,22 @@ static const struct {
 } utf8_cases[] = {
     {"", 0, true},
     {"plain ascii", 11, true},
-    {"\xc3\xa9", 2, true},             /* é */
-    {"\xe2\x82\xac", 3, true},         /* € */
-    {"\xf0\x9f\x98\x80", 4, true},     /* emoji */
-    {"\xef\xbb\xbf", 3, true},         /* BOM is a valid character */
-    {"\xf4\x8f\xbf\xbf", 4, true},     /* U+10FFFF */
-    {"\xf4\x90\x80\x80", 4, false},    /* past U+10FFFF */
-    {"\xc0\x80", 2, false},            /* overlong NUL */
-    {"\xc1\xbf", 2, false},            /* overlong */
-    {"\xe0\x80\xaf", 3, false},        /* overlong '/' */
-    {"\xf0\x80\x80\xaf", 4, false},    /* overlong '/' */
-    {"\xed\xa0\x80", 3, false},        /* U+D800 surrogate */
-    {"\xed\xbf\xbf", 3, false},        /* U+DFFF surrogate */
-    {"\x80", 1, false},                /* lone continuation */
-    {"\xc3", 1, false},                /* truncated */
-    {"\xe2\x82", 2, false},            /* truncated */
-    {"\xe2\x28\xa1", 3, false},        /* bad continuation */
+    {"\xc3\xa9", 2, true},              /* é */
+    {"\xe2\x82\xac", 3, true},          /* € */
+    {"\xf0\x9f\x98\x80", 4, true},      /* emoji */
+    {"\xef\xbb\xbf", 3, true},          /* BOM is a valid character */
+    {"\xf4\x8f\xbf\xbf", 4, true},      /* U+10FFFF */
+    {"\xf4\x90\x80\x80", 4, false},     /* past U+10FFFF */
+    {"\xc0\x80", 2, false},             /* overlong NUL */
+    {"\xc1\xbf", 2, false},             /* overlong */
+    {"\xe0\x80\xaf", 3, false},         /* overlong '/' */
+    {"\xf0\x80\x80\xaf", 4, false},     /* overlong '/' */
+    {"\xed\xa0\x80", 3, false},         /* U+D800 surrogate */
+    {"\xed\xbf\xbf", 3, false},         /* U+DFFF surrogate */
+    {"\x80", 1, false},                 /* lone continuation */
+    {"\xc3", 1, false},                 /* truncated */
+    {"\xe2\x82", 2, false},             /* truncated */
+    {"\xe2\x28\xa1", 3, false},         /* bad continuation */
     {"\xf8\x88\x80\x80\x80", 5, false}, /* 5-byte form */
     {"\xff", 1, false},
 };

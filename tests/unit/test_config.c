@@ -33,46 +33,45 @@ END_TEST
 
 START_TEST(every_key)
 {
-    static const char text[] =
-        "; a comment\n"
-        "[broker]\n"
-        "host = a.example:1884, b.example , [::1]:8883\n"
-        "port = 8883\n"
-        "client_id = me\n"
-        "username = u\n"
-        "password_file = /etc/pw\n"
-        "keepalive = 30 ; inline comment\n"
-        "clean_session = no\n"
-        "connect_timeout = 5\n"
-        "reconnect_min = 2\n"
-        "reconnect_max = 120\n"
-        "max_inflight = 100\n"
-        "publish_timeout = 7\n"
-        "[will]\n"
-        "topic = status/me\n"
-        "message = gone\n"
-        "qos = 1\n"
-        "retain = true\n"
-        "[tls]\n"
-        "enabled = yes\n"
-        "ca_file = /ca.pem\n"
-        "verify = off\n"
-        "min_version = 1.3\n"
-        "alpn = mqtt\n"
-        "[ipc]\n"
-        "socket = /tmp/x.sock\n"
-        "mode = 0600\n"
-        "max_clients = 10\n"
-        "max_line = 64K\n"
-        "client_buffer = 1M\n"
-        "[queue]\n"
-        "max_messages = 5\n"
-        "max_bytes = 2G\n"
-        "spool_dir = /var/lib/mqttbridge\n"
-        "fsync = always\n"
-        "[log]\n"
-        "level = packet\n"
-        "[acl]\n";
+    static const char text[] = "; a comment\n"
+                               "[broker]\n"
+                               "host = a.example:1884, b.example , [::1]:8883\n"
+                               "port = 8883\n"
+                               "client_id = me\n"
+                               "username = u\n"
+                               "password_file = /etc/pw\n"
+                               "keepalive = 30 ; inline comment\n"
+                               "clean_session = no\n"
+                               "connect_timeout = 5\n"
+                               "reconnect_min = 2\n"
+                               "reconnect_max = 120\n"
+                               "max_inflight = 100\n"
+                               "publish_timeout = 7\n"
+                               "[will]\n"
+                               "topic = status/me\n"
+                               "message = gone\n"
+                               "qos = 1\n"
+                               "retain = true\n"
+                               "[tls]\n"
+                               "enabled = yes\n"
+                               "ca_file = /ca.pem\n"
+                               "verify = off\n"
+                               "min_version = 1.3\n"
+                               "alpn = mqtt\n"
+                               "[ipc]\n"
+                               "socket = /tmp/x.sock\n"
+                               "mode = 0600\n"
+                               "max_clients = 10\n"
+                               "max_line = 64K\n"
+                               "client_buffer = 1M\n"
+                               "[queue]\n"
+                               "max_messages = 5\n"
+                               "max_bytes = 2G\n"
+                               "spool_dir = /var/lib/mqttbridge\n"
+                               "fsync = always\n"
+                               "[log]\n"
+                               "level = packet\n"
+                               "[acl]\n";
     Config c;
     char err[300];
     ck_assert_int_eq(config_init(&c), 0);
@@ -119,15 +118,18 @@ static const struct {
      "f.conf:2: keepalive must be a whole number from 0 to 65535, not 'soon'"},
     {"[broker]\nkeepalive = -1\n",
      "f.conf:2: keepalive must be a whole number from 0 to 65535, not '-1'"},
-    {"[broker]\nport = 70000\n", "f.conf:2: port must be a whole number from 1 to 65535, not '70000'"},
-    {"[broker]\nclean_session = maybe\n", "f.conf:2: clean_session must be true or false, not 'maybe'"},
+    {"[broker]\nport = 70000\n",
+     "f.conf:2: port must be a whole number from 1 to 65535, not '70000'"},
+    {"[broker]\nclean_session = maybe\n",
+     "f.conf:2: clean_session must be true or false, not 'maybe'"},
     {"[will]\nqos = 3\n", "f.conf:2: qos must be a whole number from 0 to 2, not '3'"},
     {"[ipc]\nmode = 999\n", "f.conf:2: mode must be octal permission bits like 0660, not '999'"},
-    {"[ipc]\nmax_line = 10X\n",
-     "f.conf:2: max_line must be a whole number from 1024 to 1073741824 (suffix K, M, G allowed), not '10X'"},
+    {"[ipc]\nmax_line = 10X\n", "f.conf:2: max_line must be a whole number from 1024 to 1073741824 "
+                                "(suffix K, M, G allowed), not '10X'"},
     {"[log]\nlevel = loud\n",
      "f.conf:2: level must be error, warning, info, debug or packet, not 'loud'"},
-    {"[queue]\nfsync = sometimes\n", "f.conf:2: fsync must be always, batch or never, not 'sometimes'"},
+    {"[queue]\nfsync = sometimes\n",
+     "f.conf:2: fsync must be always, batch or never, not 'sometimes'"},
     {"[tls]\nmin_version = 1.1\n", "f.conf:2: min_version must be 1.2 or 1.3, not '1.1'"},
     {"[broker]\nhost = a:0\n",
      "f.conf:2: invalid broker address 'a:0' (want host[:port], [v6addr]:port)"},

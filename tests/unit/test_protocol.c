@@ -53,9 +53,12 @@ END_TEST
 
 START_TEST(base64_round_trip)
 {
-    static const char *const vec[][2] = {{"", ""},           {"f", "Zg=="},
-                                         {"fo", "Zm8="},     {"foo", "Zm9v"},
-                                         {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+    static const char *const vec[][2] = {{"", ""},
+                                         {"f", "Zg=="},
+                                         {"fo", "Zm8="},
+                                         {"foo", "Zm9v"},
+                                         {"foob", "Zm9vYg=="},
+                                         {"fooba", "Zm9vYmE="},
                                          {"foobar", "Zm9vYmFy"}};
     for (size_t i = 0; i < 7; i++) {
         Buf b = {0};
@@ -140,10 +143,10 @@ START_TEST(parse_other_ops)
     ck_assert_int_eq(r.events_connection, 1);
     ck_assert_int_eq(r.events_ping, -1);
     request_free(&r);
-    static const char *const simple[] = {"status", "stats", "ping", "reconnect", "stats_reset",
-                                         "reload"};
-    static const enum ipc_op ops[] = {OP_STATUS, OP_STATS, OP_PING, OP_RECONNECT, OP_STATS_RESET,
-                                      OP_RELOAD};
+    static const char *const simple[] = {"status",    "stats",       "ping",
+                                         "reconnect", "stats_reset", "reload"};
+    static const enum ipc_op ops[] = {OP_STATUS,    OP_STATS,       OP_PING,
+                                      OP_RECONNECT, OP_STATS_RESET, OP_RELOAD};
     for (int i = 0; i < 6; i++) {
         char line[80];
         snprintf(line, sizeof(line), "{\"id\":[1,2],\"op\":\"%s\"}", simple[i]);
@@ -195,8 +198,8 @@ static const struct {
      "encoding must be \"auto\" or \"base64\"", true},
     {"{\"id\":1,\"op\":\"unsubscribe\",\"filter\":\"\"}", IPC_BAD_REQUEST,
      "invalid filter: empty topic", true},
-    {"{\"id\":1,\"op\":\"events\",\"ping\":\"yes\"}", IPC_BAD_REQUEST,
-     "ping must be true or false", true},
+    {"{\"id\":1,\"op\":\"events\",\"ping\":\"yes\"}", IPC_BAD_REQUEST, "ping must be true or false",
+     true},
 };
 
 START_TEST(parse_errors)
@@ -204,8 +207,7 @@ START_TEST(parse_errors)
     Request r;
     IpcError err;
     ck_assert_int_eq(request_parse(VIEW_STR(bad[_i].line), &r, &err), -EINVAL);
-    ck_assert_msg(err.code == bad[_i].code, "%s: code %s", bad[_i].line,
-                  ipc_error_code(err.code));
+    ck_assert_msg(err.code == bad[_i].code, "%s: code %s", bad[_i].line, ipc_error_code(err.code));
     if (bad[_i].message) {
         ck_assert_str_eq(err.message, bad[_i].message);
     }

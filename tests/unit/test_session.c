@@ -27,9 +27,8 @@ static void on_event(void *ud, const SessionEvent *ev)
     h->ev[h->n_ev] = *ev;
     if (ev->type == SESSION_EV_LINK_DOWN) {
         /* As the daemon does: write what is pending, then close. */
-        ck_assert_int_eq(mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off,
-                                           buf_size(&h->s->out)),
-                         0);
+        ck_assert_int_eq(
+            mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off, buf_size(&h->s->out)), 0);
         buf_clear(&h->s->out);
         snprintf(h->reason[h->n_ev], sizeof(h->reason[0]), "%s", ev->down.reason);
     }
@@ -74,9 +73,8 @@ static void teardown(Harness *h)
 /* Move what the session wrote onto the test's side of the wire. */
 static void take_output(Harness *h)
 {
-    ck_assert_int_eq(mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off,
-                                       buf_size(&h->s->out)),
-                     0);
+    ck_assert_int_eq(
+        mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off, buf_size(&h->s->out)), 0);
     buf_clear(&h->s->out);
 }
 
@@ -86,8 +84,7 @@ static MqttPacket expect_packet(Harness *h, enum mqtt_type type)
     take_output(h);
     MqttPacket p;
     ck_assert_int_eq(mqtt_decoder_next(&h->wire, &p), 1);
-    ck_assert_msg(p.type == type, "got %s, want %s", mqtt_type_name(p.type),
-                  mqtt_type_name(type));
+    ck_assert_msg(p.type == type, "got %s, want %s", mqtt_type_name(p.type), mqtt_type_name(type));
     return p;
 }
 
@@ -358,8 +355,8 @@ START_TEST(publish_qos1_and_qos2_flows)
     setup_connected(&h);
     SessionPublish p = {.topic = VIEW_STR("q/1"), .payload = VIEW_STR("one"), .qos = 1};
     ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, NULL), 0);
-    p = (SessionPublish){.topic = VIEW_STR("q/2"), .payload = VIEW_STR("two"), .qos = 2,
-                         .retain = true};
+    p = (SessionPublish){
+        .topic = VIEW_STR("q/2"), .payload = VIEW_STR("two"), .qos = 2, .retain = true};
     ck_assert_int_eq(session_publish(h.s, &p, REQ(2), h.now, NULL), 0);
     session_tick(h.s, h.now);
     MqttPacket a = expect_packet(&h, MQTT_PUBLISH);
@@ -555,9 +552,9 @@ START_TEST(incoming_qos_levels)
 {
     Harness h;
     setup_connected(&h);
-    MqttPacket in = {.type = MQTT_PUBLISH,
-                     .publish = {.topic = VIEW_STR("in/1"), .payload = VIEW_STR("p1"), .qos = 1,
-                                 .id = 7}};
+    MqttPacket in = {
+        .type = MQTT_PUBLISH,
+        .publish = {.topic = VIEW_STR("in/1"), .payload = VIEW_STR("p1"), .qos = 1, .id = 7}};
     broker_sends(&h, &in);
     ck_assert_str_eq(h.msg_topic, "in/1");
     ck_assert_str_eq(h.msg_payload, "p1");
@@ -745,9 +742,9 @@ START_TEST(barrier_follows_subscribe)
     MqttPacket ack = {.type = MQTT_SUBACK,
                       .suback = {.id = sub.subscribe.id, .codes = VIEW("\x00", 1)}};
     broker_sends(&h, &ack);
-    MqttPacket ret = {.type = MQTT_PUBLISH,
-                      .publish = {.topic = VIEW_STR("ret/a"), .payload = VIEW_STR("r"),
-                                  .retain = true}};
+    MqttPacket ret = {
+        .type = MQTT_PUBLISH,
+        .publish = {.topic = VIEW_STR("ret/a"), .payload = VIEW_STR("r"), .retain = true}};
     broker_sends(&h, &ret);
     ck_assert_uint_eq(count_events(&h, SESSION_EV_BARRIER_DONE), 0);
     h.now += 5;

@@ -29,22 +29,22 @@ static inline View unhex(const char *hex)
     return VIEW(o, n);
 }
 
-#define ck_assert_view_eq(a, b)                                                                \
-    do {                                                                                       \
-        View a_ = (a), b_ = (b);                                                               \
-        ck_assert_uint_eq(a_.n, b_.n);                                                         \
-        ck_assert_mem_eq(a_.p, b_.p, a_.n);                                                    \
+#define ck_assert_view_eq(a, b)                                                                    \
+    do {                                                                                           \
+        View a_ = (a), b_ = (b);                                                                   \
+        ck_assert_uint_eq(a_.n, b_.n);                                                             \
+        ck_assert_mem_eq(a_.p, b_.p, a_.n);                                                        \
     } while (0)
 
 #define ck_assert_view_str(a, s) ck_assert_view_eq((a), VIEW_STR(s))
 
 /* main() running one suite; exit status 1 when anything failed. */
-#define CHECK_MAIN(suite_fn)                                                                   \
-    int main(void)                                                                             \
-    {                                                                                          \
-        SRunner *sr = srunner_create(suite_fn());                                              \
-        srunner_run_all(sr, CK_NORMAL);                                                        \
-        int failed = srunner_ntests_failed(sr);                                                \
-        srunner_free(sr);                                                                      \
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;                                           \
+#define CHECK_MAIN(suite_fn)                                                                       \
+    int main(void)                                                                                 \
+    {                                                                                              \
+        SRunner *sr = srunner_create(suite_fn());                                                  \
+        srunner_run_all(sr, CK_NORMAL);                                                            \
+        int failed = srunner_ntests_failed(sr);                                                    \
+        srunner_free(sr);                                                                          \
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;                                               \
     }
