@@ -18,36 +18,40 @@
 
 #define MAX_GROUPS 256
 
+/* A user or group name becomes an id; a missing one makes its entry match nobody. */
+static void resolve_name(enum acl_subject kind, const char *name, unsigned *id, bool *resolved,
+                         const char *what)
+{
+    if (kind == ACL_USER) {
+        struct passwd *pw = getpwnam(name);
+        *resolved = pw != NULL;
+        *id = pw ? pw->pw_uid : 0;
+    } else if (kind == ACL_GROUP) {
+        struct group *gr = getgrnam(name);
+        *resolved = gr != NULL;
+        *id = gr ? gr->gr_gid : 0;
+    } else {
+        return;
+    }
+    if (!*resolved) {
+        log_warning("[acl]: there is no %s named '%s' here: %s matches nobody",
+                    kind == ACL_USER ? "user" : "group", name, what);
+    }
+}
+
 /* User and group names in [acl] become ids, once per configuration load. */
 int access_resolve(Config *cfg, char *err, size_t errlen)
 {
     (void)err;
     (void)errlen;
     Acl *acl = &cfg->acl;
-    for (size_t i = 0; i < acl->n_rules + acl->n_admins; i++) {
-        bool is_rule = i < acl->n_rules;
-        enum acl_subject kind =
-            is_rule ? acl->rules[i].subject : acl->admins[i - acl->n_rules].subject;
-        const char *name = is_rule ? acl->rules[i].name : acl->admins[i - acl->n_rules].name;
-        unsigned *id = is_rule ? &acl->rules[i].id : &acl->admins[i - acl->n_rules].id;
-        bool *resolved =
-            is_rule ? &acl->rules[i].resolved : &acl->admins[i - acl->n_rules].resolved;
-        if (kind == ACL_USER) {
-            struct passwd *pw = getpwnam(name);
-            *resolved = pw != NULL;
-            *id = pw ? pw->pw_uid : 0;
-        } else if (kind == ACL_GROUP) {
-            struct group *gr = getgrnam(name);
-            *resolved = gr != NULL;
-            *id = gr ? gr->gr_gid : 0;
-        } else {
-            continue;
-        }
-        if (!*resolved) {
-            log_warning("[acl]: there is no %s named '%s' here: %s matches nobody",
-                        kind == ACL_USER ? "user" : "group", name,
-                        is_rule ? acl->rules[i].text : "that admin entry");
-        }
+    for (size_t i = 0; i < acl->n_rules; i++) {
+        AclRule *r = &acl->rules[i];
+        resolve_name(r->subject, r->name, &r->id, &r->resolved, r->text);
+    }
+    for (size_t i = 0; i < acl->n_admins; i++) {
+        AclAdmin *a = &acl->admins[i];
+        resolve_name(a->subject, a->name, &a->id, &a->resolved, "that admin entry");
     }
     return 0;
 }
