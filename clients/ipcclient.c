@@ -67,21 +67,16 @@ json_int_t ipc_queue(IpcClient *c, json_t *req)
 /* Wait for the socket; returns poll revents, 0 on timeout. */
 static int wait_fd(IpcClient *c, short events, int64_t deadline)
 {
-    for (;;) {
-        int left = deadline < 0 ? -1 : (int)(deadline - mono_ms());
-        if (deadline >= 0 && left < 0) {
-            left = 0;
-        }
-        struct pollfd p = {.fd = c->fd, .events = events};
-        int r = poll(&p, 1, left);
-        if (r < 0 && errno == EINTR) {
-            return -EINTR;
-        }
-        if (r < 0) {
-            return -errno;
-        }
-        return r ? p.revents : 0;
+    int left = deadline < 0 ? -1 : (int)(deadline - mono_ms());
+    if (deadline >= 0 && left < 0) {
+        left = 0;
     }
+    struct pollfd p = {.fd = c->fd, .events = events};
+    int r = poll(&p, 1, left);
+    if (r < 0) {
+        return -errno; /* -EINTR included: the caller decides */
+    }
+    return r ? p.revents : 0;
 }
 
 static int write_some(IpcClient *c)

@@ -298,6 +298,16 @@ static int cmd_admin(const char *op)
     return r;
 }
 
+/* -q for pub and sub: 0, 1 or 2. */
+static int parse_qos(const char *cmd, const char *arg, int *ret)
+{
+    if (strlen(arg) != 1 || arg[0] < '0' || arg[0] > '2') {
+        return usage_error("%s: -q must be 0, 1 or 2, not '%s'", cmd, arg);
+    }
+    *ret = arg[0] - '0';
+    return 0;
+}
+
 /* ---- pub ---- */
 
 /* One publish request line, written straight into the client's output (no JSON tree:
@@ -419,10 +429,9 @@ static int cmd_pub(int argc, char **argv)
             json_out = true;
             break;
         case 'q':
-            if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '2') {
-                return usage_error("pub: -q must be 0, 1 or 2, not '%s'", optarg);
+            if (parse_qos("pub", optarg, &qos)) {
+                return EXIT_USAGE;
             }
-            qos = optarg[0] - '0';
             break;
         default:
             return usage_error("pub: bad option");
@@ -538,10 +547,9 @@ static int cmd_sub(int argc, char **argv)
             filters[n_filters++] = optarg;
             break;
         case 'q':
-            if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '2') {
-                return usage_error("sub: -q must be 0, 1 or 2, not '%s'", optarg);
+            if (parse_qos("sub", optarg, &qos)) {
+                return EXIT_USAGE;
             }
-            qos = optarg[0] - '0';
             break;
         case 'C':
             count = strtol(optarg, &end, 10);

@@ -135,23 +135,14 @@ static size_t count_uid(Daemon *d, uid_t uid, bool subscriptions)
     return n;
 }
 
-bool access_uid_may_connect(Daemon *d, uid_t uid, char *why, size_t n)
+bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why, size_t n)
 {
-    unsigned max = d->cfg.acl.max_connections_per_uid;
-    if (max && count_uid(d, uid, false) >= max) {
-        snprintf(why, n, "too many connections for uid %u ([acl] max_connections_per_uid = %u)",
-                 (unsigned)uid, max);
-        return false;
-    }
-    return true;
-}
-
-bool access_uid_may_subscribe(Daemon *d, uid_t uid, char *why, size_t n)
-{
-    unsigned max = d->cfg.acl.max_subscriptions_per_uid;
-    if (max && count_uid(d, uid, true) >= max) {
-        snprintf(why, n, "too many subscriptions for uid %u ([acl] max_subscriptions_per_uid = %u)",
-                 (unsigned)uid, max);
+    unsigned max =
+        subscriptions ? d->cfg.acl.max_subscriptions_per_uid : d->cfg.acl.max_connections_per_uid;
+    if (max && count_uid(d, uid, subscriptions) >= max) {
+        const char *what = subscriptions ? "subscriptions" : "connections";
+        snprintf(why, n, "too many %s for uid %u ([acl] max_%s_per_uid = %u)", what, (unsigned)uid,
+                 what, max);
         return false;
     }
     return true;

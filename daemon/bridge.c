@@ -68,16 +68,6 @@ static void broadcast(Daemon *d, bool connection, json_t *event)
     buf_free(&b);
 }
 
-static void send_ok(Client *c, json_t *id, json_t *fields)
-{
-    static Buf b; /* one reply at a time; kept to spare a malloc per confirmation */
-    buf_clear(&b);
-    if (reply_ok(&b, id, fields) == 0) {
-        client_send(c, buf_view(&b));
-    }
-    buf_shrink(&b, 4096);
-}
-
 static void subscribe_done(Daemon *d, Waiter *w, int result)
 {
     Client *c = w->c;
@@ -94,17 +84,9 @@ static void subscribe_done(Daemon *d, Waiter *w, int result)
             rf->granted = (uint8_t)result;
         }
         uint8_t granted = w->qos < result ? w->qos : (uint8_t)result;
-        send_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
+        ops_reply_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
     } else {
-        /* Refused: this client does not hold it after all. */
-        for (size_t i = 0; i < c->n_subs; i++) {
-            if (strcmp(c->subs[i]->filter, w->filter) == 0) {
-                free(c->subs[i]);
-                c->subs[i] = c->subs[--c->n_subs];
-                router_remove(&d->router, f, &c->target);
-                break;
-            }
-        }
+        ops_subscription_refused(c, f);
         ops_reply_error(c, w->id, IPC_REFUSED,
                         "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
     }
@@ -167,7 +149,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_UNSUBSCRIBE_DONE: {
         Waiter *w = ev->done.req;
         if (w) {
-            send_ok(w->c, w->id, NULL);
+            ops_reply_ok(w->c, w->id, NULL);
             waiter_free(w);
         }
         break;

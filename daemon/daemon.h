@@ -150,15 +150,18 @@ int access_check_secrets(const Config *cfg, char *err, size_t errlen);
 int access_client_init(Client *c, const struct ucred *cred);
 /* After a reload: every client's view rebuilt, subscriptions no longer allowed dropped. */
 void access_reload(Daemon *d);
-/* 0, or IPC_FORBIDDEN with a message when the per-uid limit is reached. */
-bool access_uid_may_connect(Daemon *d, uid_t uid, char *why, size_t n);
-bool access_uid_may_subscribe(Daemon *d, uid_t uid, char *why, size_t n);
+/* Whether uid may have one more connection (or, with `subscriptions`, one more
+ * subscription) under [acl]'s per-uid limits; when not, `why` says so. */
+bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why, size_t n);
 
 /* ops.c */
 void ops_handle_line(Client *c, View line);
+void ops_reply_ok(Client *c, json_t *id, json_t *fields); /* steals fields (may be NULL) */
 void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void ops_client_gone(Client *c);
+/* The broker refused the subscription to `filter`: the client does not hold it after all. */
+void ops_subscription_refused(Client *c, View filter);
 /* Stop holding c->subs[i] (the broker subscription goes when it was the last holder). */
 void ops_drop_subscription(Client *c, size_t i);
 void waiter_free(Waiter *w);

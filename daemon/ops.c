@@ -19,7 +19,7 @@
 
 static Buf scratch; /* one reply at a time is built here, then copied to the client */
 
-static void send_reply(Client *c, json_t *id, json_t *fields)
+void ops_reply_ok(Client *c, json_t *id, json_t *fields)
 {
     buf_clear(&scratch);
     if (reply_ok(&scratch, id, fields) < 0) {
@@ -196,7 +196,7 @@ static bool permitted(Client *c, const Request *r, unsigned action)
 static void on_durable(void *ud)
 {
     Waiter *w = ud;
-    send_reply(w->c, w->id, NULL);
+    ops_reply_ok(w->c, w->id, NULL);
     waiter_free(w);
 }
 
@@ -256,7 +256,7 @@ static void op_publish(Client *c, Request *r)
     if (!r->wait && spooled) {
         spool_wait(d->spool, &w->durable, mark, on_durable, w);
     } else if (!w) {
-        send_reply(c, r->id, NULL);
+        ops_reply_ok(c, r->id, NULL);
     }
 }
 
@@ -274,7 +274,7 @@ static void op_subscribe(Client *c, Request *r)
                         MAX_SUBS_PER_CLIENT);
         return;
     }
-    if (!slot && !access_uid_may_subscribe(d, c->uid, why, sizeof(why))) {
+    if (!slot && !access_uid_below_limit(d, c->uid, true, why, sizeof(why))) {
         ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
         return;
     }
@@ -316,7 +316,7 @@ static void op_subscribe(Client *c, Request *r)
     }
     if (immediate) {
         uint8_t granted = r->qos < rf->granted ? r->qos : rf->granted;
-        send_reply(c, r->id, json_pack("{s:i}", "granted_qos", granted));
+        ops_reply_ok(c, r->id, json_pack("{s:i}", "granted_qos", granted));
     }
 }
 
@@ -333,7 +333,7 @@ static void op_unsubscribe(Client *c, Request *r)
     Waiter *w = waiter_new(c, r->id, OP_UNSUBSCRIBE, r->topic, timeout_of(c, r));
     if (release_filter(c, r->topic, w) != ROUTER_LAST || !w) {
         waiter_free(w);
-        send_reply(c, r->id, NULL);
+        ops_reply_ok(c, r->id, NULL);
     }
 }
 
@@ -379,7 +379,7 @@ static void op_status(Client *c, Request *r)
         json_object_set_new(st, "tls_version", json_string(tls_version(tls)));
         json_object_set_new(st, "tls_cipher", json_string(tls_cipher(tls)));
     }
-    send_reply(c, r->id, json_pack("{s:o}", "status", st));
+    ops_reply_ok(c, r->id, json_pack("{s:o}", "status", st));
 }
 
 static json_int_t avg(uint64_t sum, uint64_t n)
@@ -418,13 +418,13 @@ static void op_stats(Client *c, Request *r)
         json_object_set_new(st, "spool_bytes",
                             json_integer((json_int_t)spool_disk_bytes(d->spool)));
     }
-    send_reply(c, r->id, json_pack("{s:o}", "stats", st));
+    ops_reply_ok(c, r->id, json_pack("{s:o}", "stats", st));
 }
 
 static void op_ping(Client *c, Request *r)
 {
     int64_t rtt = c->d->broker.session->last_ping_rtt_ms;
-    send_reply(c, r->id, json_pack("{s:o}", "broker_rtt_ms", int_or_null(rtt >= 0, rtt)));
+    ops_reply_ok(c, r->id, json_pack("{s:o}", "broker_rtt_ms", int_or_null(rtt >= 0, rtt)));
 }
 
 static void op_events(Client *c, Request *r)
@@ -435,7 +435,7 @@ static void op_events(Client *c, Request *r)
     if (r->events_ping >= 0) {
         c->events_ping = r->events_ping;
     }
-    send_reply(c, r->id, NULL);
+    ops_reply_ok(c, r->id, NULL);
 }
 
 static void op_reconnect(Client *c, Request *r)
@@ -446,7 +446,7 @@ static void op_reconnect(Client *c, Request *r)
     log_info("reconnect requested by client %llu (pid %d)", (unsigned long long)c->serial,
              (int)c->pid);
     broker_reconnect(&c->d->broker);
-    send_reply(c, r->id, NULL);
+    ops_reply_ok(c, r->id, NULL);
 }
 
 static void op_stats_reset(Client *c, Request *r)
@@ -456,7 +456,7 @@ static void op_stats_reset(Client *c, Request *r)
     }
     memset(&c->d->broker.session->stats, 0, sizeof(c->d->broker.session->stats));
     memset(&c->d->stats, 0, sizeof(c->d->stats));
-    send_reply(c, r->id, NULL);
+    ops_reply_ok(c, r->id, NULL);
 }
 
 static void op_reload(Client *c, Request *r)
@@ -472,7 +472,7 @@ static void op_reload(Client *c, Request *r)
                         "configuration: %s",
                         err);
     } else {
-        send_reply(c, id, NULL);
+        ops_reply_ok(c, id, NULL);
     }
     json_decref(id);
 }
@@ -494,6 +494,16 @@ void ops_handle_line(Client *c, View line)
         ops[req.op](c, &req);
     }
     request_free(&req);
+}
+
+void ops_subscription_refused(Client *c, View filter)
+{
+    ClientSub **slot = find_sub(c, filter);
+    if (slot) {
+        drop_sub(c, slot);
+        /* Not held at the broker: no UNSUBSCRIBE, even for the last holder. */
+        router_remove(&c->d->router, filter, &c->target);
+    }
 }
 
 void ops_drop_subscription(Client *c, size_t i)

@@ -217,7 +217,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             reject(d, fd, IPC_REFUSED, why);
             continue;
         }
-        if (!access_uid_may_connect(d, cred.uid, why, sizeof(why))) {
+        if (!access_uid_below_limit(d, cred.uid, false, why, sizeof(why))) {
             reject(d, fd, IPC_FORBIDDEN, why);
             continue;
         }
