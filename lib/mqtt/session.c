@@ -9,6 +9,7 @@
  */
 #include "mqtt/session.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,14 +293,15 @@ void session_free(Session *s)
 
 /* ---- output ---- */
 
-static void send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
+/* -ENOMEM is the only failure: everything encoded was validated on the way in (topics,
+ * filters, and sizes against session_max_publish), and a failed encode writes nothing. */
+static int send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
 {
     size_t before = m->pub.out.len;
     int r = mqtt_encode(&m->pub.out, pkt);
     if (r < 0) {
-        /* Only -ENOMEM can get here: everything encoded was validated on the way in. The
-         * packet is lost with the link; the keepalive or a retry will notice. */
-        return;
+        assert(r == -ENOMEM);
+        return r;
     }
     size_t n = m->pub.out.len - before;
     m->pub.stats.packets_sent++;
@@ -312,15 +314,18 @@ static void send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
     if (m->cb.trace) {
         m->cb.trace(m->userdata, true, pkt, VIEW(m->pub.out.data + before, n));
     }
+    return 0;
 }
 
+/* An acknowledgement lost to -ENOMEM is what a lost packet would be: the broker sends its
+ * packet again after the next reconnect. */
 static void send_ack(Impl *m, enum mqtt_type type, uint16_t id, int64_t now)
 {
     MqttPacket p = {.type = type, .ack = {id}};
-    send_packet(m, &p, now);
+    (void)send_packet(m, &p, now);
 }
 
-static void send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
+static int send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
 {
     MqttPacket p = {.type = MQTT_PUBLISH,
                     .publish = {.topic = VIEW(msg->data, msg->topic_len),
@@ -329,8 +334,8 @@ static void send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
                                 .qos = msg->qos,
                                 .dup = dup,
                                 .retain = msg->retain}};
-    send_packet(m, &p, now);
     msg->sent_at = now;
+    return send_packet(m, &p, now);
 }
 
 static void send_ping(Impl *m, Pending *barrier, int64_t now)
@@ -342,7 +347,7 @@ static void send_ping(Impl *m, Pending *barrier, int64_t now)
     *ping = (Ping){.sent_at = now, .barrier = barrier};
     list_push_back(&m->pings, &ping->link);
     MqttPacket p = {.type = MQTT_PINGREQ};
-    send_packet(m, &p, now);
+    (void)send_packet(m, &p, now); /* lost: the ping times out and the link is renewed */
     m->pub.stats.ping_sent++;
     if (!barrier) {
         emit(m, (SessionEvent){.type = SESSION_EV_PING_SENT});
@@ -360,7 +365,10 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
     p->id = id_alloc(m);
     MqttPacket pkt = {.type = p->kind == P_UNSUBSCRIBE ? MQTT_UNSUBSCRIBE : MQTT_SUBSCRIBE,
                       .subscribe = {.id = p->id, .topics = &t, .count = 1}};
-    send_packet(m, &pkt, now);
+    if (send_packet(m, &pkt, now) < 0) {
+        id_release(m, &p->id);
+        p->sent = false; /* tried again at the next tick */
+    }
 }
 
 /* ---- outgoing messages ---- */
@@ -402,7 +410,9 @@ static void pump(Impl *m, int64_t now)
     while (m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue)) {
         SessionMsg *msg = container_of(m->queue.next, SessionMsg, link);
         if (msg->qos == 0) {
-            send_publish(m, msg, false, now);
+            if (send_publish(m, msg, false, now) < 0) {
+                return; /* out of memory: still queued, tried again at the next tick */
+            }
             msg_complete(m, msg, false, now);
             continue;
         }
@@ -410,7 +420,15 @@ static void pump(Impl *m, int64_t now)
             break;
         }
         msg->id = id_alloc(m);
-        send_publish(m, msg, false, now);
+        if (send_publish(m, msg, false, now) < 0) {
+            id_release(m, &msg->id);
+            return;
+        }
+        if (msg->spool_id) {
+            /* Recorded before the caller writes the bytes out: see SESSION_EV_PUBLISH_SENT. */
+            emit(m, (SessionEvent){.type = SESSION_EV_PUBLISH_SENT,
+                                   .sent = {.spool_id = msg->spool_id, .packet_id = msg->id}});
+        }
         list_remove(&msg->link);
         list_push_back(&m->inflight, &msg->link);
         m->pub.queued--;
@@ -429,12 +447,46 @@ static SessionMsg *find_inflight(Impl *m, uint16_t id, uint8_t qos)
     return NULL;
 }
 
+size_t session_publish_size(View topic, size_t payload_len, uint8_t qos)
+{
+    size_t rem = 2 + topic.n + (qos ? 2 : 0) + payload_len;
+    size_t head = 2;
+    for (size_t v = rem >> 7; v; v >>= 7) {
+        head++;
+    }
+    return head + rem;
+}
+
+size_t session_max_publish(const Session *s)
+{
+    (void)s;
+    return MQTT_PACKET_MAX;
+}
+
+/* A message an earlier run had sent goes straight in flight under its old packet id. */
+static int resume_inflight(Impl *m, SessionMsg *msg, const SessionPublish *p)
+{
+    if (p->qos == 0 || bit_get(m->ids_used, p->packet_id)) {
+        return -EEXIST;
+    }
+    bit_put(m->ids_used, p->packet_id, true);
+    msg->id = p->packet_id;
+    msg->got_pubrec = p->qos == 2 && p->pubrec;
+    list_push_back(&m->inflight, &msg->link);
+    m->pub.inflight++;
+    return 0;
+}
+
 int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
                     SessionMsg **ret_msg)
 {
     Impl *m = impl(s);
     if (p->qos > 2 || mqtt_topic_check(p->topic) < 0) {
         return -EINVAL;
+    }
+    if (session_publish_size(p->topic, p->payload.n, p->qos) > session_max_publish(s)) {
+        s->stats.pub_fail++;
+        return -EMSGSIZE;
     }
     size_t bytes = p->topic.n + p->payload.n;
     if (s->queued + s->inflight >= m->cfg.max_messages ||
@@ -457,8 +509,16 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
     if (p->payload.n) {
         memcpy(msg->data + p->topic.n, p->payload.p, p->payload.n);
     }
-    list_push_back(&m->queue, &msg->link);
-    s->queued++;
+    if (p->packet_id) {
+        int r = resume_inflight(m, msg, p);
+        if (r < 0) {
+            free(msg);
+            return r;
+        }
+    } else {
+        list_push_back(&m->queue, &msg->link);
+        s->queued++;
+    }
     s->queued_bytes += bytes;
     (void)now;
     if (ret_msg) {
@@ -469,6 +529,7 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
 
 void session_abandon(Session *s, SessionMsg *msg, bool failed)
 {
+    assert(msg);
     msg->req = NULL;
     if (failed && !msg->counted) {
         msg->counted = true;
@@ -533,6 +594,11 @@ int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
     return add_pending(m, filter, 0, P_UNSUBSCRIBE, req);
 }
 
+void session_restore_incoming(Session *s, const uint64_t *held)
+{
+    memcpy(impl(s)->qos2_in, held, sizeof(impl(s)->qos2_in));
+}
+
 void session_forget_req(Session *s, void *req)
 {
     Impl *m = impl(s);
@@ -578,14 +644,18 @@ static void pending_done(Impl *m, Pending *p, int result)
     }
 }
 
-/* Put unsent subscribe/unsubscribe requests on the wire (or settle them offline). */
+/* Put unsent requests on the wire (or settle them offline). A barrier waits until every
+ * request before it is answered (see session_barrier). */
 static void flush_pending(Impl *m, int64_t now)
 {
     Link *l, *t;
+    bool unanswered = false; /* a subscribe/unsubscribe before this point is still open */
     list_for_each_safe(l, t, &m->pending)
     {
         Pending *p = container_of(l, Pending, link);
-        if (p->sent) {
+        bool blocked = p->kind == P_BARRIER && unanswered;
+        unanswered |= p->kind != P_BARRIER;
+        if (p->sent || blocked) {
             continue;
         }
         if (m->pub.state == SESSION_CONNECTED) {
@@ -783,12 +853,37 @@ static void handle_publish(Impl *m, const MqttPublish *p, int64_t now)
     if (deliver) {
         s->stats.messages_received++;
         emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE, .message = p});
+        if (p->qos == 2) {
+            emit(m, (SessionEvent){.type = SESSION_EV_QOS2_HELD, .packet_id = p->id});
+        }
     }
     if (p->qos == 1) {
         send_ack(m, MQTT_PUBACK, p->id, now);
     } else if (p->qos == 2) {
         send_ack(m, MQTT_PUBREC, p->id, now);
     }
+}
+
+static void suback(Impl *m, Pending *p, uint8_t code)
+{
+    View filter = VIEW(p->filter, p->len);
+    if (code != MQTT_SUBACK_FAILURE) {
+        remember_sub(m, filter, p->qos);
+        pending_done(m, p, code);
+        return;
+    }
+    Sub *sub = find_sub(m, filter);
+    if (sub && !p->req) {
+        /* A restore the broker now refuses: forgotten, and said so, so that the local
+         * holders do not go on believing they hold it. */
+        m->pub.stats.subscriptions_lost++;
+        emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIPTION_LOST,
+                               .lost = {.filter = filter, .code = code}});
+        list_remove(&sub->link);
+        free(sub);
+        m->pub.subscriptions--;
+    }
+    pending_done(m, p, -EPERM);
 }
 
 static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
@@ -825,8 +920,12 @@ static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
     }
     case MQTT_PUBREC: {
         SessionMsg *msg = find_inflight(m, pkt->ack.id, 2);
-        if (msg) {
+        if (msg && !msg->got_pubrec) {
             msg->got_pubrec = true;
+            if (msg->spool_id) {
+                emit(m, (SessionEvent){.type = SESSION_EV_PUBREC,
+                                       .sent = {.spool_id = msg->spool_id, .packet_id = msg->id}});
+            }
         }
         /* Answered even when unknown, so the broker can finish its side. */
         send_ack(m, MQTT_PUBREL, pkt->ack.id, now);
@@ -840,7 +939,10 @@ static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
         break;
     }
     case MQTT_PUBREL:
-        bit_put(m->qos2_in, pkt->ack.id, false);
+        if (bit_get(m->qos2_in, pkt->ack.id)) {
+            bit_put(m->qos2_in, pkt->ack.id, false);
+            emit(m, (SessionEvent){.type = SESSION_EV_QOS2_RELEASED, .packet_id = pkt->ack.id});
+        }
         send_ack(m, MQTT_PUBCOMP, pkt->ack.id, now);
         break;
     case MQTT_SUBACK: {
@@ -848,26 +950,15 @@ static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
         if (!p) {
             break;
         }
-        uint8_t code = pkt->suback.codes.p[0];
-        View filter = VIEW(p->filter, p->len);
-        if (code == MQTT_SUBACK_FAILURE) {
-            Sub *sub = find_sub(m, filter);
-            if (sub && !p->req) { /* a restore the broker now refuses */
-                list_remove(&sub->link);
-                free(sub);
-                s->subscriptions--;
-            }
-            pending_done(m, p, -EPERM);
-        } else {
-            remember_sub(m, filter, p->qos);
-            pending_done(m, p, code);
-        }
+        suback(m, p, pkt->suback.codes.p[0]);
+        flush_pending(m, now); /* barriers behind it may be due */
         break;
     }
     case MQTT_UNSUBACK: {
         Pending *p = find_pending(m, pkt->ack.id, P_UNSUBSCRIBE);
         if (p) {
             pending_done(m, p, 0);
+            flush_pending(m, now);
         }
         break;
     }

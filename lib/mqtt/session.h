@@ -73,6 +73,16 @@ enum session_event_type {
     SESSION_EV_SUBSCRIBE_DONE, /* .done: result = granted QoS, or -EPERM for 0x80 */
     SESSION_EV_UNSUBSCRIBE_DONE,
     SESSION_EV_BARRIER_DONE, /* .done: everything the broker sent before it has arrived */
+    /* With a caller's durable copy (spool_id), the steps it must record before the bytes
+     * that follow them reach the broker, so a restart resumes exactly where it stopped: */
+    SESSION_EV_PUBLISH_SENT, /* .sent: a QoS 1/2 message got its packet id */
+    SESSION_EV_PUBREC,       /* .sent: a QoS 2 message got its PUBREC */
+    /* Incoming QoS 2 ids between PUBREC and PUBREL (a duplicate is not delivered again): */
+    SESSION_EV_QOS2_HELD,     /* .packet_id: delivered, PUBREC written */
+    SESSION_EV_QOS2_RELEASED, /* .packet_id: PUBREL received, PUBCOMP written */
+    /* The broker refused a subscription the session restored after a reconnect; the session
+     * has forgotten it. */
+    SESSION_EV_SUBSCRIPTION_LOST, /* .lost */
 };
 
 typedef struct SessionEvent {
@@ -96,6 +106,15 @@ typedef struct SessionEvent {
             int result;
             uint64_t spool_id;
         } done;
+        struct {
+            uint64_t spool_id;
+            uint16_t packet_id;
+        } sent;
+        uint16_t packet_id;
+        struct {
+            View filter;  /* valid during the call */
+            uint8_t code; /* the SUBACK return code */
+        } lost;
     };
 } SessionEvent;
 
@@ -116,6 +135,7 @@ typedef struct SessionStats {
     uint64_t ping_sent, ping_received, ping_rtt_sum_ms;
     uint64_t reconnects; /* links re-established after a loss */
     uint64_t messages_received, duplicates_dropped;
+    uint64_t subscriptions_lost; /* restored subscriptions the broker refused */
 } SessionStats;
 
 typedef struct SessionPublish {
@@ -123,6 +143,10 @@ typedef struct SessionPublish {
     uint8_t qos;
     bool retain;
     uint64_t spool_id; /* the caller's durable copy, named again in PUBLISH_DONE; 0 = none */
+    /* Resuming a message an earlier run had sent (from the durable copy): its packet id, and
+     * whether its PUBREC came. It goes in flight with that id, DUP or PUBREL next. */
+    uint16_t packet_id;
+    bool pubrec;
 } SessionPublish;
 
 /* The whole session's public state; the rest is private to session.c. */
@@ -166,21 +190,34 @@ void session_reconnect_now(Session *s, int64_t now);
 void session_disconnect(Session *s, int64_t now);
 
 /* Queue a publish. -ENOBUFS when the queue is full (counted as a failure), -EINVAL for an
- * invalid topic or QoS. *ret_msg (may be NULL) identifies it for session_abandon(). */
+ * invalid topic or QoS, -EMSGSIZE when its PUBLISH would be larger than the largest packet
+ * the link carries (session_max_publish), -EEXIST when a resumed packet id is in use.
+ * *ret_msg (may be NULL) identifies it for session_abandon(). */
 int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
                     SessionMsg **ret_msg);
 /* The caller stops waiting for this message (timeout or its client left): no completion
- * event will name `req` any more. With `failed`, the publish counts as failed in the stats. */
+ * event will name `req` any more. With `failed`, the publish counts as failed in the stats.
+ * `msg` is what session_publish returned for a request that is still pending. */
 void session_abandon(Session *s, SessionMsg *msg, bool failed);
+/* The largest PUBLISH packet the link carries (the encoder's limit, MQTT's 256 MiB). */
+size_t session_max_publish(const Session *s);
+/* PUBLISH packet size of a message (fixed header included). */
+size_t session_publish_size(View topic, size_t payload_len, uint8_t qos);
+/* Incoming QoS 2 ids an earlier run had acknowledged with PUBREC but not seen released: a
+ * bitmap of 65536 bits. Duplicates of them are not delivered again if the broker resumes the
+ * session (they are forgotten if it does not). */
+void session_restore_incoming(Session *s, const uint64_t *held);
 
 /* Ask the broker for a subscription (sent now, or when connected). Remembered and restored
  * after reconnects once granted. -EINVAL for a bad filter or QoS. */
 int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t now);
 /* Forget a subscription and tell the broker (now or at the next connect). */
 int session_unsubscribe(Session *s, View filter, void *req, int64_t now);
-/* A barrier: a PINGREQ queued behind the requests made so far. When its PINGRESP arrives
- * (BARRIER_DONE), everything the broker sent in answer to those requests - such as the
- * retained messages of a SUBSCRIBE - has arrived too. Re-sent after a reconnect. */
+/* A barrier behind the requests made so far: once every one of them is answered (SUBACK,
+ * UNSUBACK), a PINGREQ; its PINGRESP completes the barrier (BARRIER_DONE). Nothing in the
+ * standard orders a PINGRESP against the answers to earlier requests, so the PINGREQ is not
+ * sent before those answers are in: by its PINGRESP, what the broker sent for them - such as
+ * the retained messages that follow a SUBACK - has arrived too. Re-sent after a reconnect. */
 int session_barrier(Session *s, void *req);
 /* Forget `req` in every pending subscribe/unsubscribe/barrier request. */
 void session_forget_req(Session *s, void *req);

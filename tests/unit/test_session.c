@@ -32,6 +32,10 @@ static void on_event(void *ud, const SessionEvent *ev)
         buf_clear(&h->s->out);
         snprintf(h->reason[h->n_ev], sizeof(h->reason[0]), "%s", ev->down.reason);
     }
+    if (ev->type == SESSION_EV_SUBSCRIPTION_LOST) { /* the view lasts as long as the call */
+        snprintf(h->msg_topic, sizeof(h->msg_topic), "%.*s", (int)ev->lost.filter.n,
+                 (const char *)ev->lost.filter.p);
+    }
     if (ev->type == SESSION_EV_MESSAGE) {
         snprintf(h->msg_topic, sizeof(h->msg_topic), "%.*s", (int)ev->message->topic.n,
                  (const char *)ev->message->topic.p);
@@ -738,10 +742,12 @@ START_TEST(barrier_follows_subscribe)
     ck_assert_int_eq(session_barrier(h.s, REQ(2)), 0);
     session_tick(h.s, h.now);
     MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
-    expect_packet(&h, MQTT_PINGREQ);
+    /* No PINGREQ before the SUBACK: nothing orders its PINGRESP after the SUBACK. */
+    expect_no_packet(&h);
     MqttPacket ack = {.type = MQTT_SUBACK,
                       .suback = {.id = sub.subscribe.id, .codes = VIEW("\x00", 1)}};
     broker_sends(&h, &ack);
+    expect_packet(&h, MQTT_PINGREQ);
     MqttPacket ret = {
         .type = MQTT_PUBLISH,
         .publish = {.topic = VIEW_STR("ret/a"), .payload = VIEW_STR("r"), .retain = true}};
@@ -763,8 +769,180 @@ START_TEST(barrier_follows_subscribe)
     ck_assert_int_eq(session_barrier(h.s, REQ(3)), 0);
     h.now = h.s->retry_at;
     connect_with(&h, false);
-    expect_packet(&h, MQTT_SUBSCRIBE);
+    sub = expect_packet(&h, MQTT_SUBSCRIBE);
+    expect_no_packet(&h);
+    ack.suback = (MqttSuback){.id = sub.subscribe.id, .codes = VIEW("\x00", 1)};
+    broker_sends(&h, &ack);
     expect_packet(&h, MQTT_PINGREQ);
+    teardown(&h);
+}
+END_TEST
+
+/* Retained messages that come before the SUBACK are inside the window too; a barrier with
+ * no request before it goes out at once. */
+START_TEST(barrier_waits_for_every_earlier_answer)
+{
+    Harness h;
+    setup_connected(&h);
+    ck_assert_int_eq(session_barrier(h.s, REQ(1)), 0);
+    session_tick(h.s, h.now);
+    expect_packet(&h, MQTT_PINGREQ);
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("a/#"), 1, REQ(2), h.now), 0);
+    ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("b"), REQ(3), h.now), 0);
+    ck_assert_int_eq(session_barrier(h.s, REQ(4)), 0);
+    session_tick(h.s, h.now);
+    MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
+    MqttPacket unsub = expect_packet(&h, MQTT_UNSUBSCRIBE);
+    expect_no_packet(&h);
+    MqttPacket resp = {.type = MQTT_PINGRESP};
+    broker_sends(&h, &resp); /* answers the first barrier only */
+    ck_assert_ptr_eq(last_event(&h, SESSION_EV_BARRIER_DONE)->done.req, REQ(1));
+    MqttPacket ret = {.type = MQTT_PUBLISH,
+                      .publish = {.topic = VIEW_STR("a/r"), .payload = VIEW_STR("r"), .retain = 1}};
+    broker_sends(&h, &ret);
+    MqttPacket ack = {.type = MQTT_SUBACK,
+                      .suback = {.id = sub.subscribe.id, .codes = VIEW("\x01", 1)}};
+    broker_sends(&h, &ack);
+    expect_no_packet(&h); /* the UNSUBACK is still out */
+    broker_ack(&h, MQTT_UNSUBACK, unsub.subscribe.id);
+    expect_packet(&h, MQTT_PINGREQ);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_BARRIER_DONE), 1);
+    broker_sends(&h, &resp);
+    ck_assert_ptr_eq(last_event(&h, SESSION_EV_BARRIER_DONE)->done.req, REQ(4));
+    teardown(&h);
+}
+END_TEST
+
+/* A restored subscription the broker refuses is announced and forgotten. */
+START_TEST(refused_restore_is_announced)
+{
+    Harness h;
+    setup_connected(&h);
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("gone/#"), 1, REQ(1), h.now), 0);
+    session_tick(h.s, h.now);
+    MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
+    MqttPacket ack = {.type = MQTT_SUBACK,
+                      .suback = {.id = sub.subscribe.id, .codes = VIEW("\x01", 1)}};
+    broker_sends(&h, &ack);
+    ck_assert_uint_eq(h.s->subscriptions, 1);
+    session_transport_down(h.s, h.now, ECONNRESET, "gone");
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    sub = expect_packet(&h, MQTT_SUBSCRIBE);
+    ack.suback = (MqttSuback){.id = sub.subscribe.id, .codes = VIEW("\x80", 1)};
+    broker_sends(&h, &ack);
+    const SessionEvent *ev = last_event(&h, SESSION_EV_SUBSCRIPTION_LOST);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_str_eq(h.msg_topic, "gone/#");
+    ck_assert_int_eq(ev->lost.code, 0x80);
+    ck_assert_uint_eq(h.s->subscriptions, 0);
+    ck_assert_uint_eq(h.s->stats.subscriptions_lost, 1);
+    /* Not restored again at the next connect. */
+    session_transport_down(h.s, h.now, ECONNRESET, "gone");
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    expect_no_packet(&h);
+    teardown(&h);
+}
+END_TEST
+
+/* What a durable copy must record: the packet id when a spooled message is sent, its PUBREC,
+ * and the incoming QoS 2 ids between PUBREC and PUBREL. */
+START_TEST(progress_events_for_the_spool)
+{
+    Harness h;
+    setup_connected(&h);
+    SessionPublish p = {.topic = VIEW_STR("t"), .payload = VIEW_STR("x"), .qos = 2, .spool_id = 7};
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), 0);
+    SessionPublish plain = {.topic = VIEW_STR("t"), .payload = VIEW_STR("y"), .qos = 1};
+    ck_assert_int_eq(session_publish(h.s, &plain, NULL, h.now, NULL), 0);
+    session_tick(h.s, h.now);
+    MqttPacket pub = expect_packet(&h, MQTT_PUBLISH);
+    expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBLISH_SENT), 1); /* the spooled one */
+    const SessionEvent *ev = last_event(&h, SESSION_EV_PUBLISH_SENT);
+    ck_assert_uint_eq(ev->sent.spool_id, 7);
+    ck_assert_uint_eq(ev->sent.packet_id, pub.publish.id);
+    broker_ack(&h, MQTT_PUBREC, pub.publish.id);
+    broker_ack(&h, MQTT_PUBREC, pub.publish.id); /* a repeat records nothing new */
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBREC), 1);
+    ck_assert_uint_eq(last_event(&h, SESSION_EV_PUBREC)->sent.spool_id, 7);
+
+    MqttPacket in = {.type = MQTT_PUBLISH,
+                     .publish = {.topic = VIEW_STR("i"), .payload = VIEW_STR("1"), .qos = 2, .id = 9}};
+    broker_sends(&h, &in);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_QOS2_HELD), 1);
+    ck_assert_uint_eq(last_event(&h, SESSION_EV_QOS2_HELD)->packet_id, 9);
+    broker_ack(&h, MQTT_PUBREL, 9);
+    broker_ack(&h, MQTT_PUBREL, 9); /* released already: nothing to record */
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_QOS2_RELEASED), 1);
+    teardown(&h);
+}
+END_TEST
+
+/* A restart resumes with what the durable copy recorded: same packet ids, DUP or PUBREL, and
+ * incoming ids still held are not delivered again. */
+START_TEST(resume_from_durable_state)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    c.clean_session = false;
+    setup_with(&h, &c);
+    SessionPublish a = {.topic = VIEW_STR("t"), .payload = VIEW_STR("a"), .qos = 2, .spool_id = 1,
+                        .packet_id = 41};
+    SessionPublish b = {.topic = VIEW_STR("t"), .payload = VIEW_STR("b"), .qos = 2, .spool_id = 2,
+                        .packet_id = 42, .pubrec = true};
+    SessionPublish n = {.topic = VIEW_STR("t"), .payload = VIEW_STR("n"), .qos = 1, .spool_id = 3};
+    ck_assert_int_eq(session_publish(h.s, &a, NULL, h.now, NULL), 0);
+    ck_assert_int_eq(session_publish(h.s, &b, NULL, h.now, NULL), 0);
+    ck_assert_int_eq(session_publish(h.s, &b, NULL, h.now, NULL), -EEXIST); /* id 42 in use */
+    ck_assert_int_eq(session_publish(h.s, &n, NULL, h.now, NULL), 0);
+    ck_assert_uint_eq(h.s->inflight, 2);
+    uint64_t held[1024] = {0};
+    held[77 / 64] |= UINT64_C(1) << (77 % 64);
+    session_restore_incoming(h.s, held);
+    connect_with(&h, true);
+    MqttPacket p = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_uint_eq(p.publish.id, 41);
+    ck_assert(p.publish.dup);
+    MqttPacket rel = expect_packet(&h, MQTT_PUBREL);
+    ck_assert_uint_eq(rel.ack.id, 42);
+    p = expect_packet(&h, MQTT_PUBLISH); /* the one never sent: a new id */
+    ck_assert(!p.publish.dup);
+    ck_assert_uint_ne(p.publish.id, 41);
+    ck_assert_uint_ne(p.publish.id, 42);
+    MqttPacket again = {.type = MQTT_PUBLISH,
+                        .publish = {.topic = VIEW_STR("i"), .payload = VIEW_STR("1"), .qos = 2,
+                                    .id = 77, .dup = true}};
+    broker_sends(&h, &again);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 0);
+    ck_assert_uint_eq(h.s->stats.duplicates_dropped, 1);
+    expect_packet(&h, MQTT_PUBREC);
+    broker_ack(&h, MQTT_PUBCOMP, 42);
+    ck_assert_uint_eq(last_event(&h, SESSION_EV_PUBLISH_DONE)->done.spool_id, 2);
+    teardown(&h);
+}
+END_TEST
+
+/* A message larger than any packet is refused when it is made, not lost later. */
+START_TEST(publish_larger_than_a_packet)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    c.max_bytes = (size_t)1 << 30;
+    setup_with(&h, &c);
+    ck_assert_uint_eq(session_publish_size(VIEW_STR("t"), 10, 0), 2 + 3 + 10);
+    ck_assert_uint_eq(session_publish_size(VIEW_STR("t"), 200, 1), 3 + 5 + 200);
+    size_t max = session_max_publish(h.s);
+    ck_assert_uint_eq(max, 268435455u + 5);
+    /* The largest that fits, and one byte more, measured without allocating the payload. */
+    size_t fit = 268435455u - 2 - 1;
+    ck_assert_uint_eq(session_publish_size(VIEW_STR("t"), fit, 0), max);
+    ck_assert_uint_gt(session_publish_size(VIEW_STR("t"), fit + 1, 0), max);
+    /* Refused on its size alone: the payload bytes are never read. */
+    SessionPublish p = {.topic = VIEW_STR("t"), .payload = VIEW("", fit + 1)};
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), -EMSGSIZE);
+    ck_assert_uint_eq(h.s->queued, 0);
     teardown(&h);
 }
 END_TEST
@@ -791,11 +969,16 @@ static Suite *session_suite(void)
     tcase_add_test(tc, queue_limits);
     tcase_add_test(tc, abandon_forgets_request);
     tcase_add_test(tc, incoming_qos_levels);
+    tcase_add_test(tc, progress_events_for_the_spool);
+    tcase_add_test(tc, resume_from_durable_state);
+    tcase_add_test(tc, publish_larger_than_a_packet);
     suite_add_tcase(s, tc);
     tc = tcase_create("subscribe");
     tcase_add_test(tc, subscribe_and_restore);
     tcase_add_test(tc, unsubscribe_flows);
     tcase_add_test(tc, barrier_follows_subscribe);
+    tcase_add_test(tc, barrier_waits_for_every_earlier_answer);
+    tcase_add_test(tc, refused_restore_is_announced);
     suite_add_tcase(s, tc);
     return s;
 }
