@@ -16,7 +16,10 @@
 #include "daemon.h"
 #include "log.h"
 
-#define MAX_GROUPS 256
+/* NGROUPS_MAX of Linux: no peer has more supplementary groups. */
+#define MAX_PEER_GROUPS 65536
+/* Beyond this a passwd entry is not a user's but a broken NSS module's. */
+#define MAX_PASSWD_BUF (1u << 20)
 
 /* A user or group name becomes an id; a missing one makes its entry match nobody. */
 static void resolve_name(enum acl_subject kind, const char *name, unsigned *id, bool *resolved,
@@ -89,25 +92,101 @@ int access_check_secrets(const Config *cfg, char *err, size_t errlen)
     return r;
 }
 
+/* The peer's groups as the kernel saw them at connect: its primary group, then every
+ * supplementary group (SO_PEERGROUPS says how much room they need when it is too little). */
+static int peer_groups(const Client *c, gid_t **ret, size_t *ret_n)
+{
+    size_t cap = 64; /* supplementary groups; most peers have a few */
+    for (int tries = 0; tries < 3; tries++) {
+        gid_t *g = malloc((cap + 1) * sizeof(*g));
+        if (!g) {
+            return -ENOMEM;
+        }
+        g[0] = c->gid;
+        socklen_t len = (socklen_t)(cap * sizeof(*g));
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, g + 1, &len) == 0) {
+            *ret = g;
+            *ret_n = 1 + len / sizeof(*g);
+            return 0;
+        }
+        int e = errno;
+        free(g);
+        size_t need = len / sizeof(*g);
+        if (e != ERANGE || need <= cap || need > MAX_PEER_GROUPS) {
+            return e == ERANGE ? -E2BIG : -e;
+        }
+        cap = need;
+    }
+    return -ERANGE; /* the kernel keeps a peer's groups fixed: not reached */
+}
+
+/* c->acl from the current [acl]. -EACCES (logged) when the peer must be refused: its
+ * supplementary groups are unknown and a deny rule by group may be meant for it. */
 static int build_view(Client *c)
 {
-    gid_t gids[MAX_GROUPS];
-    socklen_t len = sizeof(gids) - sizeof(gid_t);
+    gid_t *gids = NULL, primary = c->gid;
     size_t n = 0;
-    gids[n++] = c->gid;
-    /* Supplementary groups of the peer process, as the kernel saw them at connect. */
-    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, gids + 1, &len) == 0) {
-        n += len / sizeof(gid_t);
+    int g = peer_groups(c, &gids, &n);
+    if (g == -ENOMEM) {
+        return g;
     }
-    AclPeer peer = {.uid = c->uid, .user = c->user, .gids = gids, .n_gids = n};
+    if (g < 0) {
+        log_warning("client %llu (pid %d, uid %u): cannot read its supplementary groups "
+                    "(SO_PEERGROUPS: %s); [acl] rules by group see only its primary group %u",
+                    (unsigned long long)c->serial, (int)c->pid, (unsigned)c->uid, strerror(-g),
+                    (unsigned)c->gid);
+    }
+    AclPeer peer = {.uid = c->uid,
+                    .user = c->user,
+                    .gids = g < 0 ? &primary : gids,
+                    .n_gids = g < 0 ? 1 : n,
+                    .groups_partial = g < 0};
     bool default_admin = c->uid == 0 || c->uid == geteuid();
     AclView v;
     int r = acl_view_build(&c->d->cfg.acl, &peer, default_admin, &v);
-    if (r == 0) {
-        acl_view_free(&c->acl);
-        c->acl = v;
+    free(gids);
+    if (r == -EACCES) {
+        log_warning("refusing client %llu (pid %d, uid %u): its supplementary groups are "
+                    "unknown and [acl] has a deny rule by group that may be meant for it",
+                    (unsigned long long)c->serial, (int)c->pid, (unsigned)c->uid);
     }
-    return r;
+    if (r < 0) {
+        return r;
+    }
+    acl_view_free(&c->acl);
+    c->acl = v;
+    return 0;
+}
+
+/* The name of uid in *ret, or NULL when it has none (or it cannot be looked up: rules with
+ * %u then treat the peer as nameless, which fails closed). -ENOMEM. */
+static int user_name(uid_t uid, char **ret)
+{
+    for (size_t size = 1024;; size *= 2) {
+        char *buf = malloc(size);
+        if (!buf) {
+            return -ENOMEM;
+        }
+        struct passwd pw, *res = NULL;
+        int e = getpwuid_r(uid, &pw, buf, size, &res);
+        if (e == ERANGE && size < MAX_PASSWD_BUF) {
+            free(buf);
+            continue;
+        }
+        char *name = NULL;
+        if (e == 0 && res && !(name = strdup(res->pw_name))) {
+            free(buf);
+            return -ENOMEM;
+        }
+        if (e && e != ENOENT && e != ESRCH) { /* those two: no such user */
+            log_warning("uid %u: cannot look up its user name (%s); [acl] %%u rules treat it "
+                        "as having none",
+                        (unsigned)uid, strerror(e));
+        }
+        free(buf);
+        *ret = name;
+        return 0;
+    }
 }
 
 int access_client_init(Client *c, const struct ucred *cred)
@@ -115,12 +194,14 @@ int access_client_init(Client *c, const struct ucred *cred)
     c->pid = cred->pid;
     c->uid = cred->uid;
     c->gid = cred->gid;
-    struct passwd pw, *res = NULL;
-    char buf[1024];
-    if (getpwuid_r(c->uid, &pw, buf, sizeof(buf), &res) == 0 && res) {
-        c->user = strdup(res->pw_name);
+    /* (uid_t)-1 is no one's uid: what is left when SO_PEERCRED could not be read. */
+    if (cred->uid == (uid_t)-1 || cred->gid == (gid_t)-1) {
+        log_warning("refusing client %llu (pid %d): the kernel did not say who it is",
+                    (unsigned long long)c->serial, (int)c->pid);
+        return -EACCES;
     }
-    return build_view(c);
+    int r = user_name(c->uid, &c->user);
+    return r < 0 ? r : build_view(c);
 }
 
 static size_t count_uid(Daemon *d, uid_t uid, bool subscriptions)
@@ -148,32 +229,53 @@ bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why,
     return true;
 }
 
-void access_reload(Daemon *d)
+/* One open client under the reloaded rules: its view rebuilt, and each subscription it may
+ * no longer hold dropped at once, with an event. It may be closed on the way. */
+static void reload_client(Client *c)
 {
-    for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
-        Client *c = container_of(l, Client, link);
-        if (build_view(c) < 0) {
-            client_close(c, "out of memory rebuilding its access rules");
+    int r = build_view(c);
+    if (r < 0) {
+        acl_view_free(&c->acl); /* its entries point into the configuration just freed */
+        client_close(c, r == -EACCES ? "its groups are unknown and [acl] has deny rules by group"
+                                     : "out of memory rebuilding its access rules");
+        return;
+    }
+    for (size_t i = 0; i < c->n_subs;) {
+        char why[300];
+        ClientSub *s = c->subs[i];
+        if (acl_allows(&c->acl, ACL_SUBSCRIBE, VIEW(s->filter, s->len), why, sizeof(why))) {
+            i++;
             continue;
         }
-        /* Forbidden data must stop flowing at once, not at the next subscribe. */
-        for (size_t i = 0; i < c->n_subs;) {
-            char why[300];
-            ClientSub *s = c->subs[i];
-            if (acl_allows(&c->acl, ACL_SUBSCRIBE, VIEW(s->filter, s->len), why, sizeof(why))) {
-                i++;
-                continue;
-            }
-            log_info("client %llu (uid %u) loses %s after reload: %s",
-                     (unsigned long long)c->serial, (unsigned)c->uid, s->filter, why);
-            json_t *ev = json_pack("{s:s, s:s, s:s}", "event", "unsubscribed", "filter", s->filter,
-                                   "reason", why);
-            Buf b = {0};
-            if (write_json_line(&b, ev) == 0) {
-                client_send(c, buf_view(&b));
-            }
+        log_info("client %llu (uid %u) loses %s after reload: %s", (unsigned long long)c->serial,
+                 (unsigned)c->uid, s->filter, why);
+        json_t *ev = json_pack("{s:s, s:s, s:s}", "event", "unsubscribed", "filter", s->filter,
+                               "reason", why);
+        /* Dropped before the event is queued: queueing may close c (out of memory), and
+         * closing drops every subscription, this one included, leaving subs[i] stale. The
+         * last slot moves into i, so i is not advanced. */
+        ops_drop_subscription(c, i);
+        Buf b = {0};
+        if (write_json_line(&b, ev) < 0) {
             buf_free(&b);
-            ops_drop_subscription(c, i);
+            client_close(c, "out of memory telling it about a dropped subscription");
+            return;
         }
+        client_send(c, buf_view(&b));
+        buf_free(&b);
+        if (c->closed) {
+            return;
+        }
+    }
+}
+
+void access_reload(Daemon *d)
+{
+    /* The next link is taken before acting: reload_client may close c, which moves it to
+     * d->closed. It never closes another client (dropping a subscription only queues an
+     * UNSUBSCRIBE; no session event runs from here). */
+    for (DList *l = d->clients.next, *next; l != &d->clients; l = next) {
+        next = l->next;
+        reload_client(container_of(l, Client, link));
     }
 }

@@ -17,7 +17,9 @@
 static void send_message(Client *c, View bytes)
 {
     Daemon *d = c->d;
-    if (buf_size(&c->out) + bytes.n > d->cfg.ipc.client_buffer) {
+    /* The limit bounds a backlog: one message larger than the whole buffer still goes to a
+     * client that has nothing else pending, or it could never be delivered at all. */
+    if (buf_size(&c->out) && buf_size(&c->out) + bytes.n > d->cfg.ipc.client_buffer) {
         if (!c->dropped) {
             log_warning("client %llu (pid %d) reads too slowly: dropping messages for it",
                         (unsigned long long)c->serial, (int)c->pid);
@@ -30,12 +32,27 @@ static void send_message(Client *c, View bytes)
     client_send(c, bytes);
 }
 
+/* router_ready_fn for deliver: whether a shared subscription's member can take the message
+ * event (*userdata bytes, estimated) without passing ipc.client_buffer, so that the group
+ * hands it to one that can rather than drop it (send_message decides for real, by the same
+ * rule: an empty buffer takes any message). */
+static bool has_room(const RouterTarget *t, void *userdata)
+{
+    const Client *c = container_of(t, Client, target);
+    size_t queued = buf_size(&c->out);
+    return !queued || queued + *(const size_t *)userdata <= c->d->cfg.ipc.client_buffer;
+}
+
 static void deliver(Daemon *d, const MqttPublish *m)
 {
     /* The event text depends only on (QoS, encoding): built at most once for each. */
     static Buf variants[3][2];
     RouterTarget **t;
-    size_t n = router_match(&d->router, m->topic, m->retain, &t);
+    /* For has_room, before the member (so the encoding) is chosen: the payload as base64 (4/3,
+     * the larger form unless the text needs many escapes), the topic, and the JSON around them
+     * (under 96 bytes). An estimate: a topic full of characters to escape can exceed it. */
+    size_t need = m->topic.n + (m->payload.n + 2) / 3 * 4 + 96;
+    size_t n = router_match(&d->router, m->topic, m->retain, has_room, &need, &t);
     for (size_t i = 0; i < n; i++) {
         Client *c = container_of(t[i], Client, target);
         uint8_t qos = m->qos < t[i]->qos ? m->qos : t[i]->qos;
@@ -117,11 +134,74 @@ static void link_down(Daemon *d, const SessionEvent *ev)
     }
 }
 
+/* The broker refused a subscription restored after a reconnect: every local holder is told
+ * and stops holding it, so a later subscribe asks the broker again. */
+static void subscription_lost(Daemon *d, View filter, uint8_t code)
+{
+    char reason[160];
+    snprintf(reason, sizeof(reason),
+             "the broker refused the subscription when it was restored after a reconnect "
+             "(SUBACK 0x%02x)",
+             code);
+    log_warning("subscription to %.*s lost: %s", (int)filter.n, (const char *)filter.p, reason);
+    snprintf(d->lost_subscription, sizeof(d->lost_subscription), "%.*s: %s", (int)filter.n,
+             (const char *)filter.p, reason);
+    for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
+        Client *c = container_of(l, Client, link);
+        if (router_holds(&d->router, filter, &c->target)) {
+            ops_unsubscribed_event(c, filter, reason);
+            ops_subscription_refused(c, filter);
+        }
+    }
+}
+
+/* What the spool must know before the bytes that follow reach the broker. A failed write is
+ * logged by the spool; the message is then resent under a new id after a restart. */
+static void record_progress(Daemon *d, const SessionEvent *ev)
+{
+    if (!d->spool) {
+        return;
+    }
+    int r = 0;
+    switch (ev->type) {
+    case SESSION_EV_PUBLISH_SENT:
+        r = spool_sent(d->spool, ev->sent.spool_id, ev->sent.packet_id);
+        break;
+    case SESSION_EV_PUBREC:
+        r = spool_pubrec(d->spool, ev->sent.spool_id);
+        break;
+    case SESSION_EV_QOS2_HELD:
+    case SESSION_EV_QOS2_RELEASED:
+        if (!d->cfg.broker.clean_session) { /* a clean session forgets them at reconnect */
+            r = spool_incoming(d->spool, ev->packet_id, ev->type == SESSION_EV_QOS2_HELD);
+        }
+        break;
+    case SESSION_EV_CONNECTED:
+        if (!ev->connected.session_present) {
+            r = spool_incoming_clear(d->spool);
+        }
+        break;
+    default:
+        break;
+    }
+    (void)r; /* the spool logs write failures once per episode */
+}
+
 void bridge_on_event(void *userdata, const SessionEvent *ev)
 {
     Daemon *d = userdata;
     switch (ev->type) {
+    case SESSION_EV_PUBLISH_SENT:
+    case SESSION_EV_PUBREC:
+    case SESSION_EV_QOS2_HELD:
+    case SESSION_EV_QOS2_RELEASED:
+        record_progress(d, ev);
+        break;
+    case SESSION_EV_SUBSCRIPTION_LOST:
+        subscription_lost(d, ev->lost.filter, ev->lost.code);
+        break;
     case SESSION_EV_CONNECTED:
+        record_progress(d, ev);
         log_info("connected to %s as %s (session present: %s)", d->broker.peer, d->client_id,
                  ev->connected.session_present ? "yes" : "no");
         notify_status("connected to %s", d->broker.peer);

@@ -134,21 +134,21 @@ static void attempt_failed(Broker *b, int code, const char *reason)
     session_transport_down(b->session, now_ms(), code, reason);
 }
 
-static void host_port(const Broker *b, const char **host, unsigned *port)
-{
-    const BrokerAddr *a = &b->cfg->broker.addrs[b->host];
-    *host = a->host;
-    *port = a->port ? a->port : b->cfg->broker.port;
-}
-
 static void on_resolved(void *userdata, struct addrinfo *res, int gai_error);
 
-/* Resolve the current host (b->host). */
+/* Resolve the current host (b->host), keeping its name and port for the rest of the try. */
 static void start_host(Broker *b)
 {
-    const char *host;
-    unsigned port;
-    host_port(b, &host, &port);
+    const BrokerAddr *a = &b->cfg->broker.addrs[b->host];
+    char *host = strdup(a->host);
+    if (!host) {
+        attempt_failed(b, ENOMEM, "out of memory starting a connection attempt");
+        return;
+    }
+    free(b->attempt_host);
+    b->attempt_host = host;
+    b->attempt_port = a->port ? a->port : b->cfg->broker.port;
+    unsigned port = b->attempt_port;
     snprintf(b->peer, sizeof(b->peer), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
     int r = resolve_start(b->loop, host, port, on_resolved, b, &b->resolving);
     if (r < 0) {
@@ -246,12 +246,9 @@ static void handshake(Broker *b)
 /* TCP is up: TLS first when configured. */
 static void tcp_up(Broker *b)
 {
-    log_debug("TCP connected to %s", b->peer);
-    const char *host;
-    unsigned port;
-    host_port(b, &host, &port);
+    log_debug("TCP connected to %s (%s)", b->peer, b->attempt_host);
     char err[300], phase[400];
-    if (transport_start_tls(&b->tr, b->cfg, host, err, sizeof(err)) < 0) {
+    if (transport_start_tls(&b->tr, b->cfg, b->attempt_host, err, sizeof(err)) < 0) {
         attempt_failed(b, EPROTO, err);
         return;
     }
@@ -376,9 +373,10 @@ void broker_kick(Broker *b)
     int64_t now = now_ms();
     if (session_should_connect(b->session, now)) {
         b->hosts_tried = 0;
-        if (b->host >= b->cfg->broker.n_addrs) {
+        if (b->rewind_hosts || b->host >= b->cfg->broker.n_addrs) {
             b->host = 0;
         }
+        b->rewind_hosts = false;
         start_host(b);
     }
     int64_t next = session_tick(b->session, now);
@@ -407,8 +405,10 @@ int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, const char *
 
 int broker_configure(Broker *b, const Config *cfg, const char *client_id, const char *password)
 {
+    /* b->host is left alone: an attempt in progress goes on with it (next_host keeps it
+     * below the new count); the next attempt starts over at the first host. */
     b->cfg = cfg;
-    b->host = 0;
+    b->rewind_hosts = true;
     SessionConfig sc = session_config(cfg, client_id, password);
     return session_configure(b->session, &sc);
 }
@@ -432,4 +432,6 @@ void broker_free(Broker *b)
     ev_timer_stop(b->loop, &b->timer);
     session_free(b->session);
     b->session = NULL;
+    free(b->attempt_host);
+    b->attempt_host = NULL;
 }

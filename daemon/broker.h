@@ -35,13 +35,19 @@ struct Broker {
     bool up;                       /* stream ready (CONNECT sent or about to be) */
     char peer[300];                /* "host:port" being tried or connected to */
     char last_net_error[256];
+    /* The host being tried, copied when it is started: a reload may replace cfg meanwhile,
+     * and TLS (SNI, name check) must name the host the socket is connected to. */
+    char *attempt_host;
+    unsigned attempt_port;
+    bool rewind_hosts; /* cfg replaced: the next attempt starts at the first host */
 };
 
 /* Start the link with the session configuration built from cfg (strings copied). */
 int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, const char *client_id,
                 const char *password, broker_event_cb on_event, void *userdata);
 void broker_free(Broker *b);
-/* Configuration changed: takes effect at the next connect. */
+/* Configuration changed: takes effect at the next connect attempt; one in progress goes on
+ * with the host and port it started with. */
 int broker_configure(Broker *b, const Config *cfg, const char *client_id, const char *password);
 /* Run the session's clock now and write what it produced (call after requests). */
 void broker_kick(Broker *b);

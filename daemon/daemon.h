@@ -85,7 +85,8 @@ struct Client {
     RouterTarget target;
     ClientSub **subs;
     size_t n_subs, cap_subs;
-    DList waiters;    /* Waiter.link */
+    DList waiters; /* Waiter.link */
+    size_t n_waiters;
     uint64_t dropped; /* messages dropped since the last "dropped" event */
 };
 
@@ -98,7 +99,7 @@ struct Waiter {
     bool barrier; /* a retained-message barrier: no reply, settles the filter */
     json_t *id;
     ev_timer timer;
-    SessionMsg *msg;   /* publish */
+    SessionMsg *msg;   /* publish with wait: the message the broker must confirm, else NULL */
     SpoolWait durable; /* publish with wait false: until the spool has it on disk */
     uint8_t qos;       /* subscribe: asked */
     char filter[];     /* subscribe / unsubscribe / barrier */
@@ -120,6 +121,7 @@ struct Daemon {
     Router router;
     Spool *spool; /* NULL without [queue] spool_dir */
     DaemonStats stats;
+    char lost_subscription[400]; /* the last restored subscription the broker refused */
     int64_t started_at;
     bool stopping;
     ev_timer grace; /* at stop: time left for in-flight acknowledgements */
@@ -160,6 +162,8 @@ void ops_reply_ok(Client *c, json_t *id, json_t *fields); /* steals fields (may 
 void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void ops_client_gone(Client *c);
+/* Tell c it no longer holds `filter`, and why ({"event":"unsubscribed",...}). */
+void ops_unsubscribed_event(Client *c, View filter, const char *reason);
 /* The broker refused the subscription to `filter`: the client does not hold it after all. */
 void ops_subscription_refused(Client *c, View filter);
 /* Stop holding c->subs[i] (the broker subscription goes when it was the last holder). */

@@ -253,17 +253,33 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     return 0;
 }
 
-/* A message the spool still held from an earlier run: queued again, in order. */
-static void on_recovered(void *ud, uint64_t seq, uint8_t qos, bool retain, View topic, View payload)
+/* A message the spool still held from an earlier run: queued again, in order; one that had
+ * been sent resumes in flight under its packet id (DUP, or PUBREL past PUBREC). */
+static void on_recovered(void *ud, const SpoolMessage *m)
 {
     Daemon *d = ud;
-    SessionPublish p = {
-        .topic = topic, .payload = payload, .qos = qos, .retain = retain, .spool_id = seq};
+    SessionPublish p = {.topic = m->topic,
+                        .payload = m->payload,
+                        .qos = m->qos,
+                        .retain = m->retain,
+                        .spool_id = m->seq,
+                        .packet_id = m->packet_id,
+                        .pubrec = m->pubrec};
     int r = session_publish(d->broker.session, &p, NULL, now_ms(), NULL);
+    if (r == -EEXIST) {
+        /* Two records name one id (a later one reused it after a DONE that was lost): the
+         * older state is stale, so this one goes out as new. */
+        log_warning("spool: message %llu: packet id %u is taken; it is sent under a new one",
+                    (unsigned long long)m->seq, (unsigned)m->packet_id);
+        p.packet_id = 0;
+        p.pubrec = false;
+        r = session_publish(d->broker.session, &p, NULL, now_ms(), NULL);
+    }
     if (r < 0) {
         log_error("spool: message %llu to %.*s could not be queued again (%s); it stays in the "
                   "spool for the next start",
-                  (unsigned long long)seq, (int)topic.n, (const char *)topic.p, strerror(-r));
+                  (unsigned long long)m->seq, (int)m->topic.n, (const char *)m->topic.p,
+                  strerror(-r));
     }
 }
 
@@ -385,9 +401,11 @@ int main(int argc, char **argv)
             return 1;
         }
         Session *s = d->broker.session;
-        if (s->queued) {
-            log_info("spool %s: %zu unacknowledged messages recovered; they go out first",
-                     d->cfg.queue.spool_dir, s->queued);
+        session_restore_incoming(s, spool_incoming_held(d->spool));
+        if (s->queued + s->inflight) {
+            log_info("spool %s: %zu unacknowledged messages recovered (%zu resuming in flight); "
+                     "they go out first",
+                     d->cfg.queue.spool_dir, s->queued + s->inflight, s->inflight);
         }
     }
     int r = server_start(d);

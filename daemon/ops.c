@@ -6,6 +6,7 @@
  * the session names in its completion event (bridge.c) or which its own timer answers with
  * `timeout`. Everything else is answered at once, in order.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "daemon.h"
 #include "defaults.h"
 #include "log.h"
+#include "spool/record.h"
 
 static Buf scratch; /* one reply at a time is built here, then copied to the client */
 
@@ -50,10 +52,14 @@ static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents);
 
 static Waiter *waiter_new(Client *c, json_t *id, enum ipc_op op, View filter, int64_t timeout_ms)
 {
+    if (c->n_waiters >= MAX_WAITERS_PER_CLIENT) {
+        return NULL;
+    }
     Waiter *w = calloc(1, sizeof(*w) + filter.n + 1);
     if (!w) {
         return NULL;
     }
+    c->n_waiters++;
     w->c = c;
     w->op = op;
     w->id = id ? json_incref(id) : NULL;
@@ -77,6 +83,8 @@ void waiter_free(Waiter *w)
     ev_timer_stop(c->d->loop, &w->timer);
     spool_wait_cancel(&w->durable);
     dlist_remove(&w->link);
+    assert(c->n_waiters > 0);
+    c->n_waiters--;
     json_decref(w->id);
     free(w);
     client_finish_if_done(c);
@@ -94,6 +102,13 @@ static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     Session *s = c->d->broker.session;
     (void)loop;
     (void)revents;
+    if (w->barrier) {
+        /* No PINGRESP: the retained messages that did arrive were delivered; stop waiting. */
+        session_forget_req(s, w);
+        router_settle(&c->d->router, VIEW_STR(w->filter), &c->target);
+        waiter_free(w);
+        return;
+    }
     switch (w->op) {
     case OP_PUBLISH:
         session_abandon(s, w->msg, true);
@@ -193,10 +208,30 @@ static bool permitted(Client *c, const Request *r, unsigned action)
     return false;
 }
 
-static void on_durable(void *ud)
+/* No room for one more waiter (a subscribe needs two: its reply and its barrier). */
+static void reply_no_waiter(Client *c, json_t *id)
+{
+    if (c->n_waiters + 2 > MAX_WAITERS_PER_CLIENT) {
+        ops_reply_error(c, id, IPC_QUEUE_FULL,
+                        "%u requests of this connection already wait for the broker: wait for "
+                        "their replies first",
+                        MAX_WAITERS_PER_CLIENT);
+    } else {
+        ops_reply_error(c, id, IPC_INTERNAL, "out of memory");
+    }
+}
+
+static void on_durable(void *ud, int error)
 {
     Waiter *w = ud;
-    ops_reply_ok(w->c, w->id, NULL);
+    if (error) {
+        ops_reply_error(w->c, w->id, IPC_INTERNAL,
+                        "the spool could not sync the message to disk (%s): it is queued and "
+                        "will be sent while the daemon runs, but would not survive a crash",
+                        strerror(-error));
+    } else {
+        ops_reply_ok(w->c, w->id, NULL);
+    }
     waiter_free(w);
 }
 
@@ -210,13 +245,24 @@ static void op_publish(Client *c, Request *r)
     if (!permitted(c, r, ACL_PUBLISH)) {
         return;
     }
-    /* QoS 1/2 with a spool: on disk before anyone is told it was accepted. */
+    Session *s = d->broker.session;
+    size_t size = session_publish_size(r->topic, r->payload.n, r->qos);
+    if (size > session_max_publish(s)) {
+        ops_reply_error(c, r->id, IPC_TOO_LARGE,
+                        "the message would be a %zu-byte PUBLISH; the link carries at most %zu",
+                        size, session_max_publish(s));
+        return;
+    }
+    /* QoS 1/2 with a spool: on disk before anyone is told it was accepted. The waiter of a
+     * publish with `wait` names its message (to abandon it at a timeout); one without only
+     * waits for the disk and never touches the message, which may be gone before the disk
+     * answers. */
     bool spooled = d->spool && r->qos > 0;
     Waiter *w = NULL;
     if (r->wait || spooled) {
         w = waiter_new(c, r->id, OP_PUBLISH, VIEW_NULL, r->wait ? timeout_of(c, r) : 0);
         if (!w) {
-            ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
+            reply_no_waiter(c, r->id);
             return;
         }
         w->qos = r->qos;
@@ -227,21 +273,32 @@ static void op_publish(Client *c, Request *r)
     int e = 0;
     if (spooled) {
         e = spool_add(d->spool, r->qos, r->retain, r->topic, r->payload, &p.spool_id, &mark);
+        if (e == -E2BIG) {
+            waiter_free(w);
+            ops_reply_error(c, r->id, IPC_TOO_LARGE,
+                            "the message is too large for the spool (records hold at most %u "
+                            "bytes); send it with QoS 0 or without [queue] spool_dir",
+                            SPOOL_RECORD_MAX);
+            return;
+        }
         if (e < 0) {
             waiter_free(w);
             ops_reply_error(c, r->id, e == -ENOSPC ? IPC_QUEUE_FULL : IPC_INTERNAL,
-                            "cannot write the message to the spool: %s", strerror(-e));
+                            "the spool cannot store the message (%s in %s): not accepted; QoS 0 "
+                            "still works",
+                            strerror(-e), d->cfg.queue.spool_dir);
             return;
         }
     }
-    Session *s = d->broker.session;
     e = session_publish(s, &p, r->wait ? w : NULL, now_ms(), r->wait ? &w->msg : NULL);
     if (e < 0) {
         if (p.spool_id) {
             spool_done(d->spool, p.spool_id);
         }
         waiter_free(w);
-        if (e == -ENOBUFS) {
+        if (e == -EMSGSIZE) {
+            ops_reply_error(c, r->id, IPC_TOO_LARGE, "the message is too large for the link");
+        } else if (e == -ENOBUFS) {
             ops_reply_error(c, r->id, IPC_QUEUE_FULL,
                             "queue full: %zu messages, %zu bytes held ([queue] max_messages = "
                             "%zu, max_bytes = %zu)",
@@ -260,33 +317,66 @@ static void op_publish(Client *c, Request *r)
     }
 }
 
+/* The retained messages of c's new subscription to `f` are in once the barrier completes
+ * (or times out); one barrier per filter and client is enough, however often it subscribes. */
+static void add_barrier(Client *c, View f, int64_t timeout_ms)
+{
+    for (DList *l = c->waiters.next; l != &c->waiters; l = l->next) {
+        Waiter *o = container_of(l, Waiter, link);
+        if (o->barrier && view_eq(VIEW_STR(o->filter), f)) {
+            return;
+        }
+    }
+    Waiter *b = waiter_new(c, NULL, OP_SUBSCRIBE, f, timeout_ms);
+    if (!b) {
+        /* No barrier: the holder settles now, so a retained message may be missed, never
+         * delivered twice. */
+        router_settle(&c->d->router, f, &c->target);
+        return;
+    }
+    b->barrier = true;
+    if (session_barrier(c->d->broker.session, b) < 0) {
+        router_settle(&c->d->router, f, &c->target);
+        waiter_free(b);
+    }
+}
+
+/* Checks before a subscription is taken; answered when it may not be. */
+static bool may_subscribe(Client *c, Request *r, bool held)
+{
+    char why[200];
+    if (!permitted(c, r, ACL_SUBSCRIBE)) {
+        return false;
+    }
+    if (!held && c->n_subs >= MAX_SUBS_PER_CLIENT) {
+        ops_reply_error(c, r->id, IPC_BAD_REQUEST, "too many subscriptions on one connection (%d)",
+                        MAX_SUBS_PER_CLIENT);
+        return false;
+    }
+    if (!held && !access_uid_below_limit(c->d, c->uid, true, why, sizeof(why))) {
+        ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
+        return false;
+    }
+    if (c->n_waiters + 2 > MAX_WAITERS_PER_CLIENT) {
+        reply_no_waiter(c, r->id);
+        return false;
+    }
+    return true;
+}
+
 static void op_subscribe(Client *c, Request *r)
 {
     Daemon *d = c->d;
     View f = r->topic;
     ClientSub **slot = find_sub(c, f);
-    if (!permitted(c, r, ACL_SUBSCRIBE)) {
-        return;
-    }
-    char why[200];
-    if (!slot && c->n_subs >= MAX_SUBS_PER_CLIENT) {
-        ops_reply_error(c, r->id, IPC_BAD_REQUEST, "too many subscriptions on one connection (%d)",
-                        MAX_SUBS_PER_CLIENT);
-        return;
-    }
-    if (!slot && !access_uid_below_limit(d, c->uid, true, why, sizeof(why))) {
-        ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
+    if (!may_subscribe(c, r, slot != NULL)) {
         return;
     }
     ClientSub *sub = slot ? *slot : add_sub(c, f);
-    if (!sub) {
-        ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
-        return;
-    }
     bool b64 = r->encoding == ENC_BASE64;
-    int res = router_add(&d->router, f, &c->target, r->qos, b64);
+    int res = sub ? router_add(&d->router, f, &c->target, r->qos, b64) : -ENOMEM;
     if (res < 0) {
-        if (!slot) {
+        if (sub && !slot) {
             drop_sub(c, find_sub(c, f));
         }
         ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
@@ -295,25 +385,24 @@ static void op_subscribe(Client *c, Request *r)
     sub->qos = r->qos;
     sub->base64 = b64;
     RouterFilter *rf = router_filter(&d->router, f);
-    Session *s = d->broker.session;
+    assert(rf);
     /* The broker is asked again even when it already holds the filter: a SUBSCRIBE makes it
      * send the retained messages, which go to this (fresh) holder only. The barrier after it
      * says when they have all arrived. */
     bool immediate = rf->active && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
-    Waiter *w = NULL;
-    if (!immediate && !(w = waiter_new(c, r->id, OP_SUBSCRIBE, f, timeout_of(c, r)))) {
-        ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
-        return;
-    }
+    Waiter *w = immediate ? NULL : waiter_new(c, r->id, OP_SUBSCRIBE, f, timeout_of(c, r));
     if (w) {
         w->qos = r->qos;
     }
-    session_subscribe(s, f, rf->broker_qos, w, now_ms());
-    Waiter *b = waiter_new(c, NULL, OP_SUBSCRIBE, f, 0);
-    if (b) {
-        b->barrier = true;
-        session_barrier(s, b);
+    int e = immediate || w ? session_subscribe(d->broker.session, f, rf->broker_qos, w, now_ms())
+                           : -ENOMEM;
+    if (e < 0 && !immediate) {
+        waiter_free(w);
+        ops_subscription_refused(c, f); /* not asked for: not held */
+        ops_reply_error(c, r->id, IPC_INTERNAL, "cannot ask the broker: %s", strerror(-e));
+        return;
     }
+    add_barrier(c, f, timeout_of(c, r));
     if (immediate) {
         uint8_t granted = r->qos < rf->granted ? r->qos : rf->granted;
         ops_reply_ok(c, r->id, json_pack("{s:i}", "granted_qos", granted));
@@ -374,6 +463,18 @@ static void op_status(Client *c, Request *r)
         }
         json_object_set_new(st, "clients", list);
     }
+    json_object_set_new(st, "subscriptions_lost",
+                        json_integer((json_int_t)s->stats.subscriptions_lost));
+    json_object_set_new(st, "last_subscription_lost",
+                        d->lost_subscription[0] ? json_string(d->lost_subscription) : json_null());
+    if (d->spool) {
+        SpoolHealth h;
+        spool_health(d->spool, &h);
+        json_object_set_new(st, "spool_error",
+                            h.write_error ? json_string(strerror(h.write_error)) : json_null());
+        json_object_set_new(st, "spool_damaged_regions",
+                            json_integer((json_int_t)h.damaged_regions));
+    }
     TlsConn *tls = d->broker.tr.tls;
     if (tls && connected) {
         json_object_set_new(st, "tls_version", json_string(tls_version(tls)));
@@ -413,7 +514,13 @@ static void op_stats(Client *c, Request *r)
         (json_int_t)d->stats.messages_dropped, "duplicates_dropped",
         (json_int_t)t->duplicates_dropped, "clients_rejected",
         (json_int_t)d->stats.clients_rejected);
+    json_object_set_new(st, "subscriptions_lost", json_integer((json_int_t)t->subscriptions_lost));
     if (d->spool) {
+        SpoolHealth h;
+        spool_health(d->spool, &h);
+        json_object_set_new(st, "spool_damaged_regions",
+                            json_integer((json_int_t)h.damaged_regions));
+        json_object_set_new(st, "spool_damaged_bytes", json_integer((json_int_t)h.damaged_bytes));
         json_object_set_new(st, "spool_pending", json_integer((json_int_t)spool_pending(d->spool)));
         json_object_set_new(st, "spool_bytes",
                             json_integer((json_int_t)spool_disk_bytes(d->spool)));
@@ -496,6 +603,18 @@ void ops_handle_line(Client *c, View line)
     request_free(&req);
 }
 
+void ops_unsubscribed_event(Client *c, View filter, const char *reason)
+{
+    json_t *ev = json_pack("{s:s, s:s%, s:s}", "event", "unsubscribed", "filter",
+                           (const char *)filter.p, filter.n, "reason", reason);
+    buf_clear(&scratch);
+    if (write_json_line(&scratch, ev) < 0) {
+        client_close(c, "out of memory");
+        return;
+    }
+    client_send(c, buf_view(&scratch));
+}
+
 void ops_subscription_refused(Client *c, View filter)
 {
     ClientSub **slot = find_sub(c, filter);
@@ -522,7 +641,9 @@ void ops_client_gone(Client *c)
     while (!dlist_empty(&c->waiters)) {
         Waiter *w = container_of(c->waiters.next, Waiter, link);
         if (w->op == OP_PUBLISH) {
-            session_abandon(s, w->msg, false); /* still delivered; nobody to tell */
+            if (w->msg) {
+                session_abandon(s, w->msg, false); /* still delivered; nobody to tell */
+            }
         } else {
             session_forget_req(s, w);
         }

@@ -3,13 +3,32 @@
  * The durable spool: see spool.h.
  *
  * Layout: DIR/lock (flock'ed while a daemon owns the spool) and DIR/seg-<16 hex>.log. Every
- * open starts a new segment; a segment is closed at SEGMENT_MAX. A segment whose messages are
- * all acknowledged is deleted; at each rotation, old segments that are mostly dead have their
- * few pending messages copied forward (and made durable) before being deleted, so disk use
- * stays proportional to what is pending.
+ * open starts a new segment, and a segment is closed at segment_max (4 MiB). Each segment
+ * starts with a HEADER naming the format, the salt of its checksums and a snapshot of the
+ * held incoming QoS 2 ids, so the newest segment alone gives that set back, whatever was
+ * deleted before it. DIR/damaged-seg-<id>.log are segments recovery found damaged, kept for
+ * inspection and never read again.
  *
- * Durability marks: `appended` counts bytes written since open; the sync thread publishes
- * `synced`, the largest mark known to be on disk. Waits complete in mark order.
+ * Liveness: a segment is needed while it holds the ADD record of a pending message or the
+ * latest STATE record of one (Segment.live counts both). One that is needed by nothing is
+ * deleted; at each rotation, old segments that are mostly dead have what is live in them
+ * copied forward (an ADD with its send state after it) and made durable before they go, so
+ * disk use stays proportional to what is pending.
+ *
+ * Recovery reads every segment into memory, refuses a newer format before touching anything,
+ * then replays the records in segment order. A bad record followed by good ones is damage:
+ * the region is skipped and counted, the segment is copied forward and renamed aside once the
+ * new segment is durable. A bad record with nothing good after it is a torn tail (a write cut
+ * short): it is cut off.
+ *
+ * Writes: a record is written with one write(2) on the event loop thread; a failed write is
+ * undone with ftruncate (if even that fails the segment is retired and a new one is started
+ * at the next write), returns -errno and starts an "episode" logged once until a write works.
+ *
+ * Durability marks: `appended` counts bytes written since open. Sync jobs (fd, mark) go to
+ * the sync thread through a fixed ring; the loop thread takes their results back, resolves
+ * the waits they cover (with the fdatasync's error, if any), then runs the callbacks in mark
+ * order.
  */
 #include "spool.h"
 
@@ -22,7 +41,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hashmap.h"
@@ -32,46 +53,71 @@
 #define SEGMENT_MAX   (4u << 20)
 #define BATCH_RECORDS 256
 #define BATCH_SECONDS 0.005
+#define JOBS          64 /* sync jobs in flight; jobs for one fd merge, so this is plenty */
+#define PATH_LEN      4200
 
 typedef struct Segment {
     uint64_t id;
     uint64_t bytes, live_bytes;
-    size_t live;
+    size_t live;      /* pending messages' ADD records and latest STATE records in it */
+    uint32_t salt;    /* 0: format 1 */
+    bool damaged;     /* recovery skipped damage in it: set aside, not deleted */
+    bool torn;        /* recovery found a torn tail at torn_at */
+    uint64_t torn_at; /* (recovery only) */
 } Segment;
 
-typedef struct Live { /* where a pending message's ADD record is */
-    uint64_t seq, seg, off;
+typedef struct Live {       /* a pending message */
+    uint64_t seq, seg, off; /* where its ADD record is */
     uint32_t len;
+    uint8_t qos;
+    uint16_t packet_id;
+    bool pubrec;
+    uint64_t state_seg; /* segment of its latest STATE record; 0: none */
 } Live;
 
 typedef struct Job {
     int fd;
     bool close_fd;
     uint64_t mark;
+    int error; /* set by the sync thread */
 } Job;
+
+enum episode { EPISODE_NONE, EPISODE_WRITE, EPISODE_SYNC };
 
 struct Spool {
     struct ev_loop *loop;
     char *dir;
-    int lock_fd, fd;
+    int lock_fd, fd; /* fd: the current segment; -1: start a new one at the next write */
     enum fsync_mode mode;
+    uint64_t segment_max;
     Segment *segs; /* segs[n_segs - 1] is the one written */
     size_t n_segs, cap_segs;
     HashMap live; /* seq -> Live */
     uint64_t next_seq;
-    uint64_t appended, requested;
+    uint64_t appended;
     Buf rec;
     size_t unsynced_records;
-    SpoolWait waits; /* list head */
+    uint64_t held[SPOOL_HELD_WORDS]; /* incoming QoS 2 ids between PUBREC and PUBREL */
+    uint64_t *undone;                /* DONE records a failed write owes the log */
+    size_t n_undone, cap_undone;
+    SpoolHealth health;
+    enum episode episode;
+
+    SpoolWait waits;            /* list head, in mark order */
+    uint64_t synced, fail_mark; /* largest mark synced; of the last failed sync */
+    int fail_error;
+    bool completing;
     ev_async synced_async;
     ev_timer batch;
 
+    /* Shared with the sync thread, under mu: jobs[done..finished) have results for the loop,
+     * [finished..taken) are being synced, [taken..tail) wait for the thread. */
     pthread_t thread;
+    bool threaded;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    Job *jobs;
-    size_t n_jobs, cap_jobs;
-    uint64_t synced;
+    Job jobs[JOBS];
+    uint64_t j_done, j_finished, j_taken, j_tail;
     bool quit;
 };
 
@@ -95,80 +141,229 @@ static Segment *find_seg(Spool *s, uint64_t id)
     return NULL;
 }
 
-/* ---- the sync thread ---- */
+static Segment *cur_seg(Spool *s)
+{
+    return &s->segs[s->n_segs - 1];
+}
+
+static void seg_ref(Spool *s, uint64_t id, uint64_t bytes)
+{
+    Segment *sg = find_seg(s, id);
+    if (sg) {
+        sg->live++;
+        sg->live_bytes += bytes;
+    }
+}
+
+static void seg_unref(Spool *s, uint64_t id, uint64_t bytes)
+{
+    Segment *sg = find_seg(s, id);
+    if (sg) {
+        sg->live--;
+        sg->live_bytes -= bytes;
+    }
+}
+
+/* A message's ADD record is now at (seg, off). */
+static void move_add(Spool *s, Live *l, uint64_t seg, uint64_t off, uint32_t len)
+{
+    seg_ref(s, seg, len);
+    seg_unref(s, l->seg, l->len);
+    l->seg = seg;
+    l->off = off;
+    l->len = len;
+}
+
+/* A message's latest STATE record is now in `seg`. */
+static void move_state(Spool *s, Live *l, uint64_t seg, uint16_t packet_id, bool pubrec)
+{
+    seg_ref(s, seg, SPOOL_STATE_SIZE);
+    if (l->state_seg) {
+        seg_unref(s, l->state_seg, SPOOL_STATE_SIZE);
+    }
+    l->state_seg = seg;
+    l->packet_id = packet_id;
+    l->pubrec = pubrec;
+}
+
+static void forget(Spool *s, Live *l)
+{
+    seg_unref(s, l->seg, l->len);
+    if (l->state_seg) {
+        seg_unref(s, l->state_seg, SPOOL_STATE_SIZE);
+    }
+    free(l);
+}
+
+/* ---- write-failure episodes ---- */
+
+static int write_failed(Spool *s, int error)
+{
+    if (s->episode != EPISODE_WRITE) {
+        log_error("spool: cannot write to %s: %s; publishes that need the spool are refused "
+                  "until it can write again",
+                  s->dir, strerror(-error));
+        s->episode = EPISODE_WRITE;
+    }
+    s->health.write_error = -error;
+    return error;
+}
+
+static void write_worked(Spool *s)
+{
+    if (s->episode == EPISODE_WRITE) {
+        log_info("spool: writing to %s works again", s->dir);
+        s->episode = EPISODE_NONE;
+        s->health.write_error = 0;
+    }
+}
+
+static void sync_failed(Spool *s, int error)
+{
+    if (s->episode == EPISODE_NONE) {
+        log_error("spool: cannot sync %s to disk: %s; publishes waiting for it are answered "
+                  "with an error meanwhile",
+                  s->dir, strerror(-error));
+        s->episode = EPISODE_SYNC;
+    }
+    if (s->episode == EPISODE_SYNC) {
+        s->health.write_error = -error;
+    }
+}
+
+static void sync_worked(Spool *s)
+{
+    if (s->episode == EPISODE_SYNC) {
+        log_info("spool: syncing %s to disk works again", s->dir);
+        s->episode = EPISODE_NONE;
+        s->health.write_error = 0;
+    }
+}
+
+/* ---- the sync thread and the waits ---- */
 
 static void *sync_thread(void *arg)
 {
     Spool *s = arg;
+    Job batch[JOBS];
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->n_jobs && !s->quit) {
+        while (s->j_taken == s->j_tail && !s->quit) {
             pthread_cond_wait(&s->cv, &s->mu);
         }
-        if (!s->n_jobs && s->quit) {
+        if (s->j_taken == s->j_tail) {
             break;
         }
-        Job *jobs = s->jobs;
-        size_t n = s->n_jobs;
-        s->jobs = NULL;
-        s->n_jobs = s->cap_jobs = 0;
+        uint64_t from = s->j_taken, to = s->j_tail;
+        for (uint64_t i = from; i < to; i++) {
+            batch[i - from] = s->jobs[i % JOBS];
+        }
+        s->j_taken = to;
         pthread_mutex_unlock(&s->mu);
-        uint64_t mark = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (jobs[i].fd >= 0 && fdatasync(jobs[i].fd) < 0) {
-                log_error("spool: fdatasync: %s", strerror(errno));
+        for (size_t k = 0; k < to - from; k++) {
+            Job *j = &batch[k];
+            j->error = fdatasync(j->fd) < 0 ? -errno : 0;
+            if (j->close_fd && close(j->fd) < 0 && !j->error) {
+                j->error = -errno;
             }
-            if (jobs[i].close_fd) {
-                close(jobs[i].fd);
-            }
-            mark = jobs[i].mark > mark ? jobs[i].mark : mark;
         }
-        free(jobs);
         pthread_mutex_lock(&s->mu);
-        if (mark > s->synced) {
-            s->synced = mark;
+        for (uint64_t i = from; i < to; i++) {
+            s->jobs[i % JOBS].error = batch[i - from].error;
         }
+        s->j_finished = to;
+        pthread_cond_broadcast(&s->cv);
         ev_async_send(s->loop, &s->synced_async);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 
+/* Waits up to `mark` are settled, with `error`; their callbacks come from complete_waits. */
+static void resolve(Spool *s, uint64_t mark, int error)
+{
+    for (SpoolWait *w = s->waits.next; w != &s->waits && w->mark <= mark; w = w->next) {
+        if (!w->resolved) {
+            w->resolved = true;
+            w->error = error;
+        }
+    }
+    if (mark > s->synced) {
+        s->synced = mark;
+    }
+    if (error) {
+        s->fail_mark = mark;
+        s->fail_error = error;
+        sync_failed(s, error);
+    } else {
+        sync_worked(s);
+    }
+}
+
+/* Take the results of finished sync jobs back (no callbacks: safe anywhere). */
+static void take_results(Spool *s)
+{
+    if (!s->threaded) {
+        return;
+    }
+    Job done[JOBS];
+    size_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (; s->j_done < s->j_finished; s->j_done++) {
+        done[n++] = s->jobs[s->j_done % JOBS];
+    }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        resolve(s, done[i].mark, done[i].error);
+    }
+}
+
 static void push_job(Spool *s, int fd, bool close_fd)
 {
-    pthread_mutex_lock(&s->mu);
-    if (s->n_jobs == s->cap_jobs) {
-        size_t cap = s->cap_jobs ? s->cap_jobs * 2 : 8;
-        Job *j = realloc(s->jobs, cap * sizeof(*j));
-        if (!j) {
-            pthread_mutex_unlock(&s->mu);
-            fdatasync(fd); /* out of memory: do it here rather than not at all */
-            if (close_fd) {
-                close(fd);
-            }
-            return;
-        }
-        s->jobs = j;
-        s->cap_jobs = cap;
-    }
-    s->jobs[s->n_jobs++] = (Job){fd, close_fd, s->appended};
-    s->requested = s->appended;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
     s->unsynced_records = 0;
     ev_timer_stop(s->loop, &s->batch);
+    if (!s->threaded) {
+        if (close_fd && close(fd) < 0) {
+            log_warning("spool: closing a segment of %s: %s", s->dir, strerror(errno));
+        }
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    Job *last = s->j_tail > s->j_taken ? &s->jobs[(s->j_tail - 1) % JOBS] : NULL;
+    if (last && last->fd == fd && !last->close_fd) {
+        last->mark = s->appended; /* not taken yet: one fdatasync covers both */
+        last->close_fd = close_fd;
+    } else {
+        /* Full: 64 fds waiting for their sync. Wait for the disk: nothing else can go on. */
+        while (s->j_tail - s->j_done == JOBS) {
+            if (s->j_finished > s->j_done) {
+                pthread_mutex_unlock(&s->mu);
+                take_results(s);
+                pthread_mutex_lock(&s->mu);
+            } else {
+                pthread_cond_wait(&s->cv, &s->mu);
+            }
+        }
+        s->jobs[s->j_tail++ % JOBS] = (Job){fd, close_fd, s->appended, 0};
+    }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void complete_waits(Spool *s)
 {
-    pthread_mutex_lock(&s->mu);
-    uint64_t synced = s->synced;
-    pthread_mutex_unlock(&s->mu);
-    while (s->waits.next != &s->waits && s->waits.next->mark <= synced) {
+    take_results(s);
+    if (s->completing) {
+        return; /* a callback called back in: the loop below goes on */
+    }
+    s->completing = true;
+    while (s->waits.next != &s->waits && s->waits.next->resolved) {
         SpoolWait *w = s->waits.next;
         spool_wait_cancel(w);
-        w->cb(w->ud);
+        w->cb(w->ud, w->error);
     }
+    s->completing = false;
 }
 
 static void on_synced(struct ev_loop *loop, ev_async *w, int revents)
@@ -183,7 +378,35 @@ static void on_batch(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     Spool *s = (Spool *)((char *)w - offsetof(Spool, batch));
-    push_job(s, s->fd, false);
+    if (s->fd >= 0) {
+        push_job(s, s->fd, false);
+    }
+}
+
+/* After a record: sync per the fsync policy. */
+static void schedule_sync(Spool *s)
+{
+    if (s->mode == FSYNC_ALWAYS ||
+        (s->mode == FSYNC_BATCH && ++s->unsynced_records >= BATCH_RECORDS)) {
+        push_job(s, s->fd, false);
+    } else if (s->mode == FSYNC_BATCH && !ev_is_active(&s->batch)) {
+        ev_timer_set(&s->batch, BATCH_SECONDS, 0.0);
+        ev_timer_start(s->loop, &s->batch);
+    }
+}
+
+/* fdatasync of the current segment on this thread (compaction, recovery). */
+static int sync_now(Spool *s)
+{
+    if (s->mode == FSYNC_NEVER || s->fd < 0) {
+        return 0;
+    }
+    if (fdatasync(s->fd) < 0) {
+        int e = -errno;
+        sync_failed(s, e);
+        return e;
+    }
+    return 0;
 }
 
 /* ---- writing ---- */
@@ -198,12 +421,38 @@ static int write_all(int fd, const uint8_t *p, size_t n)
         if (w < 0) {
             return -errno;
         }
+        if (w == 0) {
+            return -EIO;
+        }
         p += w;
         n -= (size_t)w;
     }
     return 0;
 }
 
+static uint32_t new_salt(uint64_t id)
+{
+    uint32_t v;
+    if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        v = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec << 20 ^ (uint32_t)getpid() ^
+            (uint32_t)id * 2654435761u;
+    }
+    return v ? v : 1;
+}
+
+/* The current segment's fd is not to be written again: synced (if need be) and closed. */
+static void retire_fd(Spool *s)
+{
+    int fd = s->fd;
+    s->fd = -1;
+    if (fd >= 0) {
+        push_job(s, fd, true);
+    }
+}
+
+/* Start segment n+1 with its header. The old one is synced, then closed, by the thread. */
 static int open_segment(Spool *s)
 {
     uint64_t id = s->n_segs ? s->segs[s->n_segs - 1].id + 1 : 1;
@@ -216,76 +465,212 @@ static int open_segment(Spool *s)
         s->segs = n;
         s->cap_segs = cap;
     }
-    char path[4200];
+    char path[PATH_LEN];
     seg_path(s, id, path, sizeof(path));
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0) {
-        int e = errno;
-        log_error("spool: cannot create %s: %s", path, strerror(e));
-        return -e;
+        return -errno;
     }
-    if (s->fd >= 0) {
-        if (s->mode == FSYNC_NEVER) {
-            close(s->fd);
-        } else {
-            push_job(s, s->fd, true); /* synced, then closed, by the thread */
+    uint32_t salt = new_salt(id);
+    buf_clear(&s->rec);
+    int r = spool_record_header(&s->rec, salt, s->held);
+    if (r == 0) {
+        r = write_all(fd, s->rec.data, s->rec.len);
+    }
+    if (r < 0) {
+        close(fd);
+        if (unlink(path) < 0) {
+            log_warning("spool: cannot delete %s: %s", path, strerror(errno));
         }
+        return r;
     }
+    retire_fd(s);
     s->fd = fd;
-    s->segs[s->n_segs++] = (Segment){.id = id};
+    s->segs[s->n_segs++] = (Segment){.id = id, .bytes = s->rec.len, .salt = salt};
+    s->appended += s->rec.len;
     return 0;
 }
 
-static void delete_segment(Spool *s, Segment *seg)
-{
-    char path[4200];
-    seg_path(s, seg->id, path, sizeof(path));
-    if (unlink(path) < 0) {
-        log_warning("spool: cannot delete %s: %s", path, strerror(errno));
-    }
-    size_t i = (size_t)(seg - s->segs);
-    memmove(seg, seg + 1, (s->n_segs - i - 1) * sizeof(*seg));
-    s->n_segs--;
-}
-
-/* Append the record in s->rec to the current segment. */
+/* Append the record in s->rec to the current segment. A failed write leaves the segment as
+ * it was (or, when it cannot be cut back, retired). */
 static int append(Spool *s, uint64_t *ret_off)
 {
-    Segment *cur = &s->segs[s->n_segs - 1];
+    if (s->fd < 0) {
+        return -EBADF;
+    }
+    Segment *cur = cur_seg(s);
     int r = write_all(s->fd, s->rec.data, s->rec.len);
     if (r < 0) {
-        log_error("spool: write to segment %" PRIx64 ": %s", cur->id, strerror(-r));
-        return r;
+        if (ftruncate(s->fd, (off_t)cur->bytes) < 0) {
+            char path[PATH_LEN];
+            seg_path(s, cur->id, path, sizeof(path));
+            log_error("spool: cannot cut %s back to %" PRIu64 " bytes after a failed write (%s); "
+                      "the next write starts a new segment",
+                      path, cur->bytes, strerror(errno));
+            retire_fd(s);
+        }
+        return write_failed(s, r);
     }
+    write_worked(s);
     *ret_off = cur->bytes;
     cur->bytes += s->rec.len;
     s->appended += s->rec.len;
     return 0;
 }
 
-static void track(Spool *s, uint64_t seq, uint64_t seg, uint64_t off, uint32_t len)
+/* Write the current send state of `l` into the current segment. */
+static int put_state(Spool *s, Live *l, uint16_t packet_id, bool pubrec)
 {
-    Live *l = malloc(sizeof(*l));
-    if (!l) {
-        return; /* not deleted until the next start: safe, just bigger */
+    buf_clear(&s->rec);
+    uint64_t off;
+    int r = spool_record_state(&s->rec, cur_seg(s)->salt, l->seq, packet_id, pubrec);
+    if (r < 0 || (r = append(s, &off)) < 0) {
+        return r;
     }
-    *l = (Live){seq, seg, off, len};
-    Live *old = hashmap_get(&s->live, seq_key(&l->seq));
-    if (old) {
-        Segment *os = find_seg(s, old->seg);
-        if (os) {
-            os->live--;
-            os->live_bytes -= old->len;
-        }
-        free(old);
-    }
-    hashmap_put(&s->live, seq_key(&l->seq), l);
-    Segment *sg = find_seg(s, seg);
-    sg->live++;
-    sg->live_bytes += len;
+    move_state(s, l, cur_seg(s)->id, packet_id, pubrec);
+    return 0;
 }
 
-/* Copy the pending messages of mostly-dead old segments forward, then delete them. */
+/* Copy a pending message's ADD record from `fd` (its segment, checksummed with `salt`) into
+ * the current segment, checking that it still reads back. */
+static int copy_add(Spool *s, int fd, uint32_t salt, Live *l)
+{
+    buf_clear(&s->rec);
+    int r = buf_reserve(&s->rec, l->len);
+    if (r < 0) {
+        return r;
+    }
+    ssize_t n = pread(fd, s->rec.data, l->len, (off_t)l->off);
+    if (n != (ssize_t)l->len) {
+        return n < 0 ? -errno : -EIO;
+    }
+    SpoolRecord rec;
+    if (spool_record_parse(VIEW(s->rec.data, l->len), salt, &rec) != 1 || rec.type != SPOOL_ADD ||
+        rec.seq != l->seq) {
+        log_error("spool: message %" PRIu64 " no longer reads back from segment %" PRIx64
+                  " (damaged since it was written?); left where it is",
+                  l->seq, l->seg);
+        return -EBADMSG;
+    }
+    spool_record_reseal(s->rec.data, l->len, cur_seg(s)->salt);
+    s->rec.len = l->len;
+    uint64_t off;
+    if ((r = append(s, &off)) < 0) {
+        return r;
+    }
+    move_add(s, l, cur_seg(s)->id, off, l->len);
+    return 0;
+}
+
+/* The pending messages with something in segment `id` (collected first: copying changes the
+ * map). */
+static int collect(Spool *s, uint64_t id, Live ***ret, size_t *ret_n)
+{
+    Live **mine = NULL;
+    size_t n = 0;
+    HashIter it;
+    void *v;
+    hashmap_iter(&s->live, &it);
+    while (hashmap_iter_next(&it, &v)) {
+        Live *l = v;
+        if (l->seg != id && l->state_seg != id) {
+            continue;
+        }
+        Live **m = realloc(mine, (n + 1) * sizeof(*m));
+        if (!m) {
+            free(mine);
+            return -ENOMEM;
+        }
+        mine = m;
+        mine[n++] = l;
+    }
+    *ret = mine;
+    *ret_n = n;
+    return 0;
+}
+
+/* Copy what is live in segment `id` into the current one: ADD records, each followed by its
+ * send state, and the latest STATE records of messages whose ADD is elsewhere. */
+static int copy_forward(Spool *s, uint64_t id)
+{
+    Segment *seg = find_seg(s, id);
+    char path[PATH_LEN];
+    seg_path(s, id, path, sizeof(path));
+    uint32_t salt = seg->salt;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = -errno;
+        log_error("spool: cannot read %s: %s", path, strerror(-e));
+        return e;
+    }
+    Live **mine = NULL;
+    size_t n = 0;
+    int r = collect(s, id, &mine, &n);
+    for (size_t k = 0; r == 0 && k < n; k++) {
+        Live *l = mine[k];
+        bool add_here = l->seg == id;
+        if (add_here) {
+            r = copy_add(s, fd, salt, l);
+        }
+        if (r == 0 && l->packet_id && (add_here || l->state_seg == id)) {
+            r = put_state(s, l, l->packet_id, l->pubrec);
+        }
+    }
+    free(mine);
+    close(fd);
+    return r;
+}
+
+static int set_aside(Spool *s, const Segment *seg)
+{
+    char from[PATH_LEN], to[PATH_LEN + 16];
+    seg_path(s, seg->id, from, sizeof(from));
+    for (int n = 0; n < 1000; n++) {
+        if (n) {
+            snprintf(to, sizeof(to), "%s/damaged-seg-%016" PRIx64 ".%d.log", s->dir, seg->id, n);
+        } else {
+            snprintf(to, sizeof(to), "%s/damaged-seg-%016" PRIx64 ".log", s->dir, seg->id);
+        }
+        if (access(to, F_OK) < 0 && errno == ENOENT) {
+            break;
+        }
+    }
+    if (rename(from, to) < 0) {
+        int e = -errno;
+        log_error("spool: cannot rename %s to %s: %s", from, to, strerror(-e));
+        return e;
+    }
+    log_warning("spool: %s had damage: its readable pending messages were copied forward, and "
+                "the file is kept as %s for inspection",
+                from, to);
+    return 0;
+}
+
+/* Delete (or, when damaged, set aside) every old segment nothing pending needs. */
+static void sweep(Spool *s)
+{
+    for (size_t i = 0; i + 1 < s->n_segs;) {
+        Segment *seg = &s->segs[i];
+        if (seg->live) {
+            i++;
+            continue;
+        }
+        if (seg->damaged) {
+            set_aside(s, seg);
+        } else {
+            char path[PATH_LEN];
+            seg_path(s, seg->id, path, sizeof(path));
+            if (unlink(path) < 0) {
+                log_warning("spool: cannot delete %s: %s", path, strerror(errno));
+            }
+        }
+        memmove(seg, seg + 1, (s->n_segs - i - 1) * sizeof(*seg));
+        s->n_segs--;
+    }
+}
+
+/* Copy the live records of mostly-dead old segments forward, make the copies durable, then
+ * let the originals go. */
 static void compact(Spool *s)
 {
     bool copied = false;
@@ -294,89 +679,93 @@ static void compact(Spool *s)
         if (seg->live == 0 || seg->live_bytes * 4 >= seg->bytes) {
             continue;
         }
-        char path[4200];
-        seg_path(s, seg->id, path, sizeof(path));
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            continue;
-        }
-        uint64_t id = seg->id;
-        bool ok = true;
-        /* This segment's pending records (collected first: copying changes the map). */
-        Live **mine = NULL;
-        size_t n = 0;
-        HashIter it;
-        void *v;
-        hashmap_iter(&s->live, &it);
-        while (ok && hashmap_iter_next(&it, &v)) {
-            Live *l = v;
-            if (l->seg != id) {
-                continue;
-            }
-            Live **m = realloc(mine, (n + 1) * sizeof(*m));
-            ok = m != NULL;
-            if (ok) {
-                mine = m;
-                mine[n++] = l;
-            }
-        }
-        for (size_t k = 0; ok && k < n; k++) {
-            buf_clear(&s->rec);
-            ok = buf_reserve(&s->rec, mine[k]->len) == 0 &&
-                 pread(fd, s->rec.data, mine[k]->len, (off_t)mine[k]->off) == mine[k]->len;
-            if (ok) {
-                s->rec.len = mine[k]->len;
-                uint64_t off;
-                ok = append(s, &off) == 0;
-                if (ok) {
-                    track(s, mine[k]->seq, s->segs[s->n_segs - 1].id, off, mine[k]->len);
-                }
-            }
-        }
-        free(mine);
-        close(fd);
-        copied |= ok;
-    }
-    if (copied && s->mode != FSYNC_NEVER) {
-        fdatasync(s->fd); /* the copies are durable before the originals go */
-    }
-    for (size_t i = 0; i + 1 < s->n_segs;) {
-        if (s->segs[i].live == 0) {
-            delete_segment(s, &s->segs[i]);
-        } else {
-            i++;
+        copied = true;
+        if (copy_forward(s, seg->id) < 0) {
+            break; /* what was not copied stays where it is */
         }
     }
+    if (copied && sync_now(s) < 0) {
+        return; /* the originals stay until the copies are known to be on disk */
+    }
+    sweep(s);
+}
+
+/* Ready to append: a new segment when the current one is full (then compaction) or retired;
+ * DONE records owed by earlier failures first. */
+static int writable(Spool *s, bool rotate)
+{
+    bool full = rotate && cur_seg(s)->bytes >= s->segment_max;
+    if (s->fd < 0 || full) {
+        int r = open_segment(s);
+        if (r < 0) {
+            return r == -ENOMEM ? r : write_failed(s, r);
+        }
+        if (full) {
+            compact(s);
+        }
+    }
+    while (s->n_undone) {
+        buf_clear(&s->rec);
+        uint64_t off;
+        if (spool_record_done(&s->rec, cur_seg(s)->salt, s->undone[s->n_undone - 1]) < 0 ||
+            append(s, &off) < 0) {
+            break;
+        }
+        s->n_undone--;
+    }
+    return 0;
 }
 
 int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint64_t *ret_seq,
               uint64_t *ret_mark)
 {
-    if (s->segs[s->n_segs - 1].bytes >= SEGMENT_MAX) {
-        int r = open_segment(s);
-        if (r < 0) {
-            return r;
-        }
-        compact(s);
-    }
-    uint64_t seq = s->next_seq++;
-    buf_clear(&s->rec);
-    int r = spool_record_add(&s->rec, seq, qos, retain, topic, payload);
-    uint64_t off;
-    if (r < 0 || (r = append(s, &off)) < 0) {
+    int r = writable(s, true);
+    if (r < 0) {
         return r;
     }
-    track(s, seq, s->segs[s->n_segs - 1].id, off, (uint32_t)s->rec.len);
-    *ret_seq = seq;
-    *ret_mark = s->appended;
-    if (s->mode == FSYNC_ALWAYS ||
-        (s->mode == FSYNC_BATCH && ++s->unsynced_records >= BATCH_RECORDS)) {
-        push_job(s, s->fd, false);
-    } else if (s->mode == FSYNC_BATCH && !ev_is_active(&s->batch)) {
-        ev_timer_set(&s->batch, BATCH_SECONDS, 0.0);
-        ev_timer_start(s->loop, &s->batch);
+    Live *l = calloc(1, sizeof(*l));
+    if (!l) {
+        return -ENOMEM;
     }
+    *l = (Live){.seq = s->next_seq, .qos = qos};
+    buf_clear(&s->rec);
+    r = spool_record_add(&s->rec, cur_seg(s)->salt, l->seq, qos, retain, topic, payload);
+    if (r == 0) {
+        r = hashmap_put(&s->live, seq_key(&l->seq), l);
+    }
+    if (r < 0) {
+        free(l);
+        return r;
+    }
+    uint64_t off;
+    if ((r = append(s, &off)) < 0) {
+        hashmap_remove(&s->live, seq_key(&l->seq));
+        free(l);
+        return r;
+    }
+    s->next_seq++;
+    l->seg = cur_seg(s)->id;
+    l->off = off;
+    l->len = (uint32_t)s->rec.len;
+    seg_ref(s, l->seg, l->len);
+    *ret_seq = l->seq;
+    *ret_mark = s->appended;
+    schedule_sync(s);
     return 0;
+}
+
+static void owe_done(Spool *s, uint64_t seq)
+{
+    if (s->n_undone == s->cap_undone) {
+        size_t cap = s->cap_undone ? s->cap_undone * 2 : 16;
+        uint64_t *n = realloc(s->undone, cap * sizeof(*n));
+        if (!n) {
+            return; /* the message may come back after a restart: at least once */
+        }
+        s->undone = n;
+        s->cap_undone = cap;
+    }
+    s->undone[s->n_undone++] = seq;
 }
 
 void spool_done(Spool *s, uint64_t seq)
@@ -385,20 +774,111 @@ void spool_done(Spool *s, uint64_t seq)
     if (!l) {
         return;
     }
-    Segment *seg = find_seg(s, l->seg);
-    if (seg) {
-        seg->live--;
-        seg->live_bytes -= l->len;
+    /* Not synced: if lost, the message is sent again (at least once). */
+    int r = writable(s, false);
+    if (r == 0) {
+        buf_clear(&s->rec);
+        uint64_t off;
+        if ((r = spool_record_done(&s->rec, cur_seg(s)->salt, seq)) == 0) {
+            r = append(s, &off);
+        }
     }
-    free(l);
+    if (r < 0) {
+        owe_done(s, seq);
+    }
+    forget(s, l);
+    sweep(s);
+}
+
+static int write_state(Spool *s, Live *l, uint16_t packet_id, bool pubrec)
+{
+    int r = writable(s, false);
+    if (r < 0 || (r = put_state(s, l, packet_id, pubrec)) < 0) {
+        return r;
+    }
+    schedule_sync(s);
+    sweep(s);
+    return 0;
+}
+
+int spool_sent(Spool *s, uint64_t seq, uint16_t packet_id)
+{
+    Live *l = hashmap_get(&s->live, seq_key(&seq));
+    if (!l) {
+        return -ENOENT;
+    }
+    if (!packet_id) {
+        return -EINVAL;
+    }
+    if (l->packet_id == packet_id && !l->pubrec) {
+        return 0;
+    }
+    return write_state(s, l, packet_id, false);
+}
+
+int spool_pubrec(Spool *s, uint64_t seq)
+{
+    Live *l = hashmap_get(&s->live, seq_key(&seq));
+    if (!l) {
+        return -ENOENT;
+    }
+    if (l->qos != 2 || !l->packet_id) {
+        return -EINVAL;
+    }
+    return l->pubrec ? 0 : write_state(s, l, l->packet_id, true);
+}
+
+int spool_incoming(Spool *s, uint16_t packet_id, bool held)
+{
+    if (!packet_id) {
+        return -EINVAL;
+    }
+    uint64_t bit = 1ull << (packet_id % 64), *word = &s->held[packet_id / 64];
+    if (!!(*word & bit) == held) {
+        return 0;
+    }
+    int r = writable(s, false);
+    if (r < 0) {
+        return r;
+    }
     buf_clear(&s->rec);
     uint64_t off;
-    if (spool_record_done(&s->rec, seq) == 0) {
-        append(s, &off); /* not synced: if lost, the message is sent again (at least once) */
+    if ((r = spool_record_incoming(&s->rec, cur_seg(s)->salt, packet_id, held)) < 0 ||
+        (r = append(s, &off)) < 0) {
+        return r;
     }
-    if (seg && seg->live == 0 && seg != &s->segs[s->n_segs - 1]) {
-        delete_segment(s, seg);
+    *word = held ? *word | bit : *word & ~bit;
+    schedule_sync(s);
+    return 0;
+}
+
+int spool_incoming_clear(Spool *s)
+{
+    bool any = false;
+    for (size_t i = 0; i < SPOOL_HELD_WORDS && !any; i++) {
+        any = s->held[i] != 0;
     }
+    if (!any) {
+        return 0;
+    }
+    int r = writable(s, false);
+    if (r < 0) {
+        return r;
+    }
+    buf_clear(&s->rec);
+    uint64_t off;
+    if ((r = spool_record_incoming_clear(&s->rec, cur_seg(s)->salt)) < 0 ||
+        (r = append(s, &off)) < 0) {
+        return r;
+    }
+    memset(s->held, 0, sizeof(s->held));
+    schedule_sync(s);
+    return 0;
+}
+
+const uint64_t *spool_incoming_held(const Spool *s)
+{
+    return s->held;
 }
 
 void spool_wait(Spool *s, SpoolWait *w, uint64_t mark, spool_durable_cb cb, void *ud)
@@ -406,15 +886,21 @@ void spool_wait(Spool *s, SpoolWait *w, uint64_t mark, spool_durable_cb cb, void
     w->mark = mark;
     w->cb = cb;
     w->ud = ud;
+    w->error = 0;
+    w->resolved = false;
     if (s->mode == FSYNC_NEVER) {
         w->prev = w->next = w;
-        cb(ud);
+        cb(ud, 0);
         return;
     }
     w->prev = s->waits.prev;
     w->next = &s->waits;
     s->waits.prev->next = w;
     s->waits.prev = w;
+    if (mark <= s->synced) {
+        w->resolved = true;
+        w->error = mark <= s->fail_mark ? s->fail_error : 0;
+    }
     complete_waits(s);
 }
 
@@ -441,16 +927,21 @@ uint64_t spool_disk_bytes(const Spool *s)
     return n;
 }
 
+void spool_health(const Spool *s, SpoolHealth *ret)
+{
+    *ret = s->health;
+}
+
+void spool_set_segment_max(Spool *s, uint64_t bytes)
+{
+    s->segment_max = bytes;
+}
+
 /* ---- recovery ---- */
 
-typedef struct Found {
-    uint64_t seq;
-    SpoolRecord rec;
-} Found;
-
-static int cmp_found(const void *a, const void *b)
+static int cmp_live(const void *a, const void *b)
 {
-    uint64_t x = ((const Found *)a)->seq, y = ((const Found *)b)->seq;
+    uint64_t x = (*(Live *const *)a)->seq, y = (*(Live *const *)b)->seq;
     return x < y ? -1 : x > y;
 }
 
@@ -486,135 +977,345 @@ static int read_file(const char *path, Buf *out)
     return r;
 }
 
-static int recover(Spool *s, spool_recovered_cb each, void *ud)
+/* The ids of DIR/seg-<16 hex>.log, ascending. */
+static int list_segments(const char *dir, uint64_t **ret_ids, size_t *ret_n)
 {
-    DIR *dir = opendir(s->dir);
-    if (!dir) {
+    DIR *d = opendir(dir);
+    if (!d) {
         return -errno;
     }
     uint64_t *ids = NULL;
-    size_t n_ids = 0;
+    size_t n = 0;
+    int r = 0;
     struct dirent *de;
-    while ((de = readdir(dir))) {
-        uint64_t id;
-        char tail;
-        if (sscanf(de->d_name, "seg-%16" SCNx64 ".lo%c", &id, &tail) == 2 && tail == 'g') {
-            uint64_t *n = realloc(ids, (n_ids + 1) * sizeof(*n));
-            if (!n) {
-                break;
-            }
-            ids = n;
-            ids[n_ids++] = id;
+    while (r == 0 && (de = readdir(d))) {
+        const char *name = de->d_name;
+        if (strlen(name) != 24 || strncmp(name, "seg-", 4) || strcmp(name + 20, ".log") ||
+            strspn(name + 4, "0123456789abcdef") != 16) {
+            continue;
         }
-    }
-    closedir(dir);
-    if (n_ids) {
-        qsort(ids, n_ids, sizeof(*ids), cmp_u64);
-    }
-
-    Buf *files = calloc(n_ids ? n_ids : 1, sizeof(*files));
-    int r = files ? 0 : -ENOMEM;
-    for (size_t i = 0; r == 0 && i < n_ids; i++) {
-        char path[4200];
-        seg_path(s, ids[i], path, sizeof(path));
-        if ((r = read_file(path, &files[i])) < 0) {
-            log_error("spool: cannot read %s: %s", path, strerror(-r));
+        uint64_t *m = realloc(ids, (n + 1) * sizeof(*m));
+        if (!m) {
+            r = -ENOMEM;
             break;
         }
-        if (s->n_segs == s->cap_segs) {
-            size_t cap = s->cap_segs ? s->cap_segs * 2 : 8;
-            Segment *sg = realloc(s->segs, cap * sizeof(*sg));
-            if (!sg) {
-                r = -ENOMEM;
-                break;
-            }
-            s->segs = sg;
-            s->cap_segs = cap;
+        ids = m;
+        ids[n++] = strtoull(name + 4, NULL, 16);
+    }
+    closedir(d);
+    if (r < 0) {
+        free(ids);
+        return r;
+    }
+    if (n) {
+        qsort(ids, n, sizeof(*ids), cmp_u64);
+    }
+    *ret_ids = ids;
+    *ret_n = n;
+    return 0;
+}
+
+/* An ADD record read back: a new pending message, or one copied forward (its state stays). */
+static int recover_add(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
+{
+    Live *l = hashmap_get(&s->live, seq_key(&rec->seq));
+    if (l) {
+        move_add(s, l, seg, off, (uint32_t)rec->size);
+        return 0;
+    }
+    if (!(l = calloc(1, sizeof(*l)))) {
+        return -ENOMEM;
+    }
+    *l = (Live){
+        .seq = rec->seq, .seg = seg, .off = off, .len = (uint32_t)rec->size, .qos = rec->qos};
+    int r = hashmap_put(&s->live, seq_key(&l->seq), l);
+    if (r < 0) {
+        free(l);
+        return r;
+    }
+    seg_ref(s, seg, l->len);
+    if (rec->seq >= s->next_seq) {
+        s->next_seq = rec->seq + 1;
+    }
+    return 0;
+}
+
+static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
+{
+    Live *l;
+    switch (rec->type) {
+    case SPOOL_HEADER:
+        spool_record_held(rec, s->held); /* the set when this segment was started */
+        break;
+    case SPOOL_ADD:
+        return recover_add(s, seg, rec, off);
+    case SPOOL_DONE:
+        if ((l = hashmap_remove(&s->live, seq_key(&rec->seq)))) {
+            forget(s, l);
         }
-        s->segs[s->n_segs++] = (Segment){.id = ids[i], .bytes = files[i].len};
-        View rest = buf_view(&files[i]);
-        size_t off = 0;
-        SpoolRecord rec;
-        int p;
-        while ((p = spool_record_parse(VIEW(rest.p + off, rest.n - off), &rec)) == 1) {
-            if (rec.type == SPOOL_ADD) {
-                track(s, rec.seq, ids[i], off, (uint32_t)rec.size);
-            } else {
-                Live *l = hashmap_remove(&s->live, seq_key(&rec.seq));
-                if (l) {
-                    Segment *sg = find_seg(s, l->seg);
-                    sg->live--;
-                    sg->live_bytes -= l->len;
-                    free(l);
-                }
-            }
-            if (rec.seq >= s->next_seq) {
-                s->next_seq = rec.seq + 1;
-            }
-            off += rec.size;
+        break;
+    case SPOOL_STATE:
+        if ((l = hashmap_get(&s->live, seq_key(&rec->seq)))) {
+            move_state(s, l, seg, rec->packet_id, rec->pubrec);
         }
-        if (off < rest.n) {
-            log_warning("spool: %s: dropped a torn tail of %zu bytes (%s); %zu bytes of good "
-                        "records kept",
-                        path, rest.n - off, p == 0 ? "incomplete record" : "bad checksum", off);
-            if (truncate(path, (off_t)off) < 0) {
-                log_warning("spool: cannot truncate %s: %s", path, strerror(errno));
-            }
-            s->segs[s->n_segs - 1].bytes = off;
+        break;
+    case SPOOL_INCOMING:
+        if (rec->held) {
+            s->held[rec->packet_id / 64] |= 1ull << (rec->packet_id % 64);
+        } else {
+            s->held[rec->packet_id / 64] &= ~(1ull << (rec->packet_id % 64));
+        }
+        break;
+    case SPOOL_INCOMING_CLEAR:
+        memset(s->held, 0, sizeof(s->held));
+        break;
+    }
+    return 0;
+}
+
+/* Log a damaged region, with the ADD records missing around it (best effort: a region can
+ * also hold DONE or STATE records, which leave no gap). */
+static void report_damage(Spool *s, const char *path, const SpoolReader *rd, size_t off, size_t len,
+                          uint64_t top_add)
+{
+    SpoolReader peek = *rd;
+    SpoolRecord rec;
+    size_t o, n;
+    int k;
+    uint64_t next_add = 0;
+    while (!next_add && (k = spool_reader_next(&peek, &rec, &o, &n)) != SPOOL_READ_END) {
+        if (k == SPOOL_READ_RECORD && rec.type == SPOOL_ADD && rec.seq > top_add) {
+            next_add = rec.seq;
         }
     }
-    /* Hand the pending messages back in their original order. */
-    size_t n = s->live.count, k = 0;
-    Found *found = r == 0 ? calloc(n ? n : 1, sizeof(*found)) : NULL;
-    if (r == 0 && !found) {
-        r = -ENOMEM;
+    s->health.damaged_regions++;
+    s->health.damaged_bytes += len;
+    uint64_t lost = top_add && next_add > top_add + 1 ? next_add - top_add - 1 : 0;
+    if (lost == 1) {
+        log_error("spool: %s: damaged region at offset %zu (%zu bytes) skipped: at least 1 "
+                  "record lost (message seq %" PRIu64 "); the records after it are kept",
+                  path, off, len, top_add + 1);
+    } else if (lost) {
+        log_error("spool: %s: damaged region at offset %zu (%zu bytes) skipped: at least %" PRIu64
+                  " records lost (messages seq %" PRIu64 " to %" PRIu64
+                  "); the records after it are kept",
+                  path, off, len, lost, top_add + 1, next_add - 1);
+    } else {
+        log_error("spool: %s: damaged region at offset %zu (%zu bytes) skipped: at least 1 "
+                  "record lost; the records after it are kept",
+                  path, off, len);
+    }
+}
+
+/* Replay one segment's records. */
+static int scan_segment(Spool *s, size_t i, View data, const char *path)
+{
+    SpoolReader rd;
+    if (spool_reader_init(&rd, data) < 0) {
+        return -EPROTONOSUPPORT; /* checked before */
+    }
+    SpoolRecord rec;
+    size_t off, len;
+    int k;
+    uint64_t top_add = 0;
+    while ((k = spool_reader_next(&rd, &rec, &off, &len)) != SPOOL_READ_END) {
+        Segment *seg = &s->segs[i];
+        if (k == SPOOL_READ_RECORD) {
+            int r = apply(s, seg->id, &rec, off);
+            if (r < 0) {
+                return r;
+            }
+            if (rec.type == SPOOL_ADD && rec.seq > top_add) {
+                top_add = rec.seq;
+            }
+        } else if (k == SPOOL_READ_DAMAGED || (off == 0 && rd.version >= 2)) {
+            /* A format 2 segment whose header is unreadable is set aside, never truncated. */
+            report_damage(s, path, &rd, off, len, top_add);
+            seg->damaged = true;
+        } else {
+            seg->torn = true;
+            seg->torn_at = off;
+            s->health.torn_bytes += len;
+        }
+    }
+    s->segs[i].salt = rd.salt;
+    return 0;
+}
+
+/* Hand the pending messages back in their original order. */
+static int hand_back(Spool *s, const Buf *files, spool_recovered_cb each, void *ud)
+{
+    size_t n = 0;
+    Live **all = calloc(s->live.count ? s->live.count : 1, sizeof(*all));
+    if (!all) {
+        return -ENOMEM;
     }
     HashIter it;
     void *v;
     hashmap_iter(&s->live, &it);
-    while (r == 0 && hashmap_iter_next(&it, &v)) {
-        Live *l = v;
-        size_t fi = 0;
-        while (ids[fi] != l->seg) {
-            fi++;
+    while (hashmap_iter_next(&it, &v)) {
+        all[n++] = v;
+    }
+    if (n) {
+        qsort(all, n, sizeof(*all), cmp_live);
+    }
+    for (size_t i = 0; i < n; i++) {
+        Live *l = all[i];
+        const Segment *seg = find_seg(s, l->seg);
+        SpoolRecord rec;
+        if (spool_record_parse(VIEW(files[seg - s->segs].data + l->off, l->len), seg->salt, &rec) !=
+            1) {
+            continue; /* read back once already: cannot happen */
         }
-        spool_record_parse(VIEW(files[fi].data + l->off, l->len), &found[k].rec);
-        found[k++].seq = l->seq;
+        SpoolMessage m = {.seq = l->seq,
+                          .qos = rec.qos,
+                          .retain = rec.retain,
+                          .topic = rec.topic,
+                          .payload = rec.payload,
+                          .packet_id = l->packet_id,
+                          .pubrec = l->pubrec};
+        each(ud, &m);
+    }
+    free(all);
+    return 0;
+}
+
+/* Cut off the torn tails found (not in damaged segments: those are set aside whole). */
+static void cut_torn_tails(Spool *s)
+{
+    for (size_t i = 0; i < s->n_segs; i++) {
+        Segment *seg = &s->segs[i];
+        if (!seg->torn || seg->damaged) {
+            continue;
+        }
+        char path[PATH_LEN];
+        seg_path(s, seg->id, path, sizeof(path));
+        log_warning("spool: %s: dropped a torn tail of %" PRIu64 " bytes at offset %" PRIu64
+                    " (a write cut short: nothing valid follows); the records before it are "
+                    "kept",
+                    path, seg->bytes - seg->torn_at, seg->torn_at);
+        if (truncate(path, (off_t)seg->torn_at) < 0) {
+            log_warning("spool: cannot truncate %s: %s", path, strerror(errno));
+        }
+        seg->bytes = seg->torn_at;
+    }
+}
+
+/* Read every segment into memory and refuse a newer format before anything else. */
+static int load(Spool *s, const uint64_t *ids, size_t n, Buf *files)
+{
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_LEN];
+        seg_path(s, ids[i], path, sizeof(path));
+        int r = read_file(path, &files[i]);
+        if (r < 0) {
+            log_error("spool: cannot read %s: %s", path, strerror(-r));
+            return r;
+        }
+        SpoolReader rd;
+        if (spool_reader_init(&rd, buf_view(&files[i])) < 0) {
+            log_error("spool: %s was written by a newer mqttbridged (spool format %" PRIu32
+                      "); this version reads formats 1 and %d: refusing to start rather than "
+                      "misread it",
+                      path, rd.version, SPOOL_FORMAT);
+            return -EPROTONOSUPPORT;
+        }
+    }
+    return 0;
+}
+
+static int recover(Spool *s, spool_recovered_cb each, void *ud)
+{
+    uint64_t *ids = NULL;
+    size_t n_ids = 0;
+    int r = list_segments(s->dir, &ids, &n_ids);
+    if (r < 0) {
+        log_error("spool: cannot list %s: %s", s->dir, strerror(-r));
+        return r;
+    }
+    Buf *files = calloc(n_ids ? n_ids : 1, sizeof(*files));
+    Segment *segs = calloc(n_ids ? n_ids : 1, sizeof(*segs));
+    r = files && segs ? load(s, ids, n_ids, files) : -ENOMEM;
+    if (r == 0) {
+        s->segs = segs;
+        s->cap_segs = n_ids ? n_ids : 1;
+        s->n_segs = n_ids;
+        segs = NULL;
+    }
+    for (size_t i = 0; r == 0 && i < n_ids; i++) {
+        s->segs[i] = (Segment){.id = ids[i], .bytes = files[i].len};
+        char path[PATH_LEN];
+        seg_path(s, ids[i], path, sizeof(path));
+        r = scan_segment(s, i, buf_view(&files[i]), path);
     }
     if (r == 0) {
-        if (k) {
-            qsort(found, k, sizeof(*found), cmp_found);
-        }
-        for (size_t i = 0; i < k; i++) {
-            each(ud, found[i].seq, found[i].rec.qos, found[i].rec.retain, found[i].rec.topic,
-                 found[i].rec.payload);
-        }
+        r = hand_back(s, files, each, ud);
     }
-    free(found);
+    if (r == 0) {
+        cut_torn_tails(s);
+    }
     for (size_t i = 0; files && i < n_ids; i++) {
         buf_free(&files[i]);
     }
     free(files);
+    free(segs);
     free(ids);
-    /* Segments with nothing pending are not needed any more. */
-    for (size_t i = 0; r == 0 && i < s->n_segs;) {
-        if (s->segs[i].live == 0) {
-            delete_segment(s, &s->segs[i]);
-        } else {
-            i++;
+    return r;
+}
+
+/* After recovery: the new segment (holding the incoming id set) and copies of what damaged
+ * segments held are made durable, then old segments nothing needs go. */
+static void settle(Spool *s)
+{
+    for (size_t i = 0; i + 1 < s->n_segs; i++) {
+        Segment *seg = &s->segs[i];
+        if (seg->damaged && seg->live) {
+            if (copy_forward(s, seg->id) < 0) {
+                break; /* read again (and found damaged again) at the next start */
+            }
         }
     }
-    return r;
+    if (sync_now(s) < 0) {
+        return;
+    }
+    sweep(s);
+}
+
+static void free_spool(Spool *s)
+{
+    if (s->lock_fd >= 0) {
+        close(s->lock_fd);
+    }
+    hashmap_free(&s->live, free);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    buf_free(&s->rec);
+    free(s->undone);
+    free(s->segs);
+    free(s->dir);
+    free(s);
+}
+
+static int lock_dir(Spool *s)
+{
+    if (mkdir(s->dir, 0700) < 0 && errno != EEXIST) {
+        int e = -errno;
+        log_error("spool: cannot create %s: %s", s->dir, strerror(-e));
+        return e;
+    }
+    char path[PATH_LEN];
+    snprintf(path, sizeof(path), "%s/lock", s->dir);
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        log_error("spool: %s is in use by another process (%s)", s->dir, strerror(errno));
+        return -EBUSY;
+    }
+    return 0;
 }
 
 int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spool_recovered_cb each,
                void *ud, Spool **ret)
 {
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-        int e = errno;
-        log_error("spool: cannot create %s: %s", dir, strerror(e));
-        return -e;
-    }
     Spool *s = calloc(1, sizeof(*s));
     if (!s || !(s->dir = strdup(dir))) {
         free(s);
@@ -622,43 +1323,37 @@ int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spoo
     }
     s->loop = loop;
     s->mode = mode;
-    s->fd = -1;
+    s->fd = s->lock_fd = -1;
+    s->segment_max = SEGMENT_MAX;
     s->next_seq = 1;
     s->waits.prev = s->waits.next = &s->waits;
     hashmap_init(&s->live);
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/lock", dir);
-    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-        int e = errno;
-        log_error("spool: %s is in use by another process (%s)", dir, strerror(e));
-        if (s->lock_fd >= 0) {
-            close(s->lock_fd);
-        }
-        hashmap_free(&s->live, free);
-        free(s->dir);
-        free(s);
-        return -EBUSY;
-    }
-    int r = recover(s, each, ud);
-    if (r == 0) {
-        r = open_segment(s);
-    }
-    if (r < 0) {
-        s->mode = FSYNC_NEVER; /* no thread yet */
-        spool_close(s);
-        return r;
-    }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     ev_async_init(&s->synced_async, on_synced);
-    ev_async_start(loop, &s->synced_async);
     ev_timer_init(&s->batch, on_batch, BATCH_SECONDS, 0.0);
-    if (mode != FSYNC_NEVER && (r = -pthread_create(&s->thread, NULL, sync_thread, s)) < 0) {
-        log_error("spool: cannot start the fsync thread: %s", strerror(-r));
-        s->thread = 0;
-        spool_close(s);
+    int r = lock_dir(s);
+    if (r == 0) {
+        r = recover(s, each, ud);
+    }
+    if (r == 0 && (r = open_segment(s)) < 0) {
+        char path[PATH_LEN];
+        seg_path(s, s->n_segs ? s->segs[s->n_segs - 1].id + 1 : 1, path, sizeof(path));
+        log_error("spool: cannot start %s: %s", path, strerror(-r));
+    }
+    if (r < 0) {
+        free_spool(s);
         return r;
+    }
+    settle(s);
+    ev_async_start(loop, &s->synced_async);
+    if (mode != FSYNC_NEVER) {
+        if ((r = -pthread_create(&s->thread, NULL, sync_thread, s)) < 0) {
+            log_error("spool: cannot start the fsync thread: %s", strerror(-r));
+            spool_close(s);
+            return r;
+        }
+        s->threaded = true;
     }
     *ret = s;
     return 0;
@@ -669,31 +1364,28 @@ void spool_close(Spool *s)
     if (!s) {
         return;
     }
-    if (s->thread) {
-        push_job(s, s->fd, false);
+    if (s->threaded) {
+        if (s->fd >= 0) {
+            push_job(s, s->fd, false);
+        }
         pthread_mutex_lock(&s->mu);
         s->quit = true;
-        pthread_cond_signal(&s->cv);
+        pthread_cond_broadcast(&s->cv);
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->thread, NULL);
         complete_waits(s);
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->cv);
-    } else if (s->fd >= 0 && s->mode != FSYNC_NEVER) {
-        fdatasync(s->fd);
+        s->threaded = false;
+    } else if (s->fd >= 0 && s->mode != FSYNC_NEVER && fdatasync(s->fd) < 0) {
+        log_error("spool: cannot sync %s to disk: %s", s->dir, strerror(errno));
+    }
+    /* Waits nothing covered (none, unless a callback added one while closing): detached. */
+    while (s->waits.next != &s->waits) {
+        spool_wait_cancel(s->waits.next);
     }
     ev_async_stop(s->loop, &s->synced_async);
     ev_timer_stop(s->loop, &s->batch);
     if (s->fd >= 0) {
         close(s->fd);
     }
-    if (s->lock_fd >= 0) {
-        close(s->lock_fd);
-    }
-    hashmap_free(&s->live, free);
-    buf_free(&s->rec);
-    free(s->jobs);
-    free(s->segs);
-    free(s->dir);
-    free(s);
+    free_spool(s);
 }

@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The durable spool: QoS 1/2 publishes written to disk before the local client is told they
- * were accepted, and forgotten once the broker acknowledged them. A write-ahead log of
- * segment files in [queue] spool_dir (record format: lib/spool/record.h).
+ * were accepted, and forgotten once the broker acknowledged them, with the send state that
+ * makes QoS 2 exactly once across a kill -9 (the packet id each message went out under,
+ * whether its PUBREC came) and the incoming QoS 2 packet ids held between PUBREC and PUBREL.
+ * A write-ahead log of segment files in [queue] spool_dir (format: lib/spool/record.h).
  *
  * fsync happens on a helper thread, so the event loop never waits for the disk:
  *   always  every accepted message is fsynced before its acceptance is answered
  *   batch   fsyncs are grouped (every 5 ms or 256 records), answers wait for their group
  *   never   answered after write(2): survives a daemon crash, not a power cut
+ *
+ * Every record is written with write(2) on the calling thread, so a daemon crash never loses
+ * one that was written; a failed write leaves the segment as it was and returns -errno.
  */
 #pragma once
 
@@ -18,9 +23,19 @@
 
 typedef struct Spool Spool;
 
-typedef void (*spool_recovered_cb)(void *ud, uint64_t seq, uint8_t qos, bool retain, View topic,
-                                   View payload);
-typedef void (*spool_durable_cb)(void *ud);
+/* A pending message handed back by spool_open. Views are valid during the callback only. */
+typedef struct SpoolMessage {
+    uint64_t seq;
+    uint8_t qos;
+    bool retain;
+    View topic, payload;
+    uint16_t packet_id; /* 0: never sent (or written by format 1, which did not record ids) */
+    bool pubrec;        /* QoS 2: PUBREC received; only PUBREL/PUBCOMP remain */
+} SpoolMessage;
+
+typedef void (*spool_recovered_cb)(void *ud, const SpoolMessage *m);
+/* error: 0 when durable, -errno when the fdatasync covering it failed (not durable). */
+typedef void (*spool_durable_cb)(void *ud, int error);
 
 /* A wait for durability; embed it in the waiting object. */
 typedef struct SpoolWait {
@@ -28,23 +43,56 @@ typedef struct SpoolWait {
     uint64_t mark;
     spool_durable_cb cb;
     void *ud;
+    int error;
+    bool resolved; /* the sync covering `mark` finished (with `error`); cb not called yet */
 } SpoolWait;
 
-/* Open (creating the directory), recover pending messages in order through `each`, and take
- * an exclusive lock on the directory. -errno with a logged reason on failure. */
+/* What recovery found at open, and whether writing works now. */
+typedef struct SpoolHealth {
+    uint64_t damaged_regions, damaged_bytes, torn_bytes; /* found by recovery at open */
+    int write_error; /* current write-failure episode: positive errno, 0 when writing works */
+} SpoolHealth;
+
+/* Open (creating the directory), recover pending messages in seq order through `each`, and
+ * take an exclusive lock on the directory. Reads spool formats 1 and 2, writes 2; a segment of
+ * a newer format makes it fail (-EPROTONOSUPPORT). Damaged segments are copied forward and
+ * renamed aside (DIR/damaged-seg-<id>.log). -errno with a logged reason on failure. */
 int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spool_recovered_cb each,
                void *ud, Spool **ret);
-/* Flush, wait for the last fsync, close. */
+/* Flush, wait for the last fsync (completing every wait), close. */
 void spool_close(Spool *s);
 
-/* Append a message; *ret_seq names it, *ret_mark is what spool_wait needs. */
+/* Append a message; *ret_seq names it, *ret_mark is what spool_wait needs. -errno (ENOSPC,
+ * EIO, E2BIG...) when it cannot be written: nothing was added. */
 int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint64_t *ret_seq,
               uint64_t *ret_mark);
-/* The broker has message `seq`: forget it (compacting the log as segments empty). */
+/* The broker has message `seq`: forget it (compacting the log as segments empty). A DONE
+ * record that cannot be written is retried at the next write. */
 void spool_done(Spool *s, uint64_t seq);
-/* Call cb(ud) once everything up to `mark` is durable (now, if it already is). */
+/* Message `seq` went on the wire under `packet_id` (recorded again if the id changes, and
+ * resetting pubrec). Call before the bytes are written to the broker socket. -ENOENT for a
+ * message the spool does not hold, -EINVAL for id 0, or a write error. */
+int spool_sent(Spool *s, uint64_t seq, uint16_t packet_id);
+/* QoS 2 message `seq` got its PUBREC. -ENOENT, -EINVAL (not QoS 2, or never sent), or a
+ * write error. */
+int spool_pubrec(Spool *s, uint64_t seq);
+
+/* An incoming QoS 2 message with this id was delivered locally and PUBREC sent (held=true),
+ * or its PUBREL arrived (held=false). Id 0 is -EINVAL. */
+int spool_incoming(Spool *s, uint16_t packet_id, bool held);
+/* Forget all held ids (the broker started a new session). */
+int spool_incoming_clear(Spool *s);
+/* The held ids as a bitmap of 65536 bits (1024 uint64_t, id i is bit i % 64 of word i / 64),
+ * owned by the spool, valid until spool_close: right after spool_open the ids held at the
+ * last stop, then kept current by spool_incoming and spool_incoming_clear. */
+const uint64_t *spool_incoming_held(const Spool *s);
+
+/* Call cb(ud, error) once everything up to `mark` is durable (now, if it already is). */
 void spool_wait(Spool *s, SpoolWait *w, uint64_t mark, spool_durable_cb cb, void *ud);
 void spool_wait_cancel(SpoolWait *w);
 /* Messages in the spool, and its size on disk. */
 size_t spool_pending(const Spool *s);
 uint64_t spool_disk_bytes(const Spool *s);
+void spool_health(const Spool *s, SpoolHealth *ret);
+/* Segment size at which a new segment is started (default 4 MiB); for tests. */
+void spool_set_segment_max(Spool *s, uint64_t bytes);

@@ -80,6 +80,22 @@ static int parse_subject(char *s, char sep, enum acl_subject *kind, char **name,
     return -EINVAL;
 }
 
+/* Whether `f` is a valid filter once %u is filled in: checked with a stand-in name. */
+static int check_rule_filter(const char *f)
+{
+    char *probe = strdup(f);
+    if (!probe) {
+        return -ENOMEM;
+    }
+    for (char *p = strstr(probe, "%u"); p; p = strstr(p + 2, "%u")) {
+        p[0] = 'x';
+        p[1] = 'x';
+    }
+    int r = mqtt_filter_check(VIEW_STR(probe)) < 0 ? -EINVAL : 0;
+    free(probe);
+    return r;
+}
+
 static int parse_rule(Acl *acl, bool deny, char *subject, const char *value, const char *text,
                       char *err, size_t errlen)
 {
@@ -114,18 +130,14 @@ static int parse_rule(Acl *acl, bool deny, char *subject, const char *value, con
         return -EINVAL;
     }
     for (char *f = strtok_r(NULL, ", \t", &save); f; f = strtok_r(NULL, ", \t", &save)) {
-        /* %u is checked after substitution; validate with a stand-in name. */
-        char probe[512];
-        snprintf(probe, sizeof(probe), "%s", f);
-        for (char *p = strstr(probe, "%u"); p; p = strstr(p, "%u")) {
-            p[0] = 'x';
-            p[1] = 'x';
-        }
-        if (mqtt_filter_check(VIEW_STR(probe)) < 0) {
-            snprintf(err, errlen, "[acl] rule '%s': '%s' is not a valid topic filter", text, f);
+        int e = check_rule_filter(f);
+        if (e < 0) {
+            if (e == -EINVAL) {
+                snprintf(err, errlen, "[acl] rule '%s': '%s' is not a valid topic filter", text, f);
+            }
             free(v);
             rule_free(&r);
-            return -EINVAL;
+            return e;
         }
         char **nf = realloc(r.filters, (r.n_filters + 1) * sizeof(*nf));
         if (!nf || !(nf[r.n_filters] = strdup(f))) {
@@ -214,8 +226,12 @@ int acl_parse_line(Acl *acl, const char *key, const char *value, char *err, size
                  key);
         return -EINVAL;
     }
+    /* A cut name would be another name: refuse it rather than match someone else. */
     char subject[256];
-    snprintf(subject, sizeof(subject), "%s", key + (deny ? 5 : 6));
+    if (snprintf(subject, sizeof(subject), "%s", key + (deny ? 5 : 6)) >= (int)sizeof(subject)) {
+        snprintf(err, errlen, "[acl] '%.40s...': the who part is too long", key);
+        return -EINVAL;
+    }
     return parse_rule(acl, deny, subject, value, text, err, errlen);
 }
 
@@ -244,21 +260,32 @@ static bool subject_matches(enum acl_subject kind, unsigned id, bool resolved, c
     return false;
 }
 
-/* `filter` with %u replaced by the user name; NULL when there is none to put there. */
-static char *substitute(const char *filter, const char *user)
+/* Occurrences of "%u" in [p, end), scanned left to right as substitution does. */
+static size_t count_u(const char *p, const char *end)
 {
-    size_t extra = 0;
-    for (const char *p = strstr(filter, "%u"); p; p = strstr(p + 2, "%u")) {
-        /* A name that would widen the filter (a level separator or wildcard in it), or no
-         * name at all, makes the rule match nothing rather than too much. */
-        if (!user || !*user || strpbrk(user, "/+#")) {
-            return NULL;
+    size_t n = 0;
+    while (p + 1 < end) {
+        if (p[0] == '%' && p[1] == 'u') {
+            n++;
+            p += 2;
+        } else {
+            p++;
         }
-        extra += strlen(user);
     }
-    char *out = malloc(strlen(filter) + extra + 1), *w = out;
+    return n;
+}
+
+/* `filter` with %u replaced by `user`: -EINVAL when there is no name, or one that would widen
+ * the filter (a level separator or wildcard in it) or make it invalid. */
+static int substitute(const char *filter, const char *user, char **ret)
+{
+    if (!user || !*user || strpbrk(user, "/+#")) {
+        return -EINVAL;
+    }
+    size_t len = strlen(filter), n = count_u(filter, filter + len);
+    char *out = malloc(len + n * strlen(user) + 1), *w = out;
     if (!out) {
-        return NULL;
+        return -ENOMEM;
     }
     for (const char *p = filter; *p;) {
         if (p[0] == '%' && p[1] == 'u') {
@@ -271,13 +298,120 @@ static char *substitute(const char *filter, const char *user)
     *w = 0;
     if (mqtt_filter_check(VIEW_STR(out)) < 0) {
         free(out);
-        return NULL;
+        return -EINVAL;
     }
-    return out;
+    *ret = out;
+    return 0;
+}
+
+/* `n` levels of "+" at w. */
+static char *plus_levels(char *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        w = stpcpy(w, i ? "/+" : "+");
+    }
+    return w;
+}
+
+/* A deny filter for a name that cannot be filled in: in the part matched against topics (a
+ * $share/GROUP/ prefix only names a group), each level holding k %u becomes 1 + k * slashes
+ * levels of '+'. "#" when that is not a valid filter (too long): deny too much, never too
+ * little. *ret_any_name: the first level stands for the name, so '$' topics match it too. */
+static int wildcard(const char *filter, size_t slashes, char **ret, bool *ret_any_name)
+{
+    const char *src = (const char *)mqtt_filter_target(VIEW_STR(filter)).p;
+    size_t len = strlen(src), k = count_u(src, src + len);
+    bool any_name = count_u(src, strchrnul(src, '/')) > 0;
+    char *out = NULL;
+    if (!slashes || k <= MQTT_TOPIC_MAX / 2 / slashes) {
+        out = malloc(len + 2 * k * slashes + 1);
+        if (!out) {
+            return -ENOMEM;
+        }
+        char *w = out;
+        for (const char *l = src, *end;; l = end + 1) {
+            end = strchrnul(l, '/');
+            size_t kl = count_u(l, end);
+            w = kl ? plus_levels(w, 1 + kl * slashes) : mempcpy(w, l, (size_t)(end - l));
+            if (!*end) {
+                break;
+            }
+            *w++ = '/';
+        }
+        *w = 0;
+    }
+    if (!out || mqtt_filter_check(VIEW_STR(out)) < 0) {
+        free(out);
+        if (!(out = strdup("#"))) {
+            return -ENOMEM;
+        }
+        any_name = true;
+    }
+    *ret_any_name = any_name;
+    *ret = out;
+    return 0;
+}
+static int add_entry(AclView *v, const AclRule *r, char *filter, bool any_name)
+{
+    AclEntry *ne = filter ? realloc(v->entries, (v->n + 1) * sizeof(*ne)) : NULL;
+    if (!ne) {
+        free(filter);
+        return -ENOMEM;
+    }
+    v->entries = ne;
+    v->entries[v->n++] = (AclEntry){
+        .rule = r, .deny = r->deny, .actions = r->actions, .filter = filter, .any_name = any_name};
+    return 0;
+}
+
+/* The entries one filter of a rule that applies to the peer gives its view. */
+static int add_filter(AclView *v, const AclRule *r, const char *filter, const char *user)
+{
+    if (!strstr(filter, "%u")) {
+        return add_entry(v, r, strdup(filter), false);
+    }
+    char *f;
+    bool any_name;
+    int e = substitute(filter, user, &f);
+    if (e != -EINVAL) {
+        return e < 0 ? e : add_entry(v, r, f, false);
+    }
+    if (!r->deny) {
+        return 0; /* allows nothing: no name, no topics of its own */
+    }
+    /* A deny denies what it would for any name; for a name with '/' also its own levels. */
+    size_t slashes = 0;
+    for (const char *p = user ? strchr(user, '/') : NULL; p; p = strchr(p + 1, '/')) {
+        slashes++;
+    }
+    for (int pass = 0; pass < (slashes ? 2 : 1); pass++) {
+        if ((e = wildcard(filter, pass ? slashes : 0, &f, &any_name)) < 0 ||
+            (e = add_entry(v, r, f, any_name)) < 0) {
+            return e;
+        }
+    }
+    return 0;
+}
+
+/* With part of the peer's groups unknown, a deny rule by a group it is not known to be in
+ * might still be meant for it. */
+static const AclRule *undecided_group_deny(const Acl *acl, const AclPeer *p)
+{
+    for (size_t i = 0; p->groups_partial && i < acl->n_rules; i++) {
+        const AclRule *r = &acl->rules[i];
+        bool by_group = r->subject == ACL_GROUP || r->subject == ACL_GID;
+        if (r->deny && by_group && r->resolved && !in_groups(p, r->id)) {
+            return r;
+        }
+    }
+    return NULL;
 }
 
 int acl_view_build(const Acl *acl, const AclPeer *peer, bool default_admin, AclView *ret)
 {
+    if (undecided_group_deny(acl, peer)) {
+        return -EACCES;
+    }
     AclView v = {.open = acl->n_rules == 0, .admin = default_admin};
     for (size_t i = 0; i < acl->n_admins; i++) {
         const AclAdmin *a = &acl->admins[i];
@@ -289,18 +423,11 @@ int acl_view_build(const Acl *acl, const AclPeer *peer, bool default_admin, AclV
             continue;
         }
         for (size_t k = 0; k < r->n_filters; k++) {
-            char *f = substitute(r->filters[k], peer->user);
-            if (!f) {
-                continue;
-            }
-            AclEntry *ne = realloc(v.entries, (v.n + 1) * sizeof(*ne));
-            if (!ne) {
-                free(f);
+            int e = add_filter(&v, r, r->filters[k], peer->user);
+            if (e < 0) {
                 acl_view_free(&v);
-                return -ENOMEM;
+                return e;
             }
-            v.entries = ne;
-            v.entries[v.n++] = (AclEntry){r, r->deny, r->actions, f};
         }
     }
     *ret = v;
@@ -354,6 +481,28 @@ bool acl_filter_covers(View a, View b)
     return !b_more;
 }
 
+/* mqtt_topic_matches without the '$' exception of MQTT 4.7.2: for a first level that stands
+ * for any user name, and names may start with '$'. */
+static bool matches_any_name(View f, View topic)
+{
+    f = mqtt_filter_target(f);
+    bool f_more = true, t_more = true;
+    while (f_more) {
+        View lf = level_of(&f, &f_more);
+        if (view_eq_str(lf, "#")) {
+            return true; /* also the parent level: "a/#" matches "a" */
+        }
+        if (!t_more) {
+            return false;
+        }
+        View lt = level_of(&topic, &t_more);
+        if (!view_eq_str(lf, "+") && !view_eq(lf, lt)) {
+            return false;
+        }
+    }
+    return !t_more;
+}
+
 /* Whether some topic matches both filters. */
 static bool filters_overlap(View a, View b)
 {
@@ -388,7 +537,7 @@ bool acl_allows(const AclView *v, unsigned action, View what, char *why, size_t 
         View f = VIEW_STR(e->filter);
         bool hit;
         if (action == ACL_PUBLISH) {
-            hit = mqtt_topic_matches(f, what);
+            hit = e->any_name ? matches_any_name(f, what) : mqtt_topic_matches(f, what);
         } else if (e->deny) {
             hit = filters_overlap(f, what); /* it could receive a denied topic */
         } else {

@@ -16,6 +16,15 @@
  * gate). %u stands for the peer's user name. A subscription is allowed only when the rule's
  * filter covers every topic the requested filter can match.
  *
+ * Rules fail closed. When %u cannot be filled in (the uid has no name, or the name holds '/',
+ * '+' or '#', or the result is not a valid filter), an allow rule's filter applies to nothing
+ * and a deny rule's filter denies what it would deny for any name: each level holding %u
+ * becomes '+' (and, for a name with '/', also as many '+' levels as the name has, so the
+ * name's own topics are denied too). Such a '+' in the first level also matches '$' topics,
+ * since a name may start with '$'. When a peer's supplementary groups cannot be read, rules
+ * by group see only its primary group, and a deny rule by group that this leaves undecided
+ * makes acl_view_build refuse the peer.
+ *
  * Names are resolved to ids by the daemon (acl_resolve_cb) when the configuration is loaded;
  * evaluation here is pure.
  */
@@ -64,6 +73,7 @@ typedef struct AclPeer {
     const char *user;  /* name of uid, or NULL */
     const gid_t *gids; /* primary and supplementary groups */
     size_t n_gids;
+    bool groups_partial; /* the supplementary groups could not be read: gids is incomplete */
 } AclPeer;
 
 void acl_free(Acl *acl);
@@ -76,6 +86,7 @@ typedef struct AclEntry {
     bool deny;
     unsigned actions;
     char *filter;
+    bool any_name; /* a deny whose first level stood for %u: it matches '$' topics too */
 } AclEntry;
 
 typedef struct AclView {
@@ -85,6 +96,8 @@ typedef struct AclView {
     bool admin;
 } AclView;
 
+/* 0; -ENOMEM; or -EACCES when peer->groups_partial leaves a deny rule by group undecided
+ * (the peer must be refused: it may be in that group). */
 int acl_view_build(const Acl *acl, const AclPeer *peer, bool default_admin, AclView *ret);
 void acl_view_free(AclView *v);
 

@@ -483,6 +483,16 @@ int config_check(const Config *cfg, char *err, size_t errlen)
         fmt(err, errlen, "tls.cert_file and tls.key_file go together");
         return -EINVAL;
     }
+    /* The largest MQTT message (256 MiB) as base64 in a JSON request, with room for the rest
+     * of the line: a longer line can only be refused. */
+    size_t useful_line = (size_t)268435455 / 3 * 4 + 4 + 65536;
+    if (cfg->ipc.max_line > useful_line) {
+        fmt(err, errlen,
+            "ipc.max_line (%zu) is larger than any request can use: MQTT carries at most 256 "
+            "MiB per message, %zu bytes as base64 in a publish request",
+            cfg->ipc.max_line, useful_line);
+        return -EINVAL;
+    }
     if (cfg->ipc.socket[0] != '/') {
         fmt(err, errlen, "ipc.socket must be an absolute path, not '%s'", cfg->ipc.socket);
         return -EINVAL;

@@ -16,11 +16,12 @@
 #define MAX_BROKER_PACKET       (16u << 20) /* largest packet accepted from the broker */
 #define MAX_BROKER_HOSTS        16
 
-#define DEFAULT_IPC_MODE      0660
-#define DEFAULT_MAX_CLIENTS   1024
-#define DEFAULT_MAX_LINE      1048576
-#define DEFAULT_CLIENT_BUFFER 4194304
-#define MAX_SUBS_PER_CLIENT   10000
+#define DEFAULT_IPC_MODE       0660
+#define DEFAULT_MAX_CLIENTS    1024
+#define DEFAULT_MAX_LINE       1048576
+#define DEFAULT_CLIENT_BUFFER  4194304
+#define MAX_SUBS_PER_CLIENT    10000
+#define MAX_WAITERS_PER_CLIENT 16384 /* requests of one connection waiting for the broker */
 
 #define DEFAULT_QUEUE_MAX_MESSAGES 100000
 #define DEFAULT_QUEUE_MAX_BYTES    67108864

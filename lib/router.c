@@ -7,23 +7,34 @@
 
 #include "mqtt/topic.h"
 
-typedef struct Holder {
+/* One (subscriber, filter) pair. A plain filter's holders live in the trie node the filter
+ * ends at (that node stands for exactly one plain filter); a shared filter's members live in
+ * its RouterFilter, in turn order, and the node lists the shared filters ending there. */
+typedef struct RouterHolder {
     RouterTarget *t;
-    RouterFilter *filter; /* tells "a/b" from "$share/g/a/b", which share a node */
     uint8_t qos;
     bool base64;
-    bool fresh; /* new: retained messages are for it */
+    bool fresh; /* new: retained messages are for it (plain filters only) */
 } Holder;
 
 struct RouterNode {
     RouterNode *parent;
     RouterNode *plus, *hash; /* the '+' and '#' children */
     size_t n_children;       /* all children, wildcards included */
-    Holder *holders;
+    Holder *holders;         /* of the plain filter ending here */
     size_t n_holders, cap_holders;
+    RouterFilter **groups; /* the shared filters ending here ("$share/G/<this node>") */
+    size_t n_groups, cap_groups;
     uint16_t level_len;
     uint8_t level[]; /* this node's level text (for removal from `edges`) */
 };
+
+/* What router_match was asked, passed down its walk. */
+typedef struct Match {
+    bool retained;
+    router_ready_fn ready;
+    void *userdata;
+} Match;
 
 /* Edge key: the parent's address followed by the level text, built in r->key (only
  * needed for the duration of one map call). */
@@ -55,7 +66,17 @@ static void node_free(void *p)
     RouterNode *n = p;
     if (n) {
         free(n->holders);
+        free(n->groups); /* the filters themselves are r->filters' */
         free(n);
+    }
+}
+
+static void filter_free(void *p)
+{
+    RouterFilter *fc = p;
+    if (fc) {
+        free(fc->members);
+        free(fc);
     }
 }
 
@@ -71,7 +92,7 @@ int router_init(Router *r)
 void router_free(Router *r)
 {
     hashmap_free(&r->edges, node_free); /* every node but the root is one edge's value */
-    hashmap_free(&r->filters, free);
+    hashmap_free(&r->filters, filter_free);
     node_free(r->root);
     free(r->matched);
     buf_free(&r->key);
@@ -124,7 +145,7 @@ static RouterNode *find_node(Router *r, View filter, bool create)
 /* Drop empty nodes from `n` up. */
 static void prune(Router *r, RouterNode *n)
 {
-    while (n != r->root && n->n_holders == 0 && n->n_children == 0) {
+    while (n != r->root && n->n_holders == 0 && n->n_groups == 0 && n->n_children == 0) {
         RouterNode *p = n->parent;
         hashmap_remove(&r->edges, edge_key(r, p, VIEW(n->level, n->level_len)));
         if (p->plus == n) {
@@ -139,14 +160,92 @@ static void prune(Router *r, RouterNode *n)
     }
 }
 
-static Holder *find_holder(const RouterNode *n, const RouterTarget *t, const RouterFilter *fc)
+/* `t`'s holding of fc, which ends at node n. */
+static Holder *find_holder(const RouterNode *n, const RouterFilter *fc, const RouterTarget *t)
 {
-    for (size_t i = 0; i < n->n_holders; i++) {
-        if (n->holders[i].t == t && n->holders[i].filter == fc) {
-            return &n->holders[i];
+    Holder *a = fc->shared ? fc->members : n->holders;
+    size_t count = fc->shared ? fc->holders : n->n_holders;
+    for (size_t i = 0; i < count; i++) {
+        if (a[i].t == t) {
+            return &a[i];
         }
     }
     return NULL;
+}
+
+/* A new, zeroed holder at the end of a (n entries, room for *cap), or NULL (nothing
+ * changed) when out of memory. The caller counts it. */
+static Holder *holder_append(Holder **a, size_t n, size_t *cap)
+{
+    if (n == *cap) {
+        size_t c = *cap ? *cap * 2 : 1;
+        Holder *na = realloc(*a, c * sizeof(*na));
+        if (!na) {
+            return NULL;
+        }
+        *a = na;
+        *cap = c;
+    }
+    (*a)[n] = (Holder){0};
+    return &(*a)[n];
+}
+
+/* The record of `filter` (ending at node n), with no holder yet; NULL when out of memory. */
+static RouterFilter *filter_new(Router *r, RouterNode *n, View filter)
+{
+    RouterFilter *fc = calloc(1, sizeof(*fc));
+    if (!fc) {
+        return NULL;
+    }
+    fc->shared = mqtt_filter_target(filter).n != filter.n;
+    if (fc->shared && n->n_groups == n->cap_groups) {
+        size_t cap = n->cap_groups ? n->cap_groups * 2 : 1;
+        RouterFilter **g = realloc(n->groups, cap * sizeof(*g));
+        if (!g) {
+            free(fc);
+            return NULL;
+        }
+        n->groups = g;
+        n->cap_groups = cap;
+    }
+    if (hashmap_put(&r->filters, filter, fc) < 0) {
+        free(fc);
+        return NULL;
+    }
+    if (fc->shared) {
+        n->groups[n->n_groups++] = fc;
+    }
+    return fc;
+}
+
+/* Forget `filter`'s record (ending at node n). */
+static void filter_drop(Router *r, RouterNode *n, View filter, RouterFilter *fc)
+{
+    for (size_t i = 0; fc->shared && i < n->n_groups; i++) {
+        if (n->groups[i] == fc) {
+            n->groups[i] = n->groups[--n->n_groups];
+            break;
+        }
+    }
+    hashmap_remove(&r->filters, filter);
+    filter_free(fc);
+}
+
+/* A new holder of fc (ending at node n) for t, counted; NULL when out of memory. */
+static Holder *holder_new(Router *r, RouterNode *n, RouterFilter *fc, RouterTarget *t)
+{
+    Holder *h = fc->shared ? holder_append(&fc->members, fc->holders, &fc->cap_members)
+                           : holder_append(&n->holders, n->n_holders, &n->cap_holders);
+    if (!h) {
+        return NULL;
+    }
+    if (!fc->shared) {
+        n->n_holders++;
+    }
+    h->t = t;
+    fc->holders++;
+    r->subscriptions++;
+    return h;
 }
 
 int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64)
@@ -157,33 +256,17 @@ int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64
     }
     RouterFilter *fc = hashmap_get(&r->filters, filter);
     bool created = !fc;
-    if (created) {
-        fc = calloc(1, sizeof(*fc));
-        if (!fc || hashmap_put(&r->filters, filter, fc) < 0) {
-            free(fc);
-            prune(r, n);
-            return -ENOMEM;
-        }
+    if (created && !(fc = filter_new(r, n, filter))) {
+        prune(r, n);
+        return -ENOMEM;
     }
-    Holder *h = find_holder(n, t, fc);
-    if (!h) {
-        if (n->n_holders == n->cap_holders) {
-            size_t cap = n->cap_holders ? n->cap_holders * 2 : 1;
-            Holder *nh = realloc(n->holders, cap * sizeof(*nh));
-            if (!nh) {
-                if (created) {
-                    free(hashmap_remove(&r->filters, filter));
-                }
-                prune(r, n);
-                return -ENOMEM;
-            }
-            n->holders = nh;
-            n->cap_holders = cap;
+    Holder *h = find_holder(n, fc, t);
+    if (!h && !(h = holder_new(r, n, fc, t))) {
+        if (created) {
+            filter_drop(r, n, filter, fc);
         }
-        h = &n->holders[n->n_holders++];
-        *h = (Holder){.t = t, .filter = fc};
-        fc->holders++;
-        r->subscriptions++;
+        prune(r, n);
+        return -ENOMEM;
     }
     h->qos = qos;
     h->base64 = base64;
@@ -195,30 +278,48 @@ int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64
     return result;
 }
 
+/* Take member i out of a shared filter's turn order; the others keep theirs, and the turn
+ * stays with whoever was due (the next member when it was i's). */
+static void member_remove(RouterFilter *fc, size_t i)
+{
+    memmove(&fc->members[i], &fc->members[i + 1], (fc->holders - i - 1) * sizeof(Holder));
+    fc->holders--;
+    if (i < fc->next) {
+        fc->next--;
+    }
+    if (fc->next >= fc->holders) {
+        fc->next = 0;
+    }
+}
+
 int router_remove(Router *r, View filter, RouterTarget *t)
 {
     RouterNode *n = find_node(r, filter, false);
     RouterFilter *fc = hashmap_get(&r->filters, filter);
-    Holder *h = n && fc ? find_holder(n, t, fc) : NULL;
+    Holder *h = n && fc ? find_holder(n, fc, t) : NULL;
     if (!h) {
         return -ENOENT;
     }
-    fc->holders--;
-    *h = n->holders[--n->n_holders];
-    r->subscriptions--;
-    prune(r, n);
-    if (fc->holders == 0) {
-        free(hashmap_remove(&r->filters, filter));
-        return ROUTER_LAST;
+    if (fc->shared) {
+        member_remove(fc, (size_t)(h - fc->members));
+    } else {
+        *h = n->holders[--n->n_holders];
+        fc->holders--;
     }
-    return 0;
+    r->subscriptions--;
+    bool last = fc->holders == 0;
+    if (last) {
+        filter_drop(r, n, filter, fc);
+    }
+    prune(r, n);
+    return last ? ROUTER_LAST : 0;
 }
 
 static Holder *lookup(Router *r, View filter, const RouterTarget *t)
 {
     RouterFilter *fc = hashmap_get(&r->filters, filter);
     RouterNode *n = fc ? find_node(r, filter, false) : NULL;
-    return n ? find_holder(n, t, fc) : NULL;
+    return n ? find_holder(n, fc, t) : NULL;
 }
 
 bool router_holds(Router *r, View filter, const RouterTarget *t)
@@ -254,25 +355,52 @@ static int push_match(Router *r, RouterTarget *t)
     return 0;
 }
 
-static void collect(Router *r, const RouterNode *n, bool retained)
+/* Count h's target in the result, once per message, merging QoS and encoding. */
+static void take(Router *r, const Holder *h)
 {
-    for (size_t i = 0; n && i < n->n_holders; i++) {
-        const Holder *h = &n->holders[i];
-        RouterTarget *t = h->t;
-        if (retained && !h->fresh) {
-            continue;
+    RouterTarget *t = h->t;
+    if (t->epoch != r->epoch) {
+        if (push_match(r, t) < 0) {
+            return; /* out of memory: this target misses the message */
         }
-        if (t->epoch != r->epoch) {
-            if (push_match(r, t) < 0) {
-                continue; /* out of memory: this target misses the message */
-            }
-            t->epoch = r->epoch;
-            t->qos = h->qos;
-            t->base64 = h->base64;
-        } else {
-            t->qos = h->qos > t->qos ? h->qos : t->qos;
-            t->base64 |= h->base64;
+        t->epoch = r->epoch;
+        t->qos = h->qos;
+        t->base64 = h->base64;
+    } else {
+        t->qos = h->qos > t->qos ? h->qos : t->qos;
+        t->base64 |= h->base64;
+    }
+}
+
+/* The member of a shared filter that gets this message: the first ready one from the one
+ * whose turn it is, or that one when none is ready. The turn passes to the member after the
+ * chosen one. A member already in the result (through another filter) may be chosen: it
+ * still gets one copy, and the group has delivered. */
+static const Holder *pick(RouterFilter *fc, const Match *m)
+{
+    size_t count = fc->holders; /* >= 1: a filter without holders is dropped */
+    size_t first = fc->next < count ? fc->next : 0, chosen = first;
+    for (size_t k = 0; m->ready && k < count; k++) {
+        size_t i = first + k < count ? first + k : first + k - count;
+        if (m->ready(fc->members[i].t, m->userdata)) {
+            chosen = i;
+            break;
         }
+    }
+    fc->next = chosen + 1 < count ? chosen + 1 : 0;
+    return &fc->members[chosen];
+}
+
+static void collect(Router *r, const RouterNode *n, const Match *m)
+{
+    for (size_t i = 0; i < n->n_holders; i++) {
+        if (!m->retained || n->holders[i].fresh) {
+            take(r, &n->holders[i]);
+        }
+    }
+    /* Retained messages are not for shared subscriptions (see router.h). */
+    for (size_t i = 0; !m->retained && i < n->n_groups; i++) {
+        take(r, pick(n->groups[i], m));
     }
 }
 
@@ -284,7 +412,7 @@ typedef struct Frame { /* one branch of the walk still to explore */
 
 /* Depth-first over the trie with an explicit stack: a topic may have 32 768 levels, too
  * many for recursion. */
-static void match_all(Router *r, View topic, bool retained)
+static void match_all(Router *r, View topic, const Match *m)
 {
     bool dollar = topic.n && topic.p[0] == '$'; /* 4.7.2: no root wildcards for $topics */
     buf_clear(&r->stack);
@@ -293,10 +421,10 @@ static void match_all(Router *r, View topic, bool retained)
         const RouterNode *n = f.node;
         bool root = n == r->root;
         if (n->hash && !(root && dollar)) {
-            collect(r, n->hash, retained); /* '#' matches the parent level too */
+            collect(r, n->hash, m); /* '#' matches the parent level too */
         }
         if (f.at_end) {
-            collect(r, n, retained);
+            collect(r, n, m);
         } else {
             bool last;
             View rest = f.rest;
@@ -323,11 +451,13 @@ static void match_all(Router *r, View topic, bool retained)
     }
 }
 
-size_t router_match(Router *r, View topic, bool retained, RouterTarget ***ret)
+size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready, void *userdata,
+                    RouterTarget ***ret)
 {
+    Match m = {retained, ready, userdata};
     r->epoch++;
     r->n_matched = 0;
-    match_all(r, topic, retained);
+    match_all(r, topic, &m);
     *ret = r->matched;
     return r->n_matched;
 }

@@ -13,8 +13,16 @@
  * what the broker was asked for (SUBSCRIBE again); router_remove reports the last one
  * (UNSUBSCRIBE needed).
  *
- * Shared subscriptions ("$share/G/F") are matched through F: MQTT 3.1.1 does not say which
- * subscription a message was delivered for.
+ * Shared subscriptions ("$share/G/F") are matched through F, but a message goes to one member
+ * of each group, not to all of them. The broker sends the session one copy of a message however
+ * many of its subscriptions match, shared ones included (mosquitto 2.0.11 does; MQTT 3.1.1 lets
+ * a broker send a copy per subscription, and those would reach local subscribers again), and
+ * the router hands that copy to every plain holder and to one member of each matching group.
+ * Members take turns (round robin, in the order they joined); a member the caller says is not
+ * ready (its buffer is full) is passed over for the next one that is; when none is, the one
+ * whose turn it was gets it anyway (and the caller drops it there, as for any full client). A
+ * subscriber is still returned at most once per message. Retained messages never go to shared
+ * members (MQTT 5 says brokers send none for a new shared subscription; mosquitto 2.0.11 does).
  */
 #pragma once
 
@@ -30,6 +38,7 @@ typedef struct RouterTarget {
 } RouterTarget;
 
 typedef struct RouterNode RouterNode;
+typedef struct RouterHolder RouterHolder; /* one (subscriber, filter) pair: router.c's */
 
 typedef struct Router {
     HashMap edges;   /* (parent node, level) -> child node */
@@ -49,6 +58,13 @@ typedef struct RouterFilter {
     uint8_t broker_qos; /* the highest QoS any holder asked for */
     bool active;        /* the broker granted it (the daemon sets this on SUBACK) */
     uint8_t granted;    /* the QoS it granted */
+    /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
+     * (`holders` of them), rather than in the trie node; `next` is the index of the member
+     * whose turn it is. The router owns these fields. */
+    bool shared;
+    size_t next;
+    RouterHolder *members;
+    size_t cap_members;
 } RouterFilter;
 
 enum {
@@ -62,9 +78,13 @@ void router_free(Router *r);
 
 /* Add or update target's subscription to `filter` (valid). Returns ROUTER_FIRST,
  * ROUTER_UPGRADE or 0, or -ENOMEM. A new holder is marked fresh: it alone receives the
- * retained messages that arrive until router_settle() (see daemon/router.c). */
+ * retained messages that arrive until router_settle() (the daemon calls it when the broker
+ * has answered a barrier sent after the SUBSCRIBE: see daemon/ops.c and daemon/bridge.c).
+ * A new member of a shared group joins the end of the group's turn order. The router keeps a
+ * pointer to `t` (the caller's) until router_remove. */
 int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64);
-/* Returns ROUTER_LAST or 0, or -ENOENT when the target did not hold the filter. */
+/* Returns ROUTER_LAST or 0, or -ENOENT when the target did not hold the filter. A member
+ * leaving a shared group keeps the others' turn order, and the turn where it was. */
 int router_remove(Router *r, View filter, RouterTarget *t);
 /* Whether target holds exactly this filter. */
 bool router_holds(Router *r, View filter, const RouterTarget *t);
@@ -72,6 +92,14 @@ bool router_holds(Router *r, View filter, const RouterTarget *t);
 RouterFilter *router_filter(Router *r, View filter);
 /* The retained messages for target's new subscription to `filter` have all arrived. */
 void router_settle(Router *r, View filter, const RouterTarget *t);
+/* Whether a subscriber can take the message being matched now (its output has room). */
+typedef bool (*router_ready_fn)(const RouterTarget *t, void *userdata);
+
 /* Targets matching `topic`, each once, with their highest QoS and base64 choice written into
- * them. A retained message goes only to fresh holders. Valid until the next router call. */
-size_t router_match(Router *r, View topic, bool retained, RouterTarget ***ret);
+ * them: every plain holder of a matching filter, and one member per matching shared group,
+ * the first in turn order for which `ready` says yes (`ready` NULL: all are ready). `ready`
+ * is asked only about shared members, and must not call the router. A retained message goes
+ * only to fresh plain holders. The array is the router's, valid until the next router call.
+ * Allocates nothing once the result array has grown to the largest match. */
+size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready, void *userdata,
+                    RouterTarget ***ret);

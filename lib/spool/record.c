@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* Spool records: see record.h. */
+/* Spool records and the segment reader: see record.h. */
 #include "spool/record.h"
 
 #include <errno.h>
+
+#define BODY_MIN 9 /* type and seq */
 
 static uint32_t crc_table[256];
 
@@ -45,11 +47,12 @@ static uint64_t get_le(const uint8_t *p, int bytes)
     return v;
 }
 
-/* Header (crc, len) and the fixed part of the body; the caller appends the rest. */
+/* Header (crc, len) and the fixed part of the body; the caller fills in the rest and calls
+ * finish(). Nothing is appended until then: a failed encode leaves `out` as it was. */
 static int begin(Buf *out, enum spool_record_type type, uint64_t seq, size_t extra,
                  uint8_t **ret_head)
 {
-    size_t len = 1 + 8 + extra;
+    size_t len = BODY_MIN + extra;
     int r = buf_reserve(out, 8 + len);
     if (r < 0) {
         return r;
@@ -62,16 +65,49 @@ static int begin(Buf *out, enum spool_record_type type, uint64_t seq, size_t ext
     return 0;
 }
 
-static void finish(Buf *out, uint8_t *head)
+void spool_record_reseal(uint8_t *rec, size_t n, uint32_t salt)
 {
-    size_t len = (size_t)get_le(head + 4, 4);
-    put_le(head, crc32_update(0, VIEW(head + 4, 4 + len)), 4);
-    out->len += 8 + len;
+    put_le(rec, crc32_update(salt, VIEW(rec + 4, n - 4)), 4);
 }
 
-int spool_record_add(Buf *out, uint64_t seq, uint8_t qos, bool retain, View topic, View payload)
+static void finish(Buf *out, uint8_t *head, uint32_t salt)
 {
-    if (topic.n > 65535 || payload.n > SPOOL_RECORD_MAX - 65535 - 32) {
+    size_t n = 8 + (size_t)get_le(head + 4, 4);
+    spool_record_reseal(head, n, salt);
+    out->len += n;
+}
+
+int spool_record_header(Buf *out, uint32_t salt, const uint64_t *held)
+{
+    size_t n = 0;
+    for (size_t i = 0; held && i < SPOOL_HELD_WORDS; i++) {
+        n += (size_t)__builtin_popcountll(held[i]);
+    }
+    uint8_t *h;
+    int r = begin(out, SPOOL_HEADER, 0, 8 + 4 + 4 + 4 + 2 * n, &h);
+    if (r < 0) {
+        return r;
+    }
+    uint8_t *w = h + 8 + BODY_MIN;
+    memcpy(w, SPOOL_MAGIC, 8);
+    put_le(w + 8, SPOOL_FORMAT, 4);
+    put_le(w + 12, salt, 4);
+    put_le(w + 16, n, 4);
+    w += 20;
+    for (uint32_t id = 0; held && id < 65536; id++) {
+        if (held[id / 64] >> (id % 64) & 1) {
+            put_le(w, id, 2);
+            w += 2;
+        }
+    }
+    finish(out, h, 0); /* the header's own checksum is a plain CRC-32: no salt known yet */
+    return 0;
+}
+
+int spool_record_add(Buf *out, uint32_t salt, uint64_t seq, uint8_t qos, bool retain, View topic,
+                     View payload)
+{
+    if (topic.n > 65535 || payload.n > SPOOL_RECORD_MAX - BODY_MIN - 8 - topic.n) {
         return -E2BIG;
     }
     uint8_t *h;
@@ -79,7 +115,7 @@ int spool_record_add(Buf *out, uint64_t seq, uint8_t qos, bool retain, View topi
     if (r < 0) {
         return r;
     }
-    uint8_t *w = h + 17;
+    uint8_t *w = h + 8 + BODY_MIN;
     w[0] = qos;
     w[1] = retain;
     put_le(w + 2, topic.n, 2);
@@ -90,59 +126,203 @@ int spool_record_add(Buf *out, uint64_t seq, uint8_t qos, bool retain, View topi
     if (payload.n) {
         memcpy(w + 8 + topic.n, payload.p, payload.n);
     }
-    finish(out, h);
+    finish(out, h, salt);
     return 0;
 }
 
-int spool_record_done(Buf *out, uint64_t seq)
+/* A record of the fixed part plus up to 3 bytes: a u16 and a u8. */
+static int small(Buf *out, uint32_t salt, enum spool_record_type type, uint64_t seq, size_t extra,
+                 uint16_t v16, uint8_t v8)
 {
     uint8_t *h;
-    int r = begin(out, SPOOL_DONE, seq, 0, &h);
+    int r = begin(out, type, seq, extra, &h);
     if (r < 0) {
         return r;
     }
-    finish(out, h);
+    if (extra) {
+        put_le(h + 8 + BODY_MIN, v16, 2);
+        h[8 + BODY_MIN + 2] = v8;
+    }
+    finish(out, h, salt);
     return 0;
 }
 
-int spool_record_parse(View in, SpoolRecord *ret)
+int spool_record_done(Buf *out, uint32_t salt, uint64_t seq)
+{
+    return small(out, salt, SPOOL_DONE, seq, 0, 0, 0);
+}
+
+int spool_record_state(Buf *out, uint32_t salt, uint64_t seq, uint16_t packet_id, bool pubrec)
+{
+    return packet_id ? small(out, salt, SPOOL_STATE, seq, 3, packet_id, pubrec) : -EINVAL;
+}
+
+int spool_record_incoming(Buf *out, uint32_t salt, uint16_t packet_id, bool held)
+{
+    return packet_id ? small(out, salt, SPOOL_INCOMING, 0, 3, packet_id, held) : -EINVAL;
+}
+
+int spool_record_incoming_clear(Buf *out, uint32_t salt)
+{
+    return small(out, salt, SPOOL_INCOMING_CLEAR, 0, 0, 0, 0);
+}
+
+static int parse_header(const uint8_t *b, size_t len, SpoolRecord *rec)
+{
+    if (len < SPOOL_HEADER_MIN - 8 || rec->seq != 0 || memcmp(b + BODY_MIN, SPOOL_MAGIC, 8)) {
+        return -EBADMSG;
+    }
+    const uint8_t *w = b + BODY_MIN + 8;
+    rec->version = (uint32_t)get_le(w, 4);
+    rec->salt = (uint32_t)get_le(w + 4, 4);
+    size_t n = (size_t)get_le(w + 8, 4);
+    if (rec->version != SPOOL_FORMAT || n > 65536 || len != SPOOL_HEADER_MIN - 8 + 2 * n) {
+        return -EBADMSG;
+    }
+    rec->held_ids = VIEW(w + 12, 2 * n);
+    for (size_t i = 1; i < n; i++) {
+        if (get_le(w + 12 + 2 * i, 2) <= get_le(w + 12 + 2 * (i - 1), 2)) {
+            return -EBADMSG;
+        }
+    }
+    return 0;
+}
+
+/* The body's layout, per type (no checksum yet). */
+static int parse_body(const uint8_t *b, size_t len, SpoolRecord *rec)
+{
+    switch (rec->type) {
+    case SPOOL_ADD: {
+        if (len < BODY_MIN + 8) {
+            return -EBADMSG;
+        }
+        rec->qos = b[9];
+        rec->retain = b[10] & 1;
+        size_t tn = (size_t)get_le(b + 11, 2), pn = (size_t)get_le(b + 13, 4);
+        if (rec->qos > 2 || b[10] > 1 || BODY_MIN + 8 + tn + pn != len) {
+            return -EBADMSG;
+        }
+        rec->topic = VIEW(b + 17, tn);
+        rec->payload = VIEW(b + 17 + tn, pn);
+        return 0;
+    }
+    case SPOOL_DONE:
+        return len == BODY_MIN ? 0 : -EBADMSG;
+    case SPOOL_INCOMING_CLEAR:
+        return len == BODY_MIN && rec->seq == 0 ? 0 : -EBADMSG;
+    case SPOOL_STATE:
+    case SPOOL_INCOMING:
+        if (len != BODY_MIN + 3) {
+            return -EBADMSG;
+        }
+        rec->packet_id = (uint16_t)get_le(b + 9, 2);
+        if (rec->packet_id == 0 || b[11] > 1 || (rec->type == SPOOL_INCOMING && rec->seq != 0)) {
+            return -EBADMSG;
+        }
+        rec->pubrec = rec->type == SPOOL_STATE && b[11];
+        rec->held = rec->type == SPOOL_INCOMING && b[11];
+        return 0;
+    case SPOOL_HEADER:
+        return parse_header(b, len, rec);
+    }
+    return -EBADMSG;
+}
+
+int spool_record_parse(View in, uint32_t salt, SpoolRecord *ret)
 {
     if (in.n < 8) {
         return 0;
     }
     uint32_t crc = (uint32_t)get_le(in.p, 4);
     size_t len = (size_t)get_le(in.p + 4, 4);
-    if (len < 9 || len > SPOOL_RECORD_MAX) {
+    if (len < BODY_MIN || len > SPOOL_RECORD_MAX) {
         return -EBADMSG;
     }
     if (in.n - 8 < len) {
         return 0;
     }
-    if (crc32_update(0, VIEW(in.p + 4, 4 + len)) != crc) {
-        return -EBADMSG;
-    }
     const uint8_t *b = in.p + 8;
     SpoolRecord rec = {
         .type = (enum spool_record_type)b[0], .seq = get_le(b + 1, 8), .size = 8 + len};
-    if (rec.type == SPOOL_DONE) {
-        if (len != 9) {
-            return -EBADMSG;
-        }
-    } else if (rec.type == SPOOL_ADD) {
-        if (len < 17) {
-            return -EBADMSG;
-        }
-        rec.qos = b[9];
-        rec.retain = b[10] & 1;
-        size_t tn = (size_t)get_le(b + 11, 2), pn = (size_t)get_le(b + 13, 4);
-        if (rec.qos > 2 || 17 + tn + pn != len) {
-            return -EBADMSG;
-        }
-        rec.topic = VIEW(b + 17, tn);
-        rec.payload = VIEW(b + 17 + tn, pn);
-    } else {
+    if (parse_body(b, len, &rec) < 0) {
+        return -EBADMSG;
+    }
+    if (crc32_update(rec.type == SPOOL_HEADER ? 0 : salt, VIEW(in.p + 4, 4 + len)) != crc) {
         return -EBADMSG;
     }
     *ret = rec;
     return 1;
+}
+
+void spool_record_held(const SpoolRecord *header, uint64_t *bitmap)
+{
+    memset(bitmap, 0, SPOOL_HELD_WORDS * sizeof(*bitmap));
+    for (size_t i = 0; i + 1 < header->held_ids.n; i += 2) {
+        uint16_t id = (uint16_t)get_le(header->held_ids.p + i, 2);
+        bitmap[id / 64] |= 1ull << (id % 64);
+    }
+}
+
+int spool_reader_init(SpoolReader *r, View segment)
+{
+    *r = (SpoolReader){.in = segment, .version = 1};
+    const uint8_t *p = segment.p;
+    if (segment.n < SPOOL_HEADER_VERSION + 4 || p[8] != SPOOL_HEADER ||
+        memcmp(p + 8 + BODY_MIN, SPOOL_MAGIC, 8)) {
+        return 0;
+    }
+    uint32_t version = (uint32_t)get_le(p + SPOOL_HEADER_VERSION, 4);
+    if (version > SPOOL_FORMAT) {
+        r->version = version;
+        return -EPROTONOSUPPORT;
+    }
+    r->version = SPOOL_FORMAT; /* a smaller number here is damage, found by the parse */
+    if (segment.n >= SPOOL_HEADER_VERSION + 8) {
+        r->salt = (uint32_t)get_le(p + SPOOL_HEADER_VERSION + 4, 4);
+    }
+    return 0;
+}
+
+/* A good record at `off` that may stand there: a header only first, new types only in a
+ * segment of format 2. */
+static bool good_at(const SpoolReader *r, size_t off, SpoolRecord *ret)
+{
+    if (spool_record_parse(VIEW(r->in.p + off, r->in.n - off), r->salt, ret) != 1) {
+        return false;
+    }
+    if (ret->type == SPOOL_HEADER) {
+        return off == 0;
+    }
+    return r->version >= 2 || ret->type == SPOOL_ADD || ret->type == SPOOL_DONE;
+}
+
+int spool_reader_next(SpoolReader *r, SpoolRecord *ret_rec, size_t *ret_off, size_t *ret_len)
+{
+    size_t at = r->off, n = r->in.n;
+    if (at >= n) {
+        return SPOOL_READ_END;
+    }
+    SpoolRecord rec;
+    if (good_at(r, at, &rec)) {
+        r->off += rec.size;
+        if (rec.type == SPOOL_HEADER) {
+            r->salt = rec.salt;
+        }
+        *ret_rec = rec;
+        *ret_off = at;
+        *ret_len = rec.size;
+        return SPOOL_READ_RECORD;
+    }
+    for (size_t k = at + 1; k + 8 + BODY_MIN <= n; k++) {
+        if (good_at(r, k, &rec)) {
+            r->off = k;
+            *ret_off = at;
+            *ret_len = k - at;
+            return SPOOL_READ_DAMAGED;
+        }
+    }
+    r->off = n;
+    *ret_off = at;
+    *ret_len = n - at;
+    return SPOOL_READ_TORN;
 }

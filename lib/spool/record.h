@@ -1,41 +1,111 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The spool's on-disk record format (daemon/spool.c does the I/O).
+ * The spool's on-disk format (daemon/spool.c does the I/O): records, and a reader that walks
+ * a whole segment telling good records, damaged regions and a torn tail apart.
  *
  * A spool is a write-ahead log of segments; a segment is a sequence of records:
  *
- *     u32 crc32   over everything after it (len and body), little endian
+ *     u32 crc32   over everything after it (len and body), little endian, started from the
+ *                 segment's salt (below) instead of 0
  *     u32 len     length of the body
  *     body        u8 type, u64 seq, then per type:
- *                 ADD:  u8 qos, u8 flags (bit 0 retain), u16 topic_len, u32 payload_len,
- *                       topic, payload
- *                 DONE: nothing (the message `seq` was acknowledged)
+ *                 ADD:            u8 qos, u8 flags (bit 0 retain), u16 topic_len,
+ *                                 u32 payload_len, topic, payload
+ *                 DONE:           nothing (the message `seq` was acknowledged)
+ *                 HEADER:         u8 magic[8] "MQBSPOOL", u32 version, then for version 2:
+ *                                 u32 salt, u32 n, n x u16 held incoming QoS 2 packet ids
+ *                                 (strictly ascending); seq is 0
+ *                 STATE:          u16 packet_id (not 0), u8 flags (bit 0 PUBREC received):
+ *                                 the whole send state of message `seq`, latest wins
+ *                 INCOMING:       u16 packet_id (not 0), u8 held (0 or 1); seq is 0
+ *                 INCOMING_CLEAR: nothing; seq is 0 (no incoming id is held any more)
  *
- * A message is pending when its ADD has no DONE. Recovery reads records until the first one
- * that is incomplete or fails its checksum: that and everything after it in the segment is
- * a torn tail (a write cut short by a crash or power loss) and is dropped.
+ * Format 1 (mqttbridged up to 0.1.0): no header, ADD and DONE only, salt 0 (a plain CRC-32).
+ * Format 2: every segment starts with a HEADER whose checksum is a plain CRC-32 (salt 0); the
+ * records after it are checksummed from the random salt it names, so a record embedded in a
+ * payload (or copied from another segment) never passes for a record of this one when the
+ * reader resynchronises after damage.
+ *
+ * Fixed forever, so that any later version is recognised and refused by older readers rather
+ * than misread: a segment of format 2 or later has byte 8 = 3 (HEADER), bytes 17..24 the magic
+ * and bytes 25..28 the version (u32 little endian). Nothing else is promised to later formats.
  */
 #pragma once
 
 #include "buf.h"
 
-enum spool_record_type { SPOOL_ADD = 1, SPOOL_DONE = 2 };
+enum spool_record_type {
+    SPOOL_ADD = 1,
+    SPOOL_DONE = 2,
+    SPOOL_HEADER = 3, /* format 2 and later */
+    SPOOL_STATE = 4,
+    SPOOL_INCOMING = 5,
+    SPOOL_INCOMING_CLEAR = 6,
+};
 
-#define SPOOL_RECORD_MAX (16u << 20) /* larger `len` means a corrupt record */
+#define SPOOL_FORMAT         2 /* what this code writes; it reads 1 and 2 */
+#define SPOOL_MAGIC          "MQBSPOOL"
+#define SPOOL_RECORD_MAX     (16u << 20) /* larger `len` means a corrupt record */
+#define SPOOL_HELD_WORDS     1024        /* bitmap of the 65536 packet ids */
+#define SPOOL_STATE_SIZE     20          /* bytes of a STATE record */
+#define SPOOL_HEADER_MIN     37          /* bytes of a version 2 HEADER holding no id */
+#define SPOOL_HEADER_VERSION 25          /* offset of the version in a segment */
 
 typedef struct SpoolRecord {
     enum spool_record_type type;
     uint64_t seq;
-    uint8_t qos;
-    bool retain;
-    View topic, payload; /* ADD only; borrowed from the input */
+    uint8_t qos;         /* ADD */
+    bool retain;         /* ADD */
+    View topic, payload; /* ADD; borrowed from the input */
+    uint16_t packet_id;  /* STATE, INCOMING */
+    bool pubrec;         /* STATE */
+    bool held;           /* INCOMING */
+    uint32_t version;    /* HEADER */
+    uint32_t salt;       /* HEADER */
+    View held_ids;       /* HEADER: n x u16 little endian; see spool_record_held */
     size_t size;         /* bytes the record took */
 } SpoolRecord;
 
 uint32_t crc32_update(uint32_t crc, View data);
 
-int spool_record_add(Buf *out, uint64_t seq, uint8_t qos, bool retain, View topic, View payload);
-int spool_record_done(Buf *out, uint64_t seq);
+/* Encoders: append one record to `out` (untouched on failure: -E2BIG, -ENOMEM). `salt` is the
+ * segment's (0 for format 1). */
+int spool_record_header(Buf *out, uint32_t salt, const uint64_t *held /* NULL: none */);
+int spool_record_add(Buf *out, uint32_t salt, uint64_t seq, uint8_t qos, bool retain, View topic,
+                     View payload);
+int spool_record_done(Buf *out, uint32_t salt, uint64_t seq);
+int spool_record_state(Buf *out, uint32_t salt, uint64_t seq, uint16_t packet_id, bool pubrec);
+int spool_record_incoming(Buf *out, uint32_t salt, uint16_t packet_id, bool held);
+int spool_record_incoming_clear(Buf *out, uint32_t salt);
+/* Checksum a complete record again for a segment with another salt (copying it forward). */
+void spool_record_reseal(uint8_t *rec, size_t n, uint32_t salt);
+
 /* 1 with a record, 0 when `in` ends inside one (torn), -EBADMSG for a bad checksum or
- * layout. */
-int spool_record_parse(View in, SpoolRecord *ret);
+ * layout. The layout is checked before the checksum. A HEADER is checked with salt 0. */
+int spool_record_parse(View in, uint32_t salt, SpoolRecord *ret);
+/* Set `bitmap` (SPOOL_HELD_WORDS words) to the ids of a HEADER record. */
+void spool_record_held(const SpoolRecord *header, uint64_t *bitmap);
+
+/* Reading a whole segment. */
+typedef struct SpoolReader {
+    View in;
+    size_t off;       /* next byte to read */
+    uint32_t version; /* 1: no header; 2: a header; more: refused by spool_reader_init */
+    uint32_t salt;
+} SpoolReader;
+
+enum spool_read {
+    SPOOL_READ_END,     /* nothing more */
+    SPOOL_READ_RECORD,  /* a good record at *ret_off */
+    SPOOL_READ_DAMAGED, /* [*ret_off, +*ret_len) holds no good record, but one follows */
+    SPOOL_READ_TORN,    /* [*ret_off, +*ret_len) holds no good record, up to the end */
+};
+
+/* 0, or -EPROTONOSUPPORT when the segment names a format newer than SPOOL_FORMAT (then
+ * r->version says which). The version and salt are taken from a header even when its
+ * checksum fails, so a damaged header neither hides a newer format nor the records after it.
+ */
+int spool_reader_init(SpoolReader *r, View segment);
+/* One step (enum spool_read). After a bad record the reader resynchronises byte by byte (as
+ * LevelDB's log reader does): the next offset where a record parses with a good checksum. */
+int spool_reader_next(SpoolReader *r, SpoolRecord *ret_rec, size_t *ret_off, size_t *ret_len);

@@ -494,8 +494,13 @@ class Proxy:
     """A TCP proxy between the daemon and the broker, for faults on the wire.
 
     mode "pass" forwards; "stall" keeps connections open but forwards nothing (a half-open
-    link); with cut_after = (lo, hi) each connection is closed after a random number of
-    bytes in [lo, hi] (both directions counted), in the middle of whatever packet it is.
+    link); "hold-up" / "hold-down" hold back only what goes to the broker / to the daemon
+    (acknowledgements that never arrive); "refuse" closes new connections at once (the
+    broker is away); with cut_after =
+    (lo, hi) each connection is closed after a random number of bytes in [lo, hi] (both
+    directions counted), in the middle of whatever packet it is. drop() cuts every open
+    connection now. drop_up / drop_down: MQTT packet types (e.g. 5 for PUBREC) silently
+    discarded on their way to the broker / to the daemon.
     """
 
     def __init__(self, upstream_port, seed=1):
@@ -511,8 +516,20 @@ class Proxy:
         self.connections = 0
         self.cuts = 0
         self.closed = False
+        self.open = set()
+        self.drop_up, self.drop_down = set(), set()
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop(self):
+        with self.lock:
+            pairs, self.open = list(self.open), set()
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _accept(self):
         while not self.closed:
@@ -520,25 +537,58 @@ class Proxy:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            if self.mode == "refuse":
+                c.close()
+                continue
             try:
                 u = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
             except OSError:
                 c.close()
                 continue
             with self.lock:
+                self.open.add((c, u))
                 self.connections += 1
                 budget = [self.rng.randint(*self.cut_after)] if self.cut_after else [None]
-            for a, b in ((c, u), (u, c)):
-                threading.Thread(target=self._pump, args=(a, b, budget, (c, u)),
+            for a, b, hold in ((c, u, "hold-up"), (u, c, "hold-down")):
+                threading.Thread(target=self._pump, args=(a, b, budget, (c, u), hold),
                                  daemon=True).start()
 
-    def _pump(self, src, dst, budget, pair):
+    @staticmethod
+    def _packets(buf):
+        """Split whole MQTT packets off the front of buf: (packets, rest)."""
+        out = []
+        while True:
+            length, mult, i, complete = 0, 1, 1, False
+            while i < len(buf) and i <= 4:
+                b = buf[i]
+                i += 1
+                length += (b & 127) * mult
+                mult *= 128
+                if not b & 128:
+                    complete = True
+                    break
+            if not complete or len(buf) < i + length:
+                return out, buf
+            out.append(buf[:i + length])
+            buf = buf[i + length:]
+
+    def _filter(self, data, pending, drop):
+        """The bytes to forward once the packet types in `drop` are taken out."""
+        if not drop and not pending[0]:
+            return data
+        packets, pending[0] = self._packets(pending[0] + data)
+        return b"".join(p for p in packets if p[0] >> 4 not in drop)
+
+    def _pump(self, src, dst, budget, pair, hold):
+        pending = [b""]
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                while self.mode == "stall" and not self.closed:
+                data = self._filter(data, pending,
+                                    self.drop_up if hold == "hold-up" else self.drop_down)
+                while self.mode in ("stall", hold) and not self.closed:
                     time.sleep(0.05)  # holding bytes back is the fault being injected
                 with self.lock:
                     if budget[0] is not None:
@@ -550,6 +600,8 @@ class Proxy:
                 dst.sendall(data)
         except OSError:
             pass
+        with self.lock:
+            self.open.discard(pair)
         for s in pair:
             try:
                 s.shutdown(socket.SHUT_RDWR)

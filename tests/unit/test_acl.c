@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* Unit tests of access control: rule parsing, filter coverage, decisions per peer. */
 #include <errno.h>
+#include <string.h>
 
 #include "acl.h"
 #include "testutil.h"
+
+#define PEER(u, name, g, n) ((AclPeer){.uid = (u), .user = (name), .gids = (g), .n_gids = (n)})
 
 static const struct {
     const char *a, *b;
@@ -71,8 +74,8 @@ START_TEST(decisions)
     acl.rules[1].id = 50, acl.rules[1].resolved = true;
     acl.admins[0].id = 1000, acl.admins[0].resolved = true;
     gid_t alice_groups[] = {1000}, bob_groups[] = {1001, 50}, wheel[] = {10};
-    AclPeer alice = {1000, "alice", alice_groups, 1}, bob = {1001, "bob", bob_groups, 2};
-    AclPeer admin = {1002, "carol", wheel, 1};
+    AclPeer alice = PEER(1000, "alice", alice_groups, 1), bob = PEER(1001, "bob", bob_groups, 2);
+    AclPeer admin = PEER(1002, "carol", wheel, 1);
     AclView v;
     char why[300];
 
@@ -109,7 +112,7 @@ START_TEST(open_without_rules)
     Acl acl = parse(lines);
     ck_assert_uint_eq(acl.max_connections_per_uid, 5);
     gid_t g[] = {100};
-    AclPeer p = {1234, "x", g, 1};
+    AclPeer p = PEER(1234, "x", g, 1);
     AclView v;
     char why[100];
     ck_assert_int_eq(acl_view_build(&acl, &p, false, &v), 0);
@@ -125,7 +128,7 @@ START_TEST(user_names_that_break_filters)
 {
     static const char *const lines[] = {"allow all", "publish home/%u/#", NULL};
     Acl acl = parse(lines);
-    AclPeer p = {5, "evil/+", NULL, 0}, nameless = {6, NULL, NULL, 0};
+    AclPeer p = PEER(5, "evil/+", NULL, 0), nameless = PEER(6, NULL, NULL, 0);
     AclView v;
     char why[200];
     ck_assert_int_eq(acl_view_build(&acl, &p, false, &v), 0);
@@ -139,6 +142,190 @@ START_TEST(user_names_that_break_filters)
 }
 END_TEST
 
+static bool pub_ok(const AclView *v, const char *topic)
+{
+    char why[300];
+    return acl_allows(v, ACL_PUBLISH, VIEW_STR(topic), why, sizeof(why));
+}
+
+static bool sub_ok(const AclView *v, const char *filter)
+{
+    char why[300];
+    return acl_allows(v, ACL_SUBSCRIBE, VIEW_STR(filter), why, sizeof(why));
+}
+
+/* No name for the uid: a %u deny denies what it would for any name, a %u allow grants
+ * nothing. */
+START_TEST(deny_with_u_and_no_name)
+{
+    static const char *const lines[] = {
+        "allow all",        "pubsub home/#, $x/#", "deny all",
+        "pubsub home/%u/#", "allow all",           "publish own/%u",
+        "deny all",         "publish %u/secret",   NULL,
+    };
+    Acl acl = parse(lines);
+    AclPeer nameless = PEER(54321, NULL, NULL, 0);
+    AclView v;
+    char why[300];
+    ck_assert_int_eq(acl_view_build(&acl, &nameless, false, &v), 0);
+    ck_assert(!acl_allows(&v, ACL_PUBLISH, VIEW_STR("home/bob/x"), why, sizeof(why)));
+    ck_assert_str_eq(why, "denied by [acl] rule 'deny all = pubsub home/%u/#'");
+    ck_assert(!pub_ok(&v, "home/bob"));
+    ck_assert(!sub_ok(&v, "home/+/x"));
+    ck_assert(!sub_ok(&v, "home/#"));
+    ck_assert(!sub_ok(&v, "home/bob/#"));
+    ck_assert(!sub_ok(&v, "$share/g/home/bob/x"));
+    ck_assert(pub_ok(&v, "home")); /* no name level: "home/<name>/#" never matches it */
+    ck_assert(sub_ok(&v, "home"));
+    /* The allow with %u grants nothing. */
+    ck_assert(!acl_allows(&v, ACL_PUBLISH, VIEW_STR("own/x"), why, sizeof(why)));
+    ck_assert_str_eq(why, "no [acl] rule allows this peer to publish to own/x");
+    /* A name may start with '$': the first level stands for those too. */
+    ck_assert(!pub_ok(&v, "$x/secret"));
+    ck_assert(pub_ok(&v, "$x/other"));
+    acl_view_free(&v);
+
+    /* An empty name is no name. */
+    AclPeer empty = PEER(54322, "", NULL, 0);
+    ck_assert_int_eq(acl_view_build(&acl, &empty, false, &v), 0);
+    ck_assert(!pub_ok(&v, "home/bob/x"));
+    acl_view_free(&v);
+
+    /* A name that fits still gets exactly its own topics denied. */
+    AclPeer bob = PEER(1001, "bob", NULL, 0);
+    ck_assert_int_eq(acl_view_build(&acl, &bob, false, &v), 0);
+    ck_assert(!pub_ok(&v, "home/bob/x"));
+    ck_assert(pub_ok(&v, "home/alice/x"));
+    ck_assert(!sub_ok(&v, "home/+/x"));
+    ck_assert(sub_ok(&v, "home/alice/#"));
+    ck_assert(pub_ok(&v, "own/bob"));
+    acl_view_free(&v);
+    acl_free(&acl);
+}
+END_TEST
+
+/* Names that cannot be substituted: with '/', '+' or '#'. */
+START_TEST(deny_with_u_and_unusable_name)
+{
+    static const char *const lines[] = {
+        "allow all", "pubsub home/#", "deny all", "pubsub home/%u/secret", NULL,
+    };
+    Acl acl = parse(lines);
+    AclPeer slash = PEER(5, "a/b", NULL, 0), plus = PEER(6, "x+", NULL, 0),
+            hash = PEER(7, "#", NULL, 0);
+    AclView v;
+    ck_assert_int_eq(acl_view_build(&acl, &slash, false, &v), 0);
+    ck_assert(!pub_ok(&v, "home/bob/secret")); /* as if %u were '+' */
+    ck_assert(!pub_ok(&v, "home/a/b/secret")); /* and the name's own levels */
+    ck_assert(!pub_ok(&v, "home/x/y/secret")); /* (any name of as many levels) */
+    ck_assert(!sub_ok(&v, "home/+/+/secret"));
+    ck_assert(!sub_ok(&v, "home/+/secret"));
+    ck_assert(!sub_ok(&v, "home/#"));
+    ck_assert(pub_ok(&v, "home/a/b/other"));
+    ck_assert(pub_ok(&v, "home/a/b/c/secret"));
+    ck_assert(sub_ok(&v, "home/a/b/other"));
+    acl_view_free(&v);
+    const AclPeer *single[] = {&plus, &hash};
+    for (size_t i = 0; i < 2; i++) {
+        ck_assert_int_eq(acl_view_build(&acl, single[i], false, &v), 0);
+        ck_assert(!pub_ok(&v, "home/bob/secret"));
+        ck_assert(!sub_ok(&v, "home/+/secret"));
+        ck_assert(pub_ok(&v, "home/bob/other"));
+        acl_view_free(&v);
+    }
+    acl_free(&acl);
+}
+END_TEST
+
+/* %u inside a level, in a $share group, and a result too long to be a filter. */
+START_TEST(deny_with_u_edge_filters)
+{
+    static const char *const lines[] = {
+        "allow all", "pubsub #",
+        "deny all",  "publish u-%u/x",
+        "deny all",  "subscribe $share/%u/t/#",
+        NULL,
+    };
+    Acl acl = parse(lines);
+    AclPeer nameless = PEER(9, NULL, NULL, 0);
+    AclView v;
+    ck_assert_int_eq(acl_view_build(&acl, &nameless, false, &v), 0);
+    ck_assert(!pub_ok(&v, "u-bob/x"));
+    ck_assert(!pub_ok(&v, "other/x")); /* the whole level: more than needed, never less */
+    ck_assert(pub_ok(&v, "u-bob/y"));
+    ck_assert(!sub_ok(&v, "t/a")); /* the group names no topics: the rule denies t/# */
+    ck_assert(sub_ok(&v, "s/a"));
+    acl_view_free(&v);
+
+    /* A name of so many levels that the filter would be too long: deny everything. */
+    size_t n = 40000;
+    char *many = malloc(n + 1);
+    ck_assert_ptr_nonnull(many);
+    memset(many, '/', n);
+    many[n] = 0;
+    AclPeer deep = PEER(10, many, NULL, 0);
+    ck_assert_int_eq(acl_view_build(&acl, &deep, false, &v), 0);
+    ck_assert(!pub_ok(&v, "anything/at/all"));
+    ck_assert(!pub_ok(&v, "$SYS/x"));
+    ck_assert(sub_ok(&v, "s/a"));
+    acl_view_free(&v);
+    free(many);
+    acl_free(&acl);
+}
+END_TEST
+
+/* Supplementary groups not known: deny rules by group must not be dodged that way. */
+START_TEST(unknown_groups)
+{
+    static const char *const lines[] = {
+        "allow gid 60", "publish b/#", "deny gid 50", "publish b/secret", NULL,
+    };
+    Acl acl = parse(lines);
+    gid_t g60[] = {60}, g50[] = {50};
+    AclPeer partial = PEER(1, "p", g60, 1), in_deny = PEER(2, "q", g50, 1);
+    partial.groups_partial = in_deny.groups_partial = true;
+    AclView v;
+    ck_assert_int_eq(acl_view_build(&acl, &partial, false, &v), -EACCES);
+    /* Its primary group is that of the denied group: the deny is decided. */
+    ck_assert_int_eq(acl_view_build(&acl, &in_deny, false, &v), 0);
+    ck_assert(!pub_ok(&v, "b/secret"));
+    ck_assert(!pub_ok(&v, "b/x"));
+    acl_view_free(&v);
+    acl_free(&acl);
+
+    /* Without deny rules by group, the primary group still counts; nothing more. */
+    static const char *const allow_only[] = {
+        "allow gid 60", "publish b/#", "allow gid 70", "publish c/#",
+        "deny uid 3",   "publish b/x", NULL,
+    };
+    acl = parse(allow_only);
+    ck_assert_int_eq(acl_view_build(&acl, &partial, false, &v), 0);
+    ck_assert(pub_ok(&v, "b/x"));
+    ck_assert(!pub_ok(&v, "c/x"));
+    acl_view_free(&v);
+    acl_free(&acl);
+}
+END_TEST
+
+START_TEST(parse_errors)
+{
+    Acl acl = {0};
+    char err[4000], key[400];
+    snprintf(key, sizeof(key), "deny user %0300d", 7);
+    ck_assert_int_eq(acl_parse_line(&acl, key, "publish x", err, sizeof(err)), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "too long"));
+    ck_assert_int_eq(acl_parse_line(&acl, "deny all", "publish a/b%u+", err, sizeof(err)), -EINVAL);
+    /* A filter longer than any fixed probe buffer is still checked to its end. */
+    char value[1200] = "publish ";
+    memset(value + 8, 'a', 1000);
+    memcpy(value + 1008, "/x#", 4);
+    ck_assert_int_eq(acl_parse_line(&acl, "deny all", value, err, sizeof(err)), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "is not a valid topic filter"));
+    ck_assert_uint_eq(acl.n_rules, 0);
+    acl_free(&acl);
+}
+END_TEST
+
 static Suite *acl_suite(void)
 {
     Suite *s = suite_create("acl");
@@ -147,6 +334,11 @@ static Suite *acl_suite(void)
     tcase_add_test(tc, decisions);
     tcase_add_test(tc, open_without_rules);
     tcase_add_test(tc, user_names_that_break_filters);
+    tcase_add_test(tc, deny_with_u_and_no_name);
+    tcase_add_test(tc, deny_with_u_and_unusable_name);
+    tcase_add_test(tc, deny_with_u_edge_filters);
+    tcase_add_test(tc, unknown_groups);
+    tcase_add_test(tc, parse_errors);
     suite_add_tcase(s, tc);
     return s;
 }

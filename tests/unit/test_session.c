@@ -868,8 +868,9 @@ START_TEST(progress_events_for_the_spool)
     ck_assert_uint_eq(count_events(&h, SESSION_EV_PUBREC), 1);
     ck_assert_uint_eq(last_event(&h, SESSION_EV_PUBREC)->sent.spool_id, 7);
 
-    MqttPacket in = {.type = MQTT_PUBLISH,
-                     .publish = {.topic = VIEW_STR("i"), .payload = VIEW_STR("1"), .qos = 2, .id = 9}};
+    MqttPacket in = {
+        .type = MQTT_PUBLISH,
+        .publish = {.topic = VIEW_STR("i"), .payload = VIEW_STR("1"), .qos = 2, .id = 9}};
     broker_sends(&h, &in);
     ck_assert_uint_eq(count_events(&h, SESSION_EV_QOS2_HELD), 1);
     ck_assert_uint_eq(last_event(&h, SESSION_EV_QOS2_HELD)->packet_id, 9);
@@ -888,10 +889,14 @@ START_TEST(resume_from_durable_state)
     SessionConfig c = base_config();
     c.clean_session = false;
     setup_with(&h, &c);
-    SessionPublish a = {.topic = VIEW_STR("t"), .payload = VIEW_STR("a"), .qos = 2, .spool_id = 1,
-                        .packet_id = 41};
-    SessionPublish b = {.topic = VIEW_STR("t"), .payload = VIEW_STR("b"), .qos = 2, .spool_id = 2,
-                        .packet_id = 42, .pubrec = true};
+    SessionPublish a = {
+        .topic = VIEW_STR("t"), .payload = VIEW_STR("a"), .qos = 2, .spool_id = 1, .packet_id = 41};
+    SessionPublish b = {.topic = VIEW_STR("t"),
+                        .payload = VIEW_STR("b"),
+                        .qos = 2,
+                        .spool_id = 2,
+                        .packet_id = 42,
+                        .pubrec = true};
     SessionPublish n = {.topic = VIEW_STR("t"), .payload = VIEW_STR("n"), .qos = 1, .spool_id = 3};
     ck_assert_int_eq(session_publish(h.s, &a, NULL, h.now, NULL), 0);
     ck_assert_int_eq(session_publish(h.s, &b, NULL, h.now, NULL), 0);
@@ -911,9 +916,10 @@ START_TEST(resume_from_durable_state)
     ck_assert(!p.publish.dup);
     ck_assert_uint_ne(p.publish.id, 41);
     ck_assert_uint_ne(p.publish.id, 42);
-    MqttPacket again = {.type = MQTT_PUBLISH,
-                        .publish = {.topic = VIEW_STR("i"), .payload = VIEW_STR("1"), .qos = 2,
-                                    .id = 77, .dup = true}};
+    MqttPacket again = {
+        .type = MQTT_PUBLISH,
+        .publish = {
+            .topic = VIEW_STR("i"), .payload = VIEW_STR("1"), .qos = 2, .id = 77, .dup = true}};
     broker_sends(&h, &again);
     ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 0);
     ck_assert_uint_eq(h.s->stats.duplicates_dropped, 1);
