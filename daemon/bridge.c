@@ -75,7 +75,9 @@ static void broadcast(Daemon *d, bool connection, json_t *event)
 {
     Buf b = {0};
     if (write_json_line(&b, event) == 0) {
-        for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
+        /* client_send may close a client (out of memory), which moves it off the list. */
+        for (DList *l = d->clients.next, *next = l->next; l != &d->clients;
+             l = next, next = l->next) {
             Client *c = container_of(l, Client, link);
             if (connection ? c->events_connection : c->events_ping) {
                 client_send(c, buf_view(&b));
@@ -146,11 +148,11 @@ static void subscription_lost(Daemon *d, View filter, uint8_t code)
     log_warning("subscription to %.*s lost: %s", (int)filter.n, (const char *)filter.p, reason);
     snprintf(d->lost_subscription, sizeof(d->lost_subscription), "%.*s: %s", (int)filter.n,
              (const char *)filter.p, reason);
-    for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
+    for (DList *l = d->clients.next, *next = l->next; l != &d->clients; l = next, next = l->next) {
         Client *c = container_of(l, Client, link);
         if (router_holds(&d->router, filter, &c->target)) {
+            ops_subscription_refused(c, filter); /* first: the event may close c */
             ops_unsubscribed_event(c, filter, reason);
-            ops_subscription_refused(c, filter);
         }
     }
 }

@@ -205,8 +205,13 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         }
         struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
         socklen_t len = sizeof(cred);
-        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
         char why[160];
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred)) {
+            snprintf(why, sizeof(why), "cannot read the peer's credentials: %s",
+                     len != sizeof(cred) ? "short answer" : strerror(errno));
+            reject(d, fd, IPC_FORBIDDEN, why);
+            continue;
+        }
         if (d->stopping) {
             reject(d, fd, IPC_SHUTTING_DOWN, "the daemon is shutting down");
             continue;
@@ -227,11 +232,15 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             continue;
         }
         *c = (Client){.d = d, .fd = fd, .serial = ++d->next_serial};
-        if (access_client_init(c, &cred) < 0) {
+        int r = access_client_init(c, &cred);
+        if (r < 0) {
             acl_view_free(&c->acl);
             free(c->user);
             free(c);
-            close(fd);
+            /* access_client_init logged who and why. */
+            reject(d, fd, r == -ENOMEM ? IPC_INTERNAL : IPC_FORBIDDEN,
+                   r == -ENOMEM ? "out of memory"
+                                : "who the peer is could not be established ([acl] fails closed)");
             continue;
         }
         line_reader_init(&c->in, d->cfg.ipc.max_line);

@@ -98,30 +98,39 @@ class VanishingPublishers(TestCase):
         self.assertEqual(len(got), n)
 
 
-def refusing_broker(conn, fb):
-    """A scripted broker that grants every subscription on the first connection and refuses
-    secret/# (SUBACK 0x80) on later ones: mosquitto 2.0.11 grants ACL-denied MQTT 3.1.1
-    subscriptions (it only withholds the messages), so the refusal has to be scripted."""
-    fb.read_connect(conn)
-    later = len(fb.connects) > 1
-    conn.sendall(b"\x20\x02\x00\x00")
-    while True:
-        t, body = fb.read_packet(conn)
-        if t == 0xC0:
-            conn.sendall(b"\xd0\x00")
-        elif t == 0x82:
-            n = int.from_bytes(body[2:4], "big")
-            refused = later and body[4:4 + n].startswith(b"secret")
-            conn.sendall(b"\x90\x03" + body[:2] + (b"\x80" if refused else b"\x01"))
-        elif t == 0xA2:
-            conn.sendall(b"\xb0\x02" + body[:2])
-        elif t == 0xE0:
-            return
+def scripted_broker(on_subscribe):
+    """A FakeBroker handler: CONNACK, PINGRESP for every PINGREQ, UNSUBACK for every
+    UNSUBSCRIBE, and on_subscribe(conn, fb, packet_id, filter, later) for each SUBSCRIBE,
+    `later` being true from the second connection on."""
+    def handler(conn, fb):
+        fb.read_connect(conn)
+        later = len(fb.connects) > 1
+        conn.sendall(b"\x20\x02\x00\x00")
+        while True:
+            t, body = fb.read_packet(conn)
+            if t == 0xC0:
+                conn.sendall(b"\xd0\x00")
+            elif t == 0x82:
+                n = int.from_bytes(body[2:4], "big")
+                on_subscribe(conn, fb, body[:2], body[4:4 + n], later)
+            elif t == 0xA2:
+                conn.sendall(b"\xb0\x02" + body[:2])
+            elif t == 0xE0:
+                return
+    return handler
+
+
+def refuse_secret_later(conn, fb, pid, flt, later):
+    """Grant every subscription on the first connection, refuse secret/# (SUBACK 0x80) on
+    later ones: mosquitto 2.0.11 grants ACL-denied MQTT 3.1.1 subscriptions (it only
+    withholds the messages), so the refusal has to be scripted."""
+    refused = later and flt.startswith(b"secret")
+    conn.sendall(b"\x90\x03" + pid + (b"\x80" if refused else b"\x01"))
 
 
 class RefusedResubscription(TestCase):
     def test_holders_told_and_subscription_forgotten(self):
-        fb = self.fake_broker(refusing_broker)
+        fb = self.fake_broker(scripted_broker(refuse_secret_later))
         d = self.daemon(fb.port)  # clean session: subscriptions are restored at reconnect
         with d.client() as c, d.client() as other:
             c.ok("events", connection=True)
@@ -147,41 +156,31 @@ class RefusedResubscription(TestCase):
             c.ok("unsubscribe", filter="open/#")
 
 
-def retained_broker(order):
-    """A scripted broker that answers a SUBSCRIBE in `order`:
-    "pingresp-first": a PINGREQ that came before the SUBACK is answered first, then SUBACK,
-    then the retained PUBLISH (a broker handling packets concurrently);
-    "retained-first": the retained PUBLISH, then the SUBACK."""
-    def handler(conn, fb):
-        fb.read_connect(conn)
-        conn.sendall(b"\x20\x02\x00\x00")
-        while True:
-            t, body = fb.read_packet(conn)
-            if t == 0xC0:
+def answer_retained(order):
+    """A SUBSCRIBE answered in `order`: "pingresp-first": a PINGREQ that came before the
+    SUBACK is answered first, then SUBACK, then the retained PUBLISH (a broker handling
+    packets concurrently); "retained-first": the retained PUBLISH, then the SUBACK."""
+    def on_subscribe(conn, fb, pid, flt, later):
+        retained = b"\x31" + bytes([2 + 5 + 3]) + b"\x00\x05ret/a" + b"old"
+        if order == "retained-first":
+            conn.sendall(retained + b"\x90\x03" + pid + b"\x00")
+            return
+        conn.settimeout(0.5)  # how long a PINGREQ may take to follow the SUBSCRIBE
+        try:
+            if fb.read_packet(conn)[0] == 0xC0:
                 conn.sendall(b"\xd0\x00")
-            elif t == 0x82:
-                pid = body[:2]
-                retained = b"\x31" + bytes([2 + 5 + 3]) + b"\x00\x05ret/a" + b"old"
-                if order == "retained-first":
-                    conn.sendall(retained + b"\x90\x03" + pid + b"\x00")
-                    continue
-                conn.settimeout(0.5)
-                try:
-                    t2, _ = fb.read_packet(conn)
-                    if t2 == 0xC0:
-                        conn.sendall(b"\xd0\x00")
-                except socket.timeout:
-                    pass
-                conn.settimeout(WAIT * 3)
-                conn.sendall(b"\x90\x03" + pid + b"\x00" + retained)
-    return handler
+        except socket.timeout:
+            pass
+        conn.settimeout(WAIT * 3)
+        conn.sendall(b"\x90\x03" + pid + b"\x00" + retained)
+    return on_subscribe
 
 
 class RetainedOutOfOrder(TestCase):
     def test_retained_arrives_whatever_the_order(self):
         for order in ("pingresp-first", "retained-first"):
             with self.subTest(order=order):
-                fb = self.fake_broker(retained_broker(order))
+                fb = self.fake_broker(scripted_broker(answer_retained(order)))
                 d = self.daemon(fb.port, name=f"d-{order}")
                 with d.client() as c:
                     c.ok("subscribe", filter="ret/#")
@@ -293,7 +292,7 @@ class Limits(TestCase):
     def test_barrier_without_answer_times_out(self):
         """A broker that grants the SUBSCRIBE but never answers PINGREQ: a client that sent
         EOF after subscribing is still closed once the barrier times out."""
-        def handler(conn, fb):
+        def handler(conn, fb):  # never answers PINGREQ
             fb.read_connect(conn)
             conn.sendall(b"\x20\x02\x00\x00")
             while True:
