@@ -10,10 +10,12 @@
  * inspection and never read again.
  *
  * Liveness: a segment is needed while it holds the ADD record of a pending message or the
- * latest STATE record of one (Segment.live counts both). One that is needed by nothing is
- * deleted; at each rotation, old segments that are mostly dead have what is live in them
- * copied forward (an ADD with its send state after it) and made durable before they go, so
- * disk use stays proportional to what is pending.
+ * latest STATE record of one (Segment.live counts both). A DONE record is needed while an ADD
+ * it cancels may still lie in another segment (a pin: otherwise the acknowledged message
+ * would come back at the next start). A segment with nothing live is deleted, its pinned DONE
+ * records written again into the current segment first; at each rotation, old segments that
+ * are mostly dead have what is live in them copied forward (an ADD with its send state after
+ * it) and made durable before they go, so disk use stays proportional to what is pending.
  *
  * Recovery reads every segment into memory, refuses a newer format before touching anything,
  * then replays the records in segment order. A bad record followed by good ones is damage:
@@ -56,12 +58,19 @@
 #define JOBS          64 /* sync jobs in flight; jobs for one fd merge, so this is plenty */
 #define PATH_LEN      4200
 
+typedef struct Pin { /* a DONE record for `seq`, whose ADD may lie in segments lo..hi */
+    uint64_t seq, lo, hi;
+} Pin;
+
 typedef struct Segment {
     uint64_t id;
     uint64_t bytes, live_bytes;
-    size_t live;      /* pending messages' ADD records and latest STATE records in it */
-    uint32_t salt;    /* 0: format 1 */
-    bool damaged;     /* recovery skipped damage in it: set aside, not deleted */
+    size_t live;   /* pending messages' ADD records and latest STATE records in it */
+    uint32_t salt; /* 0: format 1 */
+    bool damaged;  /* recovery skipped damage in it: set aside, not deleted */
+    bool keep;     /* a pin could not be recorded: kept until the next start */
+    Pin *pins;
+    size_t n_pins, cap_pins;
     bool torn;        /* recovery found a torn tail at torn_at */
     uint64_t torn_at; /* (recovery only) */
 } Segment;
@@ -73,6 +82,7 @@ typedef struct Live {       /* a pending message */
     uint16_t packet_id;
     bool pubrec;
     uint64_t state_seg; /* segment of its latest STATE record; 0: none */
+    uint64_t first_seg; /* the oldest segment that may still hold a copy of its ADD */
 } Live;
 
 typedef struct Job {
@@ -98,7 +108,7 @@ struct Spool {
     Buf rec;
     size_t unsynced_records;
     uint64_t held[SPOOL_HELD_WORDS]; /* incoming QoS 2 ids between PUBREC and PUBREL */
-    uint64_t *undone;                /* DONE records a failed write owes the log */
+    Pin *undone;                     /* DONE records a failed write owes the log */
     size_t n_undone, cap_undone;
     SpoolHealth health;
     enum episode episode;
@@ -193,6 +203,37 @@ static void forget(Spool *s, Live *l)
         seg_unref(s, l->state_seg, SPOOL_STATE_SIZE);
     }
     free(l);
+}
+
+/* A DONE record for `p.seq` was written in `seg`. */
+static void add_pin(Segment *seg, Pin p)
+{
+    if (p.lo == seg->id && p.hi == seg->id) {
+        return; /* the ADD goes with the segment */
+    }
+    if (seg->n_pins == seg->cap_pins) {
+        size_t cap = seg->cap_pins ? seg->cap_pins * 2 : 8;
+        Pin *n = realloc(seg->pins, cap * sizeof(*n));
+        if (!n) {
+            seg->keep = true;
+            return;
+        }
+        seg->pins = n;
+        seg->cap_pins = cap;
+    }
+    seg->pins[seg->n_pins++] = p;
+}
+
+/* Whether a segment other than `holder` that may hold an ADD cancelled by `p` is still there. */
+static bool pin_holds(const Spool *s, const Pin *p, uint64_t holder)
+{
+    for (size_t i = 0; i < s->n_segs; i++) {
+        uint64_t id = s->segs[i].id;
+        if (id != holder && id >= p->lo && id <= p->hi) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /* ---- write-failure episodes ---- */
@@ -646,15 +687,35 @@ static int set_aside(Spool *s, const Segment *seg)
     return 0;
 }
 
-/* Delete (or, when damaged, set aside) every old segment nothing pending needs. */
+/* Before segment i goes: the DONE records in it that are still needed are written again
+ * into the current segment. Not synced, like any DONE. */
+static int carry_pins(Spool *s, size_t i)
+{
+    for (size_t k = 0; k < s->segs[i].n_pins; k++) {
+        Pin p = s->segs[i].pins[k];
+        if (!pin_holds(s, &p, s->segs[i].id)) {
+            continue;
+        }
+        buf_clear(&s->rec);
+        uint64_t off;
+        int r = spool_record_done(&s->rec, cur_seg(s)->salt, p.seq);
+        if (r < 0 || (r = append(s, &off)) < 0) {
+            return r;
+        }
+        add_pin(cur_seg(s), p);
+    }
+    return 0;
+}
+
+/* Delete (or, when damaged, set aside) every old segment nothing needs. */
 static void sweep(Spool *s)
 {
     for (size_t i = 0; i + 1 < s->n_segs;) {
-        Segment *seg = &s->segs[i];
-        if (seg->live) {
-            i++;
+        if (s->segs[i].live || s->segs[i].keep || carry_pins(s, i) < 0) {
+            i++; /* still needed, or its DONE records cannot be carried now: kept */
             continue;
         }
+        Segment *seg = &s->segs[i];
         if (seg->damaged) {
             set_aside(s, seg);
         } else {
@@ -664,6 +725,7 @@ static void sweep(Spool *s)
                 log_warning("spool: cannot delete %s: %s", path, strerror(errno));
             }
         }
+        free(seg->pins);
         memmove(seg, seg + 1, (s->n_segs - i - 1) * sizeof(*seg));
         s->n_segs--;
     }
@@ -707,10 +769,11 @@ static int writable(Spool *s, bool rotate)
     while (s->n_undone) {
         buf_clear(&s->rec);
         uint64_t off;
-        if (spool_record_done(&s->rec, cur_seg(s)->salt, s->undone[s->n_undone - 1]) < 0 ||
-            append(s, &off) < 0) {
+        Pin p = s->undone[s->n_undone - 1];
+        if (spool_record_done(&s->rec, cur_seg(s)->salt, p.seq) < 0 || append(s, &off) < 0) {
             break;
         }
+        add_pin(cur_seg(s), p);
         s->n_undone--;
     }
     return 0;
@@ -727,7 +790,7 @@ int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint
     if (!l) {
         return -ENOMEM;
     }
-    *l = (Live){.seq = s->next_seq, .qos = qos};
+    *l = (Live){.seq = s->next_seq, .qos = qos, .first_seg = cur_seg(s)->id};
     buf_clear(&s->rec);
     r = spool_record_add(&s->rec, cur_seg(s)->salt, l->seq, qos, retain, topic, payload);
     if (r == 0) {
@@ -754,18 +817,18 @@ int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint
     return 0;
 }
 
-static void owe_done(Spool *s, uint64_t seq)
+static void owe_done(Spool *s, Pin p)
 {
     if (s->n_undone == s->cap_undone) {
         size_t cap = s->cap_undone ? s->cap_undone * 2 : 16;
-        uint64_t *n = realloc(s->undone, cap * sizeof(*n));
+        Pin *n = realloc(s->undone, cap * sizeof(*n));
         if (!n) {
             return; /* the message may come back after a restart: at least once */
         }
         s->undone = n;
         s->cap_undone = cap;
     }
-    s->undone[s->n_undone++] = seq;
+    s->undone[s->n_undone++] = p;
 }
 
 void spool_done(Spool *s, uint64_t seq)
@@ -775,6 +838,7 @@ void spool_done(Spool *s, uint64_t seq)
         return;
     }
     /* Not synced: if lost, the message is sent again (at least once). */
+    Pin p = {seq, l->first_seg, l->seg};
     int r = writable(s, false);
     if (r == 0) {
         buf_clear(&s->rec);
@@ -783,8 +847,10 @@ void spool_done(Spool *s, uint64_t seq)
             r = append(s, &off);
         }
     }
-    if (r < 0) {
-        owe_done(s, seq);
+    if (r == 0) {
+        add_pin(cur_seg(s), p);
+    } else {
+        owe_done(s, p);
     }
     forget(s, l);
     sweep(s);
@@ -1026,23 +1092,27 @@ static int recover_add(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t of
     if (!(l = calloc(1, sizeof(*l)))) {
         return -ENOMEM;
     }
-    *l = (Live){
-        .seq = rec->seq, .seg = seg, .off = off, .len = (uint32_t)rec->size, .qos = rec->qos};
+    *l = (Live){.seq = rec->seq,
+                .seg = seg,
+                .off = off,
+                .len = (uint32_t)rec->size,
+                .qos = rec->qos,
+                .first_seg = seg};
     int r = hashmap_put(&s->live, seq_key(&l->seq), l);
     if (r < 0) {
         free(l);
         return r;
     }
     seg_ref(s, seg, l->len);
-    if (rec->seq >= s->next_seq) {
-        s->next_seq = rec->seq + 1;
-    }
     return 0;
 }
 
 static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
 {
     Live *l;
+    if (rec->seq >= s->next_seq) {
+        s->next_seq = rec->seq + 1; /* never reuse a number a record still names */
+    }
     switch (rec->type) {
     case SPOOL_HEADER:
         spool_record_held(rec, s->held); /* the set when this segment was started */
@@ -1051,6 +1121,7 @@ static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
         return recover_add(s, seg, rec, off);
     case SPOOL_DONE:
         if ((l = hashmap_remove(&s->live, seq_key(&rec->seq)))) {
+            add_pin(find_seg(s, seg), (Pin){rec->seq, l->first_seg, l->seg});
             forget(s, l);
         }
         break;
@@ -1291,6 +1362,9 @@ static void free_spool(Spool *s)
     pthread_cond_destroy(&s->cv);
     buf_free(&s->rec);
     free(s->undone);
+    for (size_t i = 0; s->segs && i < s->n_segs; i++) {
+        free(s->segs[i].pins);
+    }
     free(s->segs);
     free(s->dir);
     free(s);
@@ -1321,6 +1395,15 @@ int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spoo
         free(s);
         return -ENOMEM;
     }
+    int r = -pthread_mutex_init(&s->mu, NULL);
+    if (r == 0 && (r = -pthread_cond_init(&s->cv, NULL)) < 0) {
+        pthread_mutex_destroy(&s->mu);
+    }
+    if (r < 0) {
+        free(s->dir);
+        free(s);
+        return r;
+    }
     s->loop = loop;
     s->mode = mode;
     s->fd = s->lock_fd = -1;
@@ -1328,11 +1411,9 @@ int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spoo
     s->next_seq = 1;
     s->waits.prev = s->waits.next = &s->waits;
     hashmap_init(&s->live);
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
     ev_async_init(&s->synced_async, on_synced);
     ev_timer_init(&s->batch, on_batch, BATCH_SECONDS, 0.0);
-    int r = lock_dir(s);
+    r = lock_dir(s);
     if (r == 0) {
         r = recover(s, each, ud);
     }

@@ -66,8 +66,8 @@ void spool_close(Spool *s);
  * EIO, E2BIG...) when it cannot be written: nothing was added. */
 int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint64_t *ret_seq,
               uint64_t *ret_mark);
-/* The broker has message `seq`: forget it (compacting the log as segments empty). A DONE
- * record that cannot be written is retried at the next write. */
+/* The broker has message `seq`: forget it (deleting segments as they empty). A DONE record
+ * that cannot be written is retried at the next write. */
 void spool_done(Spool *s, uint64_t seq);
 /* Message `seq` went on the wire under `packet_id` (recorded again if the id changes, and
  * resetting pubrec). Call before the bytes are written to the broker socket. -ENOENT for a

@@ -713,6 +713,44 @@ START_TEST(send_state_survives_compaction)
 }
 END_TEST
 
+START_TEST(acknowledged_stays_acknowledged)
+{
+    /* A DONE record whose segment holds nothing else must outlive the older segment that
+     * holds its ADD: across restarts (each starts a segment) and across rotations. */
+    const char *dir = path_in(test_dir, "spool");
+    Spool *s = open_spool(dir, FSYNC_BATCH, NULL);
+    uint64_t a = add(s, 2, "a", "acked"), b = add(s, 2, "b", "pending");
+    ck_assert_int_eq(spool_sent(s, a, 1), 0);
+    spool_close(s);
+    s = open_spool(dir, FSYNC_BATCH, NULL);
+    spool_done(s, a); /* its DONE is in segment 2, its ADD in segment 1 (kept for b) */
+    spool_close(s);
+    static Got g;
+    for (int restart = 0; restart < 4; restart++) {
+        s = open_spool(dir, FSYNC_BATCH, &g);
+        ck_assert_uint_eq(g.n, 1);
+        ck_assert_uint_eq(g.m[0].seq, b);
+        ck_assert_uint_le(count_segments(dir), 2);
+        spool_close(s);
+    }
+    /* The same at run time: DONE records land in segments that empty and go. */
+    s = open_spool(dir, FSYNC_BATCH, NULL);
+    spool_set_segment_max(s, 4096);
+    uint64_t c = add(s, 1, "c", "acked later");
+    churn(s, 2);
+    spool_done(s, c);
+    churn(s, 4);
+    ck_assert_uint_le(count_segments(dir), 3);
+    spool_close(s);
+    s = open_spool(dir, FSYNC_BATCH, &g);
+    ck_assert_uint_eq(g.n, 1);
+    ck_assert_uint_eq(g.m[0].seq, b);
+    /* Nothing reuses the numbers of acknowledged messages. */
+    ck_assert_uint_gt(add(s, 1, "d", "new"), c);
+    spool_close(s);
+}
+END_TEST
+
 static bool is_held(const uint64_t *held, uint16_t id)
 {
     return held[id / 64] >> (id % 64) & 1;
@@ -1140,6 +1178,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, send_state_round_trip);
     tcase_add_test(tc, send_state_survives_compaction);
     tcase_add_test(tc, incoming_ids_survive_restarts_and_rotation);
+    tcase_add_test(tc, acknowledged_stays_acknowledged);
     tcase_add_test(tc, damage_in_the_middle_loses_only_what_it_hit);
     tcase_add_test(tc, damage_to_a_payload);
     tcase_add_test(tc, damage_to_a_length_field);
