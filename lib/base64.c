@@ -9,6 +9,9 @@ static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 int base64_encode(Buf *out, View in)
 {
     size_t n = (in.n + 2) / 3 * 4;
+    if (n == 0) {
+        return 0; /* nothing to write, and out->data may still be NULL */
+    }
     int r = buf_reserve(out, n);
     if (r < 0) {
         return r;

@@ -4,6 +4,9 @@
 
 bool utf8_valid(View s, bool allow_nul)
 {
+    if (s.n == 0) {
+        return true; /* s.p may be NULL: no pointer arithmetic on it */
+    }
     const uint8_t *p = s.p, *end = s.p + s.n;
 
     while (p < end) {

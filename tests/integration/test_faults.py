@@ -104,6 +104,27 @@ class Collector:
         self.c.close()
 
 
+class Reconnecting:
+    """A local client of d that connects again when d was restarted under it."""
+
+    def __init__(self, d):
+        self.d, self.c = d, d.client()
+
+    def send_raw(self, data):
+        try:
+            self.c.send_raw(data)
+        except OSError:
+            self.c.close()
+            self.c = self.d.client()
+            self.c.send_raw(data)
+
+    def next(self, *args, **kw):
+        return self.c.next(*args, **kw)
+
+    def close(self):
+        self.c.close()
+
+
 class Faults(TestCase):
     def collector(self, d, flt, qos=1):
         col = Collector(d, flt, qos)
@@ -190,10 +211,32 @@ class Faults(TestCase):
         d.start(wait_connected=False)
         return d
 
+    def broker_restart_phase(self, m, case, streams, between=None):
+        """More messages on each (client, prefix, collector) of `streams`, with the broker
+        restarted (keeping its sessions) half way and `between` called after that: none may be
+        lost. Duplicates are counted, not refused: mosquitto 2.0.11 restores a QoS 2 message
+        it had sent PUBREL for as a PUBLISH (DUP) instead of a PUBREL, which no receiver can
+        tell from a new message (docs/reliability.md)."""
+        halves = (range(100000, 101000), range(101000, 102000))
+        for half in halves:
+            for c, prefix, _ in streams:
+                self.assertEqual(publish_batch(c, prefix, half, qos_of), len(half))
+            if half is halves[0]:
+                m.stop()
+                m.start()
+                if between:
+                    between()
+        for c, prefix, col in streams:
+            sent = [f"{prefix}/{i}" for h in halves for i in h]
+            self.assertTrue(col.wait_all(sent, timeout=120))
+            got = [g for g in col.got if int(g.split("/")[-1]) >= 100000]
+            self.assertEqual(report(f"{case}, {prefix}", sent, got), 0)
+
     def test_100_cuts_both_directions_qos1_qos2_and_a_broker_restart(self):
         """D reaches the broker through a proxy that cuts every connection after a random
         number of bytes; it publishes out/# (to S) and receives in/# (from P). Half of each
-        stream is QoS 2. The broker restarts once, keeping its sessions."""
+        stream is QoS 2: none lost, none twice. Then the broker restarts during both streams
+        (keeping its sessions): none lost."""
         m = self.broker(persistence=True)
         proxy = Proxy(m.port, seed=42)
         proxy.cut_after = (4000, 30000)
@@ -214,27 +257,26 @@ class Faults(TestCase):
                 sent_out += [f"out/{i}" for i in ids]
                 sent_in += [f"in/{i}" for i in ids]
                 rnd += 1
-                if rnd == 4:
-                    m.stop()
-                    m.start()
                 # Paced by delivery: at most two rounds outstanding in each direction.
                 self.assertTrue(out_col.wait_unique(len(sent_out) - 1000, timeout=60))
                 self.assertTrue(in_col.wait_unique(len(sent_in) - 1000, timeout=60))
-        self.assertTrue(out_col.wait_unique(len(sent_out), timeout=120),
-                        f"{len(set(out_col.got))} of {len(sent_out)} out")
-        self.assertTrue(in_col.wait_unique(len(sent_in), timeout=120),
-                        f"{len(set(in_col.got))} of {len(sent_in)} in")
-        self.assertGreaterEqual(proxy.cuts, 100)
-        case = f"{proxy.cuts} cuts + broker restart, QoS 1+2"
-        self.assertEqual(report(f"{case}, out", sent_out, out_col.got), 0)
-        self.assertEqual(report(f"{case}, in", sent_in, in_col.got), 0)
-        self.assertEqual(twice_at_qos2(out_col.got), [])
-        self.assertEqual(twice_at_qos2(in_col.got), [])
+            self.assertTrue(out_col.wait_all(sent_out, timeout=120),
+                            f"{len(set(out_col.got))} of {len(sent_out)} out")
+            self.assertTrue(in_col.wait_all(sent_in, timeout=120),
+                            f"{len(set(in_col.got))} of {len(sent_in)} in")
+            self.assertGreaterEqual(proxy.cuts, 100)
+            case = f"{proxy.cuts} cuts, QoS 1+2"
+            self.assertEqual(report(f"{case}, out", sent_out, out_col.got), 0)
+            self.assertEqual(report(f"{case}, in", sent_in, in_col.got), 0)
+            self.assertEqual(twice_at_qos2(out_col.got), [])
+            self.assertEqual(twice_at_qos2(in_col.got), [])
+            self.broker_restart_phase(m, "broker restart + cuts, QoS 1+2",
+                                      [(dc, "out", out_col), (pc, "in", in_col)])
 
     def test_daemon_kill_9_every_few_seconds_with_spool(self):
-        """20 000 QoS 1/2 messages through a daemon killed every 2 000 messages sent, which is
-        every second or so here (and a broker restart): every accepted one arrives, no QoS 2
-        one twice."""
+        """20 000 QoS 1/2 messages through a daemon killed every 2 000 messages sent (every
+        0.2 s or so here): every accepted one arrives, no QoS 2 one twice. Then the broker
+        restarts, and the daemon is killed once more, during another stream: none lost."""
         m = self.broker(persistence=True)
         spool = os.path.join(self.tmp, "spool")
         d = self.persistent(m.port, "k", queue={"spool_dir": spool, "fsync": "batch"})
@@ -264,9 +306,6 @@ class Faults(TestCase):
             if i < n:
                 d.stop(signal.SIGKILL)
                 kills += 1
-                if kills == 3:
-                    m.stop()
-                    m.start()
                 d.start(wait_connected=False)
         self.assertEqual(i, n)
         self.assertGreaterEqual(kills, 3)
@@ -274,6 +313,14 @@ class Faults(TestCase):
         self.assertEqual(report(f"daemon kill -9 x{kills}, spool, QoS 1+2", accepted,
                                 [g for g in col.got if g in set(accepted)]), 0)
         self.assertEqual(twice_at_qos2(col.got), [])
+
+        def kill_and_restart():
+            d.stop(signal.SIGKILL)
+            d.start(wait_connected=False)
+        c = Reconnecting(d)
+        self.cleanups.append(c.close)
+        self.broker_restart_phase(m, "broker restart + kill -9, spool, QoS 1+2",
+                                  [(c, "k9", col)], between=kill_and_restart)
 
     def test_oversized_packet_from_broker(self):
         # A PUBLISH announcing 200 MB: refused from its header, not buffered.
