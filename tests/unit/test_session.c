@@ -27,8 +27,8 @@ static void on_event(void *ud, const SessionEvent *ev)
     h->ev[h->n_ev] = *ev;
     if (ev->type == SESSION_EV_LINK_DOWN) {
         /* As the daemon does: write what is pending, then close. */
-        ck_assert_int_eq(
-            mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off, buf_size(&h->s->out)), 0);
+        ck_assert_int_eq(mqtt_decoder_feed(&h->wire, buf_view(&h->s->out).p, buf_size(&h->s->out)),
+                         0);
         buf_clear(&h->s->out);
         snprintf(h->reason[h->n_ev], sizeof(h->reason[0]), "%s", ev->down.reason);
     }
@@ -77,8 +77,7 @@ static void teardown(Harness *h)
 /* Move what the session wrote onto the test's side of the wire. */
 static void take_output(Harness *h)
 {
-    ck_assert_int_eq(
-        mqtt_decoder_feed(&h->wire, h->s->out.data + h->s->out.off, buf_size(&h->s->out)), 0);
+    ck_assert_int_eq(mqtt_decoder_feed(&h->wire, buf_view(&h->s->out).p, buf_size(&h->s->out)), 0);
     buf_clear(&h->s->out);
 }
 
