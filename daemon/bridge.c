@@ -4,6 +4,7 @@
  * match (once per client), connection and ping events to the clients that asked for them,
  * and the completions that answer waiting requests.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,12 +97,20 @@ static void subscribe_done(Daemon *d, Waiter *w, int result)
         waiter_free(w);
         return;
     }
+    assert(!c->closed); /* closing c frees its waiters and forgets them in the session */
     RouterFilter *rf = router_filter(&d->router, f);
-    if (result >= 0) {
-        if (rf) {
-            rf->active = true;
-            rf->granted = (uint8_t)result;
+    if (result >= 0 && !router_holds(&d->router, f, &c->target)) {
+        /* Dropped meanwhile (the broker refused its restore: c got "unsubscribed"). */
+        if (!rf) {
+            session_unsubscribe(d->broker.session, f, NULL, now_ms()); /* nobody holds it */
         }
+        ops_reply_error(c, w->id, IPC_REFUSED,
+                        "the subscription to %s was lost while it was made (the broker refused "
+                        "it at a reconnect); subscribe again",
+                        w->filter);
+    } else if (result >= 0) {
+        rf->active = true;
+        rf->granted = (uint8_t)result;
         uint8_t granted = w->qos < result ? w->qos : (uint8_t)result;
         ops_reply_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
     } else {
@@ -109,12 +118,13 @@ static void subscribe_done(Daemon *d, Waiter *w, int result)
         ops_reply_error(c, w->id, IPC_REFUSED,
                         "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
     }
-    waiter_free(w);
+    waiter_answered(c, w);
 }
 
 static void link_down(Daemon *d, const SessionEvent *ev)
 {
     Session *s = d->broker.session;
+    router_unconfirm_all(&d->router);
     int64_t wait = s->retry_at - now_ms();
     if (s->state != SESSION_STOPPED) {
         notify_status("reconnecting in %lld s: %s", (long long)((wait > 0 ? wait : 0) + 999) / 1000,
@@ -230,9 +240,12 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         /* fall through */
     case SESSION_EV_UNSUBSCRIBE_DONE: {
         Waiter *w = ev->done.req;
+        Client *c = w ? w->c : NULL;
         if (w) {
-            ops_reply_ok(w->c, w->id, NULL);
-            waiter_free(w);
+            ops_reply_ok(c, w->id, NULL);
+        }
+        if (w) {
+            waiter_answered(c, w);
         }
         break;
     }

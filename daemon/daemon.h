@@ -169,6 +169,8 @@ void ops_subscription_refused(Client *c, View filter);
 /* Stop holding c->subs[i] (the broker subscription goes when it was the last holder). */
 void ops_drop_subscription(Client *c, size_t i);
 void waiter_free(Waiter *w);
+/* After replying to w's request: free w unless the reply closed c (which freed w). */
+void waiter_answered(Client *c, Waiter *w);
 
 /* bridge.c */
 void bridge_on_event(void *userdata, const SessionEvent *ev);

@@ -93,6 +93,14 @@ static int read_password(const char *path, char **ret, char *err, size_t errlen)
         return r;
     }
     text[strcspn(text, "\r\n")] = 0;
+    if (strlen(text) > 65535) {
+        snprintf(err, errlen,
+                 "broker.password_file %s: the password is %zu bytes; MQTT carries "
+                 "at most 65535",
+                 path, strlen(text));
+        free(text);
+        return -EINVAL;
+    }
     *ret = text;
     return 0;
 }
@@ -253,34 +261,64 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     return 0;
 }
 
+typedef struct Recovery {
+    Daemon *d;
+    Buf done; /* uint64_t seqs of superseded messages, forgotten once the spool is open */
+} Recovery;
+
 /* A message the spool still held from an earlier run: queued again, in order; one that had
  * been sent resumes in flight under its packet id (DUP, or PUBREL past PUBREC). */
 static void on_recovered(void *ud, const SpoolMessage *m)
 {
-    Daemon *d = ud;
+    Recovery *rc = ud;
+    if (m->superseded) {
+        log_warning("spool: message %llu was acknowledged (a newer one has its packet id %u); "
+                    "forgetting it",
+                    (unsigned long long)m->seq, (unsigned)m->packet_id);
+        if (buf_append(&rc->done, &m->seq, sizeof(m->seq)) == 0) {
+            return;
+        } /* out of memory: sent again instead, at least once */
+    }
     SessionPublish p = {.topic = m->topic,
                         .payload = m->payload,
                         .qos = m->qos,
                         .retain = m->retain,
                         .spool_id = m->seq,
-                        .packet_id = m->packet_id,
-                        .pubrec = m->pubrec};
-    int r = session_publish(d->broker.session, &p, NULL, now_ms(), NULL);
-    if (r == -EEXIST) {
-        /* Two records name one id (a later one reused it after a DONE that was lost): the
-         * older state is stale, so this one goes out as new. */
-        log_warning("spool: message %llu: packet id %u is taken; it is sent under a new one",
-                    (unsigned long long)m->seq, (unsigned)m->packet_id);
-        p.packet_id = 0;
-        p.pubrec = false;
-        r = session_publish(d->broker.session, &p, NULL, now_ms(), NULL);
-    }
+                        .packet_id = m->superseded ? 0 : m->packet_id,
+                        .pubrec = m->pubrec && !m->superseded};
+    int r = session_publish(rc->d->broker.session, &p, NULL, now_ms(), NULL);
     if (r < 0) {
         log_error("spool: message %llu to %.*s could not be queued again (%s); it stays in the "
                   "spool for the next start",
                   (unsigned long long)m->seq, (int)m->topic.n, (const char *)m->topic.p,
                   strerror(-r));
     }
+}
+
+/* Open [queue] spool_dir and queue what it holds, ahead of anything new. */
+static int open_spool(Daemon *d)
+{
+    Recovery rc = {.d = d};
+    int r = spool_open(d->loop, d->cfg.queue.spool_dir, d->cfg.queue.fsync, on_recovered, &rc,
+                       &d->spool);
+    if (r < 0) {
+        buf_free(&rc.done);
+        return r;
+    }
+    for (size_t off = 0; off + sizeof(uint64_t) <= rc.done.len; off += sizeof(uint64_t)) {
+        uint64_t seq;
+        memcpy(&seq, rc.done.data + off, sizeof(seq));
+        spool_done(d->spool, seq);
+    }
+    buf_free(&rc.done);
+    Session *s = d->broker.session;
+    session_restore_incoming(s, spool_incoming_held(d->spool));
+    if (s->queued + s->inflight) {
+        log_info("spool %s: %zu unacknowledged messages recovered (%zu resuming in flight); "
+                 "they go out first",
+                 d->cfg.queue.spool_dir, s->queued + s->inflight, s->inflight);
+    }
+    return 0;
 }
 
 static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
@@ -318,7 +356,12 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     }
 }
 
-int main(int argc, char **argv)
+typedef struct Options {
+    bool explicit_path, check_only;
+} Options;
+
+/* The command line into d and *o; returns -1 to go on, else the exit status. */
+static int parse_args(int argc, char **argv, Daemon *d, Options *o)
 {
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
@@ -326,18 +369,12 @@ int main(int argc, char **argv)
         {"check-config", no_argument, NULL, 'C'}, {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},         {0},
     };
-    static Daemon daemon;
-    Daemon *d = &daemon;
-    d->config_path = DEFAULT_CONFIG_FILE;
-    d->listen_fd = -1;
-    bool explicit_path = false, check_only = false;
-    int o;
-    log_init("mqttbridged");
-    while ((o = getopt_long(argc, argv, "c:fs:b:vh", opts, NULL)) != -1) {
-        switch (o) {
+    int c;
+    while ((c = getopt_long(argc, argv, "c:fs:b:vh", opts, NULL)) != -1) {
+        switch (c) {
         case 'c':
             d->config_path = optarg;
-            explicit_path = true;
+            o->explicit_path = true;
             break;
         case 'f':
             break;
@@ -351,7 +388,7 @@ int main(int argc, char **argv)
             d->verbosity++;
             break;
         case 'C':
-            check_only = true;
+            o->check_only = true;
             break;
         case 'V':
             printf("mqttbridged %s\n", MQTTBRIDGE_VERSION);
@@ -369,6 +406,22 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    static Daemon daemon;
+    Daemon *d = &daemon;
+    d->config_path = DEFAULT_CONFIG_FILE;
+    d->listen_fd = -1;
+    log_init("mqttbridged");
+    Options opt = {0};
+    int status = parse_args(argc, argv, d, &opt);
+    if (status >= 0) {
+        return status;
+    }
+    bool explicit_path = opt.explicit_path, check_only = opt.check_only;
 
     char err[512];
     Loaded l;
@@ -396,16 +449,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (d->cfg.queue.spool_dir && *d->cfg.queue.spool_dir) {
-        if (spool_open(d->loop, d->cfg.queue.spool_dir, d->cfg.queue.fsync, on_recovered, d,
-                       &d->spool) < 0) {
+        if (open_spool(d) < 0) {
             return 1;
-        }
-        Session *s = d->broker.session;
-        session_restore_incoming(s, spool_incoming_held(d->spool));
-        if (s->queued + s->inflight) {
-            log_info("spool %s: %zu unacknowledged messages recovered (%zu resuming in flight); "
-                     "they go out first",
-                     d->cfg.queue.spool_dir, s->queued + s->inflight, s->inflight);
         }
     }
     int r = server_start(d);

@@ -74,11 +74,9 @@ static Waiter *waiter_new(Client *c, json_t *id, enum ipc_op op, View filter, in
     return w;
 }
 
-void waiter_free(Waiter *w)
+/* Free w without closing its client: for callers in the middle of changing the client. */
+static void waiter_release(Waiter *w)
 {
-    if (!w) {
-        return;
-    }
     Client *c = w->c;
     ev_timer_stop(c->d->loop, &w->timer);
     spool_wait_cancel(&w->durable);
@@ -87,12 +85,29 @@ void waiter_free(Waiter *w)
     c->n_waiters--;
     json_decref(w->id);
     free(w);
+}
+
+void waiter_free(Waiter *w)
+{
+    if (!w) {
+        return;
+    }
+    Client *c = w->c;
+    waiter_release(w);
     client_finish_if_done(c);
 }
 
 static int64_t timeout_of(const Client *c, const Request *r)
 {
     return r->timeout_ms > 0 ? r->timeout_ms : (int64_t)c->d->cfg.broker.publish_timeout * 1000;
+}
+
+void waiter_answered(Client *c, Waiter *w)
+{
+    /* A reply that could not be queued closed c, which freed all its waiters, w among them. */
+    if (!c->closed) {
+        waiter_free(w);
+    }
 }
 
 static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -130,7 +145,7 @@ static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
                         w->filter);
         break;
     }
-    waiter_free(w);
+    waiter_answered(c, w);
 }
 
 /* ---- client subscriptions ---- */
@@ -167,8 +182,23 @@ static ClientSub *add_sub(Client *c, View filter)
     return s;
 }
 
+/* The retained-message barrier of c's subscription to `filter` belongs to that holder only:
+ * a later subscription to the same filter is a new holder, with a barrier of its own. */
+static void drop_barrier(Client *c, View filter)
+{
+    for (DList *l = c->waiters.next; l != &c->waiters; l = l->next) {
+        Waiter *w = container_of(l, Waiter, link);
+        if (w->barrier && view_eq(VIEW_STR(w->filter), filter)) {
+            session_forget_req(c->d->broker.session, w);
+            waiter_release(w); /* every caller sends c something next, which finishes it */
+            return;
+        }
+    }
+}
+
 static void drop_sub(Client *c, ClientSub **slot)
 {
+    drop_barrier(c, VIEW((*slot)->filter, (*slot)->len));
     free(*slot);
     *slot = c->subs[--c->n_subs];
 }
@@ -213,7 +243,7 @@ static void reply_no_waiter(Client *c, json_t *id)
 {
     if (c->n_waiters + 2 > MAX_WAITERS_PER_CLIENT) {
         ops_reply_error(c, id, IPC_QUEUE_FULL,
-                        "%u requests of this connection already wait for the broker: wait for "
+                        "%d requests of this connection already wait for the broker: wait for "
                         "their replies first",
                         MAX_WAITERS_PER_CLIENT);
     } else {
@@ -224,15 +254,16 @@ static void reply_no_waiter(Client *c, json_t *id)
 static void on_durable(void *ud, int error)
 {
     Waiter *w = ud;
+    Client *c = w->c;
     if (error) {
-        ops_reply_error(w->c, w->id, IPC_INTERNAL,
+        ops_reply_error(c, w->id, IPC_INTERNAL,
                         "the spool could not sync the message to disk (%s): it is queued and "
                         "will be sent while the daemon runs, but would not survive a crash",
                         strerror(-error));
     } else {
-        ops_reply_ok(w->c, w->id, NULL);
+        ops_reply_ok(c, w->id, NULL);
     }
-    waiter_free(w);
+    waiter_answered(c, w);
 }
 
 static void op_publish(Client *c, Request *r)

@@ -1230,6 +1230,21 @@ static int hand_back(Spool *s, const Buf *files, spool_recovered_cb each, void *
     if (n) {
         qsort(all, n, sizeof(*all), cmp_live);
     }
+    /* Two messages under one packet id: an id is reused only after the broker acknowledged
+     * the message that had it, so the older one is done (its DONE was lost). */
+    uint64_t newer[65536 / 64] = {0};
+    bool *superseded = calloc(n ? n : 1, sizeof(*superseded));
+    if (!superseded) {
+        free(all);
+        return -ENOMEM;
+    }
+    for (size_t i = n; i-- > 0;) {
+        uint16_t id = all[i]->packet_id;
+        if (id && (newer[id / 64] >> (id % 64) & 1)) {
+            superseded[i] = true;
+        }
+        newer[id / 64] |= UINT64_C(1) << (id % 64);
+    }
     for (size_t i = 0; i < n; i++) {
         Live *l = all[i];
         const Segment *seg = find_seg(s, l->seg);
@@ -1244,9 +1259,11 @@ static int hand_back(Spool *s, const Buf *files, spool_recovered_cb each, void *
                           .topic = rec.topic,
                           .payload = rec.payload,
                           .packet_id = l->packet_id,
-                          .pubrec = l->pubrec};
+                          .pubrec = l->pubrec,
+                          .superseded = superseded[i]};
         each(ud, &m);
     }
+    free(superseded);
     free(all);
     return 0;
 }

@@ -31,6 +31,10 @@ typedef struct SpoolMessage {
     View topic, payload;
     uint16_t packet_id; /* 0: never sent (or written by format 1, which did not record ids) */
     bool pubrec;        /* QoS 2: PUBREC received; only PUBREL/PUBCOMP remain */
+    /* A newer message holds the same packet id. Ids are reused only once the broker has
+     * acknowledged their message, so this one is done (its DONE record was lost): the
+     * caller forgets it with spool_done once spool_open has returned. */
+    bool superseded;
 } SpoolMessage;
 
 typedef void (*spool_recovered_cb)(void *ud, const SpoolMessage *m);

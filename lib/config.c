@@ -15,8 +15,9 @@
 #include <strings.h>
 
 #include "defaults.h"
-#include "mqtt/topic.h"
 #include "buf.h"
+#include "mqtt/topic.h"
+#include "utf8.h"
 
 enum key_type {
     K_STRING,
@@ -458,9 +459,40 @@ int config_parse(Config *cfg, const char *text, const char *filename, char *err,
     return 0;
 }
 
+/* What goes into CONNECT must be encodable: UTF-8 strings without NUL, at most 65535 bytes. */
+static int check_connect_fields(const Config *cfg, char *err, size_t errlen)
+{
+    const struct {
+        const char *key, *value;
+        bool text;
+    } fields[] = {
+        {"broker.client_id", cfg->broker.client_id, true},
+        {"broker.username", cfg->broker.username, true},
+        {"broker.password", cfg->broker.password, false},
+        {"will.message", cfg->will.message, false},
+    };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        View v = VIEW_STR(fields[i].value ? fields[i].value : "");
+        if (v.n > 65535) {
+            fmt(err, errlen, "%s is %zu bytes long; MQTT carries at most 65535", fields[i].key,
+                v.n);
+            return -EINVAL;
+        }
+        if (fields[i].text && !utf8_valid(v, false)) {
+            fmt(err, errlen, "%s is not valid UTF-8", fields[i].key);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int config_check(const Config *cfg, char *err, size_t errlen)
 {
     const struct BrokerConfig *b = &cfg->broker;
+    int r = check_connect_fields(cfg, err, errlen);
+    if (r < 0) {
+        return r;
+    }
     if (b->reconnect_min > b->reconnect_max) {
         fmt(err, errlen, "broker.reconnect_min (%u) is larger than reconnect_max (%u)",
             b->reconnect_min, b->reconnect_max);

@@ -461,3 +461,13 @@ size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready,
     *ret = r->matched;
     return r->n_matched;
 }
+
+void router_unconfirm_all(Router *r)
+{
+    HashIter it;
+    void *v;
+    hashmap_iter(&r->filters, &it);
+    while (hashmap_iter_next(&it, &v)) {
+        ((RouterFilter *)v)->active = false;
+    }
+}

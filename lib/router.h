@@ -86,6 +86,9 @@ int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64
 /* Returns ROUTER_LAST or 0, or -ENOENT when the target did not hold the filter. A member
  * leaving a shared group keeps the others' turn order, and the turn where it was. */
 int router_remove(Router *r, View filter, RouterTarget *t);
+/* The broker link went down: no filter counts as granted until its next SUBACK (a restore
+ * may be refused; a session that resumes keeps them, and the next SUBACK confirms). */
+void router_unconfirm_all(Router *r);
 /* Whether target holds exactly this filter. */
 bool router_holds(Router *r, View filter, const RouterTarget *t);
 /* The exact filter's broker-side record, or NULL when nobody holds it. */

@@ -129,6 +129,7 @@ typedef struct Impl {
     Link subs;     /* Sub */
     Link pings;    /* Ping, oldest first */
     uint64_t ids_used[65536 / 64];
+    size_t ids_in_use;
     uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
     uint16_t next_id;
     unsigned attempts;
@@ -163,18 +164,25 @@ static void bit_put(uint64_t *set, uint16_t i, bool on)
     }
 }
 
+/* A free packet id, or 0 when all 65535 are in use (the caller waits for one to be freed). */
 static uint16_t id_alloc(Impl *m)
 {
+    if (m->ids_in_use == 65535) {
+        return 0;
+    }
     do {
         m->next_id = m->next_id == 65535 ? 1 : m->next_id + 1;
     } while (bit_get(m->ids_used, m->next_id));
     bit_put(m->ids_used, m->next_id, true);
+    m->ids_in_use++;
     return m->next_id;
 }
 
 static void id_release(Impl *m, uint16_t *id)
 {
     if (*id) {
+        assert(bit_get(m->ids_used, *id) && m->ids_in_use > 0);
+        m->ids_in_use--;
         bit_put(m->ids_used, *id, false);
         *id = 0;
     }
@@ -293,14 +301,15 @@ void session_free(Session *s)
 
 /* ---- output ---- */
 
-/* -ENOMEM is the only failure: everything encoded was validated on the way in (topics,
- * filters, and sizes against session_max_publish), and a failed encode writes nothing. */
+/* A failed encode writes nothing. Everything but CONNECT was validated on the way in (topics,
+ * filters, sizes against session_max_publish), so only -ENOMEM fails those; CONNECT's
+ * fields come from the configuration (see session_transport_up). */
 static int send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
 {
     size_t before = m->pub.out.len;
     int r = mqtt_encode(&m->pub.out, pkt);
     if (r < 0) {
-        assert(r == -ENOMEM);
+        assert(r == -ENOMEM || pkt->type == MQTT_CONNECT);
         return r;
     }
     size_t n = m->pub.out.len - before;
@@ -347,8 +356,9 @@ static void send_ping(Impl *m, Pending *barrier, int64_t now)
     *ping = (Ping){.sent_at = now, .barrier = barrier};
     list_push_back(&m->pings, &ping->link);
     MqttPacket p = {.type = MQTT_PINGREQ};
-    (void)send_packet(m, &p, now); /* lost: the ping times out and the link is renewed */
-    m->pub.stats.ping_sent++;
+    if (send_packet(m, &p, now) == 0) { /* if lost, the ping times out: the link is renewed */
+        m->pub.stats.ping_sent++;
+    }
     if (!barrier) {
         emit(m, (SessionEvent){.type = SESSION_EV_PING_SENT});
     }
@@ -363,6 +373,10 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
     }
     MqttTopicReq t = {VIEW(p->filter, p->len), p->qos};
     p->id = id_alloc(m);
+    if (!p->id) {
+        p->sent = false; /* every id is in use: tried again once one is freed */
+        return;
+    }
     MqttPacket pkt = {.type = p->kind == P_UNSUBSCRIBE ? MQTT_UNSUBSCRIBE : MQTT_SUBSCRIBE,
                       .subscribe = {.id = p->id, .topics = &t, .count = 1}};
     if (send_packet(m, &pkt, now) < 0) {
@@ -420,6 +434,9 @@ static void pump(Impl *m, int64_t now)
             break;
         }
         msg->id = id_alloc(m);
+        if (!msg->id) {
+            break; /* every id is in use: an acknowledgement frees one */
+        }
         if (send_publish(m, msg, false, now) < 0) {
             id_release(m, &msg->id);
             return;
@@ -464,13 +481,18 @@ size_t session_max_publish(const Session *s)
 }
 
 /* A message an earlier run had sent goes straight in flight under its old packet id. */
-static int resume_inflight(Impl *m, SessionMsg *msg, const SessionPublish *p)
+static int resume_inflight(Impl *m, SessionMsg *msg, const SessionPublish *p, int64_t now)
 {
-    if (p->qos == 0 || bit_get(m->ids_used, p->packet_id)) {
+    if (p->qos == 0) {
+        return -EINVAL;
+    }
+    if (bit_get(m->ids_used, p->packet_id)) {
         return -EEXIST;
     }
     bit_put(m->ids_used, p->packet_id, true);
+    m->ids_in_use++;
     msg->id = p->packet_id;
+    msg->sent_at = now;
     msg->got_pubrec = p->qos == 2 && p->pubrec;
     list_push_back(&m->inflight, &msg->link);
     m->pub.inflight++;
@@ -510,7 +532,7 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
         memcpy(msg->data + p->topic.n, p->payload.p, p->payload.n);
     }
     if (p->packet_id) {
-        int r = resume_inflight(m, msg, p);
+        int r = resume_inflight(m, msg, p, now);
         if (r < 0) {
             free(msg);
             return r;
@@ -520,7 +542,6 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
         s->queued++;
     }
     s->queued_bytes += bytes;
-    (void)now;
     if (ret_msg) {
         *ret_msg = msg;
     }
@@ -564,11 +585,34 @@ static int add_pending(Impl *m, View filter, uint8_t qos, enum pending_kind kind
     return 0;
 }
 
+/* An unsent request of `kind` for `filter` among those not yet on the wire (the tail of the
+ * list: requests go out in order, only barriers wait behind answered ones). */
+static Pending *find_unsent(Impl *m, View filter, enum pending_kind kind)
+{
+    for (Link *l = m->pending.prev; l != &m->pending; l = l->prev) {
+        Pending *p = container_of(l, Pending, link);
+        if (p->sent && p->kind != P_BARRIER) {
+            break;
+        }
+        if (!p->sent && p->kind == kind && view_eq(VIEW(p->filter, p->len), filter)) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
 int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t now)
 {
     (void)now;
     if (qos > 2 || mqtt_filter_check(filter) < 0) {
         return -EINVAL;
+    }
+    /* Nobody waits for this one: an identical request not yet sent does the same job, so
+     * repeating a subscribe while the broker is away does not pile up requests. */
+    Pending *twin = req ? NULL : find_unsent(impl(s), filter, P_SUBSCRIBE);
+    if (twin) {
+        twin->qos = qos > twin->qos ? qos : twin->qos;
+        return 0;
     }
     return add_pending(impl(s), filter, qos, P_SUBSCRIBE, req);
 }
@@ -578,6 +622,16 @@ int session_barrier(Session *s, void *req)
     return add_pending(impl(s), VIEW_NULL, 0, P_BARRIER, req);
 }
 
+static void forget_sub(Impl *m, View filter)
+{
+    Sub *sub = find_sub(m, filter);
+    if (sub) {
+        list_remove(&sub->link);
+        free(sub);
+        m->pub.subscriptions--;
+    }
+}
+
 int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
 {
     (void)now;
@@ -585,12 +639,7 @@ int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
     if (mqtt_filter_check(filter) < 0) {
         return -EINVAL;
     }
-    Sub *sub = find_sub(m, filter);
-    if (sub) {
-        list_remove(&sub->link);
-        free(sub);
-        s->subscriptions--;
-    }
+    forget_sub(m, filter);
     return add_pending(m, filter, 0, P_UNSUBSCRIBE, req);
 }
 
@@ -660,9 +709,11 @@ static void flush_pending(Impl *m, int64_t now)
         }
         if (m->pub.state == SESSION_CONNECTED) {
             send_pending(m, p, now);
-        } else if (p->kind == P_UNSUBSCRIBE && m->cfg.clean_session) {
+        } else if (p->kind == P_UNSUBSCRIBE && m->cfg.clean_session &&
+                   !find_unsent(m, VIEW(p->filter, p->len), P_SUBSCRIBE)) {
             /* The broker forgets every subscription of a clean session at the next
-             * connect: nothing to tell it. */
+             * connect: nothing to tell it - unless a SUBSCRIBE of the same filter is still
+             * to go out, which this UNSUBSCRIBE must follow. */
             pending_done(m, p, 0);
         }
     }
@@ -764,7 +815,14 @@ void session_transport_up(Session *s, int64_t now)
     s->state = SESSION_CONNACK_WAIT;
     snprintf(s->phase, sizeof(s->phase), "waiting for CONNACK");
     m->last_rx = now;
-    send_packet(m, &p, now);
+    int r = send_packet(m, &p, now);
+    if (r < 0) {
+        /* The configuration is checked (config_check), so this is memory, or a field that
+         * slipped past the checks: either way the attempt ends with the reason. */
+        char reason[120];
+        snprintf(reason, sizeof(reason), "cannot encode CONNECT: %s", mqtt_strerror(r));
+        link_down(m, now, r == -ENOMEM ? ENOMEM : EINVAL, false, reason);
+    }
 }
 
 void session_set_phase(Session *s, const char *phase)
@@ -876,14 +934,109 @@ static void suback(Impl *m, Pending *p, uint8_t code)
     if (sub && !p->req) {
         /* A restore the broker now refuses: forgotten, and said so, so that the local
          * holders do not go on believing they hold it. */
-        m->pub.stats.subscriptions_lost++;
-        emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIPTION_LOST,
-                               .lost = {.filter = filter, .code = code}});
         list_remove(&sub->link);
         free(sub);
         m->pub.subscriptions--;
+        m->pub.stats.subscriptions_lost++;
+        emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIPTION_LOST,
+                               .lost = {.filter = filter, .code = code}});
     }
     pending_done(m, p, -EPERM);
+}
+
+/* Barriers become due when every request before them is answered: after an answer only the
+ * barriers at the head of the list can be. */
+static void send_due_barriers(Impl *m, int64_t now)
+{
+    Link *l, *t;
+    list_for_each_safe(l, t, &m->pending)
+    {
+        Pending *p = container_of(l, Pending, link);
+        if (p->kind != P_BARRIER) {
+            return;
+        }
+        if (!p->sent) {
+            send_pending(m, p, now);
+        }
+    }
+}
+
+/* PUBACK, PUBREC, PUBCOMP (our messages) and PUBREL (the broker's). */
+static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    uint16_t id = pkt->ack.id;
+    SessionMsg *msg =
+        pkt->type == MQTT_PUBREL ? NULL : find_inflight(m, id, pkt->type == MQTT_PUBACK ? 1 : 2);
+    switch (pkt->type) {
+    case MQTT_PUBACK:
+        if (msg) {
+            msg_complete(m, msg, true, now);
+        }
+        break;
+    case MQTT_PUBREC:
+        if (msg && !msg->got_pubrec) {
+            msg->got_pubrec = true;
+            if (msg->spool_id) {
+                emit(m, (SessionEvent){.type = SESSION_EV_PUBREC,
+                                       .sent = {.spool_id = msg->spool_id, .packet_id = id}});
+            }
+        }
+        /* Answered even when unknown, so the broker can finish its side. */
+        send_ack(m, MQTT_PUBREL, id, now);
+        break;
+    case MQTT_PUBCOMP:
+        if (msg && msg->got_pubrec) {
+            msg_complete(m, msg, true, now);
+        }
+        break;
+    default: /* MQTT_PUBREL */
+        if (bit_get(m->qos2_in, id)) {
+            bit_put(m->qos2_in, id, false);
+            emit(m, (SessionEvent){.type = SESSION_EV_QOS2_RELEASED, .packet_id = id});
+        }
+        send_ack(m, MQTT_PUBCOMP, id, now);
+        break;
+    }
+}
+
+static void handle_sub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    if (pkt->type == MQTT_SUBACK) {
+        Pending *p = find_pending(m, pkt->suback.id, P_SUBSCRIBE);
+        if (p) {
+            suback(m, p, pkt->suback.codes.p[0]);
+        }
+    } else {
+        Pending *p = find_pending(m, pkt->ack.id, P_UNSUBSCRIBE);
+        if (p) {
+            /* A SUBSCRIBE answered after this UNSUBSCRIBE was asked for remembered the
+             * filter again; the broker has processed both, in order. */
+            forget_sub(m, VIEW(p->filter, p->len));
+            pending_done(m, p, 0);
+        }
+    }
+    send_due_barriers(m, now);
+}
+
+static void handle_pingresp(Impl *m, int64_t now)
+{
+    Session *s = &m->pub;
+    if (list_empty(&m->pings)) {
+        return;
+    }
+    Ping *ping = container_of(m->pings.next, Ping, link);
+    int64_t rtt = now - ping->sent_at;
+    Pending *barrier = ping->barrier;
+    list_remove(&ping->link);
+    free(ping);
+    s->stats.ping_received++;
+    s->stats.ping_rtt_sum_ms += (uint64_t)rtt;
+    s->last_ping_rtt_ms = rtt;
+    if (barrier) {
+        pending_done(m, barrier, 0);
+    } else {
+        emit(m, (SessionEvent){.type = SESSION_EV_PING_ANSWERED, .ping = {rtt}});
+    }
 }
 
 static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
@@ -911,73 +1064,18 @@ static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
         s->stats.sub_bytes_n++;
         handle_publish(m, &pkt->publish, now);
         break;
-    case MQTT_PUBACK: {
-        SessionMsg *msg = find_inflight(m, pkt->ack.id, 1);
-        if (msg) {
-            msg_complete(m, msg, true, now);
-        }
-        break;
-    }
-    case MQTT_PUBREC: {
-        SessionMsg *msg = find_inflight(m, pkt->ack.id, 2);
-        if (msg && !msg->got_pubrec) {
-            msg->got_pubrec = true;
-            if (msg->spool_id) {
-                emit(m, (SessionEvent){.type = SESSION_EV_PUBREC,
-                                       .sent = {.spool_id = msg->spool_id, .packet_id = msg->id}});
-            }
-        }
-        /* Answered even when unknown, so the broker can finish its side. */
-        send_ack(m, MQTT_PUBREL, pkt->ack.id, now);
-        break;
-    }
-    case MQTT_PUBCOMP: {
-        SessionMsg *msg = find_inflight(m, pkt->ack.id, 2);
-        if (msg && msg->got_pubrec) {
-            msg_complete(m, msg, true, now);
-        }
-        break;
-    }
+    case MQTT_PUBACK:
+    case MQTT_PUBREC:
+    case MQTT_PUBCOMP:
     case MQTT_PUBREL:
-        if (bit_get(m->qos2_in, pkt->ack.id)) {
-            bit_put(m->qos2_in, pkt->ack.id, false);
-            emit(m, (SessionEvent){.type = SESSION_EV_QOS2_RELEASED, .packet_id = pkt->ack.id});
-        }
-        send_ack(m, MQTT_PUBCOMP, pkt->ack.id, now);
+        handle_pub_ack(m, pkt, now);
         break;
-    case MQTT_SUBACK: {
-        Pending *p = find_pending(m, pkt->suback.id, P_SUBSCRIBE);
-        if (!p) {
-            break;
-        }
-        suback(m, p, pkt->suback.codes.p[0]);
-        flush_pending(m, now); /* barriers behind it may be due */
+    case MQTT_SUBACK:
+    case MQTT_UNSUBACK:
+        handle_sub_ack(m, pkt, now);
         break;
-    }
-    case MQTT_UNSUBACK: {
-        Pending *p = find_pending(m, pkt->ack.id, P_UNSUBSCRIBE);
-        if (p) {
-            pending_done(m, p, 0);
-            flush_pending(m, now);
-        }
-        break;
-    }
     case MQTT_PINGRESP:
-        if (!list_empty(&m->pings)) {
-            Ping *ping = container_of(m->pings.next, Ping, link);
-            int64_t rtt = now - ping->sent_at;
-            Pending *barrier = ping->barrier;
-            list_remove(&ping->link);
-            free(ping);
-            s->stats.ping_received++;
-            s->stats.ping_rtt_sum_ms += (uint64_t)rtt;
-            s->last_ping_rtt_ms = rtt;
-            if (barrier) {
-                pending_done(m, barrier, 0);
-            } else {
-                emit(m, (SessionEvent){.type = SESSION_EV_PING_ANSWERED, .ping = {rtt}});
-            }
-        }
+        handle_pingresp(m, now);
         break;
     default: {
         char what[64];
@@ -1088,7 +1186,7 @@ void session_reconnect_now(Session *s, int64_t now)
     }
     if (s->state == SESSION_CONNECTED) {
         MqttPacket p = {.type = MQTT_DISCONNECT};
-        send_packet(m, &p, now);
+        (void)send_packet(m, &p, now); /* best effort: the link goes down next */
     }
     link_down(m, now, 0, false, "reconnect requested");
     m->attempts = 0;
@@ -1100,7 +1198,7 @@ void session_disconnect(Session *s, int64_t now)
     Impl *m = impl(s);
     if (s->state == SESSION_CONNECTED) {
         MqttPacket p = {.type = MQTT_DISCONNECT};
-        send_packet(m, &p, now);
+        (void)send_packet(m, &p, now); /* best effort: the link goes down next */
     }
     link_down(m, now, 0, false, "shutting down");
     s->state = SESSION_STOPPED;

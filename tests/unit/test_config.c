@@ -177,6 +177,7 @@ START_TEST(cross_checks)
         {"[will]\ntopic = a/#\n", "will.topic 'a/#' is not a valid topic name"},
         {"[tls]\ncert_file = /c.pem\n", "tls.cert_file and tls.key_file go together"},
         {"[ipc]\nsocket = rel.sock\n", "ipc.socket must be an absolute path, not 'rel.sock'"},
+        {"[broker]\nclient_id = caf\xe9\n", "broker.client_id is not valid UTF-8"},
         {"[ipc]\nmax_line = 1G\n",
          "ipc.max_line (1073741824) is larger than any request can use: MQTT carries at most 256 "
          "MiB per message, 357979480 bytes as base64 in a publish request"},

@@ -929,6 +929,63 @@ START_TEST(resume_from_durable_state)
 }
 END_TEST
 
+/* More requests than packet ids: the rest wait for ids to be freed; nothing spins. */
+START_TEST(packet_ids_run_out)
+{
+    Harness h;
+    setup_connected(&h);
+    enum { N = 65535 + 100 };
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("same/#"), 0, REQ(1), h.now), 0);
+    }
+    session_tick(h.s, h.now);
+    take_output(&h);
+    MqttPacket p;
+    size_t n = 0;
+    uint16_t first = 0;
+    while (mqtt_decoder_next(&h.wire, &p) == 1) {
+        ck_assert_int_eq(p.type, MQTT_SUBSCRIBE);
+        first = n++ ? first : p.subscribe.id;
+    }
+    ck_assert_uint_eq(n, 65535);
+    session_forget_req(h.s, REQ(1)); /* the harness has room for few events */
+    MqttPacket ack = {.type = MQTT_SUBACK, .suback = {.id = first, .codes = VIEW("\x00", 1)}};
+    broker_sends(&h, &ack); /* frees one id */
+    session_tick(h.s, h.now);
+    expect_packet(&h, MQTT_SUBSCRIBE);
+    expect_no_packet(&h);
+    teardown(&h);
+}
+END_TEST
+
+/* Subscribe and unsubscribe while offline: the broker ends up without the subscription, and
+ * it is not restored later. */
+START_TEST(offline_subscribe_then_unsubscribe)
+{
+    Harness h;
+    setup_connected(&h);
+    session_transport_down(h.s, h.now, ECONNRESET, "gone");
+    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("t/#"), 1, REQ(1), h.now), 0);
+    ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("t/#"), REQ(2), h.now), 0);
+    session_tick(h.s, h.now);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_UNSUBSCRIBE_DONE), 0); /* must follow it */
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
+    MqttPacket unsub = expect_packet(&h, MQTT_UNSUBSCRIBE);
+    MqttPacket ack = {.type = MQTT_SUBACK,
+                      .suback = {.id = sub.subscribe.id, .codes = VIEW("\x01", 1)}};
+    broker_sends(&h, &ack);
+    broker_ack(&h, MQTT_UNSUBACK, unsub.subscribe.id);
+    ck_assert_uint_eq(h.s->subscriptions, 0);
+    session_transport_down(h.s, h.now, ECONNRESET, "gone");
+    h.now = h.s->retry_at;
+    connect_with(&h, false);
+    expect_no_packet(&h); /* nothing to restore */
+    teardown(&h);
+}
+END_TEST
+
 /* A message larger than any packet is refused when it is made, not lost later. */
 START_TEST(publish_larger_than_a_packet)
 {
@@ -984,6 +1041,8 @@ static Suite *session_suite(void)
     tcase_add_test(tc, barrier_follows_subscribe);
     tcase_add_test(tc, barrier_waits_for_every_earlier_answer);
     tcase_add_test(tc, refused_restore_is_announced);
+    tcase_add_test(tc, packet_ids_run_out);
+    tcase_add_test(tc, offline_subscribe_then_unsubscribe);
     suite_add_tcase(s, tc);
     return s;
 }
