@@ -383,7 +383,8 @@ static int put_escaped(Buf *out, View s)
         }
         start = i + 1;
     }
-    return buf_append(out, s.p + start, s.n - start);
+    /* An empty view may have a NULL pointer: no arithmetic on it. */
+    return start < s.n ? buf_append(out, s.p + start, s.n - start) : 0;
 }
 
 int json_write_string(Buf *out, View s)
