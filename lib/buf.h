@@ -48,6 +48,18 @@ static inline View buf_view(const Buf *b)
     return b->data ? VIEW(b->data + b->off, b->len - b->off) : VIEW_NULL;
 }
 
+/* A place in the unread bytes that survives buf_reserve moving them to the front: what to
+ * roll back to after a write that failed half way, or where a write began. */
+static inline size_t buf_mark(const Buf *b)
+{
+    return b->len - b->off;
+}
+
+static inline void buf_rollback(Buf *b, size_t mark)
+{
+    b->len = b->off + mark;
+}
+
 static inline size_t buf_size(const Buf *b)
 {
     return b->len - b->off;

@@ -263,11 +263,11 @@ static int dump_cb(const char *p, size_t n, void *data)
 
 int write_json_line(Buf *out, json_t *obj)
 {
-    size_t before = out->len;
+    size_t before = buf_mark(out);
     int r = 0;
     if (!obj || json_dump_callback(obj, dump_cb, out, JSON_COMPACT) < 0 ||
         buf_put_u8(out, '\n') < 0) {
-        out->len = before;
+        buf_rollback(out, before);
         r = -ENOBUFS;
     }
     json_decref(obj);
@@ -278,7 +278,7 @@ int write_json_line(Buf *out, json_t *obj)
 static int reply_ok_plain(Buf *out, json_t *id)
 {
     char num[32];
-    size_t before = out->len;
+    size_t before = buf_mark(out);
     int r = buf_append(out, "{\"id\":", 6);
     if (r == 0 && json_is_integer(id)) {
         int n = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
@@ -292,7 +292,7 @@ static int reply_ok_plain(Buf *out, json_t *id)
         r = buf_append(out, ",\"ok\":true}\n", 12);
     }
     if (r < 0) {
-        out->len = before;
+        buf_rollback(out, before);
     }
     return r;
 }
@@ -389,18 +389,18 @@ static int put_escaped(Buf *out, View s)
 
 int json_write_string(Buf *out, View s)
 {
-    size_t before = out->len;
+    size_t before = buf_mark(out);
     int r;
     if ((r = buf_put_u8(out, '"')) < 0 || (r = put_escaped(out, s)) < 0 ||
         (r = buf_put_u8(out, '"')) < 0) {
-        out->len = before;
+        buf_rollback(out, before);
     }
     return r;
 }
 
 int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64)
 {
-    size_t before = out->len;
+    size_t before = buf_mark(out);
     bool text = !base64 && utf8_valid(payload, true);
     int r;
     char tail[40];
@@ -412,7 +412,7 @@ int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, 
                         text ? 13 : 17)) < 0 ||
         (r = text ? put_escaped(out, payload) : base64_encode(out, payload)) < 0 ||
         (r = buf_append(out, tail, (size_t)tn)) < 0) {
-        out->len = before;
+        buf_rollback(out, before);
         return r;
     }
     return 0;

@@ -306,13 +306,13 @@ void session_free(Session *s)
  * fields come from the configuration (see session_transport_up). */
 static int send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
 {
-    size_t before = m->pub.out.len;
+    size_t before = buf_mark(&m->pub.out);
     int r = mqtt_encode(&m->pub.out, pkt);
     if (r < 0) {
         assert(r == -ENOMEM || pkt->type == MQTT_CONNECT);
         return r;
     }
-    size_t n = m->pub.out.len - before;
+    size_t n = buf_mark(&m->pub.out) - before;
     m->pub.stats.packets_sent++;
     m->pub.stats.bytes_sent += n;
     if (pkt->type == MQTT_PUBLISH) {
@@ -321,7 +321,7 @@ static int send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
     }
     m->last_tx = now;
     if (m->cb.trace) {
-        m->cb.trace(m->userdata, true, pkt, VIEW(m->pub.out.data + before, n));
+        m->cb.trace(m->userdata, true, pkt, VIEW(m->pub.out.data + m->pub.out.off + before, n));
     }
     return 0;
 }

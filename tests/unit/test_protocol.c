@@ -243,6 +243,30 @@ START_TEST(replies)
 }
 END_TEST
 
+/* A write that fails half way leaves the buffer as it was, also when the buffer moved its
+ * unread bytes to the front on the way (buf_reserve compacts when off > 0). */
+START_TEST(failed_write_rolls_back_after_compaction)
+{
+    Buf b = {0};
+    char fill[250];
+    memset(fill, 'x', sizeof(fill));
+    ck_assert_int_eq(buf_append(&b, fill, sizeof(fill)), 0);
+    ck_assert_uint_eq(b.cap, 256);
+    buf_consume(&b, 200); /* 50 unread bytes at offset 200 */
+    b.max = 100;
+    /* Room is reserved for the text (compacting), but its escapes (\u0001) outgrow it. */
+    char text[20];
+    for (size_t i = 0; i < sizeof(text); i++) {
+        text[i] = i % 2 ? 'a' : '\x01';
+    }
+    ck_assert_int_eq(json_write_string(&b, VIEW(text, sizeof(text))), -ENOBUFS);
+    ck_assert_uint_eq(b.off, 0); /* it did move */
+    ck_assert_uint_eq(buf_size(&b), 50);
+    ck_assert_int_eq(memcmp(buf_view(&b).p, fill, 50), 0);
+    buf_free(&b);
+}
+END_TEST
+
 START_TEST(message_event)
 {
     Buf b = {0};
@@ -279,6 +303,7 @@ static Suite *protocol_suite(void)
     tcase_add_loop_test(tc, parse_errors, 0, sizeof(bad) / sizeof(bad[0]));
     tcase_add_test(tc, replies);
     tcase_add_test(tc, message_event);
+    tcase_add_test(tc, failed_write_rolls_back_after_compaction);
     suite_add_tcase(s, tc);
     return s;
 }
