@@ -73,6 +73,17 @@ static void close_link(Broker *b)
     b->handshaking = false;
 }
 
+/* A TLS link dropped by the broker right after the handshake, before CONNACK, when we sent no
+ * certificate: most likely a broker that requires one, whose alert the reset destroyed. */
+static const char *refused_after_handshake(const Broker *b)
+{
+    bool no_cert = !b->cfg->tls.cert_file || !*b->cfg->tls.cert_file;
+    return b->tr.tls && no_cert && b->session->state == SESSION_CONNACK_WAIT
+               ? " right after the TLS handshake: the broker probably requires a client "
+                 "certificate (see [tls] cert_file)"
+               : "";
+}
+
 /* Write what the session produced; keep the write watcher on only while bytes wait. */
 static void flush(Broker *b)
 {
@@ -82,13 +93,23 @@ static void flush(Broker *b)
         if (n == -EAGAIN) {
             break;
         }
+        if (n < 0 && n != -EPROTO && b->tr.tls) {
+            /* With TLS 1.3 a server that refuses our certificate says so in an alert after
+             * the handshake; our next write can meet the closed socket first. The alert is
+             * then still waiting to be read, and it is the real reason. */
+            uint8_t scratch[256];
+            if (transport_read(&b->tr, scratch, sizeof(scratch)) == -EPROTO) {
+                n = -EPROTO;
+            }
+        }
         if (n < 0) {
             char reason[700];
             if (n == -EPROTO) {
                 snprintf(reason, sizeof(reason), "TLS error from %s: %s", b->peer,
                          tls_last_error(b->tr.tls));
             } else {
-                snprintf(reason, sizeof(reason), "write to %s: %s", b->peer, strerror((int)-n));
+                snprintf(reason, sizeof(reason), "write to %s: %s%s", b->peer, strerror((int)-n),
+                         refused_after_handshake(b));
             }
             session_transport_down(b->session, now_ms(), (int)-n, reason);
             return;
@@ -331,8 +352,8 @@ static void on_readable(Broker *b)
                 snprintf(reason, sizeof(reason), "TLS error from %s: %s", b->peer,
                          tls_last_error(b->tr.tls));
             } else {
-                snprintf(reason, sizeof(reason), "read from %s: %s%s", b->peer, strerror((int)-n),
-                         hint);
+                snprintf(reason, sizeof(reason), "read from %s: %s%s%s", b->peer, strerror((int)-n),
+                         hint, refused_after_handshake(b));
             }
             session_transport_down(b->session, now_ms(), n == 0 ? ECONNRESET : (int)-n, reason);
             return;
