@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "defaults.h"
 #include "log.h"
 
 #define READ_CHUNK 65536
@@ -54,7 +55,7 @@ static SessionConfig session_config(const Config *cfg, const char *client_id, co
         .max_inflight = (uint16_t)c->max_inflight,
         .max_messages = cfg->queue.max_messages,
         .max_bytes = cfg->queue.max_bytes,
-        .max_packet = 16u << 20,
+        .max_packet = MAX_BROKER_PACKET,
         .seed = (uint64_t)now_ms() ^ (uint64_t)getpid() << 32,
     };
 }

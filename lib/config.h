@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "defaults.h"
+
 #include "acl.h"
 
 enum log_level {
@@ -30,7 +32,7 @@ typedef struct BrokerAddr {
 
 typedef struct Config {
     struct BrokerConfig {
-        BrokerAddr addrs[16];
+        BrokerAddr addrs[MAX_BROKER_HOSTS];
         size_t n_addrs;
         char *host_list; /* as written, for messages */
         uint16_t port;
