@@ -270,7 +270,7 @@ static void tcp_up(Broker *b)
 {
     log_debug("TCP connected to %s (%s)", b->peer, b->attempt_host);
     char err[300], phase[400];
-    if (transport_start_tls(&b->tr, b->cfg, b->attempt_host, err, sizeof(err)) < 0) {
+    if (transport_start_tls(&b->tr, b->tls, b->cfg, b->attempt_host, err, sizeof(err)) < 0) {
         attempt_failed(b, EPROTO, err);
         return;
     }
@@ -413,10 +413,11 @@ void broker_kick(Broker *b)
     }
 }
 
-int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, const char *client_id,
-                const char *password, broker_event_cb on_event, void *userdata)
+int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, TlsContext *tls,
+                const char *client_id, const char *password, broker_event_cb on_event,
+                void *userdata)
 {
-    *b = (Broker){.loop = loop, .cfg = cfg, .on_event = on_event, .userdata = userdata};
+    *b = (Broker){.loop = loop, .cfg = cfg, .tls = tls, .on_event = on_event, .userdata = userdata};
     b->tr.fd = -1;
     ev_io_init(&b->io, on_io, -1, EV_READ);
     ev_timer_init(&b->timer, on_timer, 0.0, 0.0);
@@ -425,8 +426,10 @@ int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, const char *
     return session_new(&sc, &cb, b, &b->session);
 }
 
-int broker_configure(Broker *b, const Config *cfg, const char *client_id, const char *password)
+int broker_configure(Broker *b, const Config *cfg, TlsContext *tls, const char *client_id,
+                     const char *password)
 {
+    b->tls = tls;
     /* b->host is left alone: an attempt in progress goes on with it (next_host keeps it
      * below the new count); the next attempt starts over at the first host. */
     b->cfg = cfg;

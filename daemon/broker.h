@@ -21,6 +21,8 @@ struct Broker {
     struct ev_loop *loop;
     Session *session;
     const Config *cfg;
+    TlsContext *tls; /* the daemon's, borrowed (each TLS connection holds a reference); NULL
+                      * without TLS */
     broker_event_cb on_event;
     void *userdata;
 
@@ -43,12 +45,14 @@ struct Broker {
 };
 
 /* Start the link with the session configuration built from cfg (strings copied). */
-int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, const char *client_id,
-                const char *password, broker_event_cb on_event, void *userdata);
+int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, TlsContext *tls,
+                const char *client_id, const char *password, broker_event_cb on_event,
+                void *userdata);
 void broker_free(Broker *b);
 /* Configuration changed: takes effect at the next connect attempt; one in progress goes on
  * with the host and port it started with. */
-int broker_configure(Broker *b, const Config *cfg, const char *client_id, const char *password);
+int broker_configure(Broker *b, const Config *cfg, TlsContext *tls, const char *client_id,
+                     const char *password);
 /* Run the session's clock now and write what it produced (call after requests). */
 void broker_kick(Broker *b);
 /* Drop the link cleanly and connect again. */

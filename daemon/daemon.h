@@ -117,6 +117,7 @@ struct Daemon {
     int verbosity;
     char *client_id;
     char *password;
+    TlsContext *tls; /* [tls] loaded at start and reload; NULL when off */
     Broker broker;
     Router router;
     Spool *spool; /* NULL without [queue] spool_dir */

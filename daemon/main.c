@@ -107,7 +107,8 @@ static int read_password(const char *path, char **ret, char *err, size_t errlen)
 
 typedef struct Loaded {
     Config cfg;
-    char *password; /* resolved from password or password_file, NULL when none */
+    char *password;  /* resolved from password or password_file, NULL when none */
+    TlsContext *tls; /* [tls] loaded, NULL when off */
 } Loaded;
 
 /* Build a complete configuration from the file and the command line. */
@@ -115,6 +116,7 @@ static int load_config(const Daemon *d, Loaded *out, bool explicit_path, char *e
 {
     int r = config_init(&out->cfg);
     out->password = NULL;
+    out->tls = NULL;
     if (r < 0) {
         snprintf(err, errlen, "out of memory");
         return r;
@@ -147,7 +149,6 @@ static int load_config(const Daemon *d, Loaded *out, bool explicit_path, char *e
     }
     if ((r = config_check(&out->cfg, err, errlen)) < 0 ||
         (r = access_check_secrets(&out->cfg, err, errlen)) < 0 ||
-        (r = tls_check_config(&out->cfg, err, errlen)) < 0 ||
         (r = access_resolve(&out->cfg, err, errlen)) < 0) {
         goto fail;
     }
@@ -158,6 +159,11 @@ static int load_config(const Daemon *d, Loaded *out, bool explicit_path, char *e
         }
     } else if (b->password && *b->password) {
         out->password = strdup(b->password);
+    }
+    /* Last: the CA store and the client key are read once here, not at every connect. */
+    if ((r = tls_context_new(&out->cfg, &out->tls, err, errlen)) < 0) {
+        free(out->password);
+        goto fail;
     }
     return 0;
 fail:
@@ -249,7 +255,10 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
         free(d->client_id);
         d->client_id = make_client_id(&d->cfg);
     }
-    broker_configure(&d->broker, &d->cfg, d->client_id, d->password);
+    TlsContext *old_tls = d->tls;
+    d->tls = n.tls;
+    broker_configure(&d->broker, &d->cfg, d->tls, d->client_id, d->password);
+    tls_context_unref(old_tls); /* a connection made with it keeps it until it closes */
     apply_limits(d);
     access_reload(d);
     log_info("configuration reloaded from %s%s", d->config_path,
@@ -431,10 +440,12 @@ int main(int argc, char **argv)
     }
     d->cfg = l.cfg;
     d->password = l.password;
+    d->tls = l.tls;
     if (check_only) {
         printf("%s: configuration OK\n", explicit_path ? d->config_path : "defaults");
         config_free(&d->cfg);
         free(d->password);
+        tls_context_unref(d->tls);
         return 0;
     }
     log_set_level(d->cfg.log.level);
@@ -443,8 +454,9 @@ int main(int argc, char **argv)
     d->loop = ev_default_loop(EVFLAG_AUTO);
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
-    if (router_init(&d->router) < 0 || broker_init(&d->broker, d->loop, &d->cfg, d->client_id,
-                                                   d->password, bridge_on_event, d) < 0) {
+    if (router_init(&d->router) < 0 ||
+        broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password,
+                    bridge_on_event, d) < 0) {
         log_error("out of memory");
         return 1;
     }
@@ -498,6 +510,7 @@ int main(int argc, char **argv)
     }
     free(d->client_id);
     free(d->password);
+    tls_context_unref(d->tls);
     config_free(&d->cfg);
     log_info("stopped");
     return 0;

@@ -4,6 +4,7 @@
 
 #include "tls.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <ev.h>
 #include <stdio.h>
@@ -14,8 +15,13 @@
 
 #include "log.h"
 
-struct TlsConn {
+struct TlsContext {
     WOLFSSL_CTX *ctx;
+    unsigned refs; /* the daemon's, and one per connection made with it */
+};
+
+struct TlsConn {
+    TlsContext *ctx;
     WOLFSSL *ssl;
     bool has_cert;
     char error[300];
@@ -66,53 +72,93 @@ static WOLFSSL_CTX *make_ctx(const Config *cfg, char *err, size_t errlen)
     } else {
         wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
     }
-    if (set(t->cert_file)) {
-        if (wolfSSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != WOLFSSL_SUCCESS) {
-            snprintf(err, errlen, "TLS: cannot load the client certificate %s (PEM expected)",
-                     t->cert_file);
-            wolfSSL_CTX_free(ctx);
-            return NULL;
-        }
-        if (wolfSSL_CTX_use_PrivateKey_file(ctx, t->key_file, WOLFSSL_FILETYPE_PEM) !=
-                WOLFSSL_SUCCESS ||
-            wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
-            snprintf(err, errlen, "TLS: cannot load the private key %s (PEM expected, matching %s)",
-                     t->key_file, t->cert_file);
-            wolfSSL_CTX_free(ctx);
-            return NULL;
-        }
-    }
     return ctx;
 }
 
-int tls_check_config(const Config *cfg, char *err, size_t errlen)
+/* The client certificate and key, read for each connection: two small files, so that
+ * certificates rotated on disk are used at the next connect without a reload. */
+static int load_client_cert(WOLFSSL *ssl, const Config *cfg, char *err, size_t errlen)
 {
-    if (!cfg->tls.enabled) {
+    const __typeof__(cfg->tls) *t = &cfg->tls;
+    if (!set(t->cert_file)) {
         return 0;
     }
-    WOLFSSL_CTX *ctx = make_ctx(cfg, err, errlen);
-    if (!ctx) {
+    if (wolfSSL_use_certificate_chain_file(ssl, t->cert_file) != WOLFSSL_SUCCESS) {
+        snprintf(err, errlen, "TLS: cannot load the client certificate %s (PEM expected)",
+                 t->cert_file);
         return -EINVAL;
     }
-    wolfSSL_CTX_free(ctx);
+    if (wolfSSL_use_PrivateKey_file(ssl, t->key_file, WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS ||
+        wolfSSL_check_private_key(ssl) != WOLFSSL_SUCCESS) {
+        snprintf(err, errlen, "TLS: cannot load the private key %s (PEM expected, matching %s)",
+                 t->key_file, t->cert_file);
+        return -EINVAL;
+    }
     return 0;
 }
 
-int tls_new(const Config *cfg, int fd, const char *host, TlsConn **ret, char *err, size_t errlen)
+int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errlen)
 {
+    if (!cfg->tls.enabled) {
+        *ret = NULL;
+        return 0;
+    }
+    TlsContext *c = calloc(1, sizeof(*c));
+    if (!c) {
+        snprintf(err, errlen, "TLS: out of memory");
+        return -ENOMEM;
+    }
+    c->ctx = make_ctx(cfg, err, errlen);
+    if (!c->ctx) {
+        free(c);
+        return -EINVAL;
+    }
+    c->refs = 1;
+    /* The client certificate is read per connection; try it once here to catch mistakes. */
+    WOLFSSL *probe = wolfSSL_new(c->ctx);
+    int r = probe ? load_client_cert(probe, cfg, err, errlen) : -ENOMEM;
+    if (probe) {
+        wolfSSL_free(probe);
+    } else {
+        snprintf(err, errlen, "TLS: out of memory");
+    }
+    if (r < 0) {
+        tls_context_unref(c);
+        return r;
+    }
+    *ret = c;
+    return 0;
+}
+
+void tls_context_unref(TlsContext *c)
+{
+    if (c && --c->refs == 0) {
+        wolfSSL_CTX_free(c->ctx);
+        free(c);
+    }
+}
+
+int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsConn **ret, char *err,
+            size_t errlen)
+{
+    assert(ctx && ctx->refs > 0);
     TlsConn *t = calloc(1, sizeof(*t));
     if (!t) {
         snprintf(err, errlen, "TLS: out of memory");
         return -ENOMEM;
     }
-    t->ctx = make_ctx(cfg, err, errlen);
-    t->ssl = t->ctx ? wolfSSL_new(t->ctx) : NULL;
+    t->ctx = ctx;
+    ctx->refs++;
+    t->ssl = wolfSSL_new(ctx->ctx);
     if (!t->ssl) {
-        if (t->ctx) {
-            snprintf(err, errlen, "TLS: out of memory");
-        }
+        snprintf(err, errlen, "TLS: out of memory");
         tls_free(t);
-        return -EINVAL;
+        return -ENOMEM;
+    }
+    int r = load_client_cert(t->ssl, cfg, err, errlen);
+    if (r < 0) {
+        tls_free(t);
+        return r;
     }
     t->has_cert = set(cfg->tls.cert_file);
     const char *name = set(cfg->tls.server_name) ? cfg->tls.server_name : host;
@@ -143,9 +189,7 @@ void tls_free(TlsConn *t)
     if (t->ssl) {
         wolfSSL_free(t->ssl);
     }
-    if (t->ctx) {
-        wolfSSL_CTX_free(t->ctx);
-    }
+    tls_context_unref(t->ctx);
     free(t);
 }
 

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TLS to the broker with wolfSSL: one context per connection attempt (so certificate files
- * rotated on disk take effect at the next connect), driven non-blocking on the transport's
- * socket. All wolfSSL error codes are turned into text a person can act on here, once.
+ * TLS to the broker with wolfSSL: one context (the CA certificates: the system store or
+ * ca_file/ca_path) loaded at start and at each reload - not at every connect, which would
+ * read and parse the whole system store on the event loop each time - and connections driven
+ * non-blocking on the transport's socket. The client certificate and key are two small files
+ * read for each connection, so rotating them takes effect at the next connect. All wolfSSL
+ * error codes are turned into text a person can act on here, once.
  */
 #pragma once
 
@@ -11,14 +14,19 @@
 
 #include "config.h"
 
+typedef struct TlsContext TlsContext;
 typedef struct TlsConn TlsConn;
 
-/* Check that the [tls] files load (at start and reload), so mistakes show early.
- * 0, or -EINVAL with a message in err. */
-int tls_check_config(const Config *cfg, char *err, size_t errlen);
+/* The [tls] files loaded (at start and reload, so mistakes show early): *ret is NULL when TLS
+ * is off. 0, or -EINVAL/-ENOMEM with a message in err. The caller holds one reference. */
+int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errlen);
+/* Drop a reference; the context goes with the last one (connections hold one each). */
+void tls_context_unref(TlsContext *c);
 
-/* A TLS client on a connected non-blocking fd, for `host` (SNI and name check). */
-int tls_new(const Config *cfg, int fd, const char *host, TlsConn **ret, char *err, size_t errlen);
+/* A TLS client on a connected non-blocking fd, for `host` (SNI and name check), with the
+ * per-connection settings of cfg ([tls] server_name, verify, alpn). */
+int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsConn **ret, char *err,
+            size_t errlen);
 void tls_free(TlsConn *t);
 
 /* Drive the handshake: 0 done, -EAGAIN (*want = EV_READ/EV_WRITE), or -EPROTO with err. */

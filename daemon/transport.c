@@ -39,12 +39,13 @@ int transport_connect_result(Transport *t)
     return -err;
 }
 
-int transport_start_tls(Transport *t, const Config *cfg, const char *host, char *err, size_t errlen)
+int transport_start_tls(Transport *t, TlsContext *ctx, const Config *cfg, const char *host,
+                        char *err, size_t errlen)
 {
-    if (!cfg->tls.enabled) {
+    if (!ctx) {
         return 0;
     }
-    return tls_new(cfg, t->fd, host, &t->tls, err, errlen);
+    return tls_new(ctx, cfg, t->fd, host, &t->tls, err, errlen);
 }
 
 int transport_handshake(Transport *t, char *err, size_t errlen)

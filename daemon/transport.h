@@ -25,9 +25,9 @@ typedef struct Transport {
 int transport_connect(Transport *t, const struct sockaddr *addr, socklen_t len);
 /* After the fd became writable: 0 when the TCP connection is up, else -errno. */
 int transport_connect_result(Transport *t);
-/* Start TLS on the connected socket when cfg says so (no-op for plain TCP). */
-int transport_start_tls(Transport *t, const Config *cfg, const char *host, char *err,
-                        size_t errlen);
+/* Start TLS on the connected socket with ctx (NULL: plain TCP, nothing to do). */
+int transport_start_tls(Transport *t, TlsContext *ctx, const Config *cfg, const char *host,
+                        char *err, size_t errlen);
 /* 0 when the stream is ready for MQTT, -EAGAIN, or -EPROTO with err. */
 int transport_handshake(Transport *t, char *err, size_t errlen);
 ssize_t transport_read(Transport *t, void *buf, size_t n); /* 0 = EOF */
