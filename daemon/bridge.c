@@ -13,6 +13,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "notify.h"
+#include "waiters.h"
 
 /* A message event toward a client, unless that would pass its buffer limit. */
 static void send_message(Client *c, View bytes)
@@ -86,39 +87,6 @@ static void broadcast(Daemon *d, bool connection, json_t *event)
         }
     }
     buf_free(&b);
-}
-
-static void subscribe_done(Daemon *d, Waiter *w, int result)
-{
-    Client *c = w->c;
-    View f = VIEW_STR(w->filter);
-    if (w->barrier) {
-        router_settle(&d->router, f, &c->target);
-        waiter_free(w);
-        return;
-    }
-    assert(!c->closed); /* closing c frees its waiters and forgets them in the session */
-    RouterFilter *rf = router_filter(&d->router, f);
-    if (result >= 0 && !router_holds(&d->router, f, &c->target)) {
-        /* Dropped meanwhile (the broker refused its restore: c got "unsubscribed"). */
-        if (!rf) {
-            session_unsubscribe(d->broker.session, f, NULL, now_ms()); /* nobody holds it */
-        }
-        ops_reply_error(c, w->id, IPC_REFUSED,
-                        "the subscription to %s was lost while it was made (the broker refused "
-                        "it at a reconnect); subscribe again",
-                        w->filter);
-    } else if (result >= 0) {
-        rf->active = true;
-        rf->granted = (uint8_t)result;
-        uint8_t granted = w->qos < result ? w->qos : (uint8_t)result;
-        ops_reply_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
-    } else {
-        ops_subscription_refused(c, f);
-        ops_reply_error(c, w->id, IPC_REFUSED,
-                        "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
-    }
-    waiter_answered(c, w);
 }
 
 static void link_down(Daemon *d, const SessionEvent *ev)
@@ -238,20 +206,12 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
             spool_done(d->spool, ev->done.spool_id);
         }
         /* fall through */
-    case SESSION_EV_UNSUBSCRIBE_DONE: {
-        Waiter *w = ev->done.req;
-        Client *c = w ? w->c : NULL;
-        if (w) {
-            ops_reply_ok(c, w->id, NULL);
-        }
-        if (w) {
-            waiter_answered(c, w);
-        }
-        break;
-    }
+    case SESSION_EV_UNSUBSCRIBE_DONE:
     case SESSION_EV_SUBSCRIBE_DONE:
     case SESSION_EV_BARRIER_DONE:
-        subscribe_done(d, ev->done.req, ev->done.result);
+        if (ev->done.req) { /* NULL: nobody waits (any more) */
+            waiter_complete(ev->done.req, ev->done.result);
+        }
         break;
     }
 }

@@ -90,21 +90,6 @@ struct Client {
     uint64_t dropped; /* messages dropped since the last "dropped" event */
 };
 
-/* A request waiting for the broker (publish confirmation, SUBACK, UNSUBACK) or for the
- * retained messages of a new subscription (a session barrier). */
-struct Waiter {
-    DList link; /* in Client.waiters */
-    Client *c;
-    enum ipc_op op;
-    bool barrier; /* a retained-message barrier: no reply, settles the filter */
-    json_t *id;
-    ev_timer timer;
-    SessionMsg *msg;   /* publish with wait: the message the broker must confirm, else NULL */
-    SpoolWait durable; /* publish with wait false: until the spool has it on disk */
-    uint8_t qos;       /* subscribe: asked */
-    char filter[];     /* subscribe / unsubscribe / barrier */
-};
-
 typedef struct DaemonStats {
     uint64_t messages_delivered, messages_dropped, clients_accepted, clients_rejected;
 } DaemonStats;
@@ -169,9 +154,6 @@ void ops_unsubscribed_event(Client *c, View filter, const char *reason);
 void ops_subscription_refused(Client *c, View filter);
 /* Stop holding c->subs[i] (the broker subscription goes when it was the last holder). */
 void ops_drop_subscription(Client *c, size_t i);
-void waiter_free(Waiter *w);
-/* After replying to w's request: free w unless the reply closed c (which freed w). */
-void waiter_answered(Client *c, Waiter *w);
 
 /* bridge.c */
 void bridge_on_event(void *userdata, const SessionEvent *ev);

@@ -2,9 +2,9 @@
 /*
  * Request ops: one function per op of the IPC protocol (docs/protocol.md).
  *
- * publish, subscribe and unsubscribe may wait for the broker: they leave a Waiter, which
- * the session names in its completion event (bridge.c) or which its own timer answers with
- * `timeout`. Everything else is answered at once, in order.
+ * publish, subscribe and unsubscribe may wait for the broker: they leave a waiter
+ * (waiters.h) of a kind defined here, which says what its answer, its timeout or its client
+ * leaving means. Everything else is answered at once, in order.
  */
 #include <assert.h>
 #include <errno.h>
@@ -18,6 +18,7 @@
 #include "defaults.h"
 #include "log.h"
 #include "spool/record.h"
+#include "waiters.h"
 
 static Buf scratch; /* one reply at a time is built here, then copied to the client */
 
@@ -46,107 +47,104 @@ void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt
     client_send(c, buf_view(&scratch));
 }
 
-/* ---- waiters ---- */
-
-static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents);
-
-static Waiter *waiter_new(Client *c, json_t *id, enum ipc_op op, View filter, int64_t timeout_ms)
-{
-    if (c->n_waiters >= MAX_WAITERS_PER_CLIENT) {
-        return NULL;
-    }
-    Waiter *w = calloc(1, sizeof(*w) + filter.n + 1);
-    if (!w) {
-        return NULL;
-    }
-    c->n_waiters++;
-    w->c = c;
-    w->op = op;
-    w->id = id ? json_incref(id) : NULL;
-    if (filter.n) {
-        memcpy(w->filter, filter.p, filter.n);
-    }
-    dlist_push(&c->waiters, &w->link);
-    ev_timer_init(&w->timer, on_waiter_timeout, (double)timeout_ms / 1000.0, 0.0);
-    if (timeout_ms > 0) {
-        ev_timer_start(c->d->loop, &w->timer);
-    }
-    return w;
-}
-
-/* Free w without closing its client: for callers in the middle of changing the client. */
-static void waiter_release(Waiter *w)
-{
-    Client *c = w->c;
-    ev_timer_stop(c->d->loop, &w->timer);
-    spool_wait_cancel(&w->durable);
-    dlist_remove(&w->link);
-    assert(c->n_waiters > 0);
-    c->n_waiters--;
-    json_decref(w->id);
-    free(w);
-}
-
-void waiter_free(Waiter *w)
-{
-    if (!w) {
-        return;
-    }
-    Client *c = w->c;
-    waiter_release(w);
-    client_finish_if_done(c);
-}
-
 static int64_t timeout_of(const Client *c, const Request *r)
 {
     return r->timeout_ms > 0 ? r->timeout_ms : (int64_t)c->d->cfg.broker.publish_timeout * 1000;
 }
 
-void waiter_answered(Client *c, Waiter *w)
+/* ---- what each kind of waiting request does when it ends (waiters.h) ---- */
+
+static void forget_in_session(Waiter *w)
 {
-    /* A reply that could not be queued closed c, which freed all its waiters, w among them. */
-    if (!c->closed) {
-        waiter_free(w);
+    session_forget_req(w->c->d->broker.session, w);
+}
+
+static void reply_done(Waiter *w, int result)
+{
+    (void)result;
+    ops_reply_ok(w->c, w->id, NULL);
+}
+
+static void publish_timeout(Waiter *w)
+{
+    session_abandon(w->c->d->broker.session, w->msg, true);
+    ops_reply_error(w->c, w->id, IPC_TIMEOUT,
+                    "not confirmed by the broker in time; the message stays queued and will "
+                    "still be delivered%s",
+                    w->qos ? " (at least once)" : " when the broker is reachable");
+}
+
+static void publish_gone(Waiter *w)
+{
+    session_abandon(w->c->d->broker.session, w->msg, false); /* still delivered */
+}
+
+/* A publish with wait: the broker's PUBACK / PUBCOMP (or QoS 0 written). */
+static const WaiterKind publish_kind = {reply_done, publish_timeout, publish_gone};
+
+static void durable_done(Waiter *w, int error)
+{
+    if (error) {
+        ops_reply_error(w->c, w->id, IPC_INTERNAL,
+                        "the spool could not sync the message to disk (%s): it is queued and "
+                        "will be sent while the daemon runs, but would not survive a crash",
+                        strerror(-error));
+    } else {
+        ops_reply_ok(w->c, w->id, NULL);
     }
 }
 
-static void on_waiter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+static void nothing(Waiter *w)
 {
-    Waiter *w = container_of(t, Waiter, timer);
-    Client *c = w->c;
-    Session *s = c->d->broker.session;
-    (void)loop;
-    (void)revents;
-    if (w->barrier) {
-        /* No PINGRESP: the retained messages that did arrive were delivered; stop waiting. */
-        session_forget_req(s, w);
-        router_settle(&c->d->router, VIEW_STR(w->filter), &c->target);
-        waiter_free(w);
-        return;
-    }
-    switch (w->op) {
-    case OP_PUBLISH:
-        session_abandon(s, w->msg, true);
-        ops_reply_error(c, w->id, IPC_TIMEOUT,
-                        "not confirmed by the broker in time; the message stays queued and will "
-                        "still be delivered%s",
-                        w->qos ? " (at least once)" : " when the broker is reachable");
-        break;
-    case OP_SUBSCRIBE:
-        session_forget_req(s, w);
-        ops_reply_error(c, w->id, IPC_TIMEOUT,
-                        "no SUBACK in time; the subscription to %s is recorded and takes effect "
-                        "when the broker confirms it",
-                        w->filter);
-        break;
-    default:
-        session_forget_req(s, w);
-        ops_reply_error(c, w->id, IPC_TIMEOUT, "no UNSUBACK in time; %s is unsubscribed locally",
-                        w->filter);
-        break;
-    }
-    waiter_answered(c, w);
+    (void)w; /* the spool wait is cancelled when the waiter is freed */
 }
+
+/* A spooled publish with wait false: its record on disk. It never names the message, which
+ * the broker may have acknowledged (and the session freed) before the disk answers. */
+static const WaiterKind durable_kind = {durable_done, NULL, nothing};
+
+static void on_durable(void *ud, int error)
+{
+    waiter_complete(ud, error);
+}
+
+static void subscribe_done(Waiter *w, int result);
+
+static void subscribe_timeout(Waiter *w)
+{
+    forget_in_session(w);
+    ops_reply_error(w->c, w->id, IPC_TIMEOUT,
+                    "no SUBACK in time; the subscription to %s is recorded and takes effect "
+                    "when the broker confirms it",
+                    w->filter);
+}
+
+static const WaiterKind subscribe_kind = {subscribe_done, subscribe_timeout, forget_in_session};
+
+static void unsubscribe_timeout(Waiter *w)
+{
+    forget_in_session(w);
+    ops_reply_error(w->c, w->id, IPC_TIMEOUT, "no UNSUBACK in time; %s is unsubscribed locally",
+                    w->filter);
+}
+
+static const WaiterKind unsubscribe_kind = {reply_done, unsubscribe_timeout, forget_in_session};
+
+static void barrier_done(Waiter *w, int result)
+{
+    (void)result;
+    router_settle(&w->c->d->router, VIEW_STR(w->filter), &w->c->target);
+}
+
+static void barrier_timeout(Waiter *w)
+{
+    /* No PINGRESP: the retained messages that did arrive were delivered; stop waiting. */
+    forget_in_session(w);
+    barrier_done(w, 0);
+}
+
+/* The retained messages of a new subscription: in once the barrier completes. No reply. */
+static const WaiterKind barrier_kind = {barrier_done, barrier_timeout, forget_in_session};
 
 /* ---- client subscriptions ---- */
 
@@ -186,13 +184,10 @@ static ClientSub *add_sub(Client *c, View filter)
  * a later subscription to the same filter is a new holder, with a barrier of its own. */
 static void drop_barrier(Client *c, View filter)
 {
-    for (DList *l = c->waiters.next; l != &c->waiters; l = l->next) {
-        Waiter *w = container_of(l, Waiter, link);
-        if (w->barrier && view_eq(VIEW_STR(w->filter), filter)) {
-            session_forget_req(c->d->broker.session, w);
-            waiter_release(w); /* every caller sends c something next, which finishes it */
-            return;
-        }
+    Waiter *w = waiter_find(c, &barrier_kind, filter);
+    if (w && !w->ending) {
+        forget_in_session(w);
+        waiter_cancel(w); /* every caller sends c something next, which finishes it */
     }
 }
 
@@ -241,7 +236,7 @@ static bool permitted(Client *c, const Request *r, unsigned action)
 /* No room for one more waiter (a subscribe needs two: its reply and its barrier). */
 static void reply_no_waiter(Client *c, json_t *id)
 {
-    if (c->n_waiters + 2 > MAX_WAITERS_PER_CLIENT) {
+    if (waiters_full(c, 2)) {
         ops_reply_error(c, id, IPC_QUEUE_FULL,
                         "%d requests of this connection already wait for the broker: wait for "
                         "their replies first",
@@ -251,19 +246,12 @@ static void reply_no_waiter(Client *c, json_t *id)
     }
 }
 
-static void on_durable(void *ud, int error)
+/* A request that could not be made after all: its waiter goes without a reply. */
+static void cancel(Waiter *w)
 {
-    Waiter *w = ud;
-    Client *c = w->c;
-    if (error) {
-        ops_reply_error(c, w->id, IPC_INTERNAL,
-                        "the spool could not sync the message to disk (%s): it is queued and "
-                        "will be sent while the daemon runs, but would not survive a crash",
-                        strerror(-error));
-    } else {
-        ops_reply_ok(c, w->id, NULL);
+    if (w) {
+        waiter_cancel(w);
     }
-    waiter_answered(c, w);
 }
 
 static void op_publish(Client *c, Request *r)
@@ -291,7 +279,8 @@ static void op_publish(Client *c, Request *r)
     bool spooled = d->spool && r->qos > 0;
     Waiter *w = NULL;
     if (r->wait || spooled) {
-        w = waiter_new(c, r->id, OP_PUBLISH, VIEW_NULL, r->wait ? timeout_of(c, r) : 0);
+        w = r->wait ? waiter_new(c, &publish_kind, r->id, VIEW_NULL, timeout_of(c, r))
+                    : waiter_new(c, &durable_kind, r->id, VIEW_NULL, 0);
         if (!w) {
             reply_no_waiter(c, r->id);
             return;
@@ -305,7 +294,7 @@ static void op_publish(Client *c, Request *r)
     if (spooled) {
         e = spool_add(d->spool, r->qos, r->retain, r->topic, r->payload, &p.spool_id, &mark);
         if (e == -E2BIG) {
-            waiter_free(w);
+            cancel(w);
             ops_reply_error(c, r->id, IPC_TOO_LARGE,
                             "the message is too large for the spool (records hold at most %u "
                             "bytes); send it with QoS 0 or without [queue] spool_dir",
@@ -313,7 +302,7 @@ static void op_publish(Client *c, Request *r)
             return;
         }
         if (e < 0) {
-            waiter_free(w);
+            cancel(w);
             ops_reply_error(c, r->id, e == -ENOSPC ? IPC_QUEUE_FULL : IPC_INTERNAL,
                             "the spool cannot store the message (%s in %s): not accepted; QoS 0 "
                             "still works",
@@ -326,7 +315,7 @@ static void op_publish(Client *c, Request *r)
         if (p.spool_id) {
             spool_done(d->spool, p.spool_id);
         }
-        waiter_free(w);
+        cancel(w);
         if (e == -EMSGSIZE) {
             ops_reply_error(c, r->id, IPC_TOO_LARGE, "the message is too large for the link");
         } else if (e == -ENOBUFS) {
@@ -352,23 +341,19 @@ static void op_publish(Client *c, Request *r)
  * (or times out); one barrier per filter and client is enough, however often it subscribes. */
 static void add_barrier(Client *c, View f, int64_t timeout_ms)
 {
-    for (DList *l = c->waiters.next; l != &c->waiters; l = l->next) {
-        Waiter *o = container_of(l, Waiter, link);
-        if (o->barrier && view_eq(VIEW_STR(o->filter), f)) {
-            return;
-        }
+    if (waiter_find(c, &barrier_kind, f)) {
+        return;
     }
-    Waiter *b = waiter_new(c, NULL, OP_SUBSCRIBE, f, timeout_ms);
+    Waiter *b = waiter_new(c, &barrier_kind, NULL, f, timeout_ms);
     if (!b) {
         /* No barrier: the holder settles now, so a retained message may be missed, never
          * delivered twice. */
         router_settle(&c->d->router, f, &c->target);
         return;
     }
-    b->barrier = true;
     if (session_barrier(c->d->broker.session, b) < 0) {
         router_settle(&c->d->router, f, &c->target);
-        waiter_free(b);
+        waiter_cancel(b);
     }
 }
 
@@ -388,7 +373,7 @@ static bool may_subscribe(Client *c, Request *r, bool held)
         ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
         return false;
     }
-    if (c->n_waiters + 2 > MAX_WAITERS_PER_CLIENT) {
+    if (waiters_full(c, 2)) {
         reply_no_waiter(c, r->id);
         return false;
     }
@@ -421,14 +406,14 @@ static void op_subscribe(Client *c, Request *r)
      * send the retained messages, which go to this (fresh) holder only. The barrier after it
      * says when they have all arrived. */
     bool immediate = rf->active && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
-    Waiter *w = immediate ? NULL : waiter_new(c, r->id, OP_SUBSCRIBE, f, timeout_of(c, r));
+    Waiter *w = immediate ? NULL : waiter_new(c, &subscribe_kind, r->id, f, timeout_of(c, r));
     if (w) {
         w->qos = r->qos;
     }
     int e = immediate || w ? session_subscribe(d->broker.session, f, rf->broker_qos, w, now_ms())
                            : -ENOMEM;
     if (e < 0 && !immediate) {
-        waiter_free(w);
+        cancel(w);
         ops_subscription_refused(c, f); /* not asked for: not held */
         ops_reply_error(c, r->id, IPC_INTERNAL, "cannot ask the broker: %s", strerror(-e));
         return;
@@ -437,6 +422,34 @@ static void op_subscribe(Client *c, Request *r)
     if (immediate) {
         uint8_t granted = r->qos < rf->granted ? r->qos : rf->granted;
         ops_reply_ok(c, r->id, json_pack("{s:i}", "granted_qos", granted));
+    }
+}
+
+/* The broker's SUBACK for a subscribe that waited for it. */
+static void subscribe_done(Waiter *w, int result)
+{
+    Client *c = w->c;
+    Daemon *d = c->d;
+    View f = VIEW_STR(w->filter);
+    RouterFilter *rf = router_filter(&d->router, f);
+    if (result >= 0 && !router_holds(&d->router, f, &c->target)) {
+        /* Dropped meanwhile (the broker refused its restore: c got "unsubscribed"). */
+        if (!rf) {
+            (void)session_unsubscribe(d->broker.session, f, NULL, now_ms()); /* valid filter */
+        }
+        ops_reply_error(c, w->id, IPC_REFUSED,
+                        "the subscription to %s was lost while it was made (the broker refused "
+                        "it at a reconnect); subscribe again",
+                        w->filter);
+    } else if (result >= 0) {
+        rf->active = true;
+        rf->granted = (uint8_t)result;
+        uint8_t granted = w->qos < result ? w->qos : (uint8_t)result;
+        ops_reply_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
+    } else {
+        ops_subscription_refused(c, f);
+        ops_reply_error(c, w->id, IPC_REFUSED,
+                        "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
     }
 }
 
@@ -450,9 +463,9 @@ static void op_unsubscribe(Client *c, Request *r)
     }
     drop_sub(c, slot);
     /* Answered on UNSUBACK when this was the last local holder, else at once. */
-    Waiter *w = waiter_new(c, r->id, OP_UNSUBSCRIBE, r->topic, timeout_of(c, r));
+    Waiter *w = waiter_new(c, &unsubscribe_kind, r->id, r->topic, timeout_of(c, r));
     if (release_filter(c, r->topic, w) != ROUTER_LAST || !w) {
-        waiter_free(w);
+        cancel(w);
         ops_reply_ok(c, r->id, NULL);
     }
 }
@@ -665,19 +678,8 @@ void ops_drop_subscription(Client *c, size_t i)
 
 void ops_client_gone(Client *c)
 {
-    Session *s = c->d->broker.session;
     while (c->n_subs) {
         ops_drop_subscription(c, c->n_subs - 1);
     }
-    while (!dlist_empty(&c->waiters)) {
-        Waiter *w = container_of(c->waiters.next, Waiter, link);
-        if (w->op == OP_PUBLISH) {
-            if (w->msg) {
-                session_abandon(s, w->msg, false); /* still delivered; nobody to tell */
-            }
-        } else {
-            session_forget_req(s, w);
-        }
-        waiter_free(w);
-    }
+    waiters_client_gone(c);
 }

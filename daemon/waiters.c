@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: MIT */
+/* Waiting requests: see waiters.h. */
+#include "waiters.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "defaults.h"
+
+static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+
+bool waiters_full(const Client *c, size_t more)
+{
+    return c->n_waiters + more > MAX_WAITERS_PER_CLIENT;
+}
+
+Waiter *waiter_new(Client *c, const WaiterKind *kind, json_t *id, View filter, int64_t timeout_ms)
+{
+    assert(!c->closed && kind && kind->done && kind->gone);
+    if (waiters_full(c, 1)) {
+        return NULL;
+    }
+    Waiter *w = calloc(1, sizeof(*w) + filter.n + 1);
+    if (!w) {
+        return NULL;
+    }
+    c->n_waiters++;
+    w->c = c;
+    w->kind = kind;
+    w->id = id ? json_incref(id) : NULL;
+    if (filter.n) {
+        memcpy(w->filter, filter.p, filter.n);
+    }
+    dlist_push(&c->waiters, &w->link);
+    ev_timer_init(&w->timer, on_timeout, (double)timeout_ms / 1000.0, 0.0);
+    if (timeout_ms > 0) {
+        assert(kind->timeout);
+        ev_timer_start(c->d->loop, &w->timer);
+    }
+    return w;
+}
+
+/* Unlink and free w; its client is left as it is. */
+static void release(Waiter *w)
+{
+    Client *c = w->c;
+    ev_timer_stop(c->d->loop, &w->timer);
+    spool_wait_cancel(&w->durable);
+    dlist_remove(&w->link);
+    assert(c->n_waiters > 0);
+    c->n_waiters--;
+    json_decref(w->id);
+    free(w);
+}
+
+void waiter_cancel(Waiter *w)
+{
+    assert(!w->ending);
+    release(w);
+}
+
+/* Run one ending callback of w, then free it - unless the callback's reply could not be queued
+ * and closed the client, which freed its waiters (w among them) already. */
+static void end(Waiter *w, void (*fn)(Waiter *, int), int result)
+{
+    assert(!w->ending); /* a waiter ends once */
+    Client *c = w->c;
+    w->ending = true;
+    ev_timer_stop(c->d->loop, &w->timer);
+    fn(w, result);
+    if (!c->closed) {
+        release(w);
+        client_finish_if_done(c); /* its last answer may have been owed */
+    }
+}
+
+void waiter_complete(Waiter *w, int result)
+{
+    end(w, w->kind->done, result);
+}
+
+static void timeout_cb(Waiter *w, int result)
+{
+    (void)result;
+    w->kind->timeout(w);
+}
+
+static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    end(container_of(t, Waiter, timer), timeout_cb, 0);
+}
+
+Waiter *waiter_find(Client *c, const WaiterKind *kind, View filter)
+{
+    for (DList *l = c->waiters.next; l != &c->waiters; l = l->next) {
+        Waiter *w = container_of(l, Waiter, link);
+        if (w->kind == kind && view_eq(VIEW_STR(w->filter), filter)) {
+            return w;
+        }
+    }
+    return NULL;
+}
+
+void waiters_client_gone(Client *c)
+{
+    assert(c->closed);
+    while (!dlist_empty(&c->waiters)) {
+        Waiter *w = container_of(c->waiters.next, Waiter, link);
+        if (!w->ending) { /* one that is ending is past its answer: nothing to forget */
+            w->kind->gone(w);
+        }
+        release(w);
+    }
+}
