@@ -15,6 +15,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "subs.h"
 
 /* NGROUPS_MAX of Linux: no peer has more supplementary groups. */
 #define MAX_PEER_GROUPS 65536
@@ -206,12 +207,12 @@ int access_client_init(Client *c, const struct ucred *cred)
 
 static size_t count_uid(Daemon *d, uid_t uid, bool subscriptions)
 {
+    if (subscriptions) {
+        return subs_of_uid(d, uid);
+    }
     size_t n = 0;
     for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
-        Client *c = container_of(l, Client, link);
-        if (c->uid == uid) {
-            n += subscriptions ? c->n_subs : 1;
-        }
+        n += container_of(l, Client, link)->uid == uid;
     }
     return n;
 }
@@ -229,6 +230,16 @@ bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why,
     return true;
 }
 
+static bool still_allowed(Client *c, View filter, char *why, size_t n)
+{
+    if (acl_allows(&c->acl, ACL_SUBSCRIBE, filter, why, n)) {
+        return true;
+    }
+    log_info("client %llu (uid %u) loses %.*s after reload: %s", (unsigned long long)c->serial,
+             (unsigned)c->uid, (int)filter.n, (const char *)filter.p, why);
+    return false;
+}
+
 /* One open client under the reloaded rules: its view rebuilt, and each subscription it may
  * no longer hold dropped at once, with an event. It may be closed on the way. */
 static void reload_client(Client *c)
@@ -240,33 +251,7 @@ static void reload_client(Client *c)
                                      : "out of memory rebuilding its access rules");
         return;
     }
-    for (size_t i = 0; i < c->n_subs;) {
-        char why[300];
-        ClientSub *s = c->subs[i];
-        if (acl_allows(&c->acl, ACL_SUBSCRIBE, VIEW(s->filter, s->len), why, sizeof(why))) {
-            i++;
-            continue;
-        }
-        log_info("client %llu (uid %u) loses %s after reload: %s", (unsigned long long)c->serial,
-                 (unsigned)c->uid, s->filter, why);
-        json_t *ev = json_pack("{s:s, s:s, s:s}", "event", "unsubscribed", "filter", s->filter,
-                               "reason", why);
-        /* Dropped before the event is queued: queueing may close c (out of memory), and
-         * closing drops every subscription, this one included, leaving subs[i] stale. The
-         * last slot moves into i, so i is not advanced. */
-        ops_drop_subscription(c, i);
-        Buf b = {0};
-        if (write_json_line(&b, ev) < 0) {
-            buf_free(&b);
-            client_close(c, "out of memory telling it about a dropped subscription");
-            return;
-        }
-        client_send(c, buf_view(&b));
-        buf_free(&b);
-        if (c->closed) {
-            return;
-        }
-    }
+    (void)subs_recheck(c, still_allowed); /* false: c was closed (out of memory) */
 }
 
 void access_reload(Daemon *d)

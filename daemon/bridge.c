@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "answer.h"
 #include "daemon.h"
 #include "log.h"
 #include "notify.h"
+#include "subs.h"
 #include "waiters.h"
 
 /* A message event toward a client, unless that would pass its buffer limit. */
@@ -92,7 +94,7 @@ static void broadcast(Daemon *d, bool connection, json_t *event)
 static void link_down(Daemon *d, const SessionEvent *ev)
 {
     Session *s = d->broker.session;
-    router_unconfirm_all(&d->router);
+    subs_link_down(d);
     int64_t wait = s->retry_at - now_ms();
     if (s->state != SESSION_STOPPED) {
         notify_status("reconnecting in %lld s: %s", (long long)((wait > 0 ? wait : 0) + 999) / 1000,
@@ -111,27 +113,6 @@ static void link_down(Daemon *d, const SessionEvent *ev)
     } else if (ev->down.code && s->state != SESSION_STOPPED) {
         log_warning("cannot connect to the broker: %s; retrying in %lld ms", ev->down.reason,
                     (long long)(wait > 0 ? wait : 0));
-    }
-}
-
-/* The broker refused a subscription restored after a reconnect: every local holder is told
- * and stops holding it, so a later subscribe asks the broker again. */
-static void subscription_lost(Daemon *d, View filter, uint8_t code)
-{
-    char reason[160];
-    snprintf(reason, sizeof(reason),
-             "the broker refused the subscription when it was restored after a reconnect "
-             "(SUBACK 0x%02x)",
-             code);
-    log_warning("subscription to %.*s lost: %s", (int)filter.n, (const char *)filter.p, reason);
-    snprintf(d->lost_subscription, sizeof(d->lost_subscription), "%.*s: %s", (int)filter.n,
-             (const char *)filter.p, reason);
-    for (DList *l = d->clients.next, *next = l->next; l != &d->clients; l = next, next = l->next) {
-        Client *c = container_of(l, Client, link);
-        if (router_holds(&d->router, filter, &c->target)) {
-            ops_subscription_refused(c, filter); /* first: the event may close c */
-            ops_unsubscribed_event(c, filter, reason);
-        }
     }
 }
 
@@ -178,7 +159,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         record_progress(d, ev);
         break;
     case SESSION_EV_SUBSCRIPTION_LOST:
-        subscription_lost(d, ev->lost.filter, ev->lost.code);
+        subs_lost(d, ev->lost.filter, ev->lost.code);
         break;
     case SESSION_EV_CONNECTED:
         record_progress(d, ev);

@@ -58,14 +58,6 @@ static inline void dlist_remove(DList *n)
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
-/* One filter a client holds. */
-typedef struct ClientSub {
-    uint8_t qos;
-    bool base64;
-    uint16_t len;
-    char filter[]; /* NUL-terminated */
-} ClientSub;
-
 struct Client {
     DList link; /* in Daemon.clients, or Daemon.closed until freed */
     Daemon *d;
@@ -83,8 +75,7 @@ struct Client {
     LineReader in;
     Buf out;
     RouterTarget target;
-    ClientSub **subs;
-    size_t n_subs, cap_subs;
+    HashMap subs;  /* filter -> ClientSub (subs.c) */
     DList waiters; /* Waiter.link */
     size_t n_waiters;
     uint64_t dropped; /* messages dropped since the last "dropped" event */
@@ -107,6 +98,7 @@ struct Daemon {
     Router router;
     Spool *spool; /* NULL without [queue] spool_dir */
     DaemonStats stats;
+    HashMap uid_subs;            /* uid -> subscriptions held by its clients (subs.c) */
     char lost_subscription[400]; /* the last restored subscription the broker refused */
     int64_t started_at;
     bool stopping;
@@ -144,16 +136,7 @@ bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why,
 
 /* ops.c */
 void ops_handle_line(Client *c, View line);
-void ops_reply_ok(Client *c, json_t *id, json_t *fields); /* steals fields (may be NULL) */
-void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 void ops_client_gone(Client *c);
-/* Tell c it no longer holds `filter`, and why ({"event":"unsubscribed",...}). */
-void ops_unsubscribed_event(Client *c, View filter, const char *reason);
-/* The broker refused the subscription to `filter`: the client does not hold it after all. */
-void ops_subscription_refused(Client *c, View filter);
-/* Stop holding c->subs[i] (the broker subscription goes when it was the last holder). */
-void ops_drop_subscription(Client *c, size_t i);
 
 /* bridge.c */
 void bridge_on_event(void *userdata, const SessionEvent *ev);

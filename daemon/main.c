@@ -17,8 +17,10 @@
 
 #include "daemon.h"
 #include "defaults.h"
+#include "answer.h"
 #include "log.h"
 #include "notify.h"
+#include "subs.h"
 #include "tls.h"
 
 #define MAX_CONFIG_FILE (1 << 20)
@@ -454,6 +456,7 @@ int main(int argc, char **argv)
     d->loop = ev_default_loop(EVFLAG_AUTO);
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
+    subs_init(d);
     if (router_init(&d->router) < 0 ||
         broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password,
                     bridge_on_event, d) < 0) {
@@ -505,6 +508,8 @@ int main(int argc, char **argv)
     d->spool = NULL;
     broker_free(&d->broker);
     router_free(&d->router);
+    subs_free(d);
+    answer_free();
     for (int i = 0; i < 4; i++) {
         ev_signal_stop(d->loop, &sig[i]);
     }

@@ -14,38 +14,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "answer.h"
 #include "daemon.h"
 #include "defaults.h"
 #include "log.h"
 #include "spool/record.h"
+#include "subs.h"
 #include "waiters.h"
-
-static Buf scratch; /* one reply at a time is built here, then copied to the client */
-
-void ops_reply_ok(Client *c, json_t *id, json_t *fields)
-{
-    buf_clear(&scratch);
-    if (reply_ok(&scratch, id, fields) < 0) {
-        client_close(c, "out of memory");
-        return;
-    }
-    client_send(c, buf_view(&scratch));
-}
-
-void ops_reply_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    buf_clear(&scratch);
-    if (reply_error(&scratch, id, code, msg) < 0) {
-        client_close(c, "out of memory");
-        return;
-    }
-    client_send(c, buf_view(&scratch));
-}
 
 static int64_t timeout_of(const Client *c, const Request *r)
 {
@@ -54,24 +29,19 @@ static int64_t timeout_of(const Client *c, const Request *r)
 
 /* ---- what each kind of waiting request does when it ends (waiters.h) ---- */
 
-static void forget_in_session(Waiter *w)
-{
-    session_forget_req(w->c->d->broker.session, w);
-}
-
 static void reply_done(Waiter *w, int result)
 {
     (void)result;
-    ops_reply_ok(w->c, w->id, NULL);
+    answer_ok(w->c, w->id, NULL);
 }
 
 static void publish_timeout(Waiter *w)
 {
     session_abandon(w->c->d->broker.session, w->msg, true);
-    ops_reply_error(w->c, w->id, IPC_TIMEOUT,
-                    "not confirmed by the broker in time; the message stays queued and will "
-                    "still be delivered%s",
-                    w->qos ? " (at least once)" : " when the broker is reachable");
+    answer_error(w->c, w->id, IPC_TIMEOUT,
+                 "not confirmed by the broker in time; the message stays queued and will "
+                 "still be delivered%s",
+                 w->qos ? " (at least once)" : " when the broker is reachable");
 }
 
 static void publish_gone(Waiter *w)
@@ -85,12 +55,12 @@ static const WaiterKind publish_kind = {reply_done, publish_timeout, publish_gon
 static void durable_done(Waiter *w, int error)
 {
     if (error) {
-        ops_reply_error(w->c, w->id, IPC_INTERNAL,
-                        "the spool could not sync the message to disk (%s): it is queued and "
-                        "will be sent while the daemon runs, but would not survive a crash",
-                        strerror(-error));
+        answer_error(w->c, w->id, IPC_INTERNAL,
+                     "the spool could not sync the message to disk (%s): it is queued and "
+                     "will be sent while the daemon runs, but would not survive a crash",
+                     strerror(-error));
     } else {
-        ops_reply_ok(w->c, w->id, NULL);
+        answer_ok(w->c, w->id, NULL);
     }
 }
 
@@ -108,107 +78,6 @@ static void on_durable(void *ud, int error)
     waiter_complete(ud, error);
 }
 
-static void subscribe_done(Waiter *w, int result);
-
-static void subscribe_timeout(Waiter *w)
-{
-    forget_in_session(w);
-    ops_reply_error(w->c, w->id, IPC_TIMEOUT,
-                    "no SUBACK in time; the subscription to %s is recorded and takes effect "
-                    "when the broker confirms it",
-                    w->filter);
-}
-
-static const WaiterKind subscribe_kind = {subscribe_done, subscribe_timeout, forget_in_session};
-
-static void unsubscribe_timeout(Waiter *w)
-{
-    forget_in_session(w);
-    ops_reply_error(w->c, w->id, IPC_TIMEOUT, "no UNSUBACK in time; %s is unsubscribed locally",
-                    w->filter);
-}
-
-static const WaiterKind unsubscribe_kind = {reply_done, unsubscribe_timeout, forget_in_session};
-
-static void barrier_done(Waiter *w, int result)
-{
-    (void)result;
-    router_settle(&w->c->d->router, VIEW_STR(w->filter), &w->c->target);
-}
-
-static void barrier_timeout(Waiter *w)
-{
-    /* No PINGRESP: the retained messages that did arrive were delivered; stop waiting. */
-    forget_in_session(w);
-    barrier_done(w, 0);
-}
-
-/* The retained messages of a new subscription: in once the barrier completes. No reply. */
-static const WaiterKind barrier_kind = {barrier_done, barrier_timeout, forget_in_session};
-
-/* ---- client subscriptions ---- */
-
-static ClientSub **find_sub(Client *c, View filter)
-{
-    for (size_t i = 0; i < c->n_subs; i++) {
-        if (view_eq(VIEW(c->subs[i]->filter, c->subs[i]->len), filter)) {
-            return &c->subs[i];
-        }
-    }
-    return NULL;
-}
-
-static ClientSub *add_sub(Client *c, View filter)
-{
-    if (c->n_subs == c->cap_subs) {
-        size_t cap = c->cap_subs ? c->cap_subs * 2 : 4;
-        ClientSub **n = realloc(c->subs, cap * sizeof(*n));
-        if (!n) {
-            return NULL;
-        }
-        c->subs = n;
-        c->cap_subs = cap;
-    }
-    ClientSub *s = malloc(sizeof(*s) + filter.n + 1);
-    if (!s) {
-        return NULL;
-    }
-    s->len = (uint16_t)filter.n;
-    memcpy(s->filter, filter.p, filter.n);
-    s->filter[filter.n] = 0;
-    c->subs[c->n_subs++] = s;
-    return s;
-}
-
-/* The retained-message barrier of c's subscription to `filter` belongs to that holder only:
- * a later subscription to the same filter is a new holder, with a barrier of its own. */
-static void drop_barrier(Client *c, View filter)
-{
-    Waiter *w = waiter_find(c, &barrier_kind, filter);
-    if (w && !w->ending) {
-        forget_in_session(w);
-        waiter_cancel(w); /* every caller sends c something next, which finishes it */
-    }
-}
-
-static void drop_sub(Client *c, ClientSub **slot)
-{
-    drop_barrier(c, VIEW((*slot)->filter, (*slot)->len));
-    free(*slot);
-    *slot = c->subs[--c->n_subs];
-}
-
-/* Stop holding `filter`; the last local holder takes the broker subscription away. */
-static int release_filter(Client *c, View filter, void *req)
-{
-    Daemon *d = c->d;
-    int r = router_remove(&d->router, filter, &c->target);
-    if (r == ROUTER_LAST) {
-        session_unsubscribe(d->broker.session, filter, req, now_ms());
-    }
-    return r;
-}
-
 /* ---- ops ---- */
 
 static bool admin_only(Client *c, const Request *r)
@@ -216,9 +85,9 @@ static bool admin_only(Client *c, const Request *r)
     if (c->acl.admin) {
         return true;
     }
-    ops_reply_error(c, r->id, IPC_FORBIDDEN,
-                    "%s is an admin op (root, the daemon's own user and [acl] admin)",
-                    ipc_op_name(r->op));
+    answer_error(c, r->id, IPC_FORBIDDEN,
+                 "%s is an admin op (root, the daemon's own user and [acl] admin)",
+                 ipc_op_name(r->op));
     return false;
 }
 
@@ -229,7 +98,7 @@ static bool permitted(Client *c, const Request *r, unsigned action)
     if (acl_allows(&c->acl, action, r->topic, why, sizeof(why))) {
         return true;
     }
-    ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
+    answer_error(c, r->id, IPC_FORBIDDEN, "%s", why);
     return false;
 }
 
@@ -237,12 +106,12 @@ static bool permitted(Client *c, const Request *r, unsigned action)
 static void reply_no_waiter(Client *c, json_t *id)
 {
     if (waiters_full(c, 2)) {
-        ops_reply_error(c, id, IPC_QUEUE_FULL,
-                        "%d requests of this connection already wait for the broker: wait for "
-                        "their replies first",
-                        MAX_WAITERS_PER_CLIENT);
+        answer_error(c, id, IPC_QUEUE_FULL,
+                     "%d requests of this connection already wait for the broker: wait for "
+                     "their replies first",
+                     MAX_WAITERS_PER_CLIENT);
     } else {
-        ops_reply_error(c, id, IPC_INTERNAL, "out of memory");
+        answer_error(c, id, IPC_INTERNAL, "out of memory");
     }
 }
 
@@ -258,7 +127,7 @@ static void op_publish(Client *c, Request *r)
 {
     Daemon *d = c->d;
     if (d->stopping) {
-        ops_reply_error(c, r->id, IPC_SHUTTING_DOWN, "the daemon is shutting down");
+        answer_error(c, r->id, IPC_SHUTTING_DOWN, "the daemon is shutting down");
         return;
     }
     if (!permitted(c, r, ACL_PUBLISH)) {
@@ -267,9 +136,9 @@ static void op_publish(Client *c, Request *r)
     Session *s = d->broker.session;
     size_t size = session_publish_size(r->topic, r->payload.n, r->qos);
     if (size > session_max_publish(s)) {
-        ops_reply_error(c, r->id, IPC_TOO_LARGE,
-                        "the message would be a %zu-byte PUBLISH; the link carries at most %zu",
-                        size, session_max_publish(s));
+        answer_error(c, r->id, IPC_TOO_LARGE,
+                     "the message would be a %zu-byte PUBLISH; the link carries at most %zu", size,
+                     session_max_publish(s));
         return;
     }
     /* QoS 1/2 with a spool: on disk before anyone is told it was accepted. The waiter of a
@@ -295,18 +164,18 @@ static void op_publish(Client *c, Request *r)
         e = spool_add(d->spool, r->qos, r->retain, r->topic, r->payload, &p.spool_id, &mark);
         if (e == -E2BIG) {
             cancel(w);
-            ops_reply_error(c, r->id, IPC_TOO_LARGE,
-                            "the message is too large for the spool (records hold at most %u "
-                            "bytes); send it with QoS 0 or without [queue] spool_dir",
-                            SPOOL_RECORD_MAX);
+            answer_error(c, r->id, IPC_TOO_LARGE,
+                         "the message is too large for the spool (records hold at most %u "
+                         "bytes); send it with QoS 0 or without [queue] spool_dir",
+                         SPOOL_RECORD_MAX);
             return;
         }
         if (e < 0) {
             cancel(w);
-            ops_reply_error(c, r->id, e == -ENOSPC ? IPC_QUEUE_FULL : IPC_INTERNAL,
-                            "the spool cannot store the message (%s in %s): not accepted; QoS 0 "
-                            "still works",
-                            strerror(-e), d->cfg.queue.spool_dir);
+            answer_error(c, r->id, e == -ENOSPC ? IPC_QUEUE_FULL : IPC_INTERNAL,
+                         "the spool cannot store the message (%s in %s): not accepted; QoS 0 "
+                         "still works",
+                         strerror(-e), d->cfg.queue.spool_dir);
             return;
         }
     }
@@ -317,157 +186,36 @@ static void op_publish(Client *c, Request *r)
         }
         cancel(w);
         if (e == -EMSGSIZE) {
-            ops_reply_error(c, r->id, IPC_TOO_LARGE, "the message is too large for the link");
+            answer_error(c, r->id, IPC_TOO_LARGE, "the message is too large for the link");
         } else if (e == -ENOBUFS) {
-            ops_reply_error(c, r->id, IPC_QUEUE_FULL,
-                            "queue full: %zu messages, %zu bytes held ([queue] max_messages = "
-                            "%zu, max_bytes = %zu)",
-                            s->queued + s->inflight, s->queued_bytes, d->cfg.queue.max_messages,
-                            d->cfg.queue.max_bytes);
+            answer_error(c, r->id, IPC_QUEUE_FULL,
+                         "queue full: %zu messages, %zu bytes held ([queue] max_messages = "
+                         "%zu, max_bytes = %zu)",
+                         s->queued + s->inflight, s->queued_bytes, d->cfg.queue.max_messages,
+                         d->cfg.queue.max_bytes);
         } else {
-            ops_reply_error(c, r->id, e == -EINVAL ? IPC_BAD_REQUEST : IPC_INTERNAL,
-                            "cannot queue the message: %s", strerror(-e));
+            answer_error(c, r->id, e == -EINVAL ? IPC_BAD_REQUEST : IPC_INTERNAL,
+                         "cannot queue the message: %s", strerror(-e));
         }
         return;
     }
     if (!r->wait && spooled) {
         spool_wait(d->spool, &w->durable, mark, on_durable, w);
     } else if (!w) {
-        ops_reply_ok(c, r->id, NULL);
+        answer_ok(c, r->id, NULL);
     }
-}
-
-/* The retained messages of c's new subscription to `f` are in once the barrier completes
- * (or times out); one barrier per filter and client is enough, however often it subscribes. */
-static void add_barrier(Client *c, View f, int64_t timeout_ms)
-{
-    if (waiter_find(c, &barrier_kind, f)) {
-        return;
-    }
-    Waiter *b = waiter_new(c, &barrier_kind, NULL, f, timeout_ms);
-    if (!b) {
-        /* No barrier: the holder settles now, so a retained message may be missed, never
-         * delivered twice. */
-        router_settle(&c->d->router, f, &c->target);
-        return;
-    }
-    if (session_barrier(c->d->broker.session, b) < 0) {
-        router_settle(&c->d->router, f, &c->target);
-        waiter_cancel(b);
-    }
-}
-
-/* Checks before a subscription is taken; answered when it may not be. */
-static bool may_subscribe(Client *c, Request *r, bool held)
-{
-    char why[200];
-    if (!permitted(c, r, ACL_SUBSCRIBE)) {
-        return false;
-    }
-    if (!held && c->n_subs >= MAX_SUBS_PER_CLIENT) {
-        ops_reply_error(c, r->id, IPC_BAD_REQUEST, "too many subscriptions on one connection (%d)",
-                        MAX_SUBS_PER_CLIENT);
-        return false;
-    }
-    if (!held && !access_uid_below_limit(c->d, c->uid, true, why, sizeof(why))) {
-        ops_reply_error(c, r->id, IPC_FORBIDDEN, "%s", why);
-        return false;
-    }
-    if (waiters_full(c, 2)) {
-        reply_no_waiter(c, r->id);
-        return false;
-    }
-    return true;
 }
 
 static void op_subscribe(Client *c, Request *r)
 {
-    Daemon *d = c->d;
-    View f = r->topic;
-    ClientSub **slot = find_sub(c, f);
-    if (!may_subscribe(c, r, slot != NULL)) {
-        return;
-    }
-    ClientSub *sub = slot ? *slot : add_sub(c, f);
-    bool b64 = r->encoding == ENC_BASE64;
-    int res = sub ? router_add(&d->router, f, &c->target, r->qos, b64) : -ENOMEM;
-    if (res < 0) {
-        if (sub && !slot) {
-            drop_sub(c, find_sub(c, f));
-        }
-        ops_reply_error(c, r->id, IPC_INTERNAL, "out of memory");
-        return;
-    }
-    sub->qos = r->qos;
-    sub->base64 = b64;
-    RouterFilter *rf = router_filter(&d->router, f);
-    assert(rf);
-    /* The broker is asked again even when it already holds the filter: a SUBSCRIBE makes it
-     * send the retained messages, which go to this (fresh) holder only. The barrier after it
-     * says when they have all arrived. */
-    bool immediate = rf->active && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
-    Waiter *w = immediate ? NULL : waiter_new(c, &subscribe_kind, r->id, f, timeout_of(c, r));
-    if (w) {
-        w->qos = r->qos;
-    }
-    int e = immediate || w ? session_subscribe(d->broker.session, f, rf->broker_qos, w, now_ms())
-                           : -ENOMEM;
-    if (e < 0 && !immediate) {
-        cancel(w);
-        ops_subscription_refused(c, f); /* not asked for: not held */
-        ops_reply_error(c, r->id, IPC_INTERNAL, "cannot ask the broker: %s", strerror(-e));
-        return;
-    }
-    add_barrier(c, f, timeout_of(c, r));
-    if (immediate) {
-        uint8_t granted = r->qos < rf->granted ? r->qos : rf->granted;
-        ops_reply_ok(c, r->id, json_pack("{s:i}", "granted_qos", granted));
-    }
-}
-
-/* The broker's SUBACK for a subscribe that waited for it. */
-static void subscribe_done(Waiter *w, int result)
-{
-    Client *c = w->c;
-    Daemon *d = c->d;
-    View f = VIEW_STR(w->filter);
-    RouterFilter *rf = router_filter(&d->router, f);
-    if (result >= 0 && !router_holds(&d->router, f, &c->target)) {
-        /* Dropped meanwhile (the broker refused its restore: c got "unsubscribed"). */
-        if (!rf) {
-            (void)session_unsubscribe(d->broker.session, f, NULL, now_ms()); /* valid filter */
-        }
-        ops_reply_error(c, w->id, IPC_REFUSED,
-                        "the subscription to %s was lost while it was made (the broker refused "
-                        "it at a reconnect); subscribe again",
-                        w->filter);
-    } else if (result >= 0) {
-        rf->active = true;
-        rf->granted = (uint8_t)result;
-        uint8_t granted = w->qos < result ? w->qos : (uint8_t)result;
-        ops_reply_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
-    } else {
-        ops_subscription_refused(c, f);
-        ops_reply_error(c, w->id, IPC_REFUSED,
-                        "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
+    if (permitted(c, r, ACL_SUBSCRIBE)) {
+        subs_subscribe(c, r->id, r->topic, r->qos, r->encoding == ENC_BASE64, timeout_of(c, r));
     }
 }
 
 static void op_unsubscribe(Client *c, Request *r)
 {
-    ClientSub **slot = find_sub(c, r->topic);
-    if (!slot) {
-        ops_reply_error(c, r->id, IPC_NOT_SUBSCRIBED, "not subscribed to %.*s", (int)r->topic.n,
-                        (const char *)r->topic.p);
-        return;
-    }
-    drop_sub(c, slot);
-    /* Answered on UNSUBACK when this was the last local holder, else at once. */
-    Waiter *w = waiter_new(c, &unsubscribe_kind, r->id, r->topic, timeout_of(c, r));
-    if (release_filter(c, r->topic, w) != ROUTER_LAST || !w) {
-        cancel(w);
-        ops_reply_ok(c, r->id, NULL);
-    }
+    subs_unsubscribe(c, r->id, r->topic, timeout_of(c, r));
 }
 
 static json_t *int_or_null(bool ok, json_int_t v)
@@ -503,7 +251,7 @@ static void op_status(Client *c, Request *r)
             Client *o = container_of(l, Client, link);
             json_array_append_new(list, json_pack("{s:i, s:I, s:s?, s:I}", "pid", (int)o->pid,
                                                   "uid", (json_int_t)o->uid, "user", o->user,
-                                                  "subscriptions", (json_int_t)o->n_subs));
+                                                  "subscriptions", (json_int_t)subs_count(o)));
         }
         json_object_set_new(st, "clients", list);
     }
@@ -524,7 +272,7 @@ static void op_status(Client *c, Request *r)
         json_object_set_new(st, "tls_version", json_string(tls_version(tls)));
         json_object_set_new(st, "tls_cipher", json_string(tls_cipher(tls)));
     }
-    ops_reply_ok(c, r->id, json_pack("{s:o}", "status", st));
+    answer_ok(c, r->id, json_pack("{s:o}", "status", st));
 }
 
 static json_int_t avg(uint64_t sum, uint64_t n)
@@ -569,13 +317,13 @@ static void op_stats(Client *c, Request *r)
         json_object_set_new(st, "spool_bytes",
                             json_integer((json_int_t)spool_disk_bytes(d->spool)));
     }
-    ops_reply_ok(c, r->id, json_pack("{s:o}", "stats", st));
+    answer_ok(c, r->id, json_pack("{s:o}", "stats", st));
 }
 
 static void op_ping(Client *c, Request *r)
 {
     int64_t rtt = c->d->broker.session->last_ping_rtt_ms;
-    ops_reply_ok(c, r->id, json_pack("{s:o}", "broker_rtt_ms", int_or_null(rtt >= 0, rtt)));
+    answer_ok(c, r->id, json_pack("{s:o}", "broker_rtt_ms", int_or_null(rtt >= 0, rtt)));
 }
 
 static void op_events(Client *c, Request *r)
@@ -586,7 +334,7 @@ static void op_events(Client *c, Request *r)
     if (r->events_ping >= 0) {
         c->events_ping = r->events_ping;
     }
-    ops_reply_ok(c, r->id, NULL);
+    answer_ok(c, r->id, NULL);
 }
 
 static void op_reconnect(Client *c, Request *r)
@@ -597,7 +345,7 @@ static void op_reconnect(Client *c, Request *r)
     log_info("reconnect requested by client %llu (pid %d)", (unsigned long long)c->serial,
              (int)c->pid);
     broker_reconnect(&c->d->broker);
-    ops_reply_ok(c, r->id, NULL);
+    answer_ok(c, r->id, NULL);
 }
 
 static void op_stats_reset(Client *c, Request *r)
@@ -607,7 +355,7 @@ static void op_stats_reset(Client *c, Request *r)
     }
     memset(&c->d->broker.session->stats, 0, sizeof(c->d->broker.session->stats));
     memset(&c->d->stats, 0, sizeof(c->d->stats));
-    ops_reply_ok(c, r->id, NULL);
+    answer_ok(c, r->id, NULL);
 }
 
 static void op_reload(Client *c, Request *r)
@@ -618,12 +366,12 @@ static void op_reload(Client *c, Request *r)
     char err[512];
     json_t *id = r->id ? json_incref(r->id) : NULL; /* reload may close clients? never c */
     if (daemon_reload(c->d, err, sizeof(err)) < 0) {
-        ops_reply_error(c, id, IPC_BAD_REQUEST,
-                        "reload failed, keeping the running "
-                        "configuration: %s",
-                        err);
+        answer_error(c, id, IPC_BAD_REQUEST,
+                     "reload failed, keeping the running "
+                     "configuration: %s",
+                     err);
     } else {
-        ops_reply_ok(c, id, NULL);
+        answer_ok(c, id, NULL);
     }
     json_decref(id);
 }
@@ -640,46 +388,15 @@ void ops_handle_line(Client *c, View line)
     Request req;
     IpcError err;
     if (request_parse(line, &req, &err) < 0) {
-        ops_reply_error(c, req.id, err.code, "%s", err.message);
+        answer_error(c, req.id, err.code, "%s", err.message);
     } else {
         ops[req.op](c, &req);
     }
     request_free(&req);
 }
 
-void ops_unsubscribed_event(Client *c, View filter, const char *reason)
-{
-    json_t *ev = json_pack("{s:s, s:s%, s:s}", "event", "unsubscribed", "filter",
-                           (const char *)filter.p, filter.n, "reason", reason);
-    buf_clear(&scratch);
-    if (write_json_line(&scratch, ev) < 0) {
-        client_close(c, "out of memory");
-        return;
-    }
-    client_send(c, buf_view(&scratch));
-}
-
-void ops_subscription_refused(Client *c, View filter)
-{
-    ClientSub **slot = find_sub(c, filter);
-    if (slot) {
-        drop_sub(c, slot);
-        /* Not held at the broker: no UNSUBSCRIBE, even for the last holder. */
-        router_remove(&c->d->router, filter, &c->target);
-    }
-}
-
-void ops_drop_subscription(Client *c, size_t i)
-{
-    ClientSub *sub = c->subs[i];
-    release_filter(c, VIEW(sub->filter, sub->len), NULL);
-    drop_sub(c, &c->subs[i]);
-}
-
 void ops_client_gone(Client *c)
 {
-    while (c->n_subs) {
-        ops_drop_subscription(c, c->n_subs - 1);
-    }
+    subs_client_gone(c);
     waiters_client_gone(c);
 }

@@ -11,6 +11,7 @@
  * A client is never freed inside its own callback: client_close() closes the socket at once
  * and parks the struct on d->closed, which the ev_prepare watcher empties.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -23,8 +24,10 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "answer.h"
 #include "daemon.h"
 #include "log.h"
+#include "subs.h"
 
 #define READ_CHUNK 65536
 
@@ -86,7 +89,7 @@ static void client_free(Client *c)
     free(c->user);
     line_reader_free(&c->in);
     buf_free(&c->out);
-    free(c->subs);
+    assert(c->subs.count == 0); /* dropped at close (subs_client_gone) */
     free(c);
 }
 
@@ -151,8 +154,8 @@ static void on_client_readable(Client *c)
     int r;
     while (!c->closed && (r = line_reader_next(&c->in, &line)) != 0) {
         if (r < 0) {
-            ops_reply_error(c, NULL, IPC_TOO_LARGE, "request line longer than %zu bytes",
-                            d->cfg.ipc.max_line);
+            answer_error(c, NULL, IPC_TOO_LARGE, "request line longer than %zu bytes",
+                         d->cfg.ipc.max_line);
             continue;
         }
         if (line.n == 0) {
@@ -245,6 +248,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         }
         line_reader_init(&c->in, d->cfg.ipc.max_line);
         dlist_init(&c->waiters);
+        subs_client_init(c);
         ev_io_init(&c->io, on_client_io, fd, EV_READ);
         ev_io_start(d->loop, &c->io);
         dlist_push(&d->clients, &c->link);

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What the daemon writes to a local client besides message events: replies to its requests
+ * and the events about its own subscriptions. Built one at a time in this module's buffer and
+ * queued on the client (server.c); a reply that cannot be built closes the client.
+ */
+#pragma once
+
+#include "daemon.h"
+
+/* {"id":..,"ok":true,...fields}; steals `fields` (may be NULL). */
+void answer_ok(Client *c, json_t *id, json_t *fields);
+/* {"id":..,"ok":false,"error":{"code":..,"message":..}}. */
+void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* {"event":"unsubscribed","filter":..,"reason":..}: c no longer holds `filter`. */
+void answer_unsubscribed(Client *c, View filter, const char *reason);
+/* Free the buffer (at exit). */
+void answer_free(void);

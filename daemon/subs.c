@@ -1,0 +1,406 @@
+/* SPDX-License-Identifier: MIT */
+/* Local subscriptions: see subs.h. */
+#include "subs.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "answer.h"
+#include "defaults.h"
+#include "log.h"
+#include "waiters.h"
+
+/* ---- per-uid counts ---- */
+
+static View uid_key(const uid_t *uid)
+{
+    return VIEW(uid, sizeof(*uid));
+}
+
+/* Count one subscription more (+1) or less (-1) for c's uid. */
+static void count_uid(Client *c, int delta)
+{
+    HashMap *m = &c->d->uid_subs;
+    size_t *n = hashmap_get(m, uid_key(&c->uid));
+    if (delta > 0) {
+        if (!n && (n = calloc(1, sizeof(*n))) && hashmap_put(m, uid_key(&c->uid), n) < 0) {
+            free(n);
+            n = NULL;
+        }
+        if (n) {
+            (*n)++; /* out of memory: uncounted, so the limit is a little lenient */
+        }
+    } else if (n && --*n == 0) {
+        free(hashmap_remove(m, uid_key(&c->uid)));
+    }
+}
+
+size_t subs_of_uid(Daemon *d, uid_t uid)
+{
+    size_t *n = hashmap_get(&d->uid_subs, uid_key(&uid));
+    return n ? *n : 0;
+}
+
+void subs_init(Daemon *d)
+{
+    hashmap_init(&d->uid_subs);
+}
+
+void subs_free(Daemon *d)
+{
+    hashmap_free(&d->uid_subs, free);
+}
+
+void subs_client_init(Client *c)
+{
+    hashmap_init(&c->subs);
+}
+
+size_t subs_count(const Client *c)
+{
+    return c->subs.count;
+}
+
+/* ---- the client's own table ---- */
+
+static ClientSub *find_sub(Client *c, View filter)
+{
+    return hashmap_get(&c->subs, filter);
+}
+
+static ClientSub *add_sub(Client *c, View filter)
+{
+    ClientSub *s = malloc(sizeof(*s) + filter.n + 1);
+    if (!s) {
+        return NULL;
+    }
+    *s = (ClientSub){.len = (uint16_t)filter.n};
+    memcpy(s->filter, filter.p, filter.n);
+    s->filter[filter.n] = 0;
+    if (hashmap_put(&c->subs, filter, s) < 0) {
+        free(s);
+        return NULL;
+    }
+    count_uid(c, +1);
+    return s;
+}
+
+/* ---- what each kind of waiting request does when it ends (waiters.h) ---- */
+
+static void forget_in_session(Waiter *w)
+{
+    session_forget_req(w->c->d->broker.session, w);
+}
+
+static void barrier_done(Waiter *w, int result)
+{
+    (void)result;
+    router_settle(&w->c->d->router, VIEW_STR(w->filter), &w->c->target);
+}
+
+static void barrier_timeout(Waiter *w)
+{
+    /* No PINGRESP: the retained messages that did arrive were delivered; stop waiting. */
+    forget_in_session(w);
+    barrier_done(w, 0);
+}
+
+/* The retained messages of a new subscription: in once the barrier completes. No reply. */
+static const WaiterKind barrier_kind = {barrier_done, barrier_timeout, forget_in_session};
+
+static void subscribe_done(Waiter *w, int result);
+
+static void subscribe_timeout(Waiter *w)
+{
+    forget_in_session(w);
+    answer_error(w->c, w->id, IPC_TIMEOUT,
+                 "no SUBACK in time; the subscription to %s is recorded and takes effect when "
+                 "the broker confirms it",
+                 w->filter);
+}
+
+static const WaiterKind subscribe_kind = {subscribe_done, subscribe_timeout, forget_in_session};
+
+static void unsubscribe_done(Waiter *w, int result)
+{
+    (void)result;
+    answer_ok(w->c, w->id, NULL);
+}
+
+static void unsubscribe_timeout(Waiter *w)
+{
+    forget_in_session(w);
+    answer_error(w->c, w->id, IPC_TIMEOUT, "no UNSUBACK in time; %s is unsubscribed locally",
+                 w->filter);
+}
+
+static const WaiterKind unsubscribe_kind = {unsubscribe_done, unsubscribe_timeout,
+                                            forget_in_session};
+
+/* ---- holding and letting go ---- */
+
+/* The retained-message barrier of c's subscription to `filter` belongs to that holder only:
+ * a later subscription to the same filter is a new holder, with a barrier of its own. */
+static void drop_barrier(Client *c, View filter)
+{
+    Waiter *w = waiter_find(c, &barrier_kind, filter);
+    if (w && !w->ending) {
+        forget_in_session(w);
+        waiter_cancel(w); /* every caller sends c something next, which finishes it */
+    }
+}
+
+/* c stops holding `filter`. With `at_broker`, the last local holder takes the broker
+ * subscription away (req: who waits for the UNSUBACK); without, the broker does not hold
+ * it. Returns ROUTER_LAST when c was the last holder. */
+static int drop(Client *c, ClientSub *s, bool at_broker, void *req)
+{
+    Daemon *d = c->d;
+    View f = VIEW(s->filter, s->len);
+    drop_barrier(c, f);
+    int r = router_remove(&d->router, f, &c->target);
+    assert(r != -ENOENT); /* the client's table and the router agree */
+    if (r == ROUTER_LAST && at_broker) {
+        (void)session_unsubscribe(d->broker.session, f, req, now_ms()); /* f is valid */
+    }
+    ClientSub *gone = hashmap_remove(&c->subs, f);
+    assert(gone == s);
+    count_uid(c, -1);
+    free(gone);
+    return r;
+}
+
+void subs_client_gone(Client *c)
+{
+    assert(c->closed);
+    HashIter it;
+    void *v;
+    /* drop() changes the map: the entries are gathered first (or, out of memory, taken one
+     * at a time from a fresh iteration). */
+    size_t n = subs_count(c), k = 0;
+    ClientSub **all = malloc((n ? n : 1) * sizeof(*all));
+    for (hashmap_iter(&c->subs, &it); all && hashmap_iter_next(&it, &v);) {
+        all[k++] = v;
+    }
+    for (size_t i = 0; i < k; i++) {
+        drop(c, all[i], true, NULL);
+    }
+    free(all);
+    for (hashmap_iter(&c->subs, &it); hashmap_iter_next(&it, &v); hashmap_iter(&c->subs, &it)) {
+        drop(c, v, true, NULL);
+    }
+    hashmap_free(&c->subs, free);
+}
+
+/* The broker did not take c's subscription to `filter`: c does not hold it after all. */
+static void not_held(Client *c, View filter)
+{
+    ClientSub *s = find_sub(c, filter);
+    if (s) {
+        drop(c, s, false, NULL);
+    }
+}
+
+/* The retained messages of c's new subscription to `f` are in once the barrier completes
+ * (or times out); one barrier per filter and client is enough, however often it subscribes. */
+static void add_barrier(Client *c, View f, int64_t timeout_ms)
+{
+    if (waiter_find(c, &barrier_kind, f)) {
+        return;
+    }
+    Waiter *b = waiter_new(c, &barrier_kind, NULL, f, timeout_ms);
+    if (!b) {
+        /* No barrier: the holder settles now, so a retained message may be missed, never
+         * delivered twice. */
+        router_settle(&c->d->router, f, &c->target);
+        return;
+    }
+    if (session_barrier(c->d->broker.session, b) < 0) {
+        router_settle(&c->d->router, f, &c->target);
+        waiter_cancel(b);
+    }
+}
+
+/* ---- the ops ---- */
+
+/* Limits before a subscription is taken; answered when it may not be. */
+static bool may_subscribe(Client *c, json_t *id, bool held)
+{
+    Daemon *d = c->d;
+    unsigned max = d->cfg.acl.max_subscriptions_per_uid;
+    if (!held && subs_count(c) >= MAX_SUBS_PER_CLIENT) {
+        answer_error(c, id, IPC_BAD_REQUEST, "too many subscriptions on one connection (%d)",
+                     MAX_SUBS_PER_CLIENT);
+        return false;
+    }
+    if (!held && max && subs_of_uid(d, c->uid) >= max) {
+        answer_error(c, id, IPC_FORBIDDEN,
+                     "too many subscriptions for uid %u ([acl] max_subscriptions_per_uid = %u)",
+                     (unsigned)c->uid, max);
+        return false;
+    }
+    if (waiters_full(c, 2)) { /* its reply and its barrier */
+        answer_error(c, id, IPC_QUEUE_FULL,
+                     "%d requests of this connection already wait for the broker: wait for "
+                     "their replies first",
+                     MAX_WAITERS_PER_CLIENT);
+        return false;
+    }
+    return true;
+}
+
+void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int64_t timeout_ms)
+{
+    Daemon *d = c->d;
+    ClientSub *held = find_sub(c, f);
+    if (!may_subscribe(c, id, held != NULL)) {
+        return;
+    }
+    ClientSub *sub = held ? held : add_sub(c, f);
+    int res = sub ? router_add(&d->router, f, &c->target, qos, base64) : -ENOMEM;
+    if (res < 0) {
+        if (sub && !held) {
+            free(hashmap_remove(&c->subs, f));
+            count_uid(c, -1);
+        }
+        answer_error(c, id, IPC_INTERNAL, "out of memory");
+        return;
+    }
+    sub->qos = qos;
+    sub->base64 = base64;
+    RouterFilter *rf = router_filter(&d->router, f);
+    assert(rf);
+    /* The broker is asked again even when it already holds the filter: a SUBSCRIBE makes it
+     * send the retained messages, which go to this (fresh) holder only. The barrier after it
+     * says when they have all arrived. */
+    bool immediate = rf->active && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
+    Waiter *w = immediate ? NULL : waiter_new(c, &subscribe_kind, id, f, timeout_ms);
+    if (w) {
+        w->qos = qos;
+    }
+    int e = immediate || w ? session_subscribe(d->broker.session, f, rf->broker_qos, w, now_ms())
+                           : -ENOMEM;
+    if (e < 0 && !immediate) {
+        if (w) {
+            waiter_cancel(w);
+        }
+        not_held(c, f); /* not asked for: not held */
+        answer_error(c, id, IPC_INTERNAL, "cannot ask the broker: %s", strerror(-e));
+        return;
+    }
+    add_barrier(c, f, timeout_ms);
+    if (immediate) {
+        uint8_t granted = qos < rf->granted ? qos : rf->granted;
+        answer_ok(c, id, json_pack("{s:i}", "granted_qos", granted));
+    }
+}
+
+/* The broker's SUBACK for a subscribe that waited for it. */
+static void subscribe_done(Waiter *w, int result)
+{
+    Client *c = w->c;
+    Daemon *d = c->d;
+    View f = VIEW_STR(w->filter);
+    RouterFilter *rf = router_filter(&d->router, f);
+    if (result >= 0 && !find_sub(c, f)) {
+        /* Dropped meanwhile (the broker refused its restore: c got "unsubscribed"). */
+        if (!rf) {
+            (void)session_unsubscribe(d->broker.session, f, NULL, now_ms()); /* valid filter */
+        }
+        answer_error(c, w->id, IPC_REFUSED,
+                     "the subscription to %s was lost while it was made (the broker refused it "
+                     "at a reconnect); subscribe again",
+                     w->filter);
+    } else if (result >= 0) {
+        rf->active = true;
+        rf->granted = (uint8_t)result;
+        uint8_t granted = w->qos < result ? w->qos : (uint8_t)result;
+        answer_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
+    } else {
+        not_held(c, f);
+        answer_error(c, w->id, IPC_REFUSED,
+                     "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
+    }
+}
+
+void subs_unsubscribe(Client *c, json_t *id, View filter, int64_t timeout_ms)
+{
+    ClientSub *s = find_sub(c, filter);
+    if (!s) {
+        answer_error(c, id, IPC_NOT_SUBSCRIBED, "not subscribed to %.*s", (int)filter.n,
+                     (const char *)filter.p);
+        return;
+    }
+    /* Answered on UNSUBACK when this was the last local holder, else at once. */
+    Waiter *w = waiter_new(c, &unsubscribe_kind, id, filter, timeout_ms);
+    if (drop(c, s, true, w) != ROUTER_LAST || !w) {
+        if (w) {
+            waiter_cancel(w);
+        }
+        answer_ok(c, id, NULL);
+    }
+}
+
+/* ---- what others decide ---- */
+
+bool subs_recheck(Client *c, bool (*keep)(Client *c, View filter, char *why, size_t n))
+{
+    /* The filters to drop are gathered first: dropping changes the map. */
+    size_t n = subs_count(c), k = 0;
+    ClientSub **refused = calloc(n ? n : 1, sizeof(*refused));
+    char(*why)[300] = calloc(n ? n : 1, sizeof(*why));
+    if (!refused || !why) {
+        free(refused);
+        free(why);
+        client_close(c, "out of memory re-checking its subscriptions");
+        return false;
+    }
+    HashIter it;
+    void *v;
+    hashmap_iter(&c->subs, &it);
+    while (hashmap_iter_next(&it, &v)) {
+        ClientSub *s = v;
+        if (!keep(c, VIEW(s->filter, s->len), why[k], sizeof(why[k]))) {
+            refused[k++] = s;
+        }
+    }
+    for (size_t i = 0; i < k && !c->closed; i++) {
+        /* Told before it is dropped (the filter's text goes with it), and when telling
+         * closes c (out of memory), closing has dropped every subscription already. */
+        answer_unsubscribed(c, VIEW(refused[i]->filter, refused[i]->len), why[i]);
+        if (!c->closed) {
+            drop(c, refused[i], true, NULL);
+        }
+    }
+    free(refused);
+    free(why);
+    return !c->closed;
+}
+
+void subs_lost(Daemon *d, View filter, uint8_t code)
+{
+    char reason[160];
+    snprintf(reason, sizeof(reason),
+             "the broker refused the subscription when it was restored after a reconnect "
+             "(SUBACK 0x%02x)",
+             code);
+    log_warning("subscription to %.*s lost: %s", (int)filter.n, (const char *)filter.p, reason);
+    snprintf(d->lost_subscription, sizeof(d->lost_subscription), "%.*s: %s", (int)filter.n,
+             (const char *)filter.p, reason);
+    /* Each holder is told; one that is closed on the way (out of memory) leaves the list. */
+    for (DList *l = d->clients.next, *next = l->next; l != &d->clients; l = next, next = l->next) {
+        Client *c = container_of(l, Client, link);
+        if (find_sub(c, filter)) {
+            not_held(c, filter); /* first: the event may close c, and `filter` is not c's */
+            answer_unsubscribed(c, filter, reason);
+        }
+    }
+}
+
+void subs_link_down(Daemon *d)
+{
+    router_unconfirm_all(&d->router);
+}

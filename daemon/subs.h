@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Local subscriptions, one owner: which filters each client holds (hashed per client), the
+ * router behind them (lib/router.c), the broker SUBSCRIBE/UNSUBSCRIBE that serve them, their
+ * retained-message barriers, and per-uid counts. The session's own list stays the broker's
+ * truth; what it reports (SUBACK, a refused restore, the link going down) is reconciled here.
+ */
+#pragma once
+
+#include "daemon.h"
+
+/* One filter a client holds. */
+typedef struct ClientSub {
+    uint8_t qos;
+    bool base64;
+    uint16_t len;
+    char filter[]; /* NUL-terminated */
+} ClientSub;
+
+void subs_init(Daemon *d);
+void subs_free(Daemon *d);
+void subs_client_init(Client *c);
+/* c is closing: every subscription dropped (the broker's goes with its last holder). */
+void subs_client_gone(Client *c);
+
+/* The subscribe / unsubscribe ops (after the [acl] check): answered here, at once or when
+ * the broker confirms. */
+void subs_subscribe(Client *c, json_t *id, View filter, uint8_t qos, bool base64,
+                    int64_t timeout_ms);
+void subs_unsubscribe(Client *c, json_t *id, View filter, int64_t timeout_ms);
+
+size_t subs_count(const Client *c);
+size_t subs_of_uid(Daemon *d, uid_t uid);
+
+/* Drop each of c's subscriptions that `keep` refuses, telling c why (an "unsubscribed" event).
+ * c may be closed on the way (out of memory); false then. */
+bool subs_recheck(Client *c, bool (*keep)(Client *c, View filter, char *why, size_t n));
+
+/* The broker refused a subscription the session restored after a reconnect: its holders are
+ * told and stop holding it. */
+void subs_lost(Daemon *d, View filter, uint8_t code);
+/* The link went down: no filter counts as granted until its next SUBACK. */
+void subs_link_down(Daemon *d);
