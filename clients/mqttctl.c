@@ -5,6 +5,7 @@
  * Exit status: 0 success, 1 the daemon answered an error, 2 usage error, 3 the daemon cannot
  * be reached. pub/sub follow mosquitto_pub/mosquitto_sub flags.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -311,28 +312,42 @@ static int parse_qos(const char *cmd, const char *arg, int *ret)
 /* ---- pub ---- */
 
 /* One publish request line, written straight into the client's output (no JSON tree:
- * `pub -l` sends one per input line). */
-static void queue_publish(IpcClient *c, const char *topic, View payload, int qos, bool retain,
-                          bool wait)
+ * `pub -l` sends one per input line). On failure (-ENOMEM) the output is left as it was. */
+static int queue_publish(IpcClient *c, const char *topic, View payload, int qos, bool retain,
+                         bool wait)
 {
     char head[128];
     int n = snprintf(head, sizeof(head),
                      "{\"id\":%lld,\"op\":\"publish\",\"qos\":%d,"
                      "\"retain\":%s,\"wait\":%s,\"timeout_ms\":%d,"
                      "\"topic\":",
-                     (long long)c->next_id++, qos, retain ? "true" : "false",
-                     wait ? "true" : "false", timeout_ms);
-    buf_append(&c->out, head, (size_t)n);
-    json_write_string(&c->out, VIEW_STR(topic));
-    if (utf8_valid(payload, true)) {
-        buf_append(&c->out, ",\"payload\":", 11);
-        json_write_string(&c->out, payload);
-    } else {
-        buf_append(&c->out, ",\"payload_b64\":\"", 16);
-        base64_encode(&c->out, payload);
-        buf_put_u8(&c->out, '"');
+                     (long long)c->next_id, qos, retain ? "true" : "false", wait ? "true" : "false",
+                     timeout_ms);
+    assert(n > 0 && (size_t)n < sizeof(head));
+    size_t mark = buf_mark(&c->out);
+    int r = buf_append(&c->out, head, (size_t)n);
+    if (r == 0) {
+        r = json_write_string(&c->out, VIEW_STR(topic));
     }
-    buf_append(&c->out, "}\n", 2);
+    if (r == 0 && utf8_valid(payload, true)) {
+        if ((r = buf_append(&c->out, ",\"payload\":", 11)) == 0) {
+            r = json_write_string(&c->out, payload);
+        }
+    } else if (r == 0) {
+        if ((r = buf_append(&c->out, ",\"payload_b64\":\"", 16)) == 0 &&
+            (r = base64_encode(&c->out, payload)) == 0) {
+            r = buf_put_u8(&c->out, '"');
+        }
+    }
+    if (r == 0) {
+        r = buf_append(&c->out, "}\n", 2);
+    }
+    if (r < 0) {
+        buf_rollback(&c->out, mark);
+        return r;
+    }
+    c->next_id++;
+    return 0;
 }
 
 static int read_all(const char *path, Buf *out)
@@ -341,23 +356,22 @@ static int read_all(const char *path, Buf *out)
     if (fd < 0) {
         return -errno;
     }
-    for (;;) {
-        if (buf_reserve(out, 65536) < 0) {
-            return -ENOMEM;
-        }
+    int e;
+    while ((e = buf_reserve(out, 65536)) == 0) {
         ssize_t n = read(fd, out->data + out->len, 65536);
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n <= 0) {
-            int e = n < 0 ? -errno : 0;
-            if (fd != STDIN_FILENO) {
-                close(fd);
-            }
-            return e;
+            e = n < 0 ? -errno : 0;
+            break;
         }
         out->len += (size_t)n;
     }
+    if (fd != STDIN_FILENO) {
+        (void)close(fd); /* read-only: nothing to lose */
+    }
+    return e;
 }
 
 /* Read a reply for a pipelined publish; failures reported with their line number. A plain
@@ -390,7 +404,7 @@ static int collect_reply(IpcClient *c, json_int_t first_id, int *failures)
         snprintf(what, sizeof(what), "message %lld",
                  (long long)(json_integer_value(json_object_get(m, "id")) - first_id + 1));
         if (!json_out) {
-            reply_failed(m, what);
+            (void)reply_failed(m, what); /* counted below: the exit status comes at the end */
         }
         (*failures)++;
     }
@@ -398,38 +412,44 @@ static int collect_reply(IpcClient *c, json_int_t first_id, int *failures)
     return 1;
 }
 
-static int cmd_pub(int argc, char **argv)
+typedef struct PubArgs {
+    const char *topic, *message, *file;
+    bool lines, null_msg, retain;
+    int qos;
+} PubArgs;
+
+/* 0, or the exit status of a usage error (reported). */
+static int parse_pub_args(int argc, char **argv, PubArgs *ret)
 {
-    const char *topic = NULL, *message = NULL, *file = NULL;
-    bool lines = false, null_msg = false, retain = false;
-    int qos = 0, o;
+    PubArgs a = {0};
+    int o;
     static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
     optind = 1;
     while ((o = getopt_long(argc, argv, "+t:m:f:lnq:r", opts, NULL)) != -1) {
         switch (o) {
         case 't':
-            topic = optarg;
+            a.topic = optarg;
             break;
         case 'm':
-            message = optarg;
+            a.message = optarg;
             break;
         case 'f':
-            file = optarg;
+            a.file = optarg;
             break;
         case 'l':
-            lines = true;
+            a.lines = true;
             break;
         case 'n':
-            null_msg = true;
+            a.null_msg = true;
             break;
         case 'r':
-            retain = true;
+            a.retain = true;
             break;
         case 'J':
             json_out = true;
             break;
         case 'q':
-            if (parse_qos("pub", optarg, &qos)) {
+            if (parse_qos("pub", optarg, &a.qos)) {
                 return EXIT_USAGE;
             }
             break;
@@ -440,68 +460,108 @@ static int cmd_pub(int argc, char **argv)
     if (optind < argc) {
         return usage_error("pub: unexpected argument '%s'", argv[optind]);
     }
-    if (!topic) {
+    if (!a.topic) {
         return usage_error("pub: -t TOPIC is required");
     }
-    if ((message != NULL) + (file != NULL) + lines + null_msg != 1) {
+    if ((a.message != NULL) + (a.file != NULL) + a.lines + a.null_msg != 1) {
         return usage_error("pub: give exactly one of -m MSG, -f FILE, -l, -n");
     }
-    IpcClient c;
-    int r = connect_daemon(&c);
-    if (r) {
-        return r;
-    }
-    int failures = 0;
-    if (!lines) {
-        Buf payload = {0};
-        if (file && (r = read_all(file, &payload)) < 0) {
-            fprintf(stderr, "mqttctl: cannot read %s: %s\n", file, strerror(-r));
-            ipc_close(&c);
-            buf_free(&payload);
-            return EXIT_USAGE;
-        }
-        View p = message ? VIEW_STR(message) : buf_view(&payload);
-        json_int_t first = c.next_id;
-        queue_publish(&c, topic, p, qos, retain, true);
+    *ret = a;
+    return 0;
+}
+
+static int queue_failed(int r)
+{
+    fprintf(stderr, "mqttctl: cannot queue a publish: %s\n", strerror(-r));
+    return EXIT_UNREACHABLE;
+}
+
+/* -m, -f or -n: one message, waiting for its reply. 0 or -errno (the connection); a file
+ * that cannot be read is reported and is *ret_status EXIT_USAGE. */
+static int pub_one(IpcClient *c, const PubArgs *a, int *failures, int *ret_status)
+{
+    Buf payload = {0};
+    int r;
+    if (a->file && (r = read_all(a->file, &payload)) < 0) {
+        fprintf(stderr, "mqttctl: cannot read %s: %s\n", a->file, strerror(-r));
         buf_free(&payload);
-        while ((r = collect_reply(&c, first, &failures)) == 2) {
+        *ret_status = EXIT_USAGE;
+        return 0;
+    }
+    View p = a->message ? VIEW_STR(a->message) : buf_view(&payload);
+    json_int_t first = c->next_id;
+    r = queue_publish(c, a->topic, p, a->qos, a->retain, true);
+    buf_free(&payload);
+    if (r < 0) {
+        *ret_status = queue_failed(r);
+        return 0;
+    }
+    while ((r = collect_reply(c, first, failures)) == 2) {
+    }
+    return r < 0 ? r : 0;
+}
+
+/* -l: each stdin line a message, up to WINDOW requests in flight, replies read as they come.
+ * 0 or -errno (the connection); a publish that cannot be queued sets *ret_status. */
+static int pub_lines(IpcClient *c, const PubArgs *a, int *failures, int *ret_status)
+{
+    enum { WINDOW = 1024 };
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long outstanding = 0;
+    json_int_t first = c->next_id;
+    int r = 1;
+    while (r > 0 && (n = getline(&line, &cap, stdin)) >= 0) {
+        if (n && line[n - 1] == '\n') {
+            n--;
         }
-    } else {
-        /* Stream: keep up to WINDOW requests in flight, read replies as they come. */
-        enum { WINDOW = 1024 };
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t n;
-        long outstanding = 0;
-        json_int_t first = c.next_id;
-        r = 1;
-        while (r > 0 && (n = getline(&line, &cap, stdin)) >= 0) {
-            if (n && line[n - 1] == '\n') {
-                n--;
-            }
-            /* A QoS 0 stream is confirmed as queued (as mosquitto_pub confirms nothing);
-             * QoS 1/2 lines wait for the broker's acknowledgement. */
-            queue_publish(&c, topic, VIEW(line, (size_t)n), qos, retain, qos > 0);
-            outstanding++;
-            if (buf_size(&c.out) > 256 * 1024 && (r = ipc_flush(&c, timeout_ms)) < 0) {
+        /* A QoS 0 stream is confirmed as queued (as mosquitto_pub confirms nothing);
+         * QoS 1/2 lines wait for the broker's acknowledgement. */
+        int q = queue_publish(c, a->topic, VIEW(line, (size_t)n), a->qos, a->retain, a->qos > 0);
+        if (q < 0) {
+            *ret_status = queue_failed(q);
+            break;
+        }
+        outstanding++;
+        if (buf_size(&c->out) > 256 * 1024) {
+            int f = ipc_flush(c, timeout_ms); /* 0 when flushed: the stream goes on */
+            if (f < 0) {
+                r = f;
                 break;
             }
-            while (r > 0 && outstanding >= WINDOW) {
-                r = collect_reply(&c, first, &failures);
-                outstanding -= r == 1;
-            }
         }
-        free(line);
-        while (r > 0 && outstanding > 0) {
-            r = collect_reply(&c, first, &failures);
+        while (r > 0 && outstanding >= WINDOW) {
+            r = collect_reply(c, first, failures);
             outstanding -= r == 1;
         }
     }
+    free(line);
+    while (r > 0 && outstanding > 0) {
+        r = collect_reply(c, first, failures);
+        outstanding -= r == 1;
+    }
+    return r < 0 ? r : 0;
+}
+
+static int cmd_pub(int argc, char **argv)
+{
+    PubArgs a = {0};
+    int r = parse_pub_args(argc, argv, &a);
+    if (r) {
+        return r;
+    }
+    IpcClient c;
+    if ((r = connect_daemon(&c))) {
+        return r;
+    }
+    int failures = 0, status = 0;
+    r = a.lines ? pub_lines(&c, &a, &failures, &status) : pub_one(&c, &a, &failures, &status);
     ipc_close(&c);
     if (r < 0) {
         return lost(r);
     }
-    return failures ? EXIT_DAEMON_ERROR : 0;
+    return status ? status : failures ? EXIT_DAEMON_ERROR : 0;
 }
 
 /* ---- sub ---- */
@@ -529,42 +589,48 @@ static int write_all(const void *p, size_t n)
     return 0;
 }
 
-static int cmd_sub(int argc, char **argv)
-{
+typedef struct SubArgs {
     const char *filters[64];
-    int n_filters = 0, qos = 0, o;
-    long count = 0, wait_s = 0;
-    bool verbose = false;
+    int n_filters, qos;
+    long count, wait_s; /* 0: no limit */
+    bool verbose;
+} SubArgs;
+
+/* 0, or the exit status of a usage error (reported). */
+static int parse_sub_args(int argc, char **argv, SubArgs *ret)
+{
+    SubArgs a = {0};
+    int o;
     static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
     optind = 1;
     while ((o = getopt_long(argc, argv, "+t:q:C:W:v", opts, NULL)) != -1) {
         char *end;
         switch (o) {
         case 't':
-            if (n_filters == 64) {
+            if (a.n_filters == 64) {
                 return usage_error("sub: at most 64 -t filters");
             }
-            filters[n_filters++] = optarg;
+            a.filters[a.n_filters++] = optarg;
             break;
         case 'q':
-            if (parse_qos("sub", optarg, &qos)) {
+            if (parse_qos("sub", optarg, &a.qos)) {
                 return EXIT_USAGE;
             }
             break;
         case 'C':
-            count = strtol(optarg, &end, 10);
-            if (*end || count <= 0) {
+            a.count = strtol(optarg, &end, 10);
+            if (*end || a.count <= 0) {
                 return usage_error("sub: -C needs a positive count, not '%s'", optarg);
             }
             break;
         case 'W':
-            wait_s = strtol(optarg, &end, 10);
-            if (*end || wait_s <= 0) {
+            a.wait_s = strtol(optarg, &end, 10);
+            if (*end || a.wait_s <= 0) {
                 return usage_error("sub: -W needs a positive number of seconds, not '%s'", optarg);
             }
             break;
         case 'v':
-            verbose = true;
+            a.verbose = true;
             break;
         case 'J':
             json_out = true;
@@ -576,89 +642,134 @@ static int cmd_sub(int argc, char **argv)
     if (optind < argc) {
         return usage_error("sub: unexpected argument '%s'", argv[optind]);
     }
-    if (!n_filters) {
+    if (!a.n_filters) {
         return usage_error("sub: -t FILTER is required");
     }
-    IpcClient c;
-    int r = connect_daemon(&c);
-    if (r) {
-        return r;
-    }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    *ret = a;
+    return 0;
+}
+
+/* Subscribe to each filter in turn: 0, or the exit status of the first failure (reported). */
+static int subscribe_all(IpcClient *c, const SubArgs *a)
+{
     /* Binary-safe output: ask for base64 unless the JSON lines are what we print. */
-    for (int i = 0; i < n_filters; i++) {
+    for (int i = 0; i < a->n_filters; i++) {
         json_t *reply;
-        r = ipc_call(&c,
-                     json_pack("{s:s, s:s, s:i, s:s}", "op", "subscribe", "filter", filters[i],
-                               "qos", qos, "encoding", json_out ? "auto" : "base64"),
+        int r =
+            ipc_call(c,
+                     json_pack("{s:s, s:s, s:i, s:s}", "op", "subscribe", "filter", a->filters[i],
+                               "qos", a->qos, "encoding", json_out ? "auto" : "base64"),
                      &reply, timeout_ms);
         if (r < 0) {
-            ipc_close(&c);
             return lost(r);
         }
         if (!json_is_true(json_object_get(reply, "ok"))) {
-            r = reply_failed(reply, filters[i]);
+            r = reply_failed(reply, a->filters[i]);
             json_decref(reply);
-            ipc_close(&c);
             return r;
         }
         json_decref(reply);
     }
+    return 0;
+}
+
+/* A message event as mosquitto_sub prints it: the payload (after its topic with -v). */
+static int print_message(json_t *m, bool verbose)
+{
+    const char *topic = json_string_value(json_object_get(m, "topic"));
+    json_t *b64 = json_object_get(m, "payload_b64");
+    Buf payload = {0};
+    if (base64_decode(&payload, VIEW(json_string_value(b64), json_string_length(b64))) < 0) {
+        fprintf(stderr, "mqttctl: a message from the daemon has no valid payload_b64\n");
+    }
+    int w = 0;
+    if (verbose) {
+        w |= write_all(topic, strlen(topic)) | write_all(" ", 1);
+    }
+    w |= write_all(payload.data, payload.len) | write_all("\n", 1);
+    buf_free(&payload);
+    return w;
+}
+
+/* Print one message from the daemon: -1 when stdout is closed, else 0. */
+static int print_event(json_t *m, bool verbose)
+{
+    const char *ev = json_string_value(json_object_get(m, "event"));
+    if (json_out) {
+        char *s = json_dumps(m, JSON_COMPACT);
+        int w = s ? write_all(s, strlen(s)) | write_all("\n", 1) : 0;
+        free(s);
+        return w;
+    }
+    if (ev && strcmp(ev, "message") == 0) {
+        return print_message(m, verbose);
+    }
+    if (ev && strcmp(ev, "dropped") == 0) {
+        fprintf(stderr, "mqttctl: the daemon dropped %lld messages: output too slow\n",
+                (long long)json_integer_value(json_object_get(m, "count")));
+    }
+    return 0;
+}
+
+/* Print messages until -C COUNT of them came, -W SECONDS passed, a signal, or stdout closed:
+ * the exit status. */
+static int receive(IpcClient *c, const SubArgs *a)
+{
     long got = 0;
-    int64_t deadline = wait_s ? mono_us() / 1000 + wait_s * 1000 : -1;
-    int status = 0;
-    while (!interrupted && (!count || got < count)) {
+    int64_t deadline = a->wait_s ? mono_us() / 1000 + a->wait_s * 1000 : -1;
+    while (!interrupted && (!a->count || got < a->count)) {
         int left = deadline < 0 ? 500 : (int)(deadline - mono_us() / 1000);
         if (deadline >= 0 && left <= 0) {
-            if (count) {
-                fprintf(stderr, "mqttctl: timed out after %ld s (%ld of %ld messages)\n", wait_s,
-                        got, count);
-                status = EXIT_DAEMON_ERROR;
+            if (a->count) {
+                fprintf(stderr, "mqttctl: timed out after %ld s (%ld of %ld messages)\n", a->wait_s,
+                        got, a->count);
+                return EXIT_DAEMON_ERROR;
             }
-            break;
+            return 0;
         }
         json_t *m;
-        r = ipc_read(&c, &m, left > 500 ? 500 : left);
+        int r = ipc_read(c, &m, left > 500 ? 500 : left);
         if (r == 0 || r == -EINTR) {
             continue;
         }
         if (r < 0) {
-            ipc_close(&c);
             return lost(r);
         }
         const char *ev = json_string_value(json_object_get(m, "event"));
         if (ev && strcmp(ev, "message") == 0) {
             got++;
         }
-        int w = 0;
-        if (json_out) {
-            char *s = json_dumps(m, JSON_COMPACT);
-            w = s ? write_all(s, strlen(s)) | write_all("\n", 1) : 0;
-            free(s);
-        } else if (ev && strcmp(ev, "message") == 0) {
-            const char *topic = json_string_value(json_object_get(m, "topic"));
-            json_t *b64 = json_object_get(m, "payload_b64");
-            Buf payload = {0};
-            base64_decode(&payload, VIEW(json_string_value(b64), json_string_length(b64)));
-            if (verbose) {
-                w |= write_all(topic, strlen(topic)) | write_all(" ", 1);
-            }
-            w |= write_all(payload.data, payload.len) | write_all("\n", 1);
-            buf_free(&payload);
-        } else if (ev && strcmp(ev, "dropped") == 0) {
-            fprintf(stderr, "mqttctl: the daemon dropped %lld messages: output too slow\n",
-                    (long long)json_integer_value(json_object_get(m, "count")));
-        }
+        int w = print_event(m, a->verbose);
         json_decref(m);
         if (w) {
             break; /* stdout closed (SIGPIPE ignored): nothing left to do */
         }
     }
+    return 0;
+}
+
+static int cmd_sub(int argc, char **argv)
+{
+    SubArgs a = {0};
+    int r = parse_sub_args(argc, argv, &a);
+    if (r) {
+        return r;
+    }
+    IpcClient c;
+    if ((r = connect_daemon(&c))) {
+        return r;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    /* These cannot fail for valid signals and a valid handler. */
+    (void)sigaction(SIGINT, &sa, NULL);
+    (void)sigaction(SIGTERM, &sa, NULL);
+    (void)signal(SIGPIPE, SIG_IGN);
+    r = subscribe_all(&c, &a);
+    if (r == 0) {
+        r = receive(&c, &a);
+    }
     ipc_close(&c);
-    return status;
+    return r;
 }
 
 int main(int argc, char **argv)

@@ -13,9 +13,8 @@
  * latest STATE record of one (Segment.live counts both). A DONE record is needed while an ADD
  * it cancels may still lie in another segment (a pin: otherwise the acknowledged message
  * would come back at the next start). A segment with nothing live is deleted, its pinned DONE
- * records written again into the current segment first; at each rotation, old segments that
- * are mostly dead have what is live in them copied forward (an ADD with its send state after
- * it) and made durable before they go, so disk use stays proportional to what is pending.
+ * records written again into the current segment first. Compaction keeps disk use
+ * proportional to what is pending: see "compaction" below.
  *
  * Recovery reads every segment into memory, refuses a newer format before touching anything,
  * then replays the records in segment order. A bad record followed by good ones is damage:
@@ -28,12 +27,35 @@
  * at the next write), returns -errno and starts an "episode" logged once until a write works.
  *
  * Durability marks: `appended` counts bytes written since open. Sync jobs (fd, mark) go to
- * the sync thread through a fixed ring; the loop thread takes their results back, resolves
+ * the helper thread through a fixed ring; the loop thread takes their results back, resolves
  * the waits they cover (with the fdatasync's error, if any), then runs the callbacks in mark
  * order.
+ *
+ * Compaction: at a rotation, old segments that are mostly dead (live bytes under a quarter), with
+ * the small ones (under a quarter of segment_max: earlier outputs, segments cut short by a restart)
+ * merged in, have what is live in them copied into a segment of their own, numbered between the
+ * full segment N and the new current one: N+1 gets the copies, N+2 the new writes. The loop thread
+ * takes a snapshot (which ADD records to copy, from where, with the send state each has now), opens
+ * the files and hands the snapshot to the helper thread, which does the reads, writes and the
+ * fdatasync, then posts a completion through the same ev_async as the sync jobs. Only the loop
+ * thread touches the map of pending messages and the segment list: on completion it points the
+ * messages that are still pending at their copies, then deletes what nothing needs any more, so an
+ * original goes only once its copies are durable. Why a segment of its own: the loop goes on
+ * writing to N+2 meanwhile, so anything that changes after the snapshot (a newer STATE, a DONE)
+ * lands after the copies in replay order and wins, and the copies never interleave with the loop's
+ * appends. A DONE written while a compaction runs is pinned up to N+1, which may hold a copy of the
+ * message it cancels. One compaction at a time; a rotation while one runs does not start another.
+ * spool_close abandons one in flight, as a kill would: nothing was deleted for it, and recovery
+ * reads its copies like any other (a torn tail cut, a message found twice taken from the later
+ * copy).
+ *
+ * Recovery copies the pending messages of damaged segments forward into the new current
+ * segment and syncs it on the calling thread (copy_forward, sync_now): that is at start-up,
+ * before the event loop runs, so nothing waits on it and it stays simple.
  */
 #include "spool.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -73,6 +95,7 @@ typedef struct Segment {
     size_t n_pins, cap_pins;
     bool torn;        /* recovery found a torn tail at torn_at */
     uint64_t torn_at; /* (recovery only) */
+    bool busy;        /* a compaction's output, being filled by the helper thread: kept */
 } Segment;
 
 typedef struct Live {       /* a pending message */
@@ -83,14 +106,56 @@ typedef struct Live {       /* a pending message */
     bool pubrec;
     uint64_t state_seg; /* segment of its latest STATE record; 0: none */
     uint64_t first_seg; /* the oldest segment that may still hold a copy of its ADD */
+    bool copying;       /* in the snapshot of the compaction in flight (Spool.compact_out) */
 } Live;
 
 typedef struct Job {
     int fd;
     bool close_fd;
     uint64_t mark;
-    int error; /* set by the sync thread */
+    int error; /* set by the helper thread */
 } Job;
+
+/* A segment that a compaction copies from, opened by the loop thread (so deleting it meanwhile
+ * does not matter), read and closed by the helper thread. */
+typedef struct CopySource {
+    uint64_t id;
+    int fd;
+    uint32_t salt;
+} CopySource;
+
+/* One pending message in a compaction's snapshot. */
+typedef struct CopyItem {
+    uint64_t seq;
+    int src;            /* index in Compaction.src of its ADD's segment; -1: ADD not copied */
+    uint64_t add_off;   /* its ADD record in that segment */
+    uint32_t add_len;   /* ... and its length */
+    uint16_t packet_id; /* its send state, written after the ADD (or alone); 0: none */
+    bool pubrec;        /* ... */
+    uint64_t state_seg; /* Live.state_seg at the snapshot */
+    uint64_t out_off;   /* set by the helper thread: where the ADD copy went */
+} CopyItem;
+
+enum copy_failure { COPY_OK, COPY_READ, COPY_WRITE, COPY_SYNC };
+
+/* A compaction: built by the loop thread, then owned by the helper thread until it is handed
+ * back finished (Spool.c_todo, then Spool.c_done). */
+typedef struct Compaction {
+    uint64_t out_id;    /* the output segment (N+1) */
+    int out_fd;         /* open for appending, header written */
+    uint32_t out_salt;  /* its checksum salt */
+    uint64_t out_bytes; /* its size: the header, then what the helper thread appends */
+    bool sync;          /* fdatasync the copies (not with fsync=never) */
+    CopySource *src;
+    size_t n_src;
+    CopyItem *items; /* in seq order */
+    size_t n_items;
+    /* Written by the helper thread, read by the loop once the compaction is back: */
+    size_t n_done;             /* items[0..n_done) are copied (and durable, when sync) */
+    int error;                 /* -errno of the failure that ended it early */
+    enum copy_failure failure; /* what failed: a read (items[n_done]), a write, the sync */
+    Buf rec;                   /* the helper thread's record buffer */
+} Compaction;
 
 enum episode { EPISODE_NONE, EPISODE_WRITE, EPISODE_SYNC };
 
@@ -113,6 +178,8 @@ struct Spool {
     SpoolHealth health;
     enum episode episode;
 
+    uint64_t compact_out; /* the output segment of the compaction in flight; 0: none */
+
     SpoolWait waits;            /* list head, in mark order */
     uint64_t synced, fail_mark; /* largest mark synced; of the last failed sync */
     int fail_error;
@@ -120,14 +187,16 @@ struct Spool {
     ev_async synced_async;
     ev_timer batch;
 
-    /* Shared with the sync thread, under mu: jobs[done..finished) have results for the loop,
-     * [finished..taken) are being synced, [taken..tail) wait for the thread. */
+    /* Shared with the helper thread, under mu: jobs[done..finished) have results for the loop,
+     * [finished..taken) are being synced, [taken..tail) wait for the thread. c_todo is the
+     * compaction the thread works on, c_done one it finished, not yet taken by the loop. */
     pthread_t thread;
     bool threaded;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     Job jobs[JOBS];
     uint64_t j_done, j_finished, j_taken, j_tail;
+    Compaction *c_todo, *c_done;
     bool quit;
 };
 
@@ -281,42 +350,207 @@ static void sync_worked(Spool *s)
     }
 }
 
-/* ---- the sync thread and the waits ---- */
+/* ---- the helper thread: sync jobs and compaction copies ---- */
 
-static void *sync_thread(void *arg)
+/* A default mutex, locked and unlocked by the thread that holds it: these cannot fail. */
+static void lock(Spool *s)
+{
+    int r = pthread_mutex_lock(&s->mu);
+    assert(r == 0);
+    (void)r;
+}
+
+static void unlock(Spool *s)
+{
+    int r = pthread_mutex_unlock(&s->mu);
+    assert(r == 0);
+    (void)r;
+}
+
+static void wake(Spool *s)
+{
+    int r = pthread_cond_broadcast(&s->cv);
+    assert(r == 0);
+    (void)r;
+}
+
+static void wait_cv(Spool *s)
+{
+    int r = pthread_cond_wait(&s->cv, &s->mu);
+    assert(r == 0);
+    (void)r;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w < 0) {
+            return -errno;
+        }
+        if (w == 0) {
+            return -EIO;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Read the ADD record of message `seq` (`len` bytes at `off` of `fd`, checksummed with `salt`)
+ * into `out` (cleared first), checking that it still reads back, and checksum it again with
+ * `new_salt`. No logging and no Spool: the helper thread calls it too. -EBADMSG when the
+ * record no longer reads back. */
+static int read_add(int fd, uint32_t salt, uint64_t seq, uint64_t off, uint32_t len,
+                    uint32_t new_salt, Buf *out)
+{
+    buf_clear(out);
+    int r = buf_reserve(out, len);
+    if (r < 0) {
+        return r;
+    }
+    ssize_t n = pread(fd, out->data, len, (off_t)off);
+    if (n != (ssize_t)len) {
+        return n < 0 ? -errno : -EIO;
+    }
+    SpoolRecord rec;
+    if (spool_record_parse(VIEW(out->data, len), salt, &rec) != 1 || rec.type != SPOOL_ADD ||
+        rec.seq != seq) {
+        return -EBADMSG;
+    }
+    spool_record_reseal(out->data, len, new_salt);
+    out->len = len;
+    return 0;
+}
+
+/* Helper thread: append one message's copy (its ADD, then its send state) to the output. */
+static int copy_item(Compaction *c, CopyItem *it)
+{
+    int r = 0;
+    buf_clear(&c->rec);
+    if (it->src >= 0) {
+        const CopySource *src = &c->src[it->src];
+        if ((r = read_add(src->fd, src->salt, it->seq, it->add_off, it->add_len, c->out_salt,
+                          &c->rec)) < 0) {
+            c->failure = COPY_READ;
+            return r;
+        }
+    }
+    if (it->packet_id) {
+        r = spool_record_state(&c->rec, c->out_salt, it->seq, it->packet_id, it->pubrec);
+    }
+    if (r < 0 || (r = write_all(c->out_fd, c->rec.data, c->rec.len)) < 0) {
+        c->failure = COPY_WRITE;
+        return r;
+    }
+    it->out_off = c->out_bytes;
+    c->out_bytes += c->rec.len;
+    return 0;
+}
+
+/* Helper thread: make the copies durable and close the files. The copies are kept only if
+ * that works; after a failed write (which may have left part of a record) or sync, the whole
+ * output is given up (the loop deletes it). */
+static void end_compaction(Compaction *c)
+{
+    if (c->failure == COPY_WRITE) {
+        c->n_done = 0;
+    }
+    int r = 0;
+    if (c->n_done && c->sync && fdatasync(c->out_fd) < 0) {
+        r = -errno;
+    }
+    if (close(c->out_fd) < 0 && r == 0) {
+        r = -errno; /* a write error reported late: as bad as a failed sync */
+    }
+    c->out_fd = -1;
+    if (r < 0 && c->n_done) {
+        c->error = r;
+        c->failure = COPY_SYNC;
+        c->n_done = 0;
+    }
+    for (size_t i = 0; i < c->n_src; i++) {
+        (void)close(c->src[i].fd); /* read only: nothing to lose */
+        c->src[i].fd = -1;
+    }
+}
+
+/* Helper thread: copy the next message, or end the compaction (all copied, or stopped by a
+ * failure). One message per step, so sync jobs are not held up behind a long compaction.
+ * True when it is finished. */
+static bool compaction_step(Compaction *c)
+{
+    if (c->n_done < c->n_items && c->error == 0) {
+        int r = copy_item(c, &c->items[c->n_done]);
+        if (r < 0) {
+            c->error = r; /* items[n_done] is the one that failed */
+        } else {
+            c->n_done++;
+        }
+        return false;
+    }
+    end_compaction(c);
+    return true;
+}
+
+/* Helper thread, called and returning with mu held: fdatasync the jobs waiting, and post their
+ * results. */
+static void run_sync_jobs(Spool *s)
+{
+    Job batch[JOBS];
+    uint64_t from = s->j_taken, to = s->j_tail;
+    for (uint64_t i = from; i < to; i++) {
+        batch[i - from] = s->jobs[i % JOBS];
+    }
+    s->j_taken = to;
+    unlock(s);
+    for (size_t k = 0; k < to - from; k++) {
+        Job *j = &batch[k];
+        j->error = fdatasync(j->fd) < 0 ? -errno : 0;
+        if (j->close_fd && close(j->fd) < 0 && !j->error) {
+            j->error = -errno;
+        }
+    }
+    lock(s);
+    for (uint64_t i = from; i < to; i++) {
+        s->jobs[i % JOBS].error = batch[i - from].error;
+    }
+    s->j_finished = to;
+    wake(s);
+    ev_async_send(s->loop, &s->synced_async);
+}
+
+/* The helper thread: sync jobs first (answers wait for them), a compaction step when there
+ * are none. At quit, the jobs still queued are done; a compaction is abandoned. */
+static void *helper_thread(void *arg)
 {
     Spool *s = arg;
-    Job batch[JOBS];
-    pthread_mutex_lock(&s->mu);
+    lock(s);
     for (;;) {
-        while (s->j_taken == s->j_tail && !s->quit) {
-            pthread_cond_wait(&s->cv, &s->mu);
+        while (s->j_taken == s->j_tail && !s->c_todo && !s->quit) {
+            wait_cv(s);
         }
-        if (s->j_taken == s->j_tail) {
+        if (s->j_taken < s->j_tail) {
+            run_sync_jobs(s);
+            continue;
+        }
+        if (s->quit) {
             break;
         }
-        uint64_t from = s->j_taken, to = s->j_tail;
-        for (uint64_t i = from; i < to; i++) {
-            batch[i - from] = s->jobs[i % JOBS];
+        Compaction *c = s->c_todo;
+        unlock(s);
+        bool finished = compaction_step(c);
+        lock(s);
+        if (finished) {
+            s->c_todo = NULL;
+            s->c_done = c;
+            ev_async_send(s->loop, &s->synced_async);
         }
-        s->j_taken = to;
-        pthread_mutex_unlock(&s->mu);
-        for (size_t k = 0; k < to - from; k++) {
-            Job *j = &batch[k];
-            j->error = fdatasync(j->fd) < 0 ? -errno : 0;
-            if (j->close_fd && close(j->fd) < 0 && !j->error) {
-                j->error = -errno;
-            }
-        }
-        pthread_mutex_lock(&s->mu);
-        for (uint64_t i = from; i < to; i++) {
-            s->jobs[i % JOBS].error = batch[i - from].error;
-        }
-        s->j_finished = to;
-        pthread_cond_broadcast(&s->cv);
-        ev_async_send(s->loop, &s->synced_async);
     }
-    pthread_mutex_unlock(&s->mu);
+    unlock(s);
     return NULL;
 }
 
@@ -349,12 +583,12 @@ static void take_results(Spool *s)
     }
     Job done[JOBS];
     size_t n = 0;
-    pthread_mutex_lock(&s->mu);
+    lock(s);
     for (; s->j_done < s->j_finished; s->j_done++) {
         done[n++] = s->jobs[s->j_done % JOBS];
     }
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    wake(s);
+    unlock(s);
     for (size_t i = 0; i < n; i++) {
         resolve(s, done[i].mark, done[i].error);
     }
@@ -364,13 +598,13 @@ static void push_job(Spool *s, int fd, bool close_fd)
 {
     s->unsynced_records = 0;
     ev_timer_stop(s->loop, &s->batch);
-    if (!s->threaded) {
+    if (!s->threaded || s->mode == FSYNC_NEVER) {
         if (close_fd && close(fd) < 0) {
             log_warning("spool: closing a segment of %s: %s", s->dir, strerror(errno));
         }
         return;
     }
-    pthread_mutex_lock(&s->mu);
+    lock(s);
     Job *last = s->j_tail > s->j_taken ? &s->jobs[(s->j_tail - 1) % JOBS] : NULL;
     if (last && last->fd == fd && !last->close_fd) {
         last->mark = s->appended; /* not taken yet: one fdatasync covers both */
@@ -379,17 +613,17 @@ static void push_job(Spool *s, int fd, bool close_fd)
         /* Full: 64 fds waiting for their sync. Wait for the disk: nothing else can go on. */
         while (s->j_tail - s->j_done == JOBS) {
             if (s->j_finished > s->j_done) {
-                pthread_mutex_unlock(&s->mu);
+                unlock(s);
                 take_results(s);
-                pthread_mutex_lock(&s->mu);
+                lock(s);
             } else {
-                pthread_cond_wait(&s->cv, &s->mu);
+                wait_cv(s);
             }
         }
         s->jobs[s->j_tail++ % JOBS] = (Job){fd, close_fd, s->appended, 0};
     }
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    wake(s);
+    unlock(s);
 }
 
 static void complete_waits(Spool *s)
@@ -407,11 +641,16 @@ static void complete_waits(Spool *s)
     s->completing = false;
 }
 
+static void finish_compaction(Spool *s);
+
+/* The helper thread posted results: sync jobs, or a compaction. */
 static void on_synced(struct ev_loop *loop, ev_async *w, int revents)
 {
     (void)loop;
     (void)revents;
-    complete_waits((Spool *)((char *)w - offsetof(Spool, synced_async)));
+    Spool *s = (Spool *)((char *)w - offsetof(Spool, synced_async));
+    complete_waits(s);
+    finish_compaction(s);
 }
 
 static void on_batch(struct ev_loop *loop, ev_timer *w, int revents)
@@ -436,7 +675,7 @@ static void schedule_sync(Spool *s)
     }
 }
 
-/* fdatasync of the current segment on this thread (compaction, recovery). */
+/* fdatasync of the current segment on this thread: recovery only (before the loop runs). */
 static int sync_now(Spool *s)
 {
     if (s->mode == FSYNC_NEVER || s->fd < 0) {
@@ -452,31 +691,12 @@ static int sync_now(Spool *s)
 
 /* ---- writing ---- */
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w < 0) {
-            return -errno;
-        }
-        if (w == 0) {
-            return -EIO;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static uint32_t new_salt(uint64_t id)
 {
     uint32_t v;
     if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v)) {
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
+        (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* CLOCK_MONOTONIC is always there */
         v = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec << 20 ^ (uint32_t)getpid() ^
             (uint32_t)id * 2654435761u;
     }
@@ -493,18 +713,30 @@ static void retire_fd(Spool *s)
     }
 }
 
-/* Start segment n+1 with its header. The old one is synced, then closed, by the thread. */
-static int open_segment(Spool *s)
+/* Room for one more entry in s->segs. */
+static int reserve_seg(Spool *s)
+{
+    if (s->n_segs < s->cap_segs) {
+        return 0;
+    }
+    size_t cap = s->cap_segs ? s->cap_segs * 2 : 8;
+    Segment *n = realloc(s->segs, cap * sizeof(*n));
+    if (!n) {
+        return -ENOMEM;
+    }
+    s->segs = n;
+    s->cap_segs = cap;
+    return 0;
+}
+
+/* Create the file of segment `id` (the id after the last in s->segs) with its header, and
+ * add it to s->segs: its fd, open for appending, in *ret_fd. */
+static int create_segment(Spool *s, int *ret_fd)
 {
     uint64_t id = s->n_segs ? s->segs[s->n_segs - 1].id + 1 : 1;
-    if (s->n_segs == s->cap_segs) {
-        size_t cap = s->cap_segs ? s->cap_segs * 2 : 8;
-        Segment *n = realloc(s->segs, cap * sizeof(*n));
-        if (!n) {
-            return -ENOMEM;
-        }
-        s->segs = n;
-        s->cap_segs = cap;
+    int r = reserve_seg(s);
+    if (r < 0) {
+        return r;
     }
     char path[PATH_LEN];
     seg_path(s, id, path, sizeof(path));
@@ -514,21 +746,34 @@ static int open_segment(Spool *s)
     }
     uint32_t salt = new_salt(id);
     buf_clear(&s->rec);
-    int r = spool_record_header(&s->rec, salt, s->held);
+    r = spool_record_header(&s->rec, salt, s->held);
     if (r == 0) {
         r = write_all(fd, s->rec.data, s->rec.len);
     }
     if (r < 0) {
-        close(fd);
+        (void)close(fd); /* the file goes */
         if (unlink(path) < 0) {
             log_warning("spool: cannot delete %s: %s", path, strerror(errno));
         }
         return r;
     }
+    s->segs[s->n_segs++] = (Segment){.id = id, .bytes = s->rec.len, .salt = salt};
+    *ret_fd = fd;
+    return 0;
+}
+
+/* Start a new current segment with its header. The old one is synced, then closed, by the
+ * helper thread. */
+static int open_segment(Spool *s)
+{
+    int fd;
+    int r = create_segment(s, &fd);
+    if (r < 0) {
+        return r;
+    }
     retire_fd(s);
     s->fd = fd;
-    s->segs[s->n_segs++] = (Segment){.id = id, .bytes = s->rec.len, .salt = salt};
-    s->appended += s->rec.len;
+    s->appended += cur_seg(s)->bytes;
     return 0;
 }
 
@@ -572,31 +817,25 @@ static int put_state(Spool *s, Live *l, uint16_t packet_id, bool pubrec)
     return 0;
 }
 
+static void log_unreadable(uint64_t seq, uint64_t seg)
+{
+    log_error("spool: message %" PRIu64 " no longer reads back from segment %" PRIx64
+              " (damaged since it was written?); left where it is",
+              seq, seg);
+}
+
+/* ---- copying forward at recovery (on the calling thread, before the loop runs) ---- */
+
 /* Copy a pending message's ADD record from `fd` (its segment, checksummed with `salt`) into
  * the current segment, checking that it still reads back. */
 static int copy_add(Spool *s, int fd, uint32_t salt, Live *l)
 {
-    buf_clear(&s->rec);
-    int r = buf_reserve(&s->rec, l->len);
-    if (r < 0) {
-        return r;
+    int r = read_add(fd, salt, l->seq, l->off, l->len, cur_seg(s)->salt, &s->rec);
+    if (r == -EBADMSG) {
+        log_unreadable(l->seq, l->seg);
     }
-    ssize_t n = pread(fd, s->rec.data, l->len, (off_t)l->off);
-    if (n != (ssize_t)l->len) {
-        return n < 0 ? -errno : -EIO;
-    }
-    SpoolRecord rec;
-    if (spool_record_parse(VIEW(s->rec.data, l->len), salt, &rec) != 1 || rec.type != SPOOL_ADD ||
-        rec.seq != l->seq) {
-        log_error("spool: message %" PRIu64 " no longer reads back from segment %" PRIx64
-                  " (damaged since it was written?); left where it is",
-                  l->seq, l->seg);
-        return -EBADMSG;
-    }
-    spool_record_reseal(s->rec.data, l->len, cur_seg(s)->salt);
-    s->rec.len = l->len;
     uint64_t off;
-    if ((r = append(s, &off)) < 0) {
+    if (r < 0 || (r = append(s, &off)) < 0) {
         return r;
     }
     move_add(s, l, cur_seg(s)->id, off, l->len);
@@ -658,7 +897,7 @@ static int copy_forward(Spool *s, uint64_t id)
         }
     }
     free(mine);
-    close(fd);
+    (void)close(fd); /* read only */
     return r;
 }
 
@@ -711,13 +950,14 @@ static int carry_pins(Spool *s, size_t i)
 static void sweep(Spool *s)
 {
     for (size_t i = 0; i + 1 < s->n_segs;) {
-        if (s->segs[i].live || s->segs[i].keep || carry_pins(s, i) < 0) {
+        const Segment *g = &s->segs[i];
+        if (g->live || g->keep || g->busy || carry_pins(s, i) < 0) {
             i++; /* still needed, or its DONE records cannot be carried now: kept */
             continue;
         }
         Segment *seg = &s->segs[i];
         if (seg->damaged) {
-            set_aside(s, seg);
+            (void)set_aside(s, seg); /* logged; if it stays, the next start finds it again */
         } else {
             char path[PATH_LEN];
             seg_path(s, seg->id, path, sizeof(path));
@@ -731,24 +971,273 @@ static void sweep(Spool *s)
     }
 }
 
-/* Copy the live records of mostly-dead old segments forward, make the copies durable, then
- * let the originals go. */
-static void compact(Spool *s)
+/* ---- compaction (see the top of the file) ---- */
+
+/* Holding something live, and not a compaction's output being filled. */
+static bool may_compact(const Segment *seg)
 {
-    bool copied = false;
-    for (size_t i = 0; i + 1 < s->n_segs; i++) {
-        Segment *seg = &s->segs[i];
-        if (seg->live == 0 || seg->live_bytes * 4 >= seg->bytes) {
+    return seg->live && !seg->busy;
+}
+
+static bool mostly_dead(const Segment *seg)
+{
+    return seg->live_bytes * 4 < seg->bytes;
+}
+
+/* An earlier compaction's output, or a segment started just before a stop: merged with the
+ * others copied, so that small files do not pile up when some messages stay pending long. */
+static bool small(const Spool *s, const Segment *seg)
+{
+    return seg->bytes * 4 < s->segment_max;
+}
+
+static int src_index(const Compaction *c, uint64_t id)
+{
+    for (size_t i = 0; i < c->n_src; i++) {
+        if (c->src[i].id == id) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static void free_compaction(Compaction *c)
+{
+    if (!c) {
+        return;
+    }
+    if (c->out_fd >= 0) {
+        (void)close(c->out_fd); /* given up: nothing in it is counted on */
+    }
+    for (size_t i = 0; i < c->n_src; i++) {
+        if (c->src[i].fd >= 0) {
+            (void)close(c->src[i].fd); /* read only */
+        }
+    }
+    free(c->src);
+    free(c->items);
+    buf_free(&c->rec);
+    free(c);
+}
+
+/* Open the segments to copy from: the mostly dead and the small ones, the full current one
+ * included. One that cannot be opened is left out (and where it is). */
+static int open_sources(Spool *s, Compaction *c)
+{
+    if (!(c->src = calloc(s->n_segs, sizeof(*c->src)))) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < s->n_segs; i++) {
+        const Segment *seg = &s->segs[i];
+        if (!may_compact(seg) || !(mostly_dead(seg) || small(s, seg))) {
             continue;
         }
-        copied = true;
-        if (copy_forward(s, seg->id) < 0) {
-            break; /* what was not copied stays where it is */
+        char path[PATH_LEN];
+        seg_path(s, seg->id, path, sizeof(path));
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            log_error("spool: cannot read %s: %s", path, strerror(errno));
+            continue;
+        }
+        c->src[c->n_src++] = (CopySource){seg->id, fd, seg->salt};
+    }
+    return 0;
+}
+
+static int cmp_item(const void *a, const void *b)
+{
+    uint64_t x = ((const CopyItem *)a)->seq, y = ((const CopyItem *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+/* The snapshot: every pending message whose ADD or latest STATE lies in a source, with the
+ * send state it has now (a copied ADD is followed by its state, as recovery expects). */
+static int snapshot(Spool *s, Compaction *c)
+{
+    size_t cap = 0;
+    HashIter it;
+    void *v;
+    hashmap_iter(&s->live, &it);
+    while (hashmap_iter_next(&it, &v)) {
+        Live *l = v;
+        int src = src_index(c, l->seg);
+        if (src < 0 && !(l->state_seg && src_index(c, l->state_seg) >= 0)) {
+            continue;
+        }
+        assert((l->state_seg != 0) == (l->packet_id != 0)); /* STATE records never hold id 0 */
+        if (c->n_items == cap) {
+            cap = cap ? cap * 2 : 64;
+            CopyItem *n = realloc(c->items, cap * sizeof(*n));
+            if (!n) {
+                return -ENOMEM;
+            }
+            c->items = n;
+        }
+        c->items[c->n_items++] = (CopyItem){.seq = l->seq,
+                                            .src = src,
+                                            .add_off = src >= 0 ? l->off : 0,
+                                            .add_len = src >= 0 ? l->len : 0,
+                                            .packet_id = l->packet_id,
+                                            .pubrec = l->pubrec,
+                                            .state_seg = l->state_seg};
+    }
+    if (c->n_items) {
+        qsort(c->items, c->n_items, sizeof(*c->items), cmp_item);
+    }
+    return 0;
+}
+
+/* Forget the output segment of a compaction that left nothing in it. */
+static void drop_output(Spool *s, uint64_t id)
+{
+    Segment *seg = find_seg(s, id);
+    assert(seg && seg->live == 0 && seg->n_pins == 0);
+    char path[PATH_LEN];
+    seg_path(s, id, path, sizeof(path));
+    if (unlink(path) < 0) {
+        log_warning("spool: cannot delete %s: %s", path, strerror(errno));
+    }
+    free(seg->pins);
+    memmove(seg, seg + 1, (size_t)(s->segs + s->n_segs - seg - 1) * sizeof(*seg));
+    s->n_segs--;
+}
+
+/* At a rotation, before the new current segment is opened: snapshot what is live in the
+ * segments worth compacting (a mostly dead one, or two small ones at least) and create the
+ * output segment (the id after the full one). NULL when there is nothing to do, a compaction
+ * is in flight, or it cannot start now: the next rotation tries again. */
+static Compaction *begin_compaction(Spool *s)
+{
+    size_t dead = 0, n_small = 0;
+    for (size_t i = 0; i < s->n_segs; i++) {
+        const Segment *seg = &s->segs[i];
+        if (may_compact(seg)) {
+            dead += mostly_dead(seg);
+            n_small += !mostly_dead(seg) && small(s, seg);
         }
     }
-    if (copied && sync_now(s) < 0) {
-        return; /* the originals stay until the copies are known to be on disk */
+    if ((dead == 0 && n_small < 2) || !s->threaded || s->quit || s->compact_out) {
+        return NULL; /* s->quit: closing (a wait's callback wrote); only this thread sets it */
     }
+    Compaction *c = calloc(1, sizeof(*c));
+    if (!c) {
+        return NULL;
+    }
+    c->out_fd = -1;
+    c->sync = s->mode != FSYNC_NEVER;
+    int r = open_sources(s, c);
+    if (r == 0) {
+        r = snapshot(s, c);
+    }
+    if (r == 0 && c->n_items && (r = create_segment(s, &c->out_fd)) < 0 && r != -ENOMEM) {
+        (void)write_failed(s, r); /* as any write: logged once per episode */
+    }
+    if (r < 0 || c->n_items == 0) {
+        free_compaction(c);
+        return NULL;
+    }
+    Segment *out = cur_seg(s);
+    out->busy = true;
+    c->out_id = out->id;
+    c->out_salt = out->salt;
+    c->out_bytes = out->bytes;
+    return c;
+}
+
+/* The new current segment is open: the copying goes to the helper thread. */
+static void queue_compaction(Spool *s, Compaction *c)
+{
+    for (size_t i = 0; i < c->n_items; i++) {
+        Live *l = hashmap_get(&s->live, seq_key(&c->items[i].seq));
+        assert(l && !l->copying);
+        l->copying = true;
+    }
+    s->compact_out = c->out_id;
+    lock(s);
+    assert(!s->c_todo && !s->c_done);
+    s->c_todo = c;
+    wake(s);
+    unlock(s);
+}
+
+/* Log why a compaction stopped early. */
+static void report_compaction(Spool *s, const Compaction *c)
+{
+    switch (c->failure) {
+    case COPY_OK:
+        break;
+    case COPY_READ: {
+        assert(c->n_done < c->n_items && c->items[c->n_done].src >= 0);
+        const CopyItem *it = &c->items[c->n_done];
+        uint64_t from = c->src[it->src].id;
+        if (c->error == -EBADMSG) {
+            log_unreadable(it->seq, from);
+        } else {
+            char path[PATH_LEN];
+            seg_path(s, from, path, sizeof(path));
+            log_error("spool: cannot read %s: %s", path, strerror(-c->error));
+        }
+        break;
+    }
+    case COPY_WRITE:
+        (void)write_failed(s, c->error); /* logged once per episode */
+        break;
+    case COPY_SYNC:
+        sync_failed(s, c->error);
+        break;
+    }
+}
+
+/* A copy is durable: the message, if still pending, is read from it from now on. What changed
+ * since the snapshot was written after the copy (in a later segment), so it stays as it is. */
+static void apply_copy(Spool *s, const Compaction *c, const CopyItem *it)
+{
+    Live *l = hashmap_get(&s->live, seq_key(&it->seq));
+    if (!l) {
+        return; /* acknowledged meanwhile: its DONE, pinned up to c->out_id, cancels the copy */
+    }
+    if (it->src >= 0) {
+        /* Only a compaction moves an ADD, and one runs at a time. */
+        assert(l->seg == c->src[it->src].id && l->off == it->add_off && l->len == it->add_len);
+        move_add(s, l, c->out_id, it->out_off, it->add_len);
+    }
+    if (it->packet_id && l->state_seg == it->state_seg) {
+        assert(l->packet_id == it->packet_id && l->pubrec == it->pubrec);
+        move_state(s, l, c->out_id, it->packet_id, it->pubrec);
+    }
+}
+
+/* Loop thread: take a finished compaction back, point the messages at their durable copies
+ * (or give the output up), then delete what nothing needs any more. */
+static void finish_compaction(Spool *s)
+{
+    lock(s);
+    Compaction *c = s->c_done;
+    s->c_done = NULL;
+    unlock(s);
+    if (!c) {
+        return;
+    }
+    assert(c->out_id == s->compact_out);
+    report_compaction(s, c);
+    Segment *out = find_seg(s, c->out_id);
+    assert(out && out->busy && out->live == 0);
+    out->busy = false;
+    out->bytes = c->out_bytes;
+    for (size_t i = 0; i < c->n_items; i++) {
+        Live *l = hashmap_get(&s->live, seq_key(&c->items[i].seq));
+        if (l) {
+            l->copying = false;
+        }
+        if (i < c->n_done) {
+            apply_copy(s, c, &c->items[i]);
+        }
+    }
+    if (c->n_done == 0) {
+        drop_output(s, c->out_id);
+    }
+    s->compact_out = 0;
+    free_compaction(c);
     sweep(s);
 }
 
@@ -758,12 +1247,21 @@ static int writable(Spool *s, bool rotate)
 {
     bool full = rotate && cur_seg(s)->bytes >= s->segment_max;
     if (s->fd < 0 || full) {
+        Compaction *c = full ? begin_compaction(s) : NULL;
         int r = open_segment(s);
         if (r < 0) {
+            if (c) {
+                uint64_t out = c->out_id;
+                free_compaction(c);
+                drop_output(s, out);
+            }
             return r == -ENOMEM ? r : write_failed(s, r);
         }
+        if (c) {
+            queue_compaction(s, c);
+        }
         if (full) {
-            compact(s);
+            sweep(s);
         }
     }
     while (s->n_undone) {
@@ -802,7 +1300,7 @@ int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint
     }
     uint64_t off;
     if ((r = append(s, &off)) < 0) {
-        hashmap_remove(&s->live, seq_key(&l->seq));
+        (void)hashmap_remove(&s->live, seq_key(&l->seq)); /* l, put there just above */
         free(l);
         return r;
     }
@@ -837,8 +1335,10 @@ void spool_done(Spool *s, uint64_t seq)
     if (!l) {
         return;
     }
-    /* Not synced: if lost, the message is sent again (at least once). */
-    Pin p = {seq, l->first_seg, l->seg};
+    /* Not synced: if lost, the message is sent again (at least once). A compaction in flight
+     * may be copying its ADD into compact_out: pinned up to there. */
+    Pin p = {seq, l->first_seg, l->copying ? s->compact_out : l->seg};
+    assert(!l->copying || s->compact_out > l->seg);
     int r = writable(s, false);
     if (r == 0) {
         buf_clear(&s->rec);
@@ -1003,6 +1503,11 @@ void spool_set_segment_max(Spool *s, uint64_t bytes)
     s->segment_max = bytes;
 }
 
+bool spool_compacting(const Spool *s)
+{
+    return s->compact_out != 0;
+}
+
 /* ---- recovery ---- */
 
 static int cmp_live(const void *a, const void *b)
@@ -1039,7 +1544,7 @@ static int read_file(const char *path, Buf *out)
             r = buf_reserve(out, 65536);
         }
     }
-    close(fd);
+    (void)close(fd); /* read only */
     return r;
 }
 
@@ -1068,7 +1573,7 @@ static int list_segments(const char *dir, uint64_t **ret_ids, size_t *ret_n)
         ids = m;
         ids[n++] = strtoull(name + 4, NULL, 16);
     }
-    closedir(d);
+    (void)closedir(d); /* read only */
     if (r < 0) {
         free(ids);
         return r;
@@ -1372,11 +1877,11 @@ static void settle(Spool *s)
 static void free_spool(Spool *s)
 {
     if (s->lock_fd >= 0) {
-        close(s->lock_fd);
+        (void)close(s->lock_fd); /* releases the lock; nothing written */
     }
     hashmap_free(&s->live, free);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cv);
+    (void)pthread_mutex_destroy(&s->mu); /* unlocked, no waiter: cannot fail */
+    (void)pthread_cond_destroy(&s->cv);
     buf_free(&s->rec);
     free(s->undone);
     for (size_t i = 0; s->segs && i < s->n_segs; i++) {
@@ -1414,7 +1919,7 @@ int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spoo
     }
     int r = -pthread_mutex_init(&s->mu, NULL);
     if (r == 0 && (r = -pthread_cond_init(&s->cv, NULL)) < 0) {
-        pthread_mutex_destroy(&s->mu);
+        (void)pthread_mutex_destroy(&s->mu); /* unused: cannot fail */
     }
     if (r < 0) {
         free(s->dir);
@@ -1445,14 +1950,13 @@ int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spoo
     }
     settle(s);
     ev_async_start(loop, &s->synced_async);
-    if (mode != FSYNC_NEVER) {
-        if ((r = -pthread_create(&s->thread, NULL, sync_thread, s)) < 0) {
-            log_error("spool: cannot start the fsync thread: %s", strerror(-r));
-            spool_close(s);
-            return r;
-        }
-        s->threaded = true;
+    /* With fsync=never too: compaction reads and writes on it. */
+    if ((r = -pthread_create(&s->thread, NULL, helper_thread, s)) < 0) {
+        log_error("spool: cannot start the spool's helper thread: %s", strerror(-r));
+        spool_close(s);
+        return r;
     }
+    s->threaded = true;
     *ret = s;
     return 0;
 }
@@ -1466,13 +1970,20 @@ void spool_close(Spool *s)
         if (s->fd >= 0) {
             push_job(s, s->fd, false);
         }
-        pthread_mutex_lock(&s->mu);
+        lock(s);
         s->quit = true;
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
-        pthread_join(s->thread, NULL);
+        wake(s);
+        unlock(s);
+        int r = pthread_join(s->thread, NULL);
+        assert(r == 0); /* joinable, joined once */
+        (void)r;
         complete_waits(s);
         s->threaded = false;
+        /* A compaction in flight, or finished and not taken yet, is abandoned as a kill
+         * would: nothing was deleted for it, its copies are read at the next start. */
+        free_compaction(s->c_todo);
+        free_compaction(s->c_done);
+        s->c_todo = s->c_done = NULL;
     } else if (s->fd >= 0 && s->mode != FSYNC_NEVER && fdatasync(s->fd) < 0) {
         log_error("spool: cannot sync %s to disk: %s", s->dir, strerror(errno));
     }
@@ -1483,7 +1994,7 @@ void spool_close(Spool *s)
     ev_async_stop(s->loop, &s->synced_async);
     ev_timer_stop(s->loop, &s->batch);
     if (s->fd >= 0) {
-        close(s->fd);
+        (void)close(s->fd); /* synced above (unless fsync=never): nothing left to report */
     }
     free_spool(s);
 }

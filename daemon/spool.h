@@ -6,13 +6,19 @@
  * whether its PUBREC came) and the incoming QoS 2 packet ids held between PUBREC and PUBREL.
  * A write-ahead log of segment files in [queue] spool_dir (format: lib/spool/record.h).
  *
- * fsync happens on a helper thread, so the event loop never waits for the disk:
+ * fsync happens on a helper thread, so the event loop does not wait for the disk to sync:
  *   always  every accepted message is fsynced before its acceptance is answered
  *   batch   fsyncs are grouped (every 5 ms or 256 records), answers wait for their group
  *   never   answered after write(2): survives a daemon crash, not a power cut
+ * Compaction (copying what is still pending out of mostly-dead segments, so that they can be
+ * deleted) reads, writes and syncs on the same thread, in every mode.
  *
- * Every record is written with write(2) on the calling thread, so a daemon crash never loses
- * one that was written; a failed write leaves the segment as it was and returns -errno.
+ * What the calling thread does with the disk: every record is written with write(2) there,
+ * so a daemon crash never loses one that was written (a failed write leaves the segment as it
+ * was and returns -errno); segment files are created, opened and deleted there; spool_open
+ * reads the whole spool and syncs the segment it starts (with what recovery copied into it)
+ * there, before the event loop runs; spool_close waits for the last sync; and with 64 sync
+ * jobs pending at once, the next one waits for the disk (nothing else could go on anyway).
  */
 #pragma once
 
@@ -63,7 +69,8 @@ typedef struct SpoolHealth {
  * renamed aside (DIR/damaged-seg-<id>.log). -errno with a logged reason on failure. */
 int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spool_recovered_cb each,
                void *ud, Spool **ret);
-/* Flush, wait for the last fsync (completing every wait), close. */
+/* Flush, wait for the last fsync (completing every wait), close. A compaction in flight is
+ * abandoned (nothing was deleted for it: recovery reads its copies like any others). */
 void spool_close(Spool *s);
 
 /* Append a message; *ret_seq names it, *ret_mark is what spool_wait needs. -errno (ENOSPC,
@@ -100,3 +107,6 @@ uint64_t spool_disk_bytes(const Spool *s);
 void spool_health(const Spool *s, SpoolHealth *ret);
 /* Segment size at which a new segment is started (default 4 MiB); for tests. */
 void spool_set_segment_max(Spool *s, uint64_t bytes);
+/* Whether a compaction is in flight (its completion comes through the event loop); for tests:
+ * run the loop until it is false to see its effect. */
+bool spool_compacting(const Spool *s);

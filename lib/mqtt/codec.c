@@ -6,6 +6,7 @@
  */
 #include "mqtt/codec.h"
 
+#include <assert.h>
 #include <errno.h>
 
 #include "mqtt/topic.h"
@@ -129,79 +130,153 @@ static int check_ack_id(uint16_t id)
     return id ? 0 : -MQTT_E_PACKET_ID;
 }
 
+/* Measuring: one function per packet type (group), each validating what the encoder will
+ * write and returning its remaining length in *ret_len (written only on success). */
+
+static int measure_connect(const MqttConnect *c, size_t *ret_len)
+{
+    size_t n = 10; /* protocol name, level, flags, keepalive */
+    int r = check_string(c->client_id);
+    if (r < 0) {
+        return r;
+    }
+    n += 2 + c->client_id.n;
+    if (c->will) {
+        if ((r = mqtt_topic_check(c->will_topic)) < 0) {
+            return r;
+        }
+        if (c->will_qos > 2) {
+            return -MQTT_E_QOS;
+        }
+        if (c->will_payload.n > 65535) {
+            return -MQTT_E_STRING_LONG;
+        }
+        n += 2 + c->will_topic.n + 2 + c->will_payload.n;
+    }
+    if (c->has_password && !c->has_username) {
+        return -MQTT_E_CONNECT_FLAGS;
+    }
+    if (c->has_username) {
+        if ((r = check_string(c->username)) < 0) {
+            return r;
+        }
+        n += 2 + c->username.n;
+    }
+    if (c->has_password) {
+        if (c->password.n > 65535) {
+            return -MQTT_E_STRING_LONG;
+        }
+        n += 2 + c->password.n;
+    }
+    *ret_len = n;
+    return 0;
+}
+
+static int measure_connack(const MqttConnack *c, size_t *ret_len)
+{
+    if (c->rc > 5) {
+        return -MQTT_E_CONNACK_RC;
+    }
+    if (c->session_present && c->rc != 0) {
+        return -MQTT_E_CONNACK_FLAGS;
+    }
+    *ret_len = 2;
+    return 0;
+}
+
+static int measure_publish(const MqttPublish *p, size_t *ret_len)
+{
+    int r = mqtt_topic_check(p->topic);
+    if (r < 0) {
+        return r;
+    }
+    if (p->qos > 2) {
+        return -MQTT_E_QOS;
+    }
+    if (p->qos == 0 && p->dup) {
+        return -MQTT_E_FLAGS;
+    }
+    if (p->qos > 0 && p->id == 0) {
+        return -MQTT_E_PACKET_ID;
+    }
+    size_t n = 2 + p->topic.n + (p->qos ? 2 : 0);
+    if (p->payload.n > MQTT_REMAINING_MAX - n) {
+        return -MQTT_E_TOO_LARGE;
+    }
+    *ret_len = n + p->payload.n;
+    return 0;
+}
+
+/* PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: a packet id only. */
+static int measure_ack(const MqttAck *a, size_t *ret_len)
+{
+    int r = check_ack_id(a->id);
+    if (r < 0) {
+        return r;
+    }
+    *ret_len = 2;
+    return 0;
+}
+
+/* SUBSCRIBE (`sub`: each filter followed by its QoS byte) and UNSUBSCRIBE. */
+static int measure_topic_list(const MqttSubscribe *s, bool sub, size_t *ret_len)
+{
+    int r = check_ack_id(s->id);
+    if (r < 0) {
+        return r;
+    }
+    if (s->count == 0) {
+        return -MQTT_E_NO_TOPICS;
+    }
+    size_t n = 2;
+    for (size_t i = 0; i < s->count; i++) {
+        const MqttTopicReq *t = &s->topics[i];
+        if ((r = mqtt_filter_check(t->filter)) < 0) {
+            return r;
+        }
+        if (sub && t->qos > 2) {
+            return -MQTT_E_QOS;
+        }
+        n += 2 + t->filter.n + sub;
+        if (n > MQTT_REMAINING_MAX) {
+            return -MQTT_E_TOO_LARGE;
+        }
+    }
+    *ret_len = n;
+    return 0;
+}
+
+static int measure_suback(const MqttSuback *s, size_t *ret_len)
+{
+    int r = check_ack_id(s->id);
+    if (r < 0 || (r = check_suback_codes(s->codes)) < 0) {
+        return r;
+    }
+    if (s->codes.n > MQTT_REMAINING_MAX - 2) {
+        return -MQTT_E_TOO_LARGE;
+    }
+    *ret_len = 2 + s->codes.n;
+    return 0;
+}
+
 /* Validate `pkt`, compute its first byte and remaining length. */
 static int measure(const MqttPacket *pkt, uint8_t *ret_first, size_t *ret_len)
 {
     uint8_t flags = 0;
     size_t n = 0;
-    int r = 0;
+    int r;
 
     switch (pkt->type) {
-    case MQTT_CONNECT: {
-        const MqttConnect *c = &pkt->connect;
-        n = 10;
-        if ((r = check_string(c->client_id)) < 0) {
-            return r;
-        }
-        n += 2 + c->client_id.n;
-        if (c->will) {
-            if ((r = mqtt_topic_check(c->will_topic)) < 0) {
-                return r;
-            }
-            if (c->will_qos > 2) {
-                return -MQTT_E_QOS;
-            }
-            if (c->will_payload.n > 65535) {
-                return -MQTT_E_STRING_LONG;
-            }
-            n += 2 + c->will_topic.n + 2 + c->will_payload.n;
-        }
-        if (c->has_password && !c->has_username) {
-            return -MQTT_E_CONNECT_FLAGS;
-        }
-        if (c->has_username) {
-            if ((r = check_string(c->username)) < 0) {
-                return r;
-            }
-            n += 2 + c->username.n;
-        }
-        if (c->has_password) {
-            if (c->password.n > 65535) {
-                return -MQTT_E_STRING_LONG;
-            }
-            n += 2 + c->password.n;
-        }
+    case MQTT_CONNECT:
+        r = measure_connect(&pkt->connect, &n);
         break;
-    }
     case MQTT_CONNACK:
-        if (pkt->connack.rc > 5) {
-            return -MQTT_E_CONNACK_RC;
-        }
-        if (pkt->connack.session_present && pkt->connack.rc != 0) {
-            return -MQTT_E_CONNACK_FLAGS;
-        }
-        n = 2;
+        r = measure_connack(&pkt->connack, &n);
         break;
     case MQTT_PUBLISH: {
         const MqttPublish *p = &pkt->publish;
-        if ((r = mqtt_topic_check(p->topic)) < 0) {
-            return r;
-        }
-        if (p->qos > 2) {
-            return -MQTT_E_QOS;
-        }
-        if (p->qos == 0 && p->dup) {
-            return -MQTT_E_FLAGS;
-        }
-        if (p->qos > 0 && p->id == 0) {
-            return -MQTT_E_PACKET_ID;
-        }
+        r = measure_publish(p, &n);
         flags = (uint8_t)(p->dup << 3 | p->qos << 1 | p->retain);
-        n = 2 + p->topic.n + (p->qos ? 2 : 0);
-        if (p->payload.n > MQTT_REMAINING_MAX - n) {
-            return -MQTT_E_TOO_LARGE;
-        }
-        n += p->payload.n;
         break;
     }
     case MQTT_PUBREL:
@@ -211,88 +286,62 @@ static int measure(const MqttPacket *pkt, uint8_t *ret_first, size_t *ret_len)
     case MQTT_PUBREC:
     case MQTT_PUBCOMP:
     case MQTT_UNSUBACK:
-        if ((r = check_ack_id(pkt->ack.id)) < 0) {
-            return r;
-        }
-        n = 2;
+        r = measure_ack(&pkt->ack, &n);
         break;
     case MQTT_SUBSCRIBE:
-    case MQTT_UNSUBSCRIBE: {
-        bool sub = pkt->type == MQTT_SUBSCRIBE;
+    case MQTT_UNSUBSCRIBE:
         flags = 2;
-        if ((r = check_ack_id(pkt->subscribe.id)) < 0) {
-            return r;
-        }
-        if (pkt->subscribe.count == 0) {
-            return -MQTT_E_NO_TOPICS;
-        }
-        n = 2;
-        for (size_t i = 0; i < pkt->subscribe.count; i++) {
-            const MqttTopicReq *t = &pkt->subscribe.topics[i];
-            if ((r = mqtt_filter_check(t->filter)) < 0) {
-                return r;
-            }
-            if (sub && t->qos > 2) {
-                return -MQTT_E_QOS;
-            }
-            n += 2 + t->filter.n + sub;
-            if (n > MQTT_REMAINING_MAX) {
-                return -MQTT_E_TOO_LARGE;
-            }
-        }
+        r = measure_topic_list(&pkt->subscribe, pkt->type == MQTT_SUBSCRIBE, &n);
         break;
-    }
     case MQTT_SUBACK:
-        if ((r = check_ack_id(pkt->suback.id)) < 0) {
-            return r;
-        }
-        if ((r = check_suback_codes(pkt->suback.codes)) < 0) {
-            return r;
-        }
-        if (pkt->suback.codes.n > MQTT_REMAINING_MAX - 2) {
-            return -MQTT_E_TOO_LARGE;
-        }
-        n = 2 + pkt->suback.codes.n;
+        r = measure_suback(&pkt->suback, &n);
         break;
     case MQTT_PINGREQ:
     case MQTT_PINGRESP:
     case MQTT_DISCONNECT:
+        r = 0; /* no body */
         break;
     default:
         return -MQTT_E_TYPE;
+    }
+    if (r < 0) {
+        return r;
     }
     *ret_first = (uint8_t)(pkt->type << 4 | flags);
     *ret_len = n;
     return 0;
 }
 
+static uint8_t *put_connect(uint8_t *w, const MqttConnect *c)
+{
+    uint8_t flags = (uint8_t)(c->has_username << 7 | c->has_password << 6 | c->clean_session << 1);
+    if (c->will) {
+        flags |= (uint8_t)(c->will_retain << 5 | c->will_qos << 3 | 1 << 2);
+    }
+    w = put_string(w, VIEW_STR("MQTT"));
+    *w++ = 4;
+    *w++ = flags;
+    w = put_u16(w, c->keepalive);
+    w = put_string(w, c->client_id);
+    if (c->will) {
+        w = put_string(w, c->will_topic);
+        w = put_string(w, c->will_payload);
+    }
+    if (c->has_username) {
+        w = put_string(w, c->username);
+    }
+    if (c->has_password) {
+        w = put_string(w, c->password);
+    }
+    return w;
+}
+
+/* Write the body `measure` validated and sized. */
 static uint8_t *put_body(uint8_t *w, const MqttPacket *pkt)
 {
     switch (pkt->type) {
-    case MQTT_CONNECT: {
-        const MqttConnect *c = &pkt->connect;
-        uint8_t flags =
-            (uint8_t)(c->has_username << 7 | c->has_password << 6 | c->clean_session << 1);
-        if (c->will) {
-            flags |= (uint8_t)(c->will_retain << 5 | c->will_qos << 3 | 1 << 2);
-        }
-        w = put_string(w, VIEW_STR("MQTT"));
-        *w++ = 4;
-        *w++ = flags;
-        w = put_u16(w, c->keepalive);
-        w = put_string(w, c->client_id);
-        if (c->will) {
-            w = put_string(w, c->will_topic);
-            w = put_string(w, c->will_payload);
-        }
-        if (c->has_username) {
-            w = put_string(w, c->username);
-        }
-        if (c->has_password) {
-            w = put_string(w, c->password);
-        }
-        return w;
-    }
+    case MQTT_CONNECT:
+        return put_connect(w, &pkt->connect);
     case MQTT_CONNACK:
         *w++ = pkt->connack.session_present;
         *w++ = pkt->connack.rc;
@@ -341,7 +390,8 @@ int mqtt_encode(Buf *out, const MqttPacket *pkt)
     uint8_t *w = out->data + out->len;
     *w++ = first;
     w = put_varint(w, len);
-    put_body(w, pkt);
+    w = put_body(w, pkt);
+    assert(w == out->data + out->len + total); /* measure and put_body agree */
     out->len += total;
     return 0;
 }

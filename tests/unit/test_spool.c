@@ -3,12 +3,14 @@
  * Unit tests of the spool: the record format and segment reader (lib/spool/record.c), and
  * daemon/spool.c on real files: the committed format 1 fixture, a newer format refused, send
  * state and incoming ids across restarts and compaction, damage, torn tails, write and sync
- * failures (injected through the linker's --wrap, and a real ENOSPC on a tiny tmpfs).
+ * failures (injected through the linker's --wrap, and a real ENOSPC on a tiny tmpfs), and
+ * compaction on the helper thread: beside writes, and stopped part way as by a kill -9.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -37,6 +39,12 @@ static int fail_write;            /* 1: EIO; 2: write half, then EIO */
 static int fail_ftruncate;
 static char test_dir[256]; /* faults hit files under it only (Check writes files too) */
 
+/* A gate that stops the spool's helper thread at its gate_at-th write (gate_op 'w') or
+ * fdatasync ('s') of the file named gate_name, until gate_open: a compaction caught part way. */
+static char gate_name[32];
+static atomic_int gate_op, gate_at, gate_count, gate_blocked, gate_open;
+static pthread_t main_thread;
+
 static bool in_test_dir(int fd)
 {
     char link[64], target[512];
@@ -50,8 +58,63 @@ static bool in_test_dir(int fd)
     return strncmp(target, test_dir, n_dir) == 0 && target[n_dir] == '/';
 }
 
+/* The file `fd` is test_dir/.../name. */
+static bool fd_is(int fd, const char *name)
+{
+    char link[64], target[512];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    if (n < 0 || !in_test_dir(fd)) {
+        return false;
+    }
+    target[n] = 0;
+    const char *base = strrchr(target, '/');
+    return base && strcmp(base + 1, name) == 0;
+}
+
+static void gate(int fd, int op)
+{
+    if (!atomic_load(&gate_at) || atomic_load(&gate_op) != op ||
+        pthread_equal(pthread_self(), main_thread) || !fd_is(fd, gate_name)) {
+        return;
+    }
+    if (atomic_fetch_add(&gate_count, 1) + 1 != atomic_load(&gate_at)) {
+        return;
+    }
+    atomic_store(&gate_blocked, 1);
+    while (!atomic_load(&gate_open)) {
+        usleep(1000);
+    }
+}
+
+static void gate_arm(const char *name, int op, int at)
+{
+    snprintf(gate_name, sizeof(gate_name), "%s", name);
+    atomic_store(&gate_count, 0);
+    atomic_store(&gate_blocked, 0);
+    atomic_store(&gate_open, 0);
+    atomic_store(&gate_op, op);
+    atomic_store(&gate_at, at);
+}
+
+/* Wait (10 s at most) until the helper thread is stopped at the gate. */
+static void gate_wait_blocked(void)
+{
+    for (int i = 0; !atomic_load(&gate_blocked); i++) {
+        ck_assert_msg(i < 10000, "the helper thread never reached the gate");
+        usleep(1000);
+    }
+}
+
+static void gate_release(void)
+{
+    atomic_store(&gate_at, 0);
+    atomic_store(&gate_open, 1);
+}
+
 int __wrap_fdatasync(int fd)
 {
+    gate(fd, 's');
     if (atomic_load(&fail_fdatasync)) {
         errno = EIO;
         return -1;
@@ -61,6 +124,7 @@ int __wrap_fdatasync(int fd)
 
 ssize_t __wrap_write(int fd, const void *p, size_t n)
 {
+    gate(fd, 'w');
     if (fail_write && in_test_dir(fd)) {
         if (fail_write == 2 && n > 1) {
             fail_write = 1;
@@ -283,6 +347,7 @@ static size_t count_str(const Buf *b, const char *needle)
 
 static void setup(void)
 {
+    main_thread = pthread_self();
     loop = ev_loop_new(EVFLAG_AUTO);
     ck_assert_ptr_nonnull(loop);
     log_set_level(LOG_LEVEL_DEBUG);
@@ -668,7 +733,17 @@ START_TEST(send_state_round_trip)
 }
 END_TEST
 
-/* Messages added and acknowledged at once, until the spool has rotated `n` more times. */
+/* Run the loop until the compaction in flight, if any, is finished and applied. */
+static void settle_compaction(Spool *s)
+{
+    while (spool_compacting(s)) {
+        ev_run(loop, EVRUN_ONCE);
+    }
+}
+
+/* Messages added and acknowledged at once, until the spool has rotated `n` more times; the
+ * loop runs after each, as in the daemon, and lets a compaction finish before the next write
+ * (so every rotation gets its compaction, as when they ran on the loop thread). */
 static void churn(Spool *s, int rotations)
 {
     char payload[1001];
@@ -676,6 +751,7 @@ static void churn(Spool *s, int rotations)
     payload[1000] = 0;
     for (int i = 0; i < rotations * 8; i++) {
         spool_done(s, add(s, 1, "churn", payload));
+        settle_compaction(s);
     }
 }
 
@@ -710,6 +786,270 @@ START_TEST(send_state_survives_compaction)
     ck_assert_str_eq(g.m[2].topic, "c");
     ck_assert_mem_eq(g.m[2].payload, "kept 3", 6);
     spool_close(s);
+}
+END_TEST
+
+/* ---- compaction on the helper thread ---- */
+
+/* What a pending message must look like after recovery. */
+typedef struct Want {
+    uint64_t seq;
+    char topic[16];
+    uint16_t packet_id;
+    bool pubrec;
+} Want;
+
+static Want *want_add(Want *w, size_t *n, Spool *s, uint8_t qos, const char *topic)
+{
+    w[*n] = (Want){.seq = add(s, qos, topic, topic)}; /* the payload is the topic */
+    snprintf(w[*n].topic, sizeof(w[*n].topic), "%s", topic);
+    return &w[(*n)++];
+}
+
+static void want_sent(Spool *s, Want *w, uint16_t packet_id, bool pubrec)
+{
+    ck_assert_int_eq(spool_sent(s, w->seq, packet_id), 0);
+    if (pubrec) {
+        ck_assert_int_eq(spool_pubrec(s, w->seq), 0);
+    }
+    w->packet_id = packet_id;
+    w->pubrec = pubrec;
+}
+
+static void want_done(Spool *s, Want *w, size_t *n, size_t i)
+{
+    spool_done(s, w[i].seq);
+    memmove(&w[i], &w[i + 1], (*n - i - 1) * sizeof(*w));
+    (*n)--;
+}
+
+/* Recovery of `dir` gives back exactly `want` (in seq order), twice in a row. */
+static void check_recovered(const char *dir, const Want *want, size_t n)
+{
+    static Got g;
+    for (int again = 0; again < 2; again++) {
+        Spool *s = open_spool(dir, FSYNC_BATCH, &g);
+        ck_assert_uint_eq(g.n, n);
+        for (size_t i = 0; i < n; i++) {
+            ck_assert_uint_eq(g.m[i].seq, want[i].seq);
+            ck_assert_str_eq(g.m[i].topic, want[i].topic);
+            ck_assert_uint_eq(g.m[i].payload_n, strlen(want[i].topic));
+            ck_assert_mem_eq(g.m[i].payload, want[i].topic, g.m[i].payload_n);
+            ck_assert_uint_eq(g.m[i].packet_id, want[i].packet_id);
+            ck_assert_int_eq(g.m[i].pubrec, want[i].pubrec);
+        }
+        SpoolHealth h;
+        spool_health(s, &h);
+        ck_assert_uint_eq(h.damaged_regions, 0);
+        spool_close(s);
+    }
+}
+
+/* The segment files of `from` copied into a new directory `to`: what a kill -9 leaves. */
+static void copy_segments(const char *from, const char *to)
+{
+    ck_assert_int_eq(mkdir(to, 0700), 0);
+    DIR *d = opendir(from);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strncmp(de->d_name, "seg-", 4) == 0) {
+            char a[512], b[512];
+            snprintf(a, sizeof(a), "%s/%s", from, de->d_name);
+            snprintf(b, sizeof(b), "%s/%s", to, de->d_name);
+            copy_file(a, b);
+        }
+    }
+    closedir(d);
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    return st.st_size;
+}
+
+/* A message of 1000 bytes, added and acknowledged at once. */
+static void churn_one(Spool *s)
+{
+    char payload[1001];
+    memset(payload, 'p', 1000);
+    payload[1000] = 0;
+    spool_done(s, add(s, 1, "churn", payload));
+}
+
+/* Acknowledged messages until segment 1 is full (segment_max 4096): the next add rotates,
+ * copying what is pending in segment 1 into segment 2; segment 3 becomes the current one. */
+static void fill_segment_1(Spool *s, const char *dir)
+{
+    while (file_size(path_in(dir, "seg-0000000000000001.log")) < 4096) {
+        churn_one(s);
+    }
+    ck_assert_uint_eq(count_segments(dir), 1);
+}
+
+START_TEST(compaction_beside_writes)
+{
+    /* Compactions run while messages come and go and send states change, the loop only
+     * polled: a copy of the directory taken at any moment (a kill -9) recovers exactly what
+     * is pending, and so does the directory itself. */
+    char dir[300];
+    snprintf(dir, sizeof(dir), "%s/spool", test_dir);
+    Spool *s = open_spool(dir, FSYNC_BATCH, NULL);
+    spool_set_segment_max(s, 4096);
+    static Want want[64];
+    size_t n = 0;
+    char payload[1001], topic[16];
+    memset(payload, 'p', 1000);
+    payload[1000] = 0;
+    for (int round = 0; round < 60; round++) {
+        if (round % 2 == 0) {
+            snprintf(topic, sizeof(topic), "k/%d", round);
+            want_add(want, &n, s, 2, topic);
+        }
+        if (round % 3 == 2) {
+            want_done(s, want, &n, (size_t)round % n);
+        }
+        if (n) {
+            /* Ids unique among pending messages (else one supersedes another). */
+            want_sent(s, &want[(size_t)round % n], (uint16_t)(1000 + round), round % 4 == 0);
+        }
+        for (int i = 0; i < 3; i++) {
+            spool_done(s, add(s, 1, "churn", payload));
+        }
+        ev_run(loop, EVRUN_NOWAIT);
+        if (round % 6 == 5) {
+            char copy[300];
+            snprintf(copy, sizeof(copy), "%s/killed-%d", test_dir, round);
+            copy_segments(dir, copy);
+            check_recovered(copy, want, n);
+        }
+    }
+    settle_compaction(s);
+    churn(s, 3); /* every rotation compacts now */
+    ck_assert(!exists(path_in(dir, "seg-0000000000000001.log")));
+    ck_assert_uint_le(count_segments(dir), 3);
+    ck_assert_uint_eq(spool_pending(s), n);
+    spool_close(s);
+    check_recovered(dir, want, n);
+}
+END_TEST
+
+/* Stop the helper thread at its `at`-th `op` ('w' write, 's' fdatasync) of the output segment
+ * of the first compaction; change things meanwhile, take a copy of the directory (a kill -9
+ * then), let it go on. Both recover exactly what is pending. */
+static void kill_mid_compaction(int op, int at)
+{
+    char dir[300];
+    snprintf(dir, sizeof(dir), "%s/spool", test_dir);
+    Spool *s = open_spool(dir, FSYNC_BATCH, NULL);
+    spool_set_segment_max(s, 4096);
+    static Want want[8];
+    size_t n = 0;
+    want_sent(s, want_add(want, &n, s, 2, "a"), 10, true);
+    want_sent(s, want_add(want, &n, s, 1, "b"), 11, false);
+    want_add(want, &n, s, 2, "c");
+    want_add(want, &n, s, 1, "d");
+    fill_segment_1(s, dir);
+    gate_arm("seg-0000000000000002.log", op, at);
+    churn_one(s); /* rotates: segment 2 gets copies of a..d, segment 3 the rest */
+    ck_assert(spool_compacting(s));
+    gate_wait_blocked();
+    /* Meanwhile, in segment 3: b acknowledged, c sent and PUBREC'd. */
+    want_done(s, want, &n, 1);
+    want_sent(s, &want[1], 12, true);
+    char killed[300];
+    snprintf(killed, sizeof(killed), "%s/killed", test_dir);
+    copy_segments(dir, killed);
+    gate_release();
+    check_recovered(killed, want, n);
+    settle_compaction(s);
+    ck_assert(!exists(path_in(dir, "seg-0000000000000001.log")));
+    ck_assert(exists(path_in(dir, "seg-0000000000000002.log")));
+    /* With c acknowledged, segment 3 holds nothing pending: it goes at the next rotation,
+     * and segment 2 (nothing to merge it with) stays. b's DONE, written while b was being
+     * copied into segment 2, must be carried on while segment 2 is there. */
+    want_done(s, want, &n, 1);
+    churn(s, 3);
+    ck_assert(!exists(path_in(dir, "seg-0000000000000003.log")));
+    ck_assert(exists(path_in(dir, "seg-0000000000000002.log")));
+    spool_close(s);
+    check_recovered(dir, want, n);
+}
+
+START_TEST(kill_before_the_first_copy)
+{
+    kill_mid_compaction('w', 1);
+}
+END_TEST
+
+START_TEST(kill_between_copies)
+{
+    kill_mid_compaction('w', 3);
+}
+END_TEST
+
+START_TEST(kill_before_the_copies_are_synced)
+{
+    kill_mid_compaction('s', 1);
+}
+END_TEST
+
+START_TEST(close_abandons_a_compaction)
+{
+    /* Closed with a compaction queued or finished but not taken back by the loop: as a kill,
+     * nothing was deleted for it. */
+    char dir[300];
+    snprintf(dir, sizeof(dir), "%s/spool", test_dir);
+    Spool *s = open_spool(dir, FSYNC_BATCH, NULL);
+    spool_set_segment_max(s, 4096);
+    static Want want[8];
+    size_t n = 0;
+    want_sent(s, want_add(want, &n, s, 2, "a"), 7, false);
+    want_add(want, &n, s, 1, "b");
+    fill_segment_1(s, dir);
+    want_add(want, &n, s, 1, "c");
+    ck_assert(spool_compacting(s));
+    spool_close(s);
+    ck_assert(exists(path_in(dir, "seg-0000000000000001.log")));
+    check_recovered(dir, want, n);
+}
+END_TEST
+
+START_TEST(compaction_sync_failure_keeps_the_originals)
+{
+    char dir[300];
+    snprintf(dir, sizeof(dir), "%s/spool", test_dir);
+    Spool *s = open_spool(dir, FSYNC_BATCH, NULL);
+    spool_set_segment_max(s, 4096);
+    static Want want[8];
+    size_t n = 0;
+    want_sent(s, want_add(want, &n, s, 2, "a"), 7, true);
+    want_add(want, &n, s, 1, "b");
+    fill_segment_1(s, dir);
+    capture_begin();
+    atomic_store(&fail_fdatasync, 1);
+    want_add(want, &n, s, 1, "c");
+    settle_compaction(s);
+    atomic_store(&fail_fdatasync, 0);
+    /* The copies were given up, the originals kept. */
+    ck_assert(exists(path_in(dir, "seg-0000000000000001.log")));
+    ck_assert(!exists(path_in(dir, "seg-0000000000000002.log")));
+    SpoolHealth h;
+    spool_health(s, &h);
+    ck_assert_int_eq(h.write_error, EIO);
+    /* A later rotation compacts again, and that works. */
+    churn(s, 2);
+    Buf log = capture_end();
+    ck_assert_uint_eq(count_str(&log, "cannot sync"), 1);
+    ck_assert_uint_ge(count_str(&log, "works again"), 1);
+    ck_assert(!exists(path_in(dir, "seg-0000000000000001.log")));
+    spool_health(s, &h);
+    ck_assert_int_eq(h.write_error, 0);
+    spool_close(s);
+    buf_free(&log);
+    check_recovered(dir, want, n);
 }
 END_TEST
 
@@ -1179,6 +1519,12 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, send_state_survives_compaction);
     tcase_add_test(tc, incoming_ids_survive_restarts_and_rotation);
     tcase_add_test(tc, acknowledged_stays_acknowledged);
+    tcase_add_test(tc, compaction_beside_writes);
+    tcase_add_test(tc, kill_before_the_first_copy);
+    tcase_add_test(tc, kill_between_copies);
+    tcase_add_test(tc, kill_before_the_copies_are_synced);
+    tcase_add_test(tc, close_abandons_a_compaction);
+    tcase_add_test(tc, compaction_sync_failure_keeps_the_originals);
     tcase_add_test(tc, damage_in_the_middle_loses_only_what_it_hit);
     tcase_add_test(tc, damage_to_a_payload);
     tcase_add_test(tc, damage_to_a_length_field);
