@@ -382,6 +382,14 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
     broker_kick(b);
 }
 
+/* Requests of this loop iteration go to the broker in one write. */
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    broker_kick((Broker *)((char *)w - offsetof(Broker, prepare)));
+}
+
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     Broker *b = (Broker *)((char *)w - offsetof(Broker, timer));
@@ -421,6 +429,8 @@ int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, TlsContext *
     b->tr.fd = -1;
     ev_io_init(&b->io, on_io, -1, EV_READ);
     ev_timer_init(&b->timer, on_timer, 0.0, 0.0);
+    ev_prepare_init(&b->prepare, on_prepare);
+    ev_prepare_start(loop, &b->prepare);
     SessionConfig sc = session_config(cfg, client_id, password);
     static const SessionCallbacks cb = {.event = on_session_event, .trace = on_trace};
     return session_new(&sc, &cb, b, &b->session);
@@ -446,6 +456,7 @@ void broker_reconnect(Broker *b)
 
 void broker_stop(Broker *b)
 {
+    ev_prepare_stop(b->loop, &b->prepare);
     session_disconnect(b->session, now_ms());
     close_link(b);
     ev_timer_stop(b->loop, &b->timer);
@@ -453,6 +464,7 @@ void broker_stop(Broker *b)
 
 void broker_free(Broker *b)
 {
+    ev_prepare_stop(b->loop, &b->prepare);
     close_link(b);
     ev_timer_stop(b->loop, &b->timer);
     session_free(b->session);

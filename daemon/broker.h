@@ -29,6 +29,7 @@ struct Broker {
     Transport tr;
     ev_io io;
     ev_timer timer;
+    ev_prepare prepare; /* before the loop sleeps: what this iteration asked for goes out */
     Resolve *resolving;
     struct addrinfo *addrs, *addr; /* of the host being tried */
     size_t host;                   /* index into cfg->broker.addrs */

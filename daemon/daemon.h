@@ -25,6 +25,7 @@
 typedef struct Daemon Daemon;
 typedef struct Client Client;
 typedef struct Waiter Waiter;
+typedef struct ServerCallbacks ServerCallbacks;
 
 /* Intrusive doubly-linked list, as in lib/mqtt/session.c. */
 typedef struct DList {
@@ -102,7 +103,8 @@ struct Daemon {
     char lost_subscription[400]; /* the last restored subscription the broker refused */
     int64_t started_at;
     bool stopping;
-    ev_timer grace; /* at stop: time left for in-flight acknowledgements */
+    ev_timer grace;       /* at stop: time left for in-flight acknowledgements */
+    ev_prepare stop_when; /* at stop: ends the loop once nothing is in flight */
 
     /* server */
     int listen_fd;
@@ -110,13 +112,25 @@ struct Daemon {
     char *socket_path; /* the path we bound (to unlink at exit) */
     ev_io listen_io;
     ev_prepare prepare;
+    const ServerCallbacks *server_cb;
     DList clients, closed;
     size_t n_clients;
     uint64_t next_serial;
 };
 
 /* server.c */
-int server_start(Daemon *d);
+/* What the connection layer asks of the layers above it, per connection. */
+struct ServerCallbacks {
+    /* A new peer: set up c (its credentials are in cred) or refuse it with a code and words
+     * (<0); release() runs either way once c goes. */
+    int (*admit)(Client *c, const struct ucred *cred, enum ipc_error *code, char *why, size_t n);
+    void (*line)(Client *c, View line);      /* one request line */
+    void (*overlong)(Client *c, size_t max); /* a line longer than ipc.max_line was skipped */
+    void (*gone)(Client *c);                 /* c is closed: nothing more is sent to it */
+    void (*release)(Client *c);              /* c is about to be freed */
+};
+
+int server_start(Daemon *d, const ServerCallbacks *cb);
 void server_stop(Daemon *d);
 /* Queue bytes for a client (replies: always; see client_send_message for events). */
 void client_send(Client *c, View bytes);
@@ -137,6 +151,8 @@ bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why,
 /* ops.c */
 void ops_handle_line(Client *c, View line);
 void ops_client_gone(Client *c);
+/* The request layer as the connection layer sees it. */
+extern const ServerCallbacks ops_server_callbacks;
 
 /* bridge.c */
 void bridge_on_event(void *userdata, const SessionEvent *ev);

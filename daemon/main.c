@@ -340,6 +340,17 @@ static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* While stopping: done once nothing is in flight (checked before the loop sleeps). */
+static void on_stop_when(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    Daemon *d = container_of(w, Daemon, stop_when);
+    Session *s = d->broker.session;
+    (void)revents;
+    if (s->inflight == 0 || s->state != SESSION_CONNECTED) {
+        ev_break(loop, EVBREAK_ALL);
+    }
+}
+
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     Daemon *d = w->data;
@@ -361,6 +372,8 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
                  strsignal(w->signum), s->inflight, STOP_GRACE);
         ev_timer_init(&d->grace, on_grace, STOP_GRACE, 0.0);
         ev_timer_start(loop, &d->grace);
+        ev_prepare_init(&d->stop_when, on_stop_when);
+        ev_prepare_start(loop, &d->stop_when);
     } else {
         log_info("%s: stopping", strsignal(w->signum));
         ev_break(loop, EVBREAK_ALL);
@@ -468,7 +481,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    int r = server_start(d);
+    int r = server_start(d, &ops_server_callbacks);
     if (r < 0) {
         spool_close(d->spool);
         return 1;
@@ -491,6 +504,7 @@ int main(int argc, char **argv)
     /* Graceful stop: no new clients, DISCONNECT to the broker, clients told nothing more. */
     notify_stop(d->loop);
     ev_timer_stop(d->loop, &d->grace);
+    ev_prepare_stop(d->loop, &d->stop_when);
     Session *s = d->broker.session;
     if (d->spool && spool_pending(d->spool)) {
         log_info("stopping with %zu messages kept in the spool for the next start",

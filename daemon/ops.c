@@ -400,3 +400,42 @@ void ops_client_gone(Client *c)
     subs_client_gone(c);
     waiters_client_gone(c);
 }
+
+/* ---- the connection layer's callbacks (server.c) ---- */
+
+static int admit(Client *c, const struct ucred *cred, enum ipc_error *code, char *why, size_t n)
+{
+    if (!access_uid_below_limit(c->d, cred->uid, false, why, n)) {
+        *code = IPC_FORBIDDEN;
+        return -EPERM;
+    }
+    int r = access_client_init(c, cred); /* logs who and why when it fails */
+    if (r < 0) {
+        *code = r == -ENOMEM ? IPC_INTERNAL : IPC_FORBIDDEN;
+        snprintf(why, n, "%s",
+                 r == -ENOMEM ? "out of memory"
+                              : "who the peer is could not be established ([acl] fails closed)");
+        return r;
+    }
+    subs_client_init(c);
+    return 0;
+}
+
+static void overlong(Client *c, size_t max)
+{
+    answer_error(c, NULL, IPC_TOO_LARGE, "request line longer than %zu bytes", max);
+}
+
+static void release(Client *c)
+{
+    acl_view_free(&c->acl);
+    free(c->user);
+}
+
+const ServerCallbacks ops_server_callbacks = {
+    .admit = admit,
+    .line = ops_handle_line,
+    .overlong = overlong,
+    .gone = ops_client_gone,
+    .release = release,
+};

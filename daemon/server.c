@@ -24,10 +24,8 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "answer.h"
 #include "daemon.h"
 #include "log.h"
-#include "subs.h"
 
 #define READ_CHUNK 65536
 
@@ -66,7 +64,7 @@ void client_close(Client *c, const char *why)
     log_debug("client %llu (pid %d, uid %u) closed: %s", (unsigned long long)c->serial, (int)c->pid,
               (unsigned)c->uid, why);
     c->closed = true;
-    ops_client_gone(c);
+    d->server_cb->gone(c);
     ev_io_stop(d->loop, &c->io);
     close(c->fd);
     c->fd = -1;
@@ -85,8 +83,7 @@ void client_finish_if_done(Client *c)
 
 static void client_free(Client *c)
 {
-    acl_view_free(&c->acl);
-    free(c->user);
+    c->d->server_cb->release(c);
     line_reader_free(&c->in);
     buf_free(&c->out);
     assert(c->subs.count == 0); /* dropped at close (subs_client_gone) */
@@ -154,14 +151,13 @@ static void on_client_readable(Client *c)
     int r;
     while (!c->closed && (r = line_reader_next(&c->in, &line)) != 0) {
         if (r < 0) {
-            answer_error(c, NULL, IPC_TOO_LARGE, "request line longer than %zu bytes",
-                         d->cfg.ipc.max_line);
+            d->server_cb->overlong(c, d->cfg.ipc.max_line);
             continue;
         }
         if (line.n == 0) {
             continue; /* blank lines are allowed between requests */
         }
-        ops_handle_line(c, line);
+        d->server_cb->line(c, line);
     }
     if (!c->closed && !line_reader_pending(&c->in)) {
         buf_shrink(&c->in.in, READ_CHUNK * 2);
@@ -225,30 +221,21 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             reject(d, fd, IPC_REFUSED, why);
             continue;
         }
-        if (!access_uid_below_limit(d, cred.uid, false, why, sizeof(why))) {
-            reject(d, fd, IPC_FORBIDDEN, why);
-            continue;
-        }
         Client *c = calloc(1, sizeof(*c));
         if (!c) {
             close(fd);
             continue;
         }
         *c = (Client){.d = d, .fd = fd, .serial = ++d->next_serial};
-        int r = access_client_init(c, &cred);
-        if (r < 0) {
-            acl_view_free(&c->acl);
-            free(c->user);
+        dlist_init(&c->waiters);
+        enum ipc_error code = IPC_FORBIDDEN;
+        if (d->server_cb->admit(c, &cred, &code, why, sizeof(why)) < 0) {
+            d->server_cb->release(c);
             free(c);
-            /* access_client_init logged who and why. */
-            reject(d, fd, r == -ENOMEM ? IPC_INTERNAL : IPC_FORBIDDEN,
-                   r == -ENOMEM ? "out of memory"
-                                : "who the peer is could not be established ([acl] fails closed)");
+            reject(d, fd, code, why);
             continue;
         }
         line_reader_init(&c->in, d->cfg.ipc.max_line);
-        dlist_init(&c->waiters);
-        subs_client_init(c);
         ev_io_init(&c->io, on_client_io, fd, EV_READ);
         ev_io_start(d->loop, &c->io);
         dlist_push(&d->clients, &c->link);
@@ -268,15 +255,6 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
         Client *c = container_of(d->closed.next, Client, link);
         dlist_remove(&c->link);
         client_free(c);
-    }
-    /* Requests of this loop iteration go to the broker in one write. */
-    if (d->broker.session) {
-        broker_kick(&d->broker);
-        /* Stopping, and nothing left in flight: done. */
-        Session *s = d->broker.session;
-        if (d->stopping && (s->inflight == 0 || s->state != SESSION_CONNECTED)) {
-            ev_break(d->loop, EVBREAK_ALL);
-        }
     }
 }
 
@@ -380,8 +358,9 @@ static int open_listener(Daemon *d)
     return 0;
 }
 
-int server_start(Daemon *d)
+int server_start(Daemon *d, const ServerCallbacks *cb)
 {
+    d->server_cb = cb;
     dlist_init(&d->clients);
     dlist_init(&d->closed);
     int n = sd_listen_fds(1);
