@@ -85,6 +85,17 @@ class Mqttctl(TestCase):
         got = [direct.next()[1] for _ in range(10000)]
         self.assertEqual(got, [f"line {i}".encode() for i in range(10000)])
 
+    def test_pub_lines_past_the_write_buffer(self):
+        """More than 256 KiB of requests queued at once (long lines at QoS 1): every line is
+        sent. A release before this one stopped reading its input at that point (380 of
+        3 000 arrived) and still exited 0."""
+        direct = self.direct_sub(self.m.port, "long/t", qos=1)
+        lines = [f"{i:05d} " + "x" * 400 for i in range(3000)]
+        self.ctl("pub", "-t", "long/t", "-l", "-q", "1", input="\n".join(lines).encode() + b"\n",
+                 check=0)
+        got = [direct.next()[1].decode() for _ in range(3000)]
+        self.assertEqual(got, lines)
+
     def test_pub_failures_reported_per_message(self):
         self.d.stop()
         self.d.write_config({**self.d.cfg, "queue": {"max_messages": "3"}})
