@@ -1,12 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The daemon's shared state and the seams between its parts:
- *
- *   main.c    start-up, configuration loading and reload, signals, systemd
- *   server.c  the Unix socket: accepting, reading request lines, buffered writes, limits
- *   ops.c     one function per request op; replies; the waits for broker confirmations
- *   bridge.c  broker events to local clients: message routing, connection/ping events
- *   broker.c  the broker link (session + socket)
+ * The daemon's shared state: the Daemon and Client structs that the modules below work on,
+ * and the connection layer's interface (server.c). Each module's own functions are in its
+ * own header; daemon/README.md draws the graph, top to bottom.
  */
 #pragma once
 
@@ -156,6 +152,3 @@ extern const ServerCallbacks ops_server_callbacks;
 
 /* bridge.c */
 void bridge_on_event(void *userdata, const SessionEvent *ev);
-
-/* main.c */
-int daemon_reload(Daemon *d, char *err, size_t errlen);

@@ -19,6 +19,7 @@
 #include "defaults.h"
 #include "log.h"
 #include "spool/record.h"
+#include "reload.h"
 #include "subs.h"
 #include "waiters.h"
 
