@@ -154,6 +154,11 @@ class DirectSub:
 
     def next(self, timeout=WAIT):
         """(topic, payload bytes, retain) of the next PUBLISH; acknowledges QoS 1/2."""
+        topic, payload, _, retain = self.next_qos(timeout)
+        return topic, payload, retain
+
+    def next_qos(self, timeout=WAIT):
+        """(topic, payload bytes, QoS, retain) of the next PUBLISH; acknowledges QoS 1/2."""
         self.sock.settimeout(timeout)
         while True:
             first, body = self._read()
@@ -168,7 +173,7 @@ class DirectSub:
             if qos:
                 pid, rest = rest[:2], rest[2:]
                 self._send(0x40 if qos == 1 else 0x50, pid)
-            return topic, rest, bool(first & 1)
+            return topic, rest, qos, bool(first & 1)
 
     def close(self):
         try:

@@ -30,27 +30,6 @@ def fixture_messages():
     return out
 
 
-class QosSub(DirectSub):
-    """A DirectSub that also reports the QoS each message arrived with."""
-
-    def next_qos(self, timeout):
-        self.sock.settimeout(timeout)
-        while True:
-            first, body = self._read()
-            if first >> 4 == 6:  # PUBREL
-                self._send(0x70, body[:2])
-                continue
-            if first >> 4 != 3:
-                continue
-            tl = int.from_bytes(body[:2], "big")
-            topic, rest = body[2:2 + tl].decode(), body[2 + tl:]
-            qos = (first >> 1) & 3
-            if qos:
-                pid, rest = rest[:2], rest[2:]
-                self._send(0x40 if qos == 1 else 0x50, pid)
-            return topic, rest, qos, bool(first & 1)
-
-
 def record(body, salt=0):
     length = struct.pack("<I", len(body))
     return struct.pack("<I", zlib.crc32(length + body, salt)) + length + body
@@ -68,7 +47,7 @@ class SpoolFormat(TestCase):
         os.makedirs(self.spool_dir, mode=0o700)
         for seg in sorted(glob.glob(os.path.join(FIXTURE, "seg-*.log"))):
             shutil.copy(seg, self.spool_dir)
-        sub = QosSub(m.port, "fixture/#", qos=2)
+        sub = DirectSub(m.port, "fixture/#", qos=2)
         self.cleanups.append(sub.close)
         d.start()
         want = fixture_messages()
@@ -88,7 +67,7 @@ class SpoolFormat(TestCase):
             wait_until(lambda: c.ok("stats")["stats"]["spool_pending"] == 0,
                        what="the spool to empty")
         # The retained ones are retained at the broker.
-        late = QosSub(m.port, "fixture/#", qos=2)
+        late = DirectSub(m.port, "fixture/#", qos=2)
         self.cleanups.append(late.close)
         retained = sorted(late.next_qos(10)[0] for _ in range(4))
         self.assertEqual(retained, sorted(t for t, _, _, r in want if r))
