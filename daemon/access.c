@@ -205,11 +205,9 @@ int access_client_init(Client *c, const struct ucred *cred)
     return r < 0 ? r : build_view(c);
 }
 
-static size_t count_uid(Daemon *d, uid_t uid, bool subscriptions)
+/* Connections of uid (subscriptions are counted by subs.c). */
+static size_t count_uid(Daemon *d, uid_t uid)
 {
-    if (subscriptions) {
-        return subs_of_uid(d, uid);
-    }
     size_t n = 0;
     for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
         n += container_of(l, Client, link)->uid == uid;
@@ -217,14 +215,12 @@ static size_t count_uid(Daemon *d, uid_t uid, bool subscriptions)
     return n;
 }
 
-bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why, size_t n)
+bool access_uid_below_limit(Daemon *d, uid_t uid, char *why, size_t n)
 {
-    unsigned max =
-        subscriptions ? d->cfg.acl.max_subscriptions_per_uid : d->cfg.acl.max_connections_per_uid;
-    if (max && count_uid(d, uid, subscriptions) >= max) {
-        const char *what = subscriptions ? "subscriptions" : "connections";
-        snprintf(why, n, "too many %s for uid %u ([acl] max_%s_per_uid = %u)", what, (unsigned)uid,
-                 what, max);
+    unsigned max = d->cfg.acl.max_connections_per_uid;
+    if (max && count_uid(d, uid) >= max) {
+        snprintf(why, n, "too many connections for uid %u ([acl] max_connections_per_uid = %u)",
+                 (unsigned)uid, max);
         return false;
     }
     return true;
@@ -232,12 +228,7 @@ bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why,
 
 static bool still_allowed(Client *c, View filter, char *why, size_t n)
 {
-    if (acl_allows(&c->acl, ACL_SUBSCRIBE, filter, why, n)) {
-        return true;
-    }
-    log_info("client %llu (uid %u) loses %.*s after reload: %s", (unsigned long long)c->serial,
-             (unsigned)c->uid, (int)filter.n, (const char *)filter.p, why);
-    return false;
+    return acl_allows(&c->acl, ACL_SUBSCRIBE, filter, why, n);
 }
 
 /* One open client under the reloaded rules: its view rebuilt, and each subscription it may

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "answer.h"
 #include "daemon.h"
 #include "log.h"
 #include "notify.h"

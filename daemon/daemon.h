@@ -140,9 +140,9 @@ int access_check_secrets(const Config *cfg, char *err, size_t errlen);
 int access_client_init(Client *c, const struct ucred *cred);
 /* After a reload: every client's view rebuilt, subscriptions no longer allowed dropped. */
 void access_reload(Daemon *d);
-/* Whether uid may have one more connection (or, with `subscriptions`, one more
- * subscription) under [acl]'s per-uid limits; when not, `why` says so. */
-bool access_uid_below_limit(Daemon *d, uid_t uid, bool subscriptions, char *why, size_t n);
+/* Whether uid may have one more connection under [acl] max_connections_per_uid; when not,
+ * `why` says so. */
+bool access_uid_below_limit(Daemon *d, uid_t uid, char *why, size_t n);
 
 /* ops.c */
 void ops_handle_line(Client *c, View line);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * mqttbridged: one MQTT session shared by local processes over a Unix socket.
- * Start-up, configuration (load, overrides, reload), signals and shutdown.
+ * Start-up, the spool's recovery, signals and shutdown (configuration: reload.c).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -144,6 +144,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         ev_timer_init(&d->grace, on_grace, STOP_GRACE, 0.0);
         ev_timer_start(loop, &d->grace);
         ev_prepare_init(&d->stop_when, on_stop_when);
+        ev_set_priority(&d->stop_when, EV_MINPRI); /* after the broker's flush */
         ev_prepare_start(loop, &d->stop_when);
     } else {
         log_info("%s: stopping", strsignal(w->signum));

@@ -47,7 +47,9 @@ static void publish_timeout(Waiter *w)
 
 static void publish_gone(Waiter *w)
 {
-    session_abandon(w->c->d->broker.session, w->msg, false); /* still delivered */
+    if (w->msg) { /* always set once the request was made; the waiter may predate that */
+        session_abandon(w->c->d->broker.session, w->msg, false); /* still delivered */
+    }
 }
 
 /* A publish with wait: the broker's PUBACK / PUBCOMP (or QoS 0 written). */
@@ -406,7 +408,7 @@ void ops_client_gone(Client *c)
 
 static int admit(Client *c, const struct ucred *cred, enum ipc_error *code, char *why, size_t n)
 {
-    if (!access_uid_below_limit(c->d, cred->uid, false, why, n)) {
+    if (!access_uid_below_limit(c->d, cred->uid, why, n)) {
         *code = IPC_FORBIDDEN;
         return -EPERM;
     }

@@ -163,8 +163,10 @@ static int drop(Client *c, ClientSub *s, bool at_broker, void *req)
     drop_barrier(c, f);
     int r = router_remove(&d->router, f, &c->target);
     assert(r != -ENOENT); /* the client's table and the router agree */
-    if (r == ROUTER_LAST && at_broker) {
-        (void)session_unsubscribe(d->broker.session, f, req, now_ms()); /* f is valid */
+    if (r == ROUTER_LAST && at_broker && session_unsubscribe(d->broker.session, f, req, now_ms())) {
+        /* Out of memory (f is valid): the broker keeps the subscription, which now routes to
+         * nobody; nobody waits for an UNSUBACK. */
+        r = 0;
     }
     ClientSub *gone = hashmap_remove(&c->subs, f);
     assert(gone == s);
@@ -334,7 +336,9 @@ void subs_unsubscribe(Client *c, json_t *id, View filter, int64_t timeout_ms)
                      (const char *)filter.p);
         return;
     }
-    /* Answered on UNSUBACK when this was the last local holder, else at once. */
+    /* Answered on UNSUBACK when this was the last local holder, else at once. Its barrier
+     * goes first: it must not count against the waiter limit. */
+    drop_barrier(c, filter);
     Waiter *w = waiter_new(c, &unsubscribe_kind, id, filter, timeout_ms);
     if (drop(c, s, true, w) != ROUTER_LAST || !w) {
         if (w) {
@@ -351,32 +355,33 @@ bool subs_recheck(Client *c, bool (*keep)(Client *c, View filter, char *why, siz
     /* The filters to drop are gathered first: dropping changes the map. */
     size_t n = subs_count(c), k = 0;
     ClientSub **refused = calloc(n ? n : 1, sizeof(*refused));
-    char(*why)[300] = calloc(n ? n : 1, sizeof(*why));
-    if (!refused || !why) {
-        free(refused);
-        free(why);
+    if (!refused) {
         client_close(c, "out of memory re-checking its subscriptions");
         return false;
     }
+    char why[300];
     HashIter it;
     void *v;
     hashmap_iter(&c->subs, &it);
     while (hashmap_iter_next(&it, &v)) {
         ClientSub *s = v;
-        if (!keep(c, VIEW(s->filter, s->len), why[k], sizeof(why[k]))) {
+        if (!keep(c, VIEW(s->filter, s->len), why, sizeof(why))) {
             refused[k++] = s;
         }
     }
     for (size_t i = 0; i < k && !c->closed; i++) {
+        View f = VIEW(refused[i]->filter, refused[i]->len);
+        (void)keep(c, f, why, sizeof(why)); /* the reason again, for the event */
+        log_info("client %llu (uid %u) loses %.*s: %s", (unsigned long long)c->serial,
+                 (unsigned)c->uid, (int)f.n, (const char *)f.p, why);
         /* Told before it is dropped (the filter's text goes with it), and when telling
          * closes c (out of memory), closing has dropped every subscription already. */
-        answer_unsubscribed(c, VIEW(refused[i]->filter, refused[i]->len), why[i]);
+        answer_unsubscribed(c, f, why);
         if (!c->closed) {
             drop(c, refused[i], true, NULL);
         }
     }
     free(refused);
-    free(why);
     return !c->closed;
 }
 

@@ -13,7 +13,8 @@
 
 typedef struct WaiterKind {
     /* The answer arrived: `result` as in the session's completion event, or a -errno from
-     * the spool. Reply to the client. */
+     * the spool. Reply to the client. Each callback's reply is its last act: a reply that
+     * cannot be queued closes the client, which frees the waiter. */
     void (*done)(Waiter *w, int result);
     /* The timer ran out: reply, and forget the request in the session. */
     void (*timeout)(Waiter *w);
