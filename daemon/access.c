@@ -190,6 +190,11 @@ static int user_name(uid_t uid, char **ret)
     }
 }
 
+static View uid_key(const uid_t *uid)
+{
+    return VIEW(uid, sizeof(*uid));
+}
+
 int access_client_init(Client *c, const struct ucred *cred)
 {
     c->pid = cred->pid;
@@ -202,23 +207,25 @@ int access_client_init(Client *c, const struct ucred *cred)
         return -EACCES;
     }
     int r = user_name(c->uid, &c->user);
-    return r < 0 ? r : build_view(c);
+    if (r == 0 && (r = build_view(c)) == 0) {
+        /* Out of memory: uncounted, so the limit is a little lenient. */
+        c->counted = hashmap_count_add(&c->d->uid_conns, uid_key(&c->uid), +1) == 0;
+    }
+    return r;
 }
 
-/* Connections of uid (subscriptions are counted by subs.c). */
-static size_t count_uid(Daemon *d, uid_t uid)
+void access_client_gone(Client *c)
 {
-    size_t n = 0;
-    for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
-        n += container_of(l, Client, link)->uid == uid;
+    if (c->counted) {
+        (void)hashmap_count_add(&c->d->uid_conns, uid_key(&c->uid), -1); /* never fails */
+        c->counted = false;
     }
-    return n;
 }
 
 bool access_uid_below_limit(Daemon *d, uid_t uid, char *why, size_t n)
 {
     unsigned max = d->cfg.acl.max_connections_per_uid;
-    if (max && count_uid(d, uid) >= max) {
+    if (max && hashmap_count(&d->uid_conns, uid_key(&uid)) >= max) {
         snprintf(why, n, "too many connections for uid %u ([acl] max_connections_per_uid = %u)",
                  (unsigned)uid, max);
         return false;

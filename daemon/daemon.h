@@ -76,6 +76,7 @@ struct Client {
     DList waiters; /* Waiter.link */
     size_t n_waiters;
     uint64_t dropped; /* messages dropped since the last "dropped" event */
+    bool counted;     /* in Daemon.uid_conns (access.c) */
 };
 
 typedef struct DaemonStats {
@@ -96,6 +97,7 @@ struct Daemon {
     Spool *spool; /* NULL without [queue] spool_dir */
     DaemonStats stats;
     HashMap uid_subs;            /* uid -> subscriptions held by its clients (subs.c) */
+    HashMap uid_conns;           /* uid -> its connections (access.c) */
     char lost_subscription[400]; /* the last restored subscription the broker refused */
     int64_t started_at;
     bool stopping;
@@ -143,6 +145,8 @@ void access_reload(Daemon *d);
 /* Whether uid may have one more connection under [acl] max_connections_per_uid; when not,
  * `why` says so. */
 bool access_uid_below_limit(Daemon *d, uid_t uid, char *why, size_t n);
+/* c is closed: its connection no longer counts against its uid's limit. */
+void access_client_gone(Client *c);
 
 /* ops.c */
 void ops_handle_line(Client *c, View line);

@@ -295,6 +295,7 @@ int main(int argc, char **argv)
     broker_free(&d->broker);
     router_free(&d->router);
     subs_free(d);
+    hashmap_free(&d->uid_conns, free);
     answer_free();
     for (int i = 0; i < 4; i++) {
         ev_signal_stop(d->loop, &sig[i]);

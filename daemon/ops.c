@@ -400,6 +400,7 @@ void ops_handle_line(Client *c, View line)
 
 void ops_client_gone(Client *c)
 {
+    access_client_gone(c);
     subs_client_gone(c);
     waiters_client_gone(c);
 }

@@ -23,25 +23,13 @@ static View uid_key(const uid_t *uid)
 /* Count one subscription more (+1) or less (-1) for c's uid. */
 static void count_uid(Client *c, int delta)
 {
-    HashMap *m = &c->d->uid_subs;
-    size_t *n = hashmap_get(m, uid_key(&c->uid));
-    if (delta > 0) {
-        if (!n && (n = calloc(1, sizeof(*n))) && hashmap_put(m, uid_key(&c->uid), n) < 0) {
-            free(n);
-            n = NULL;
-        }
-        if (n) {
-            (*n)++; /* out of memory: uncounted, so the limit is a little lenient */
-        }
-    } else if (n && --*n == 0) {
-        free(hashmap_remove(m, uid_key(&c->uid)));
-    }
+    /* Out of memory: uncounted, so the limit is a little lenient. */
+    (void)hashmap_count_add(&c->d->uid_subs, uid_key(&c->uid), delta);
 }
 
 size_t subs_of_uid(Daemon *d, uid_t uid)
 {
-    size_t *n = hashmap_get(&d->uid_subs, uid_key(&uid));
-    return n ? *n : 0;
+    return hashmap_count(&d->uid_subs, uid_key(&uid));
 }
 
 void subs_init(Daemon *d)

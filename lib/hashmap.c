@@ -144,3 +144,33 @@ int hashmap_iter_next(HashIter *it, void **ret_value)
     *ret_value = it->e->value;
     return 1;
 }
+
+int hashmap_count_add(HashMap *m, View key, int delta)
+{
+    size_t *n = hashmap_get(m, key);
+    if (delta > 0) {
+        if (!n) {
+            if (!(n = calloc(1, sizeof(*n)))) {
+                return -ENOMEM;
+            }
+            if (hashmap_put(m, key, n) < 0) {
+                free(n);
+                return -ENOMEM;
+            }
+        }
+        *n += (size_t)delta;
+    } else if (n) {
+        size_t down = (size_t)-delta;
+        *n = *n > down ? *n - down : 0;
+        if (*n == 0) {
+            free(hashmap_remove(m, key));
+        }
+    }
+    return 0;
+}
+
+size_t hashmap_count(const HashMap *m, View key)
+{
+    const size_t *n = hashmap_get(m, key);
+    return n ? *n : 0;
+}

@@ -33,3 +33,9 @@ typedef struct HashIter {
 void hashmap_iter(const HashMap *m, HashIter *it);
 /* 1 with the next value, 0 at the end. */
 int hashmap_iter_next(HashIter *it, void **ret_value);
+
+/* Counters kept in a map (values are size_t, owned by the map: free them with
+ * hashmap_free(m, free)). Add delta (+1 or -1) to key's count; a count that reaches 0 is
+ * removed. -ENOMEM when a new counter cannot be made (nothing counted). */
+int hashmap_count_add(HashMap *m, View key, int delta);
+size_t hashmap_count(const HashMap *m, View key);
