@@ -190,11 +190,6 @@ static int user_name(uid_t uid, char **ret)
     }
 }
 
-static View uid_key(const uid_t *uid)
-{
-    return VIEW(uid, sizeof(*uid));
-}
-
 int access_client_init(Client *c, const struct ucred *cred)
 {
     c->pid = cred->pid;
@@ -257,8 +252,8 @@ void access_reload(Daemon *d)
     /* The next link is taken before acting: reload_client may close c, which moves it to
      * d->closed. It never closes another client (dropping a subscription only queues an
      * UNSUBSCRIBE; no session event runs from here). */
-    for (DList *l = d->clients.next, *next; l != &d->clients; l = next) {
-        next = l->next;
+    dlist_for_each_safe(l, next, &d->clients)
+    {
         reload_client(container_of(l, Client, link));
     }
 }

@@ -5,6 +5,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "defaults.h"
+#include "waiters.h"
+
 /* One answer at a time is built here, then copied to the client's output: this module's only
  * state, so that a reply costs no allocation once the buffer has grown. */
 static Buf scratch;
@@ -33,6 +36,18 @@ void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, .
     va_end(ap);
     buf_clear(&scratch);
     send_scratch(c, reply_error(&scratch, id, code, msg));
+}
+
+void answer_cannot_wait(Client *c, json_t *id, size_t needed)
+{
+    if (waiters_full(c, needed)) {
+        answer_error(c, id, IPC_QUEUE_FULL,
+                     "%d requests of this connection already wait for the broker: wait for "
+                     "their replies first",
+                     MAX_WAITERS_PER_CLIENT);
+    } else {
+        answer_error(c, id, IPC_INTERNAL, "out of memory");
+    }
 }
 
 void answer_unsubscribed(Client *c, View filter, const char *reason)

@@ -4,7 +4,6 @@
  * match (once per client), connection and ping events to the clients that asked for them,
  * and the completions that answer waiting requests.
  */
-#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,8 +78,8 @@ static void broadcast(Daemon *d, bool connection, json_t *event)
     Buf b = {0};
     if (write_json_line(&b, event) == 0) {
         /* client_send may close a client (out of memory), which moves it off the list. */
-        for (DList *l = d->clients.next, *next = l->next; l != &d->clients;
-             l = next, next = l->next) {
+        dlist_for_each_safe(l, next, &d->clients)
+        {
             Client *c = container_of(l, Client, link);
             if (connection ? c->events_connection : c->events_ping) {
                 client_send(c, buf_view(&b));

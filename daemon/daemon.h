@@ -55,6 +55,17 @@ static inline void dlist_remove(DList *n)
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
+/* Each element of a list, its successor taken first: the body may unlink `pos` (closing a
+ * client moves it to Daemon.closed). */
+#define dlist_for_each_safe(pos, next, head)                                                       \
+    for (DList *pos = (head)->next, *next = pos->next; pos != (head); pos = next, next = pos->next)
+
+/* A uid as a map key (per-uid counts). */
+static inline View uid_key(const uid_t *uid)
+{
+    return VIEW(uid, sizeof(*uid));
+}
+
 struct Client {
     DList link; /* in Daemon.clients, or Daemon.closed until freed */
     Daemon *d;

@@ -6,20 +6,16 @@
  * (waiters.h) of a kind defined here, which says what its answer, its timeout or its client
  * leaving means. Everything else is answered at once, in order.
  */
-#include <assert.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "answer.h"
 #include "daemon.h"
-#include "defaults.h"
 #include "log.h"
-#include "spool/record.h"
 #include "reload.h"
+#include "spool/record.h"
 #include "subs.h"
 #include "waiters.h"
 
@@ -105,19 +101,6 @@ static bool permitted(Client *c, const Request *r, unsigned action)
     return false;
 }
 
-/* No room for one more waiter (a subscribe needs two: its reply and its barrier). */
-static void reply_no_waiter(Client *c, json_t *id)
-{
-    if (waiters_full(c, 2)) {
-        answer_error(c, id, IPC_QUEUE_FULL,
-                     "%d requests of this connection already wait for the broker: wait for "
-                     "their replies first",
-                     MAX_WAITERS_PER_CLIENT);
-    } else {
-        answer_error(c, id, IPC_INTERNAL, "out of memory");
-    }
-}
-
 /* A request that could not be made after all: its waiter goes without a reply. */
 static void cancel(Waiter *w)
 {
@@ -154,7 +137,7 @@ static void op_publish(Client *c, Request *r)
         w = r->wait ? waiter_new(c, &publish_kind, r->id, VIEW_NULL, timeout_of(c, r))
                     : waiter_new(c, &durable_kind, r->id, VIEW_NULL, 0);
         if (!w) {
-            reply_no_waiter(c, r->id);
+            answer_cannot_wait(c, r->id, 1);
             return;
         }
         w->qos = r->qos;

@@ -11,7 +11,6 @@
  * A client is never freed inside its own callback: client_close() closes the socket at once
  * and parks the struct on d->closed, which the ev_prepare watcher empties.
  */
-#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>

@@ -15,11 +15,6 @@
 
 /* ---- per-uid counts ---- */
 
-static View uid_key(const uid_t *uid)
-{
-    return VIEW(uid, sizeof(*uid));
-}
-
 /* Count one subscription more (+1) or less (-1) for c's uid. */
 static void count_uid(Client *c, int delta)
 {
@@ -233,10 +228,7 @@ static bool may_subscribe(Client *c, json_t *id, bool held)
         return false;
     }
     if (waiters_full(c, 2)) { /* its reply and its barrier */
-        answer_error(c, id, IPC_QUEUE_FULL,
-                     "%d requests of this connection already wait for the broker: wait for "
-                     "their replies first",
-                     MAX_WAITERS_PER_CLIENT);
+        answer_cannot_wait(c, id, 2);
         return false;
     }
     return true;
@@ -384,7 +376,8 @@ void subs_lost(Daemon *d, View filter, uint8_t code)
     snprintf(d->lost_subscription, sizeof(d->lost_subscription), "%.*s: %s", (int)filter.n,
              (const char *)filter.p, reason);
     /* Each holder is told; one that is closed on the way (out of memory) leaves the list. */
-    for (DList *l = d->clients.next, *next = l->next; l != &d->clients; l = next, next = l->next) {
+    dlist_for_each_safe(l, next, &d->clients)
+    {
         Client *c = container_of(l, Client, link);
         if (find_sub(c, filter)) {
             not_held(c, filter); /* first: the event may close c, and `filter` is not c's */

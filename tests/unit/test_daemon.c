@@ -50,6 +50,11 @@ void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, .
     say(c, "error %lld %s", id ? (long long)json_integer_value(id) : -1LL, ipc_error_code(code));
 }
 
+void answer_cannot_wait(Client *c, json_t *id, size_t needed)
+{
+    say(c, "cannot_wait %lld %zu", id ? (long long)json_integer_value(id) : -1LL, needed);
+}
+
 void answer_unsubscribed(Client *c, View filter, const char *reason)
 {
     (void)reason;
