@@ -120,7 +120,7 @@ static void op_publish(Client *c, Request *r)
         return;
     }
     Session *s = d->broker.session;
-    size_t size = session_publish_size(r->topic, r->payload.n, r->qos);
+    size_t size = mqtt_publish_size(r->topic, r->payload.n, r->qos);
     if (size > session_max_publish(s)) {
         answer_error(c, r->id, IPC_TOO_LARGE,
                      "the message would be a %zu-byte PUBLISH; the link carries at most %zu", size,

@@ -184,6 +184,22 @@ static int measure_connack(const MqttConnack *c, size_t *ret_len)
     return 0;
 }
 
+/* A PUBLISH's variable header: topic length and topic, then the packet id at QoS 1/2. */
+static size_t publish_head(View topic, uint8_t qos)
+{
+    return 2 + topic.n + (qos ? 2 : 0);
+}
+
+size_t mqtt_publish_size(View topic, size_t payload_len, uint8_t qos)
+{
+    size_t rem = publish_head(topic, qos);
+    if (payload_len > MQTT_REMAINING_MAX - rem) {
+        return MQTT_PACKET_MAX + 1; /* more than MQTT can carry, without overflowing */
+    }
+    rem += payload_len;
+    return 1 + varint_len(rem) + rem;
+}
+
 static int measure_publish(const MqttPublish *p, size_t *ret_len)
 {
     int r = mqtt_topic_check(p->topic);
@@ -199,7 +215,7 @@ static int measure_publish(const MqttPublish *p, size_t *ret_len)
     if (p->qos > 0 && p->id == 0) {
         return -MQTT_E_PACKET_ID;
     }
-    size_t n = 2 + p->topic.n + (p->qos ? 2 : 0);
+    size_t n = publish_head(p->topic, p->qos);
     if (p->payload.n > MQTT_REMAINING_MAX - n) {
         return -MQTT_E_TOO_LARGE;
     }

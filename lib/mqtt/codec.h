@@ -138,6 +138,9 @@ typedef struct MqttPacket {
 /* Append the encoding of `pkt` to `out`. On failure (invalid field, -ENOBUFS, -ENOMEM) `out`
  * is left as it was. Encoders validate what they write, so a bad topic cannot go out. */
 int mqtt_encode(Buf *out, const MqttPacket *pkt);
+/* The size mqtt_encode gives a PUBLISH with this topic, payload size and QoS (fixed header
+ * included); MQTT_PACKET_MAX + 1 when MQTT cannot carry it at all. */
+size_t mqtt_publish_size(View topic, size_t payload_len, uint8_t qos);
 
 /* Decode the packet at the start of `in`. Returns 1 and fills *ret_pkt (whose Views point
  * into `in`), 0 when more bytes are needed, or -MQTT_E_*. `max_size` (0 = MQTT's own limit)

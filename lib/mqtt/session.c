@@ -164,6 +164,14 @@ static void bit_put(uint64_t *set, uint16_t i, bool on)
     }
 }
 
+/* Mark a free id as in use. */
+static void id_take(Impl *m, uint16_t id)
+{
+    assert(id && !bit_get(m->ids_used, id));
+    bit_put(m->ids_used, id, true);
+    m->ids_in_use++;
+}
+
 /* A free packet id, or 0 when all 65535 are in use (the caller waits for one to be freed). */
 static uint16_t id_alloc(Impl *m)
 {
@@ -173,8 +181,7 @@ static uint16_t id_alloc(Impl *m)
     do {
         m->next_id = m->next_id == 65535 ? 1 : m->next_id + 1;
     } while (bit_get(m->ids_used, m->next_id));
-    bit_put(m->ids_used, m->next_id, true);
-    m->ids_in_use++;
+    id_take(m, m->next_id);
     return m->next_id;
 }
 
@@ -464,16 +471,6 @@ static SessionMsg *find_inflight(Impl *m, uint16_t id, uint8_t qos)
     return NULL;
 }
 
-size_t session_publish_size(View topic, size_t payload_len, uint8_t qos)
-{
-    size_t rem = 2 + topic.n + (qos ? 2 : 0) + payload_len;
-    size_t head = 2;
-    for (size_t v = rem >> 7; v; v >>= 7) {
-        head++;
-    }
-    return head + rem;
-}
-
 size_t session_max_publish(const Session *s)
 {
     (void)s;
@@ -489,8 +486,7 @@ static int resume_inflight(Impl *m, SessionMsg *msg, const SessionPublish *p, in
     if (bit_get(m->ids_used, p->packet_id)) {
         return -EEXIST;
     }
-    bit_put(m->ids_used, p->packet_id, true);
-    m->ids_in_use++;
+    id_take(m, p->packet_id);
     msg->id = p->packet_id;
     msg->sent_at = now;
     msg->got_pubrec = p->qos == 2 && p->pubrec;
@@ -506,7 +502,7 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
     if (p->qos > 2 || mqtt_topic_check(p->topic) < 0) {
         return -EINVAL;
     }
-    if (session_publish_size(p->topic, p->payload.n, p->qos) > session_max_publish(s)) {
+    if (mqtt_publish_size(p->topic, p->payload.n, p->qos) > session_max_publish(s)) {
         s->stats.pub_fail++;
         return -EMSGSIZE;
     }
@@ -930,13 +926,10 @@ static void suback(Impl *m, Pending *p, uint8_t code)
         pending_done(m, p, code);
         return;
     }
-    Sub *sub = find_sub(m, filter);
-    if (sub && !p->req) {
+    if (!p->req && find_sub(m, filter)) {
         /* A restore the broker now refuses: forgotten, and said so, so that the local
          * holders do not go on believing they hold it. */
-        list_remove(&sub->link);
-        free(sub);
-        m->pub.subscriptions--;
+        forget_sub(m, filter);
         m->pub.stats.subscriptions_lost++;
         emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIPTION_LOST,
                                .lost = {.filter = filter, .code = code}});

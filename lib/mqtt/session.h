@@ -199,10 +199,9 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
  * event will name `req` any more. With `failed`, the publish counts as failed in the stats.
  * `msg` is what session_publish returned for a request that is still pending. */
 void session_abandon(Session *s, SessionMsg *msg, bool failed);
-/* The largest PUBLISH packet the link carries (the encoder's limit, MQTT's 256 MiB). */
+/* The largest PUBLISH packet the link carries (the encoder's limit, MQTT's 256 MiB), to compare
+ * with mqtt_publish_size. */
 size_t session_max_publish(const Session *s);
-/* PUBLISH packet size of a message (fixed header included). */
-size_t session_publish_size(View topic, size_t payload_len, uint8_t qos);
 /* Incoming QoS 2 ids an earlier run had acknowledged with PUBREC but not seen released: a
  * bitmap of 65536 bits. Duplicates of them are not delivered again if the broker resumes the
  * session (they are forgotten if it does not). */

@@ -993,14 +993,14 @@ START_TEST(publish_larger_than_a_packet)
     SessionConfig c = base_config();
     c.max_bytes = (size_t)1 << 30;
     setup_with(&h, &c);
-    ck_assert_uint_eq(session_publish_size(VIEW_STR("t"), 10, 0), 2 + 3 + 10);
-    ck_assert_uint_eq(session_publish_size(VIEW_STR("t"), 200, 1), 3 + 5 + 200);
+    ck_assert_uint_eq(mqtt_publish_size(VIEW_STR("t"), 10, 0), 2 + 3 + 10);
+    ck_assert_uint_eq(mqtt_publish_size(VIEW_STR("t"), 200, 1), 3 + 5 + 200);
     size_t max = session_max_publish(h.s);
     ck_assert_uint_eq(max, 268435455u + 5);
     /* The largest that fits, and one byte more, measured without allocating the payload. */
     size_t fit = 268435455u - 2 - 1;
-    ck_assert_uint_eq(session_publish_size(VIEW_STR("t"), fit, 0), max);
-    ck_assert_uint_gt(session_publish_size(VIEW_STR("t"), fit + 1, 0), max);
+    ck_assert_uint_eq(mqtt_publish_size(VIEW_STR("t"), fit, 0), max);
+    ck_assert_uint_gt(mqtt_publish_size(VIEW_STR("t"), fit + 1, 0), max);
     /* Refused on its size alone: the payload bytes are never read. */
     SessionPublish p = {.topic = VIEW_STR("t"), .payload = VIEW("", fit + 1)};
     ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), -EMSGSIZE);
