@@ -13,14 +13,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon.h"
+#include "access.h"
 #include "log.h"
 #include "subs.h"
 
 /* NGROUPS_MAX of Linux: no peer has more supplementary groups. */
 #define MAX_PEER_GROUPS 65536
-/* Beyond this a passwd entry is not a user's but a broken NSS module's. */
-#define MAX_PASSWD_BUF (1u << 20)
 
 /* A user or group name becomes an id; a missing one makes its entry match nobody. */
 static void resolve_name(enum acl_subject kind, const char *name, unsigned *id, bool *resolved,
@@ -103,9 +101,9 @@ static int peer_groups(const Client *c, gid_t **ret, size_t *ret_n)
         if (!g) {
             return -ENOMEM;
         }
-        g[0] = c->gid;
+        g[0] = c->conn.gid;
         socklen_t len = (socklen_t)(cap * sizeof(*g));
-        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, g + 1, &len) == 0) {
+        if (getsockopt(c->conn.fd, SOL_SOCKET, SO_PEERGROUPS, g + 1, &len) == 0) {
             *ret = g;
             *ret_n = 1 + len / sizeof(*g);
             return 0;
@@ -125,7 +123,7 @@ static int peer_groups(const Client *c, gid_t **ret, size_t *ret_n)
  * supplementary groups are unknown and a deny rule by group may be meant for it. */
 static int build_view(Client *c)
 {
-    gid_t *gids = NULL, primary = c->gid;
+    gid_t *gids = NULL, primary = c->conn.gid;
     size_t n = 0;
     int g = peer_groups(c, &gids, &n);
     if (g == -ENOMEM) {
@@ -134,22 +132,22 @@ static int build_view(Client *c)
     if (g < 0) {
         log_warning("client %llu (pid %d, uid %u): cannot read its supplementary groups "
                     "(SO_PEERGROUPS: %s); [acl] rules by group see only its primary group %u",
-                    (unsigned long long)c->serial, (int)c->pid, (unsigned)c->uid, strerror(-g),
-                    (unsigned)c->gid);
+                    (unsigned long long)c->conn.serial, (int)c->conn.pid, (unsigned)c->conn.uid,
+                    strerror(-g), (unsigned)c->conn.gid);
     }
-    AclPeer peer = {.uid = c->uid,
+    AclPeer peer = {.uid = c->conn.uid,
                     .user = c->user,
                     .gids = g < 0 ? &primary : gids,
                     .n_gids = g < 0 ? 1 : n,
                     .groups_partial = g < 0};
-    bool default_admin = c->uid == 0 || c->uid == geteuid();
+    bool default_admin = c->conn.uid == 0 || c->conn.uid == geteuid();
     AclView v;
     int r = acl_view_build(&c->d->cfg.acl, &peer, default_admin, &v);
     free(gids);
     if (r == -EACCES) {
         log_warning("refusing client %llu (pid %d, uid %u): its supplementary groups are "
                     "unknown and [acl] has a deny rule by group that may be meant for it",
-                    (unsigned long long)c->serial, (int)c->pid, (unsigned)c->uid);
+                    (unsigned long long)c->conn.serial, (int)c->conn.pid, (unsigned)c->conn.uid);
     }
     if (r < 0) {
         return r;
@@ -159,65 +157,9 @@ static int build_view(Client *c)
     return 0;
 }
 
-/* The name of uid in *ret, or NULL when it has none (or it cannot be looked up: rules with
- * %u then treat the peer as nameless, which fails closed). -ENOMEM. */
-static int user_name(uid_t uid, char **ret)
-{
-    for (size_t size = 1024;; size *= 2) {
-        char *buf = malloc(size);
-        if (!buf) {
-            return -ENOMEM;
-        }
-        struct passwd pw, *res = NULL;
-        int e = getpwuid_r(uid, &pw, buf, size, &res);
-        if (e == ERANGE && size < MAX_PASSWD_BUF) {
-            free(buf);
-            continue;
-        }
-        char *name = NULL;
-        if (e == 0 && res && !(name = strdup(res->pw_name))) {
-            free(buf);
-            return -ENOMEM;
-        }
-        if (e && e != ENOENT && e != ESRCH) { /* those two: no such user */
-            log_warning("uid %u: cannot look up its user name (%s); [acl] %%u rules treat it "
-                        "as having none",
-                        (unsigned)uid, strerror(e));
-        }
-        free(buf);
-        *ret = name;
-        return 0;
-    }
-}
-
-int access_client_init(Client *c, const struct ucred *cred)
-{
-    c->pid = cred->pid;
-    c->uid = cred->uid;
-    c->gid = cred->gid;
-    /* (uid_t)-1 is no one's uid: what is left when SO_PEERCRED could not be read. */
-    if (cred->uid == (uid_t)-1 || cred->gid == (gid_t)-1) {
-        log_warning("refusing client %llu (pid %d): the kernel did not say who it is",
-                    (unsigned long long)c->serial, (int)c->pid);
-        return -EACCES;
-    }
-    int r = user_name(c->uid, &c->user);
-    if (r == 0 && (r = build_view(c)) == 0) {
-        /* Out of memory: uncounted, so the limit is a little lenient. */
-        c->counted = hashmap_count_add(&c->d->uid_conns, uid_key(&c->uid), +1) == 0;
-    }
-    return r;
-}
-
-void access_client_gone(Client *c)
-{
-    if (c->counted) {
-        (void)hashmap_count_add(&c->d->uid_conns, uid_key(&c->uid), -1); /* never fails */
-        c->counted = false;
-    }
-}
-
-bool access_uid_below_limit(Daemon *d, uid_t uid, char *why, size_t n)
+/* Whether uid may have one more connection under [acl] max_connections_per_uid; when not,
+ * `why` says so. */
+static bool below_limit(Daemon *d, uid_t uid, char *why, size_t n)
 {
     unsigned max = d->cfg.acl.max_connections_per_uid;
     if (max && hashmap_count(&d->uid_conns, uid_key(&uid)) >= max) {
@@ -226,6 +168,75 @@ bool access_uid_below_limit(Daemon *d, uid_t uid, char *why, size_t n)
         return false;
     }
     return true;
+}
+
+/* With the peer's name known: its view built. 0, or <0 with the refusal's code and words. */
+static int finish_admission(Client *c, const char *name, enum ipc_error *code, char *why, size_t n)
+{
+    int r = -ENOMEM;
+    if ((!name || (c->user = strdup(name))) && (r = build_view(c)) == 0) {
+        return 0;
+    }
+    *code = r == -ENOMEM ? IPC_INTERNAL : IPC_FORBIDDEN;
+    snprintf(why, n, "%s",
+             r == -ENOMEM ? "out of memory"
+                          : "who the peer is could not be established ([acl] fails closed)");
+    return r;
+}
+
+/* The name arrived (names.c): admission ends. */
+static void on_name(NameWait *w, const char *name)
+{
+    Client *c = container_of(w, Client, naming);
+    enum ipc_error code;
+    char why[160];
+    if (finish_admission(c, name, &code, why, sizeof(why)) < 0) {
+        conn_refuse(&c->conn, code, why);
+    } else {
+        conn_admit(&c->conn);
+    }
+}
+
+int access_admit(Client *c, enum ipc_error *code, char *why, size_t n)
+{
+    Daemon *d = c->d;
+    const Conn *k = &c->conn;
+    *code = IPC_FORBIDDEN;
+    /* (uid_t)-1 is no one's uid: what is left when SO_PEERCRED could not be read. */
+    if (k->uid == (uid_t)-1 || k->gid == (gid_t)-1) {
+        snprintf(why, n, "the kernel did not say who the peer is ([acl] fails closed)");
+        return -EACCES;
+    }
+    if (!below_limit(d, k->uid, why, n)) {
+        return -EPERM;
+    }
+    /* Out of memory: uncounted, so the limit is a little lenient. */
+    c->counted = hashmap_count_add(&d->uid_conns, uid_key(&k->uid), +1) == 0;
+    const char *name = NULL;
+    int r = names_lookup(&d->names, k->uid, &name, &c->naming, on_name);
+    if (r == 1) {
+        return 1; /* on_name ends it */
+    }
+    if (r == -ENOMEM) {
+        *code = IPC_INTERNAL;
+        snprintf(why, n, "out of memory");
+        return r;
+    }
+    if (r < 0) { /* no thread: nameless, which %u rules fail closed on */
+        log_warning("uid %u: cannot look up its user name (%s); [acl] %%u rules treat it as "
+                    "having none",
+                    (unsigned)k->uid, strerror(-r));
+    }
+    return finish_admission(c, name, code, why, n);
+}
+
+void access_client_gone(Client *c)
+{
+    names_cancel(&c->naming);
+    if (c->counted) {
+        (void)hashmap_count_add(&c->d->uid_conns, uid_key(&c->conn.uid), -1); /* never fails */
+        c->counted = false;
+    }
 }
 
 static bool still_allowed(Client *c, View filter, char *why, size_t n)
@@ -240,8 +251,9 @@ static void reload_client(Client *c)
     int r = build_view(c);
     if (r < 0) {
         acl_view_free(&c->acl); /* its entries point into the configuration just freed */
-        client_close(c, r == -EACCES ? "its groups are unknown and [acl] has deny rules by group"
-                                     : "out of memory rebuilding its access rules");
+        conn_close(&c->conn, r == -EACCES
+                                 ? "its groups are unknown and [acl] has deny rules by group"
+                                 : "out of memory rebuilding its access rules");
         return;
     }
     (void)subs_recheck(c, still_allowed); /* false: c was closed (out of memory) */
@@ -252,8 +264,11 @@ void access_reload(Daemon *d)
     /* The next link is taken before acting: reload_client may close c, which moves it to
      * d->closed. It never closes another client (dropping a subscription only queues an
      * UNSUBSCRIBE; no session event runs from here). */
-    dlist_for_each_safe(l, next, &d->clients)
+    dlist_for_each_safe(l, next, &d->server.conns)
     {
-        reload_client(container_of(l, Client, link));
+        Client *c = client_at(l);
+        if (c->conn.admitted) { /* one being admitted gets its view from the new rules then */
+            reload_client(c);
+        }
     }
 }

@@ -15,10 +15,10 @@ static Buf scratch;
 static void send_scratch(Client *c, int built)
 {
     if (built < 0) {
-        client_close(c, "out of memory");
+        conn_close(&c->conn, "out of memory");
         return;
     }
-    client_send(c, buf_view(&scratch));
+    conn_send(&c->conn, buf_view(&scratch));
 }
 
 void answer_ok(Client *c, json_t *id, json_t *fields)

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "bridge.h"
 #include "log.h"
 #include "notify.h"
 #include "subs.h"
@@ -21,17 +21,18 @@ static void send_message(Client *c, View bytes)
     Daemon *d = c->d;
     /* The limit bounds a backlog: one message larger than the whole buffer still goes to a
      * client that has nothing else pending, or it could never be delivered at all. */
-    if (buf_size(&c->out) && buf_size(&c->out) + bytes.n > d->cfg.ipc.client_buffer) {
-        if (!c->dropped) {
+    size_t queued = conn_queued(&c->conn);
+    if (queued && queued + bytes.n > d->cfg.ipc.client_buffer) {
+        if (!c->conn.dropped) {
             log_warning("client %llu (pid %d) reads too slowly: dropping messages for it",
-                        (unsigned long long)c->serial, (int)c->pid);
+                        (unsigned long long)c->conn.serial, (int)c->conn.pid);
         }
-        c->dropped++;
+        c->conn.dropped++;
         d->stats.messages_dropped++;
         return;
     }
     d->stats.messages_delivered++;
-    client_send(c, bytes);
+    conn_send(&c->conn, bytes);
 }
 
 /* router_ready_fn for deliver: whether a shared subscription's member can take the message
@@ -41,7 +42,7 @@ static void send_message(Client *c, View bytes)
 static bool has_room(const RouterTarget *t, void *userdata)
 {
     const Client *c = container_of(t, Client, target);
-    size_t queued = buf_size(&c->out);
+    size_t queued = conn_queued(&c->conn);
     return !queued || queued + *(const size_t *)userdata <= c->d->cfg.ipc.client_buffer;
 }
 
@@ -77,12 +78,12 @@ static void broadcast(Daemon *d, bool connection, json_t *event)
 {
     Buf b = {0};
     if (write_json_line(&b, event) == 0) {
-        /* client_send may close a client (out of memory), which moves it off the list. */
-        dlist_for_each_safe(l, next, &d->clients)
+        /* conn_send may close a client (out of memory), which moves it off the list. */
+        dlist_for_each_safe(l, next, &d->server.conns)
         {
-            Client *c = container_of(l, Client, link);
+            Client *c = client_at(l);
             if (connection ? c->events_connection : c->events_ping) {
-                client_send(c, buf_view(&b));
+                conn_send(&c->conn, buf_view(&b));
             }
         }
     }

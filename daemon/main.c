@@ -14,10 +14,12 @@
 #include <unistd.h>
 
 #include "answer.h"
+#include "bridge.h"
 #include "daemon.h"
 #include "defaults.h"
 #include "log.h"
 #include "notify.h"
+#include "ops.h"
 #include "reload.h"
 #include "subs.h"
 #include "tls.h"
@@ -136,6 +138,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     }
     notify_stopping();
     d->stopping = true;
+    server_refuse_new(&d->server);
     Session *s = d->broker.session;
     if (s->state == SESSION_CONNECTED && s->inflight) {
         /* A short grace for the broker to acknowledge what is in flight. */
@@ -210,7 +213,6 @@ int main(int argc, char **argv)
     static Daemon daemon;
     Daemon *d = &daemon;
     d->config_path = DEFAULT_CONFIG_FILE;
-    d->listen_fd = -1;
     log_init("mqttbridged");
     Options opt = {0};
     int status = parse_args(argc, argv, d, &opt);
@@ -242,7 +244,7 @@ int main(int argc, char **argv)
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
     subs_init(d);
-    if (router_init(&d->router) < 0 ||
+    if (!d->client_id || router_init(&d->router) < 0 ||
         broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password,
                     bridge_on_event, d) < 0) {
         log_error("out of memory");
@@ -253,7 +255,8 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    int r = server_start(d, &ops_server_callbacks);
+    names_init(&d->names, d->loop);
+    int r = server_start(&d->server, d->loop, &d->cfg, &ops_server_callbacks, d);
     if (r < 0) {
         spool_close(d->spool);
         return 1;
@@ -288,7 +291,8 @@ int main(int argc, char **argv)
                     "lost)",
                     held - kept);
     }
-    server_stop(d);
+    server_stop(&d->server);
+    names_free(&d->names);
     broker_stop(&d->broker);
     spool_close(d->spool);
     d->spool = NULL;

@@ -12,7 +12,8 @@
 #include <string.h>
 
 #include "answer.h"
-#include "daemon.h"
+#include "access.h"
+#include "ops.h"
 #include "log.h"
 #include "reload.h"
 #include "spool/record.h"
@@ -228,15 +229,16 @@ static void op_status(Client *c, Request *r)
         int_or_null(s->state == SESSION_IDLE,
                     (json_int_t)(s->retry_at > now ? s->retry_at - now : 0)),
         "queued", (json_int_t)s->queued, "inflight", (json_int_t)s->inflight, "local_clients",
-        (json_int_t)d->n_clients, "subscriptions", (json_int_t)d->router.filters.count, "version",
-        MQTTBRIDGE_VERSION);
+        (json_int_t)d->server.n_conns, "subscriptions", (json_int_t)d->router.filters.count,
+        "version", MQTTBRIDGE_VERSION);
     if (c->acl.admin) {
         /* Who is connected: for admins only. */
         json_t *list = json_array();
-        for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
-            Client *o = container_of(l, Client, link);
-            json_array_append_new(list, json_pack("{s:i, s:I, s:s?, s:I}", "pid", (int)o->pid,
-                                                  "uid", (json_int_t)o->uid, "user", o->user,
+        dlist_for_each_safe(l, next, &d->server.conns)
+        {
+            Client *o = client_at(l);
+            json_array_append_new(list, json_pack("{s:i, s:I, s:s?, s:I}", "pid", (int)o->conn.pid,
+                                                  "uid", (json_int_t)o->conn.uid, "user", o->user,
                                                   "subscriptions", (json_int_t)subs_count(o)));
         }
         json_object_set_new(st, "clients", list);
@@ -286,12 +288,11 @@ static void op_stats(Client *c, Request *r)
         /* extras */
         "reconnects", (json_int_t)t->reconnects, "queued", (json_int_t)s->queued, "inflight",
         (json_int_t)s->inflight, "queued_bytes", (json_int_t)s->queued_bytes, "local_clients",
-        (json_int_t)d->n_clients, "subscriptions", (json_int_t)d->router.filters.count,
+        (json_int_t)d->server.n_conns, "subscriptions", (json_int_t)d->router.filters.count,
         "messages_received", (json_int_t)t->messages_received, "messages_delivered",
         (json_int_t)d->stats.messages_delivered, "messages_dropped",
         (json_int_t)d->stats.messages_dropped, "duplicates_dropped",
-        (json_int_t)t->duplicates_dropped, "clients_rejected",
-        (json_int_t)d->stats.clients_rejected);
+        (json_int_t)t->duplicates_dropped, "clients_rejected", (json_int_t)d->server.rejected);
     json_object_set_new(st, "subscriptions_lost", json_integer((json_int_t)t->subscriptions_lost));
     if (d->spool) {
         SpoolHealth h;
@@ -328,8 +329,8 @@ static void op_reconnect(Client *c, Request *r)
     if (!admin_only(c, r)) {
         return;
     }
-    log_info("reconnect requested by client %llu (pid %d)", (unsigned long long)c->serial,
-             (int)c->pid);
+    log_info("reconnect requested by client %llu (pid %d)", (unsigned long long)c->conn.serial,
+             (int)c->conn.pid);
     broker_reconnect(&c->d->broker);
     answer_ok(c, r->id, NULL);
 }
@@ -362,7 +363,7 @@ static void op_reload(Client *c, Request *r)
     json_decref(id);
 }
 
-void ops_handle_line(Client *c, View line)
+static void ops_handle_line(Client *c, View line)
 {
     typedef void (*op_fn)(Client *, Request *);
     static const op_fn ops[OP_COUNT] = {
@@ -381,48 +382,55 @@ void ops_handle_line(Client *c, View line)
     request_free(&req);
 }
 
-void ops_client_gone(Client *c)
+/* ---- the connection layer's callbacks (server.c) ---- */
+
+static int admit(Conn *k, enum ipc_error *code, char *why, size_t n)
 {
+    Client *c = client_of(k);
+    c->d = k->srv->userdata;
+    name_wait_init(&c->naming);
+    dlist_init(&c->waiters);
+    subs_client_init(c);
+    return access_admit(c, code, why, n); /* the server logs a refusal */
+}
+
+static void on_line(Conn *k, View line)
+{
+    ops_handle_line(client_of(k), line);
+}
+
+static void overlong(Conn *k, size_t max)
+{
+    answer_error(client_of(k), NULL, IPC_TOO_LARGE, "request line longer than %zu bytes", max);
+}
+
+/* Still owed: a reply, or the retained messages of a new subscription (barrier). */
+static bool owes(const Conn *k)
+{
+    return !dlist_empty(&client_of((Conn *)k)->waiters);
+}
+
+static void gone(Conn *k)
+{
+    Client *c = client_of(k);
     access_client_gone(c);
     subs_client_gone(c);
     waiters_client_gone(c);
 }
 
-/* ---- the connection layer's callbacks (server.c) ---- */
-
-static int admit(Client *c, const struct ucred *cred, enum ipc_error *code, char *why, size_t n)
+static void release(Conn *k)
 {
-    if (!access_uid_below_limit(c->d, cred->uid, why, n)) {
-        *code = IPC_FORBIDDEN;
-        return -EPERM;
-    }
-    int r = access_client_init(c, cred); /* logs who and why when it fails */
-    if (r < 0) {
-        *code = r == -ENOMEM ? IPC_INTERNAL : IPC_FORBIDDEN;
-        snprintf(why, n, "%s",
-                 r == -ENOMEM ? "out of memory"
-                              : "who the peer is could not be established ([acl] fails closed)");
-        return r;
-    }
-    subs_client_init(c);
-    return 0;
-}
-
-static void overlong(Client *c, size_t max)
-{
-    answer_error(c, NULL, IPC_TOO_LARGE, "request line longer than %zu bytes", max);
-}
-
-static void release(Client *c)
-{
+    Client *c = client_of(k);
     acl_view_free(&c->acl);
     free(c->user);
 }
 
 const ServerCallbacks ops_server_callbacks = {
+    .conn_size = sizeof(Client),
     .admit = admit,
-    .line = ops_handle_line,
+    .line = on_line,
     .overlong = overlong,
-    .gone = ops_client_gone,
+    .owes = owes,
+    .gone = gone,
     .release = release,
 };

@@ -10,6 +10,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "log.h"
 #include "notify.h"
 
@@ -142,25 +143,6 @@ static bool str_eq(const char *a, const char *b)
     return strcmp(a ? a : "", b ? b : "") == 0;
 }
 
-/* Whether the broker connection itself must be made again for `n` to apply. */
-static bool link_changed(const Daemon *d, const Loaded *n)
-{
-    const Config *a = &d->cfg, *b = &n->cfg;
-    return !str_eq(a->broker.host_list, b->broker.host_list) || a->broker.port != b->broker.port ||
-           !str_eq(a->broker.client_id, b->broker.client_id) ||
-           !str_eq(a->broker.username, b->broker.username) || !str_eq(d->password, n->password) ||
-           a->broker.keepalive != b->broker.keepalive ||
-           a->broker.clean_session != b->broker.clean_session ||
-           !str_eq(a->will.topic, b->will.topic) || !str_eq(a->will.message, b->will.message) ||
-           a->will.qos != b->will.qos || a->will.retain != b->will.retain ||
-           a->tls.enabled != b->tls.enabled || a->tls.verify != b->tls.verify ||
-           !str_eq(a->tls.ca_file, b->tls.ca_file) || !str_eq(a->tls.ca_path, b->tls.ca_path) ||
-           !str_eq(a->tls.cert_file, b->tls.cert_file) ||
-           !str_eq(a->tls.key_file, b->tls.key_file) ||
-           !str_eq(a->tls.server_name, b->tls.server_name) ||
-           a->tls.min_version != b->tls.min_version || !str_eq(a->tls.alpn, b->tls.alpn);
-}
-
 /* "mqttbridge-HOST-RANDOM": stable for the life of the process. */
 char *make_client_id(const Config *cfg)
 {
@@ -186,14 +168,6 @@ char *make_client_id(const Config *cfg)
     return strdup(id);
 }
 
-static void apply_limits(Daemon *d)
-{
-    log_set_level(d->cfg.log.level);
-    for (DList *l = d->clients.next; l != &d->clients; l = l->next) {
-        container_of(l, Client, link)->in.max_line = d->cfg.ipc.max_line;
-    }
-}
-
 int daemon_reload(Daemon *d, char *err, size_t errlen)
 {
     Loaded n;
@@ -204,28 +178,27 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
         notify_ready();
         return r;
     }
-    if (!str_eq(d->cfg.queue.spool_dir, n.cfg.queue.spool_dir) ||
-        d->cfg.queue.fsync != n.cfg.queue.fsync) {
-        log_warning("reload: [queue] spool_dir and fsync take effect at the next start");
+    ConfigDiff diff;
+    config_diff(&d->cfg, &n.cfg, &diff);
+    if (diff.at_start[0]) {
+        log_warning("reload: %s changed; that takes effect at the next start", diff.at_start);
     }
-    if (!str_eq(d->cfg.ipc.socket, n.cfg.ipc.socket)) {
-        log_warning("reload: ipc.socket changed to %s; it takes effect at the next start",
-                    n.cfg.ipc.socket);
-    }
-    bool reconnect = link_changed(d, &n);
+    bool reconnect = diff.reconnect || !str_eq(d->password, n.password);
     config_free(&d->cfg);
-    d->cfg = n.cfg;
+    d->cfg = n.cfg; /* in place: the server and the broker keep pointing at d->cfg */
     free(d->password);
     d->password = n.password;
-    if (reconnect) {
+    char *id = reconnect ? make_client_id(&d->cfg) : NULL;
+    if (id) { /* out of memory: the old id stays */
         free(d->client_id);
-        d->client_id = make_client_id(&d->cfg);
+        d->client_id = id;
     }
     TlsContext *old_tls = d->tls;
     d->tls = n.tls;
     broker_configure(&d->broker, &d->cfg, d->tls, d->client_id, d->password);
     tls_context_unref(old_tls); /* a connection made with it keeps it until it closes */
-    apply_limits(d);
+    log_set_level(d->cfg.log.level);
+    server_limits_changed(&d->server);
     access_reload(d);
     log_info("configuration reloaded from %s%s", d->config_path,
              reconnect ? "; reconnecting to apply the broker settings" : "");

@@ -1,144 +1,159 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The local socket server: accepting clients, reading request lines, buffered writes.
- *
- * Limits: at most ipc.max_clients clients (the next one is told why and closed); request
- * lines up to ipc.max_line (longer ones get too_large and are skipped); and at most
- * ipc.client_buffer bytes queued toward one client. Past that, message events for it are
- * dropped and counted (it gets a "dropped" event once it has caught up), and its requests
- * are not read until it has, so its replies cannot pile up either.
- *
- * A client is never freed inside its own callback: client_close() closes the socket at once
- * and parks the struct on d->closed, which the ev_prepare watcher empties.
+ * The connection layer: see server.h. A connection is never freed inside its own callback:
+ * conn_close() closes the socket at once and parks the struct on s->closed, which the
+ * ev_prepare watcher empties before the loop next sleeps.
  */
+#include "server.h"
+
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "daemon.h"
 #include "log.h"
 
 #define READ_CHUNK 65536
+/* Peers taken per wake-up of the listening socket, so that a flood cannot starve the rest. */
+#define ACCEPT_BATCH 64
 
-static void update_watcher(Client *c)
+static void update_watcher(Conn *c)
 {
-    Daemon *d = c->d;
-    bool backlog = buf_size(&c->out) > d->cfg.ipc.client_buffer;
-    int events = (backlog || c->eof ? 0 : EV_READ) | (buf_size(&c->out) ? EV_WRITE : 0);
+    const Server *s = c->srv;
+    bool backlog = buf_size(&c->out) > s->cfg->ipc.client_buffer;
+    bool reading = c->admitted && !backlog && !c->eof;
+    int events = (reading ? EV_READ : 0) | (buf_size(&c->out) ? EV_WRITE : 0);
     if (c->io.events != events || !ev_is_active(&c->io)) {
-        ev_io_stop(d->loop, &c->io);
+        ev_io_stop(s->loop, &c->io);
         if (events) {
             ev_io_set(&c->io, c->fd, events);
-            ev_io_start(d->loop, &c->io);
+            ev_io_start(s->loop, &c->io);
         }
     }
 }
 
-void client_send(Client *c, View bytes)
+void conn_send(Conn *c, View bytes)
 {
     if (c->closed) {
         return;
     }
     if (buf_append(&c->out, bytes.p, bytes.n) < 0) {
-        client_close(c, "out of memory");
+        conn_close(c, "out of memory");
         return;
     }
     update_watcher(c);
 }
 
-void client_close(Client *c, const char *why)
+size_t conn_queued(const Conn *c)
+{
+    return buf_size(&c->out);
+}
+
+void conn_close(Conn *c, const char *why)
 {
     if (c->closed) {
         return;
     }
-    Daemon *d = c->d;
+    Server *s = c->srv;
     log_debug("client %llu (pid %d, uid %u) closed: %s", (unsigned long long)c->serial, (int)c->pid,
               (unsigned)c->uid, why);
     c->closed = true;
-    d->server_cb->gone(c);
-    ev_io_stop(d->loop, &c->io);
-    close(c->fd);
+    s->cb->gone(c);
+    ev_io_stop(s->loop, &c->io);
+    (void)close(c->fd); /* the fd is gone whatever close() says */
     c->fd = -1;
     dlist_remove(&c->link);
-    dlist_push(&d->closed, &c->link);
-    d->n_clients--;
+    dlist_push(&s->closed, &c->link);
+    assert(s->n_conns > 0);
+    s->n_conns--;
 }
 
-void client_finish_if_done(Client *c)
+void conn_finish_if_done(Conn *c)
 {
-    /* Still owed: a reply, or the retained messages of a new subscription (barrier). */
-    if (c->eof && !c->closed && !buf_size(&c->out) && dlist_empty(&c->waiters)) {
-        client_close(c, "end of file");
+    if (c->eof && !c->closed && !buf_size(&c->out) && !c->srv->cb->owes(c)) {
+        conn_close(c, "end of file");
     }
 }
 
-static void client_free(Client *c)
+static void conn_free(Conn *c)
 {
-    c->d->server_cb->release(c);
+    assert(c->closed && c->fd < 0);
+    c->srv->cb->release(c);
     line_reader_free(&c->in);
     buf_free(&c->out);
     free(c);
 }
 
-static void on_client_writable(Client *c)
+/* Once a slow reader has caught up enough: tell it what it missed. */
+static void report_dropped(Conn *c)
 {
-    Daemon *d = c->d;
+    if (!c->dropped || buf_size(&c->out) >= c->srv->cfg->ipc.client_buffer / 2) {
+        return;
+    }
+    char ev[64];
+    int len = snprintf(ev, sizeof(ev), "{\"event\":\"dropped\",\"count\":%llu}\n",
+                       (unsigned long long)c->dropped);
+    if (buf_append(&c->out, ev, (size_t)len) == 0) {
+        c->dropped = 0;
+    }
+}
+
+static void on_writable(Conn *c)
+{
     while (buf_size(&c->out)) {
         ssize_t n = send(c->fd, c->out.data + c->out.off, buf_size(&c->out), MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) {
                 break;
             }
-            client_close(c, strerror(errno));
+            conn_close(c, strerror(errno));
             return;
         }
         buf_consume(&c->out, (size_t)n);
-        /* Caught up enough: tell it what it missed. */
-        if (c->dropped && buf_size(&c->out) < d->cfg.ipc.client_buffer / 2) {
-            char ev[64];
-            int len = snprintf(ev, sizeof(ev), "{\"event\":\"dropped\",\"count\":%llu}\n",
-                               (unsigned long long)c->dropped);
-            c->dropped = 0;
-            buf_append(&c->out, ev, (size_t)len);
-        }
+        report_dropped(c);
     }
     if (!buf_size(&c->out)) {
         buf_shrink(&c->out, 16384);
     }
     update_watcher(c);
-    client_finish_if_done(c);
+    conn_finish_if_done(c);
 }
 
-static void on_client_readable(Client *c)
+/* The peer shut down its side, or the read failed. */
+static void on_read_end(Conn *c, ssize_t n)
 {
-    Daemon *d = c->d;
+    if (line_reader_pending(&c->in)) {
+        log_debug("client %llu left in the middle of a request (%zu bytes dropped)",
+                  (unsigned long long)c->serial, line_reader_pending(&c->in));
+    }
+    if (n < 0) {
+        conn_close(c, strerror(errno));
+        return;
+    }
+    /* Half-closed (e.g. `printf ... | socat`): it may still read the replies it is owed. */
+    c->eof = true;
+    update_watcher(c);
+    conn_finish_if_done(c);
+}
+
+static void on_readable(Conn *c)
+{
+    const ServerCallbacks *cb = c->srv->cb;
     uint8_t *space = line_reader_space(&c->in, READ_CHUNK);
     if (!space) {
-        client_close(c, "out of memory");
+        conn_close(c, "out of memory");
         return;
     }
     ssize_t n = read(c->fd, space, READ_CHUNK);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        if (line_reader_pending(&c->in)) {
-            log_debug("client %llu left in the middle of a request (%zu bytes dropped)",
-                      (unsigned long long)c->serial, line_reader_pending(&c->in));
-        }
-        if (n < 0) {
-            client_close(c, strerror(errno));
-            return;
-        }
-        /* Half-closed (e.g. `printf ... | socat`): it may still read the replies it is owed. */
-        c->eof = true;
-        update_watcher(c);
-        client_finish_if_done(c);
+        on_read_end(c, n);
         return;
     }
     if (n < 0) {
@@ -149,110 +164,171 @@ static void on_client_readable(Client *c)
     int r;
     while (!c->closed && (r = line_reader_next(&c->in, &line)) != 0) {
         if (r < 0) {
-            d->server_cb->overlong(c, d->cfg.ipc.max_line);
-            continue;
+            cb->overlong(c, c->in.max_line);
+        } else if (line.n) { /* blank lines are allowed between requests */
+            cb->line(c, line);
         }
-        if (line.n == 0) {
-            continue; /* blank lines are allowed between requests */
-        }
-        d->server_cb->line(c, line);
     }
     if (!c->closed && !line_reader_pending(&c->in)) {
         buf_shrink(&c->in.in, READ_CHUNK * 2);
     }
 }
 
-static void on_client_io(struct ev_loop *loop, ev_io *w, int revents)
+static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents)
 {
-    Client *c = container_of(w, Client, io);
+    Conn *c = container_of(w, Conn, io);
     (void)loop;
     if (revents & EV_WRITE) {
-        on_client_writable(c);
+        on_writable(c);
     }
     if (!c->closed && (revents & EV_READ)) {
-        on_client_readable(c);
+        on_readable(c);
     }
 }
 
-static void reject(Daemon *d, int fd, enum ipc_error code, const char *msg)
+/* One reply line straight to a peer that is not kept, without waiting. */
+static void tell(int fd, enum ipc_error code, const char *msg)
 {
     Buf b = {0};
     if (reply_error(&b, NULL, code, msg) == 0) {
-        ssize_t w = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w;
+        (void)send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT); /* best effort */
     }
     buf_free(&b);
-    close(fd);
-    d->stats.clients_rejected++;
+}
+
+static void reject(Server *s, int fd, enum ipc_error code, const char *msg)
+{
+    tell(fd, code, msg);
+    (void)close(fd);
+    s->rejected++;
     log_warning("refused a client: %s", msg);
+}
+
+void conn_admit(Conn *c)
+{
+    assert(!c->admitted);
+    if (c->closed) {
+        return;
+    }
+    c->admitted = true;
+    c->srv->accepted++;
+    update_watcher(c);
+    log_debug("client %llu connected (pid %d, uid %u)", (unsigned long long)c->serial, (int)c->pid,
+              (unsigned)c->uid);
+}
+
+void conn_refuse(Conn *c, enum ipc_error code, const char *why)
+{
+    assert(!c->admitted);
+    if (c->closed) {
+        return;
+    }
+    tell(c->fd, code, why);
+    c->srv->rejected++;
+    log_warning("refused a client: %s", why);
+    conn_close(c, why);
+}
+
+/* The peer's credentials as the kernel saw them at connect; -1 with the reason in why. */
+static int peer_cred(int fd, struct ucred *cred, char *why, size_t n)
+{
+    *cred = (struct ucred){.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
+    socklen_t len = sizeof(*cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) < 0 || len != sizeof(*cred)) {
+        snprintf(why, n, "cannot read the peer's credentials: %s",
+                 len != sizeof(*cred) ? "short answer" : strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* A new connection for fd, handed to the layer above. */
+static void take(Server *s, int fd)
+{
+    struct ucred cred;
+    char why[160];
+    if (peer_cred(fd, &cred, why, sizeof(why)) < 0) {
+        reject(s, fd, IPC_FORBIDDEN, why);
+        return;
+    }
+    if (s->refusing) {
+        reject(s, fd, IPC_SHUTTING_DOWN, "the daemon is shutting down");
+        return;
+    }
+    if (s->n_conns >= s->cfg->ipc.max_clients) {
+        snprintf(why, sizeof(why), "too many clients (ipc.max_clients = %u)",
+                 s->cfg->ipc.max_clients);
+        reject(s, fd, IPC_REFUSED, why);
+        return;
+    }
+    assert(s->cb->conn_size >= sizeof(Conn));
+    Conn *c = calloc(1, s->cb->conn_size);
+    if (!c) {
+        reject(s, fd, IPC_INTERNAL, "out of memory");
+        return;
+    }
+    *c = (Conn){.srv = s,
+                .fd = fd,
+                .serial = ++s->next_serial,
+                .pid = cred.pid,
+                .uid = cred.uid,
+                .gid = cred.gid};
+    line_reader_init(&c->in, s->cfg->ipc.max_line);
+    ev_io_init(&c->io, on_conn_io, fd, 0);
+    dlist_push(&s->conns, &c->link);
+    s->n_conns++;
+    enum ipc_error code = IPC_FORBIDDEN;
+    int r = s->cb->admit(c, &code, why, sizeof(why));
+    if (r < 0) {
+        conn_refuse(c, code, why);
+    } else if (r == 0) {
+        conn_admit(c);
+    }
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
-    Daemon *d = container_of(w, Daemon, listen_io);
+    Server *s = container_of(w, Server, listen_io);
     (void)loop;
     (void)revents;
-    for (int i = 0; i < 64; i++) {
-        int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-                log_error("accept on %s: %s", d->cfg.ipc.socket, strerror(errno));
+                log_error("accept on %s: %s", s->cfg->ipc.socket, strerror(errno));
             }
             return;
         }
-        struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
-        socklen_t len = sizeof(cred);
-        char why[160];
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred)) {
-            snprintf(why, sizeof(why), "cannot read the peer's credentials: %s",
-                     len != sizeof(cred) ? "short answer" : strerror(errno));
-            reject(d, fd, IPC_FORBIDDEN, why);
-            continue;
-        }
-        if (d->stopping) {
-            reject(d, fd, IPC_SHUTTING_DOWN, "the daemon is shutting down");
-            continue;
-        }
-        if (d->n_clients >= d->cfg.ipc.max_clients) {
-            snprintf(why, sizeof(why), "too many clients (ipc.max_clients = %u)",
-                     d->cfg.ipc.max_clients);
-            reject(d, fd, IPC_REFUSED, why);
-            continue;
-        }
-        Client *c = calloc(1, sizeof(*c));
-        if (!c) {
-            close(fd);
-            continue;
-        }
-        *c = (Client){.d = d, .fd = fd, .serial = ++d->next_serial};
-        dlist_init(&c->waiters);
-        enum ipc_error code = IPC_FORBIDDEN;
-        if (d->server_cb->admit(c, &cred, &code, why, sizeof(why)) < 0) {
-            d->server_cb->release(c);
-            free(c);
-            reject(d, fd, code, why);
-            continue;
-        }
-        line_reader_init(&c->in, d->cfg.ipc.max_line);
-        ev_io_init(&c->io, on_client_io, fd, EV_READ);
-        ev_io_start(d->loop, &c->io);
-        dlist_push(&d->clients, &c->link);
-        d->n_clients++;
-        d->stats.clients_accepted++;
-        log_debug("client %llu connected (pid %d, uid %u)", (unsigned long long)c->serial,
-                  (int)c->pid, (unsigned)c->uid);
+        take(s, fd);
+    }
+}
+
+static void free_closed(Server *s)
+{
+    while (!dlist_empty(&s->closed)) {
+        Conn *c = container_of(s->closed.next, Conn, link);
+        dlist_remove(&c->link);
+        conn_free(c);
     }
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-    Daemon *d = container_of(w, Daemon, prepare);
     (void)loop;
     (void)revents;
-    while (!dlist_empty(&d->closed)) {
-        Client *c = container_of(d->closed.next, Client, link);
-        dlist_remove(&c->link);
-        client_free(c);
+    free_closed(container_of(w, Server, prepare));
+}
+
+void server_refuse_new(Server *s)
+{
+    s->refusing = true;
+}
+
+void server_limits_changed(Server *s)
+{
+    dlist_for_each_safe(l, next, &s->conns)
+    {
+        container_of(l, Conn, link)->in.max_line = s->cfg->ipc.max_line;
     }
 }
 
@@ -305,9 +381,9 @@ static int check_existing(const char *path, const struct sockaddr_un *addr)
     return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
 }
 
-static int open_listener(Daemon *d)
+static int open_listener(Server *s)
 {
-    const char *path = d->cfg.ipc.socket;
+    const char *path = s->cfg->ipc.socket;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(addr.sun_path)) {
         log_error("socket path too long: %s", path);
@@ -330,7 +406,7 @@ static int open_listener(Daemon *d)
         return -errno;
     }
     /* Bind with the final mode already in place: no window where others could connect. */
-    mode_t old = umask((mode_t)(~d->cfg.ipc.mode & 0777));
+    mode_t old = umask((mode_t)(~s->cfg->ipc.mode & 0777));
     r = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
     umask(old);
     if (r < 0 || listen(fd, SOMAXCONN) < 0) {
@@ -339,79 +415,91 @@ static int open_listener(Daemon *d)
         close(fd);
         return r;
     }
-    chmod(path, d->cfg.ipc.mode);
-    if (d->cfg.ipc.group && *d->cfg.ipc.group) {
-        struct group *g = getgrnam(d->cfg.ipc.group);
+    if (chmod(path, s->cfg->ipc.mode) < 0) { /* bound with it already: a second say */
+        log_warning("chmod %s: %s", path, strerror(errno));
+    }
+    if (s->cfg->ipc.group && *s->cfg->ipc.group) {
+        struct group *g = getgrnam(s->cfg->ipc.group);
         if (!g || chown(path, (uid_t)-1, g->gr_gid) < 0) {
             r = g ? -errno : -ENOENT;
-            log_error("cannot give %s to group %s: %s", path, d->cfg.ipc.group,
+            log_error("cannot give %s to group %s: %s", path, s->cfg->ipc.group,
                       g ? strerror(-r) : "no such group");
             close(fd);
             unlink(path);
             return r;
         }
     }
-    d->listen_fd = fd;
-    d->socket_path = strdup(path);
+    s->listen_fd = fd;
+    s->socket_path = strdup(path);
+    if (!s->socket_path) {
+        log_warning("out of memory: %s will be left behind at exit", path);
+    }
     return 0;
 }
 
-int server_start(Daemon *d, const ServerCallbacks *cb)
+/* The socket systemd passed us (socket activation), made non-blocking. */
+static int take_activated(Server *s)
 {
-    d->server_cb = cb;
-    dlist_init(&d->clients);
-    dlist_init(&d->closed);
+    s->listen_fd = SD_LISTEN_FDS_START;
+    s->socket_activated = true;
+    int flags = fcntl(s->listen_fd, F_GETFL);
+    if (flags < 0 || fcntl(s->listen_fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        int r = -errno;
+        log_error("the socket passed by systemd: %s", strerror(-r));
+        return r;
+    }
+    log_info("listening on the socket passed by systemd");
+    return 0;
+}
+
+int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const ServerCallbacks *cb,
+                 void *userdata)
+{
+    *s = (Server){.loop = loop, .cfg = cfg, .cb = cb, .userdata = userdata, .listen_fd = -1};
+    dlist_init(&s->conns);
+    dlist_init(&s->closed);
     int n = sd_listen_fds(1);
     if (n > 1) {
         log_error("socket activation passed %d sockets; expected one", n);
         return -EINVAL;
     }
+    int r;
     if (n == 1 && sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) > 0) {
-        d->listen_fd = SD_LISTEN_FDS_START;
-        d->socket_activated = true;
-        int flags = fcntl(d->listen_fd, F_GETFL);
-        fcntl(d->listen_fd, F_SETFL, flags | O_NONBLOCK);
-        log_info("listening on the socket passed by systemd");
-    } else {
-        int r = open_listener(d);
-        if (r < 0) {
-            return r;
-        }
-        log_info("listening on %s", d->cfg.ipc.socket);
+        r = take_activated(s);
+    } else if ((r = open_listener(s)) == 0) {
+        log_info("listening on %s", cfg->ipc.socket);
     }
-    ev_io_init(&d->listen_io, on_accept, d->listen_fd, EV_READ);
-    ev_io_start(d->loop, &d->listen_io);
-    ev_prepare_init(&d->prepare, on_prepare);
-    ev_prepare_start(d->loop, &d->prepare);
+    if (r < 0) {
+        return r;
+    }
+    ev_io_init(&s->listen_io, on_accept, s->listen_fd, EV_READ);
+    ev_io_start(loop, &s->listen_io);
+    ev_prepare_init(&s->prepare, on_prepare);
+    ev_prepare_start(loop, &s->prepare);
     return 0;
 }
 
-void server_stop(Daemon *d)
+void server_stop(Server *s)
 {
-    ev_io_stop(d->loop, &d->listen_io);
-    while (!dlist_empty(&d->clients)) {
-        Client *c = container_of(d->clients.next, Client, link);
-        /* Give each client what is already queued for it, without waiting. */
+    ev_io_stop(s->loop, &s->listen_io);
+    while (!dlist_empty(&s->conns)) {
+        Conn *c = container_of(s->conns.next, Conn, link);
+        /* Give each peer what is already queued for it, without waiting. */
         if (buf_size(&c->out)) {
-            ssize_t w = send(c->fd, c->out.data + c->out.off, buf_size(&c->out),
-                             MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)w;
+            (void)send(c->fd, c->out.data + c->out.off, buf_size(&c->out),
+                       MSG_NOSIGNAL | MSG_DONTWAIT); /* best effort */
         }
-        client_close(c, "daemon stopping");
+        conn_close(c, "daemon stopping");
     }
-    while (!dlist_empty(&d->closed)) {
-        Client *c = container_of(d->closed.next, Client, link);
-        dlist_remove(&c->link);
-        client_free(c);
+    free_closed(s);
+    ev_prepare_stop(s->loop, &s->prepare);
+    if (s->listen_fd >= 0) {
+        (void)close(s->listen_fd);
+        s->listen_fd = -1;
     }
-    ev_prepare_stop(d->loop, &d->prepare);
-    if (d->listen_fd >= 0) {
-        close(d->listen_fd);
-        d->listen_fd = -1;
-    }
-    if (d->socket_path) {
-        unlink(d->socket_path);
-        free(d->socket_path);
-        d->socket_path = NULL;
+    if (s->socket_path) {
+        (void)unlink(s->socket_path); /* gone already is fine */
+        free(s->socket_path);
+        s->socket_path = NULL;
     }
 }

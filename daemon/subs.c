@@ -19,7 +19,7 @@
 static void count_uid(Client *c, int delta)
 {
     /* Out of memory: uncounted, so the limit is a little lenient. */
-    (void)hashmap_count_add(&c->d->uid_subs, uid_key(&c->uid), delta);
+    (void)hashmap_count_add(&c->d->uid_subs, uid_key(&c->conn.uid), delta);
 }
 
 size_t subs_of_uid(Daemon *d, uid_t uid)
@@ -160,7 +160,7 @@ static int drop(Client *c, ClientSub *s, bool at_broker, void *req)
 
 void subs_client_gone(Client *c)
 {
-    assert(c->closed);
+    assert(c->conn.closed);
     HashIter it;
     void *v;
     /* drop() changes the map: the entries are gathered first (or, out of memory, taken one
@@ -221,10 +221,10 @@ static bool may_subscribe(Client *c, json_t *id, bool held)
                      MAX_SUBS_PER_CLIENT);
         return false;
     }
-    if (!held && max && subs_of_uid(d, c->uid) >= max) {
+    if (!held && max && subs_of_uid(d, c->conn.uid) >= max) {
         answer_error(c, id, IPC_FORBIDDEN,
                      "too many subscriptions for uid %u ([acl] max_subscriptions_per_uid = %u)",
-                     (unsigned)c->uid, max);
+                     (unsigned)c->conn.uid, max);
         return false;
     }
     if (waiters_full(c, 2)) { /* its reply and its barrier */
@@ -336,7 +336,7 @@ bool subs_recheck(Client *c, bool (*keep)(Client *c, View filter, char *why, siz
     size_t n = subs_count(c), k = 0;
     ClientSub **refused = calloc(n ? n : 1, sizeof(*refused));
     if (!refused) {
-        client_close(c, "out of memory re-checking its subscriptions");
+        conn_close(&c->conn, "out of memory re-checking its subscriptions");
         return false;
     }
     char why[300];
@@ -349,20 +349,20 @@ bool subs_recheck(Client *c, bool (*keep)(Client *c, View filter, char *why, siz
             refused[k++] = s;
         }
     }
-    for (size_t i = 0; i < k && !c->closed; i++) {
+    for (size_t i = 0; i < k && !c->conn.closed; i++) {
         View f = VIEW(refused[i]->filter, refused[i]->len);
         (void)keep(c, f, why, sizeof(why)); /* the reason again, for the event */
-        log_info("client %llu (uid %u) loses %.*s: %s", (unsigned long long)c->serial,
-                 (unsigned)c->uid, (int)f.n, (const char *)f.p, why);
+        log_info("client %llu (uid %u) loses %.*s: %s", (unsigned long long)c->conn.serial,
+                 (unsigned)c->conn.uid, (int)f.n, (const char *)f.p, why);
         /* Told before it is dropped (the filter's text goes with it), and when telling
          * closes c (out of memory), closing has dropped every subscription already. */
         answer_unsubscribed(c, f, why);
-        if (!c->closed) {
+        if (!c->conn.closed) {
             drop(c, refused[i], true, NULL);
         }
     }
     free(refused);
-    return !c->closed;
+    return !c->conn.closed;
 }
 
 void subs_lost(Daemon *d, View filter, uint8_t code)
@@ -376,9 +376,9 @@ void subs_lost(Daemon *d, View filter, uint8_t code)
     snprintf(d->lost_subscription, sizeof(d->lost_subscription), "%.*s: %s", (int)filter.n,
              (const char *)filter.p, reason);
     /* Each holder is told; one that is closed on the way (out of memory) leaves the list. */
-    dlist_for_each_safe(l, next, &d->clients)
+    dlist_for_each_safe(l, next, &d->server.conns)
     {
-        Client *c = container_of(l, Client, link);
+        Client *c = client_at(l);
         if (find_sub(c, filter)) {
             not_held(c, filter); /* first: the event may close c, and `filter` is not c's */
             answer_unsubscribed(c, filter, reason);

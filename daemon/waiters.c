@@ -17,7 +17,7 @@ bool waiters_full(const Client *c, size_t more)
 
 Waiter *waiter_new(Client *c, const WaiterKind *kind, json_t *id, View filter, int64_t timeout_ms)
 {
-    assert(!c->closed && kind && kind->done && kind->gone);
+    assert(!c->conn.closed && kind && kind->done && kind->gone);
     if (waiters_full(c, 1)) {
         return NULL;
     }
@@ -69,9 +69,9 @@ static void end(Waiter *w, void (*fn)(Waiter *, int), int result)
     w->ending = true;
     ev_timer_stop(c->d->loop, &w->timer);
     fn(w, result);
-    if (!c->closed) {
+    if (!c->conn.closed) {
         release(w);
-        client_finish_if_done(c); /* its last answer may have been owed */
+        conn_finish_if_done(&c->conn); /* its last answer may have been owed */
     }
 }
 
@@ -106,7 +106,7 @@ Waiter *waiter_find(Client *c, const WaiterKind *kind, View filter)
 
 void waiters_client_gone(Client *c)
 {
-    assert(c->closed);
+    assert(c->conn.closed);
     while (!dlist_empty(&c->waiters)) {
         Waiter *w = container_of(c->waiters.next, Waiter, link);
         if (!w->ending) { /* one that is ending is past its answer: nothing to forget */

@@ -37,51 +37,52 @@ typedef struct Key {
     enum key_type type;
     size_t offset;
     unsigned long long min, max;
+    enum config_apply applies; /* at reload */
 } Key;
 
-#define KEY(sec, nm, ty, field, lo, hi)                                                            \
+#define KEY(sec, nm, ty, field, lo, hi, when)                                                      \
     {                                                                                              \
-        sec, nm, ty, offsetof(Config, field), lo, hi                                               \
+        sec, nm, ty, offsetof(Config, field), lo, hi, CONFIG_APPLY_##when                          \
     }
 
 static const Key keys[] = {
-    KEY("broker", "host", K_HOSTS, broker.host_list, 0, 0),
-    KEY("broker", "port", K_PORT, broker.port, 1, 65535),
-    KEY("broker", "client_id", K_STRING, broker.client_id, 0, 65535),
-    KEY("broker", "username", K_STRING, broker.username, 0, 65535),
-    KEY("broker", "password", K_STRING, broker.password, 0, 65535),
-    KEY("broker", "password_file", K_STRING, broker.password_file, 0, 4096),
-    KEY("broker", "keepalive", K_UINT, broker.keepalive, 0, 65535),
-    KEY("broker", "clean_session", K_BOOL, broker.clean_session, 0, 0),
-    KEY("broker", "connect_timeout", K_UINT, broker.connect_timeout, 1, 3600),
-    KEY("broker", "reconnect_min", K_UINT, broker.reconnect_min, 1, 86400),
-    KEY("broker", "reconnect_max", K_UINT, broker.reconnect_max, 1, 86400),
-    KEY("broker", "max_inflight", K_UINT, broker.max_inflight, 1, 65000),
-    KEY("broker", "publish_timeout", K_UINT, broker.publish_timeout, 1, 86400),
-    KEY("will", "topic", K_STRING, will.topic, 0, 65535),
-    KEY("will", "message", K_STRING, will.message, 0, 65535),
-    KEY("will", "qos", K_UINT, will.qos, 0, 2),
-    KEY("will", "retain", K_BOOL, will.retain, 0, 0),
-    KEY("tls", "enabled", K_BOOL, tls.enabled, 0, 0),
-    KEY("tls", "ca_file", K_STRING, tls.ca_file, 0, 4096),
-    KEY("tls", "ca_path", K_STRING, tls.ca_path, 0, 4096),
-    KEY("tls", "cert_file", K_STRING, tls.cert_file, 0, 4096),
-    KEY("tls", "key_file", K_STRING, tls.key_file, 0, 4096),
-    KEY("tls", "verify", K_BOOL, tls.verify, 0, 0),
-    KEY("tls", "server_name", K_STRING, tls.server_name, 0, 255),
-    KEY("tls", "min_version", K_TLSVER, tls.min_version, 0, 0),
-    KEY("tls", "alpn", K_STRING, tls.alpn, 0, 255),
-    KEY("ipc", "socket", K_STRING, ipc.socket, 1, 107),
-    KEY("ipc", "mode", K_MODE, ipc.mode, 0, 0777),
-    KEY("ipc", "group", K_STRING, ipc.group, 0, 255),
-    KEY("ipc", "max_clients", K_UINT, ipc.max_clients, 1, 1000000),
-    KEY("ipc", "max_line", K_SIZE, ipc.max_line, 1024, 1ull << 30),
-    KEY("ipc", "client_buffer", K_SIZE, ipc.client_buffer, 4096, 1ull << 32),
-    KEY("queue", "max_messages", K_SIZE, queue.max_messages, 1, 100000000),
-    KEY("queue", "max_bytes", K_SIZE, queue.max_bytes, 1024, 1ull << 40),
-    KEY("queue", "spool_dir", K_STRING, queue.spool_dir, 0, 4096),
-    KEY("queue", "fsync", K_FSYNC, queue.fsync, 0, 0),
-    KEY("log", "level", K_LEVEL, log.level, 0, 0),
+    KEY("broker", "host", K_HOSTS, broker.host_list, 0, 0, LINK),
+    KEY("broker", "port", K_PORT, broker.port, 1, 65535, LINK),
+    KEY("broker", "client_id", K_STRING, broker.client_id, 0, 65535, LINK),
+    KEY("broker", "username", K_STRING, broker.username, 0, 65535, LINK),
+    KEY("broker", "password", K_STRING, broker.password, 0, 65535, NOW),
+    KEY("broker", "password_file", K_STRING, broker.password_file, 0, 4096, NOW),
+    KEY("broker", "keepalive", K_UINT, broker.keepalive, 0, 65535, LINK),
+    KEY("broker", "clean_session", K_BOOL, broker.clean_session, 0, 0, LINK),
+    KEY("broker", "connect_timeout", K_UINT, broker.connect_timeout, 1, 3600, NOW),
+    KEY("broker", "reconnect_min", K_UINT, broker.reconnect_min, 1, 86400, NOW),
+    KEY("broker", "reconnect_max", K_UINT, broker.reconnect_max, 1, 86400, NOW),
+    KEY("broker", "max_inflight", K_UINT, broker.max_inflight, 1, 65000, NOW),
+    KEY("broker", "publish_timeout", K_UINT, broker.publish_timeout, 1, 86400, NOW),
+    KEY("will", "topic", K_STRING, will.topic, 0, 65535, LINK),
+    KEY("will", "message", K_STRING, will.message, 0, 65535, LINK),
+    KEY("will", "qos", K_UINT, will.qos, 0, 2, LINK),
+    KEY("will", "retain", K_BOOL, will.retain, 0, 0, LINK),
+    KEY("tls", "enabled", K_BOOL, tls.enabled, 0, 0, LINK),
+    KEY("tls", "ca_file", K_STRING, tls.ca_file, 0, 4096, LINK),
+    KEY("tls", "ca_path", K_STRING, tls.ca_path, 0, 4096, LINK),
+    KEY("tls", "cert_file", K_STRING, tls.cert_file, 0, 4096, LINK),
+    KEY("tls", "key_file", K_STRING, tls.key_file, 0, 4096, LINK),
+    KEY("tls", "verify", K_BOOL, tls.verify, 0, 0, LINK),
+    KEY("tls", "server_name", K_STRING, tls.server_name, 0, 255, LINK),
+    KEY("tls", "min_version", K_TLSVER, tls.min_version, 0, 0, LINK),
+    KEY("tls", "alpn", K_STRING, tls.alpn, 0, 255, LINK),
+    KEY("ipc", "socket", K_STRING, ipc.socket, 1, 107, START),
+    KEY("ipc", "mode", K_MODE, ipc.mode, 0, 0777, START),
+    KEY("ipc", "group", K_STRING, ipc.group, 0, 255, START),
+    KEY("ipc", "max_clients", K_UINT, ipc.max_clients, 1, 1000000, NOW),
+    KEY("ipc", "max_line", K_SIZE, ipc.max_line, 1024, 1ull << 30, NOW),
+    KEY("ipc", "client_buffer", K_SIZE, ipc.client_buffer, 4096, 1ull << 32, NOW),
+    KEY("queue", "max_messages", K_SIZE, queue.max_messages, 1, 100000000, NOW),
+    KEY("queue", "max_bytes", K_SIZE, queue.max_bytes, 1024, 1ull << 40, NOW),
+    KEY("queue", "spool_dir", K_STRING, queue.spool_dir, 0, 4096, START),
+    KEY("queue", "fsync", K_FSYNC, queue.fsync, 0, 0, START),
+    KEY("log", "level", K_LEVEL, log.level, 0, 0, NOW),
 };
 
 static const char *const level_names[] = {"error", "warning", "info", "debug", "packet"};
@@ -530,4 +531,54 @@ int config_check(const Config *cfg, char *err, size_t errlen)
         return -EINVAL;
     }
     return 0;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+static bool key_equal(const Key *k, const Config *a, const Config *b)
+{
+    const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
+    switch (k->type) {
+    case K_STRING:
+    case K_HOSTS:
+        return str_eq(*(char *const *)pa, *(char *const *)pb);
+    case K_PORT:
+        return *(const uint16_t *)pa == *(const uint16_t *)pb;
+    case K_UINT:
+    case K_TLSVER:
+        return *(const unsigned *)pa == *(const unsigned *)pb;
+    case K_SIZE:
+        return *(const size_t *)pa == *(const size_t *)pb;
+    case K_BOOL:
+        return *(const bool *)pa == *(const bool *)pb;
+    case K_MODE:
+        return *(const mode_t *)pa == *(const mode_t *)pb;
+    case K_LEVEL:
+        return *(const enum log_level *)pa == *(const enum log_level *)pb;
+    case K_FSYNC:
+        return *(const enum fsync_mode *)pa == *(const enum fsync_mode *)pb;
+    }
+    return false;
+}
+
+void config_diff(const Config *a, const Config *b, ConfigDiff *out)
+{
+    *out = (ConfigDiff){0};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        const Key *k = &keys[i];
+        if (key_equal(k, a, b)) {
+            continue;
+        }
+        out->changed++;
+        if (k->applies == CONFIG_APPLY_LINK) {
+            out->reconnect = true;
+        } else if (k->applies == CONFIG_APPLY_START) {
+            size_t used = strlen(out->at_start);
+            snprintf(out->at_start + used, sizeof(out->at_start) - used, "%s%s.%s",
+                     used ? ", " : "", k->section, k->name);
+        }
+    }
 }

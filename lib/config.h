@@ -83,5 +83,20 @@ int config_set_hosts(Config *cfg, const char *list, char *err, size_t errlen);
 /* Checks across keys, after all sources are applied (e.g. reconnect_min <= reconnect_max). */
 int config_check(const Config *cfg, char *err, size_t errlen);
 
+/* When a changed key takes effect at reload: at once, with a new broker link, or at the next
+ * start. ([acl] applies at once: it is re-checked on every client.) */
+enum config_apply { CONFIG_APPLY_NOW, CONFIG_APPLY_LINK, CONFIG_APPLY_START };
+
+/* What going from configuration a to b changes. */
+typedef struct ConfigDiff {
+    unsigned changed;   /* keys whose values differ */
+    bool reconnect;     /* one of them needs a new broker link */
+    char at_start[160]; /* "ipc.socket, queue.fsync": changed keys that wait for the next start */
+} ConfigDiff;
+
+/* Compare every key of a and b (the broker password is the caller's to compare: it may come
+ * from a file whose path did not change). */
+void config_diff(const Config *a, const Config *b, ConfigDiff *out);
+
 const char *log_level_name(enum log_level l);
 int log_level_parse(const char *s, enum log_level *ret);

@@ -213,6 +213,57 @@ START_TEST(set_hosts_override)
 }
 END_TEST
 
+/* The reload diff: what `text` changes relative to the defaults. */
+static ConfigDiff diff_of(const char *text)
+{
+    Config a, b;
+    char err[200];
+    ck_assert_int_eq(config_init(&a), 0);
+    ck_assert_int_eq(config_init(&b), 0);
+    ck_assert_msg(config_parse(&b, text, "t.conf", err, sizeof(err)) == 0, "%s", err);
+    ConfigDiff d;
+    config_diff(&a, &b, &d);
+    config_free(&a);
+    config_free(&b);
+    return d;
+}
+
+/* Each key takes effect when the daemon can apply it: limits at once, the broker link's
+ * settings with a reconnect, the socket and the spool at the next start (named). */
+START_TEST(reload_diff)
+{
+    ConfigDiff d = diff_of("");
+    ck_assert_uint_eq(d.changed, 0);
+    ck_assert(!d.reconnect);
+    ck_assert_str_eq(d.at_start, "");
+
+    d = diff_of("[ipc]\nmax_line = 2048\nclient_buffer = 8K\n[log]\nlevel = debug\n"
+                "[broker]\npublish_timeout = 7\npassword_file = /x\n[queue]\nmax_messages = 9\n");
+    ck_assert_uint_eq(d.changed, 6);
+    ck_assert(!d.reconnect);
+    ck_assert_str_eq(d.at_start, "");
+
+    static const char *const link[] = {
+        "[broker]\nhost = 127.0.0.2\n", "[broker]\nport = 1884\n",
+        "[broker]\nclient_id = x2\n",   "[broker]\nusername = u\n",
+        "[broker]\nkeepalive = 5\n",    "[broker]\nclean_session = false\n",
+        "[will]\ntopic = a/b\n",        "[will]\nqos = 1\n",
+        "[tls]\nenabled = true\n",      "[tls]\nca_file = /ca.pem\n",
+        "[tls]\nmin_version = 1.3\n",   "[tls]\nalpn = mqtt\n",
+    };
+    for (size_t i = 0; i < sizeof(link) / sizeof(link[0]); i++) {
+        d = diff_of(link[i]);
+        ck_assert_msg(d.changed == 1 && d.reconnect && !d.at_start[0], "%s", link[i]);
+    }
+
+    d = diff_of("[ipc]\nsocket = /run/x.sock\nmode = 0600\ngroup = adm\n"
+                "[queue]\nspool_dir = /var/s\nfsync = always\n");
+    ck_assert_uint_eq(d.changed, 5);
+    ck_assert(!d.reconnect);
+    ck_assert_str_eq(d.at_start, "ipc.socket, ipc.mode, ipc.group, queue.spool_dir, queue.fsync");
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -222,6 +273,7 @@ static Suite *config_suite(void)
     tcase_add_loop_test(tc, errors_name_file_and_line, 0, sizeof(bad) / sizeof(bad[0]));
     tcase_add_test(tc, cross_checks);
     tcase_add_test(tc, set_hosts_override);
+    tcase_add_test(tc, reload_diff);
     suite_add_tcase(s, tc);
     return s;
 }

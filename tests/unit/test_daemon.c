@@ -61,27 +61,28 @@ void answer_unsubscribed(Client *c, View filter, const char *reason)
     say(c, "unsubscribed %.*s", (int)filter.n, (const char *)filter.p);
 }
 
-void client_close(Client *c, const char *why)
+/* As server.c and ops.c's gone callback would. */
+void conn_close(Conn *k, const char *why)
 {
     (void)why;
-    if (c->closed) {
+    if (k->closed) {
         return;
     }
-    c->closed = true;
-    dlist_remove(&c->link);
-    subs_client_gone(c);
-    waiters_client_gone(c);
+    k->closed = true;
+    dlist_remove(&k->link);
+    subs_client_gone(client_of(k));
+    waiters_client_gone(client_of(k));
 }
 
-void client_send(Client *c, View bytes)
+void conn_send(Conn *k, View bytes)
 {
-    (void)c;
+    (void)k;
     (void)bytes;
 }
 
-void client_finish_if_done(Client *c)
+void conn_finish_if_done(Conn *k)
 {
-    (void)c;
+    (void)k;
 }
 
 void spool_wait_cancel(SpoolWait *w)
@@ -153,7 +154,7 @@ static void setup(void)
     n_said = 0;
     d.loop = ev_loop_new(EVFLAG_AUTO);
     ck_assert_ptr_nonnull(d.loop);
-    dlist_init(&d.clients);
+    dlist_init(&d.server.conns);
     ck_assert_int_eq(router_init(&d.router), 0);
     subs_init(&d);
     SessionConfig sc = {.client_id = VIEW_STR("t"),
@@ -184,16 +185,16 @@ static Client *client(uid_t uid)
 {
     Client *c = calloc(1, sizeof(*c));
     ck_assert_ptr_nonnull(c);
-    *c = (Client){.d = &d, .uid = uid};
+    *c = (Client){.conn = {.uid = uid, .admitted = true}, .d = &d};
     dlist_init(&c->waiters);
     subs_client_init(c);
-    dlist_push(&d.clients, &c->link);
+    dlist_push(&d.server.conns, &c->conn.link);
     return c;
 }
 
 static void client_done(Client *c)
 {
-    client_close(c, "test");
+    conn_close(&c->conn, "test");
     ck_assert_uint_eq(c->n_waiters, 0);
     free(c);
 }
