@@ -208,6 +208,36 @@ static int parse_args(int argc, char **argv, Daemon *d, Options *o)
     return -1;
 }
 
+/* Graceful stop: no new clients, DISCONNECT to the broker, clients told nothing more; what is
+ * not delivered is said (kept in the spool, or lost). */
+static void stop(Daemon *d)
+{
+    notify_stop(d->loop);
+    ev_timer_stop(d->loop, &d->grace);
+    ev_prepare_stop(d->loop, &d->stop_when);
+    Session *s = d->broker.session;
+    if (d->spool && spool_pending(d->spool)) {
+        log_info("stopping with %zu messages kept in the spool for the next start",
+                 spool_pending(d->spool));
+    }
+    size_t held = s->queued + s->inflight, kept = d->spool ? spool_pending(d->spool) : 0;
+    if (held > kept) {
+        log_warning("stopping with %zu messages not delivered to the broker (not in a spool: "
+                    "lost)",
+                    held - kept);
+    }
+    server_stop(&d->server);
+    names_free(&d->names);
+    broker_stop(&d->broker);
+    spool_close(d->spool);
+    d->spool = NULL;
+    broker_free(&d->broker);
+    router_free(&d->router);
+    subs_free(d);
+    hashmap_free(&d->uid_conns, free);
+    answer_free();
+}
+
 int main(int argc, char **argv)
 {
     static Daemon daemon;
@@ -276,31 +306,7 @@ int main(int argc, char **argv)
     broker_kick(&d->broker);
     ev_run(d->loop, 0);
 
-    /* Graceful stop: no new clients, DISCONNECT to the broker, clients told nothing more. */
-    notify_stop(d->loop);
-    ev_timer_stop(d->loop, &d->grace);
-    ev_prepare_stop(d->loop, &d->stop_when);
-    Session *s = d->broker.session;
-    if (d->spool && spool_pending(d->spool)) {
-        log_info("stopping with %zu messages kept in the spool for the next start",
-                 spool_pending(d->spool));
-    }
-    size_t held = s->queued + s->inflight, kept = d->spool ? spool_pending(d->spool) : 0;
-    if (held > kept) {
-        log_warning("stopping with %zu messages not delivered to the broker (not in a spool: "
-                    "lost)",
-                    held - kept);
-    }
-    server_stop(&d->server);
-    names_free(&d->names);
-    broker_stop(&d->broker);
-    spool_close(d->spool);
-    d->spool = NULL;
-    broker_free(&d->broker);
-    router_free(&d->router);
-    subs_free(d);
-    hashmap_free(&d->uid_conns, free);
-    answer_free();
+    stop(d);
     for (int i = 0; i < 4; i++) {
         ev_signal_stop(d->loop, &sig[i]);
     }
