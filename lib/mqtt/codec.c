@@ -10,12 +10,10 @@
 #include <errno.h>
 
 #include "mqtt/topic.h"
-#include "utf8.h"
-
-#define MQTT_REMAINING_MAX 268435455u
+#include "mqtt/wire.h"
 
 static const char *const error_text[] = {
-    [MQTT_E_VARINT - MQTT_E_FIRST] = "remaining length longer than 4 bytes",
+    [MQTT_E_VARINT - MQTT_E_FIRST] = "variable byte integer longer than 4 bytes or not minimal",
     [MQTT_E_TOO_LARGE - MQTT_E_FIRST] = "packet larger than the maximum packet size",
     [MQTT_E_TYPE - MQTT_E_FIRST] = "reserved packet type",
     [MQTT_E_FLAGS - MQTT_E_FIRST] = "invalid fixed-header flags",
@@ -36,6 +34,13 @@ static const char *const error_text[] = {
     [MQTT_E_SUB_OPTIONS - MQTT_E_FIRST] = "reserved bits set in requested QoS",
     [MQTT_E_SUBACK_RC - MQTT_E_FIRST] = "invalid SUBACK return code",
     [MQTT_E_STRING_LONG - MQTT_E_FIRST] = "string longer than 65535 bytes",
+    [MQTT_E_PROPERTY - MQTT_E_FIRST] = "unknown property",
+    [MQTT_E_PROPERTY_DUP - MQTT_E_FIRST] = "property appears more than once",
+    [MQTT_E_PROPERTY_PACKET - MQTT_E_FIRST] = "property not allowed in this packet type",
+    [MQTT_E_PROPERTY_VALUE - MQTT_E_FIRST] = "property value out of range",
+    [MQTT_E_TOPIC_ALIAS - MQTT_E_FIRST] = "Topic Alias 0",
+    [MQTT_E_TOPIC_ALIAS_MAX - MQTT_E_FIRST] = "Topic Alias above the maximum",
+    [MQTT_E_REASON_CODE - MQTT_E_FIRST] = "reason code not defined for this packet type",
 };
 
 const char *mqtt_strerror(int negative_code)
@@ -50,9 +55,9 @@ const char *mqtt_strerror(int negative_code)
 const char *mqtt_type_name(int type)
 {
     static const char *const names[] = {
-        "RESERVED", "CONNECT",  "CONNACK",    "PUBLISH",  "PUBACK",      "PUBREC",
-        "PUBREL",   "PUBCOMP",  "SUBSCRIBE",  "SUBACK",   "UNSUBSCRIBE", "UNSUBACK",
-        "PINGREQ",  "PINGRESP", "DISCONNECT", "RESERVED",
+        "RESERVED", "CONNECT",  "CONNACK",    "PUBLISH", "PUBACK",      "PUBREC",
+        "PUBREL",   "PUBCOMP",  "SUBSCRIBE",  "SUBACK",  "UNSUBSCRIBE", "UNSUBACK",
+        "PINGREQ",  "PINGRESP", "DISCONNECT", "AUTH",
     };
     return type >= 0 && type < 16 ? names[type] : "?";
 }
@@ -68,58 +73,17 @@ const char *mqtt_connack_str(int rc)
 
 /* ---- encoding ---- */
 
-static size_t varint_len(size_t n)
-{
-    return n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4;
-}
-
-static uint8_t *put_varint(uint8_t *w, size_t n)
-{
-    do {
-        uint8_t b = n & 0x7f;
-        n >>= 7;
-        *w++ = n ? b | 0x80 : b;
-    } while (n);
-    return w;
-}
-
-static uint8_t *put_u16(uint8_t *w, uint16_t v)
-{
-    *w++ = (uint8_t)(v >> 8);
-    *w++ = (uint8_t)v;
-    return w;
-}
-
-static uint8_t *put_bytes(uint8_t *w, View v)
-{
-    if (v.n) {
-        memcpy(w, v.p, v.n);
-    }
-    return w + v.n;
-}
-
-static uint8_t *put_string(uint8_t *w, View v)
-{
-    return put_bytes(put_u16(w, (uint16_t)v.n), v);
-}
-
-static int check_string(View s)
-{
-    if (s.n > 65535) {
-        return -MQTT_E_STRING_LONG;
-    }
-    return utf8_valid(s, false) ? 0 : -MQTT_E_UTF8;
-}
-
-/* At least one code, each 0, 1, 2 or 0x80. */
-static int check_suback_codes(View codes)
+/* 3.1.1: at least one code, each 0, 1, 2 or 0x80. MQTT 5: at least one, each defined for
+ * `type` (SUBACK or UNSUBACK). */
+static int check_codes(View codes, bool v5, int type)
 {
     if (codes.n == 0) {
         return -MQTT_E_NO_TOPICS;
     }
     for (size_t i = 0; i < codes.n; i++) {
-        if (codes.p[i] > 2 && codes.p[i] != MQTT_SUBACK_FAILURE) {
-            return -MQTT_E_SUBACK_RC;
+        if (v5 ? !reason_allowed(type, codes.p[i])
+               : codes.p[i] > 2 && codes.p[i] != MQTT_SUBACK_FAILURE) {
+            return v5 ? -MQTT_E_REASON_CODE : -MQTT_E_SUBACK_RC;
         }
     }
     return 0;
@@ -130,36 +94,58 @@ static int check_ack_id(uint16_t id)
     return id ? 0 : -MQTT_E_PACKET_ID;
 }
 
-/* Measuring: one function per packet type (group), each validating what the encoder will
- * write and returning its remaining length in *ret_len (written only on success). */
-
-static int measure_connect(const MqttConnect *c, size_t *ret_len)
+static bool props_empty(const MqttProps *p)
 {
-    size_t n = 10; /* protocol name, level, flags, keepalive */
-    int r = check_string(c->client_id);
-    if (r < 0) {
-        return r;
+    return !p->has && !p->n_user && !p->n_subid;
+}
+
+/* Measuring: validates what the encoder will write and sizes it. `Sizes` carries the
+ * property blocks' lengths from measuring to writing. */
+typedef struct Sizes {
+    bool v5;
+    size_t props, will_props; /* property block contents, without their length */
+} Sizes;
+
+/* The property block of pkt (type `type`) in MQTT 5: its length, prefix included, added to
+ * *n. In 3.1.1 a packet must carry none. */
+static int measure_props(const MqttProps *p, int type, Sizes *z, size_t *slot, size_t *n)
+{
+    if (!z->v5) {
+        return props_empty(p) ? 0 : -MQTT_E_PROPERTY_PACKET;
     }
+    TRY(props_measure(p, type, slot));
+    *n += varint_len(*slot) + *slot;
+    return 0;
+}
+
+static int measure_will(const MqttConnect *c, Sizes *z, size_t *n)
+{
+    TRY(mqtt_topic_check(c->will_topic));
+    if (c->will_qos > 2) {
+        return -MQTT_E_QOS;
+    }
+    if (c->will_payload.n > 65535) {
+        return -MQTT_E_STRING_LONG;
+    }
+    *n += 2 + c->will_topic.n + 2 + c->will_payload.n;
+    return measure_props(&c->will_props, 0, z, &z->will_props, n);
+}
+
+static int measure_connect(const MqttPacket *pkt, Sizes *z, size_t *ret_len)
+{
+    const MqttConnect *c = &pkt->connect;
+    size_t n = 10; /* protocol name, level, flags, keepalive */
+    TRY(measure_props(&pkt->props, MQTT_CONNECT, z, &z->props, &n));
+    TRY(check_string(c->client_id));
     n += 2 + c->client_id.n;
     if (c->will) {
-        if ((r = mqtt_topic_check(c->will_topic)) < 0) {
-            return r;
-        }
-        if (c->will_qos > 2) {
-            return -MQTT_E_QOS;
-        }
-        if (c->will_payload.n > 65535) {
-            return -MQTT_E_STRING_LONG;
-        }
-        n += 2 + c->will_topic.n + 2 + c->will_payload.n;
+        TRY(measure_will(c, z, &n));
     }
-    if (c->has_password && !c->has_username) {
-        return -MQTT_E_CONNECT_FLAGS;
+    if (c->has_password && !c->has_username && !z->v5) {
+        return -MQTT_E_CONNECT_FLAGS; /* MQTT 5 allows a password alone */
     }
     if (c->has_username) {
-        if ((r = check_string(c->username)) < 0) {
-            return r;
-        }
+        TRY(check_string(c->username));
         n += 2 + c->username.n;
     }
     if (c->has_password) {
@@ -172,19 +158,21 @@ static int measure_connect(const MqttConnect *c, size_t *ret_len)
     return 0;
 }
 
-static int measure_connack(const MqttConnack *c, size_t *ret_len)
+static int measure_connack(const MqttPacket *pkt, Sizes *z, size_t *ret_len)
 {
-    if (c->rc > 5) {
-        return -MQTT_E_CONNACK_RC;
+    const MqttConnack *c = &pkt->connack;
+    if (z->v5 ? !reason_allowed(MQTT_CONNACK, c->rc) : c->rc > 5) {
+        return z->v5 ? -MQTT_E_REASON_CODE : -MQTT_E_CONNACK_RC;
     }
     if (c->session_present && c->rc != 0) {
         return -MQTT_E_CONNACK_FLAGS;
     }
     *ret_len = 2;
-    return 0;
+    return measure_props(&pkt->props, MQTT_CONNACK, z, &z->props, ret_len);
 }
 
-/* A PUBLISH's variable header: topic length and topic, then the packet id at QoS 1/2. */
+/* A PUBLISH's variable header in 3.1.1: topic length and topic, then the packet id at QoS
+ * 1/2. */
 static size_t publish_head(View topic, uint8_t qos)
 {
     return 2 + topic.n + (qos ? 2 : 0);
@@ -193,18 +181,20 @@ static size_t publish_head(View topic, uint8_t qos)
 size_t mqtt_publish_size(View topic, size_t payload_len, uint8_t qos)
 {
     size_t rem = publish_head(topic, qos);
-    if (payload_len > MQTT_REMAINING_MAX - rem) {
+    if (payload_len > MQTT_VARINT_MAX - rem) {
         return MQTT_PACKET_MAX + 1; /* more than MQTT can carry, without overflowing */
     }
     rem += payload_len;
     return 1 + varint_len(rem) + rem;
 }
 
-static int measure_publish(const MqttPublish *p, size_t *ret_len)
+static int measure_publish(const MqttPacket *pkt, Sizes *z, size_t *ret_len)
 {
-    int r = mqtt_topic_check(p->topic);
-    if (r < 0) {
-        return r;
+    const MqttPublish *p = &pkt->publish;
+    /* MQTT 5: an empty topic stands for the one its Topic Alias names. */
+    bool aliased = z->v5 && !p->topic.n && MQTT_HAS(&pkt->props, MQTT_PROP_TOPIC_ALIAS);
+    if (!aliased) {
+        TRY(mqtt_topic_check(p->topic));
     }
     if (p->qos > 2) {
         return -MQTT_E_QOS;
@@ -216,45 +206,67 @@ static int measure_publish(const MqttPublish *p, size_t *ret_len)
         return -MQTT_E_PACKET_ID;
     }
     size_t n = publish_head(p->topic, p->qos);
-    if (p->payload.n > MQTT_REMAINING_MAX - n) {
+    TRY(measure_props(&pkt->props, MQTT_PUBLISH, z, &z->props, &n));
+    if (p->payload.n > MQTT_VARINT_MAX - n) {
         return -MQTT_E_TOO_LARGE;
     }
     *ret_len = n + p->payload.n;
     return 0;
 }
 
-/* PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: a packet id only. */
-static int measure_ack(const MqttAck *a, size_t *ret_len)
+/* MQTT 5's optional tail of PUBACK..PUBCOMP, DISCONNECT and AUTH: a reason code, then
+ * properties, each left out when it and what follows are empty (0x00, none). */
+static int measure_reason_tail(const MqttPacket *pkt, Sizes *z, size_t *n)
 {
-    int r = check_ack_id(a->id);
-    if (r < 0) {
-        return r;
+    if (!z->v5) {
+        return props_empty(&pkt->props) && !pkt->ack.reason ? 0 : -MQTT_E_PROPERTY_PACKET;
     }
-    *ret_len = 2;
-    return 0;
+    if (!reason_allowed(pkt->type, pkt->ack.reason)) {
+        return -MQTT_E_REASON_CODE;
+    }
+    if (props_empty(&pkt->props)) {
+        *n += pkt->ack.reason != 0;
+        return 0;
+    }
+    *n += 1;
+    return measure_props(&pkt->props, pkt->type, z, &z->props, n);
 }
 
-/* SUBSCRIBE (`sub`: each filter followed by its QoS byte) and UNSUBSCRIBE. */
-static int measure_topic_list(const MqttSubscribe *s, bool sub, size_t *ret_len)
+/* PUBACK, PUBREC, PUBREL, PUBCOMP. */
+static int measure_ack(const MqttPacket *pkt, Sizes *z, size_t *ret_len)
 {
-    int r = check_ack_id(s->id);
-    if (r < 0) {
-        return r;
-    }
+    TRY(check_ack_id(pkt->ack.id));
+    *ret_len = 2;
+    return measure_reason_tail(pkt, z, ret_len);
+}
+
+static uint8_t sub_options(const MqttTopicReq *t)
+{
+    return (uint8_t)(t->qos | t->no_local << 2 | t->retain_as_published << 3 |
+                     t->retain_handling << 4);
+}
+
+/* SUBSCRIBE (`sub`: each filter followed by its options byte) and UNSUBSCRIBE. */
+static int measure_topic_list(const MqttPacket *pkt, bool sub, Sizes *z, size_t *ret_len)
+{
+    const MqttSubscribe *s = &pkt->subscribe;
+    TRY(check_ack_id(s->id));
     if (s->count == 0) {
         return -MQTT_E_NO_TOPICS;
     }
     size_t n = 2;
+    TRY(measure_props(&pkt->props, pkt->type, z, &z->props, &n));
     for (size_t i = 0; i < s->count; i++) {
         const MqttTopicReq *t = &s->topics[i];
-        if ((r = mqtt_filter_check(t->filter)) < 0) {
-            return r;
-        }
+        TRY(mqtt_filter_check(t->filter));
         if (sub && t->qos > 2) {
             return -MQTT_E_QOS;
         }
+        if (sub && (z->v5 ? t->retain_handling > 2 : sub_options(t) != t->qos)) {
+            return -MQTT_E_SUB_OPTIONS;
+        }
         n += 2 + t->filter.n + sub;
-        if (n > MQTT_REMAINING_MAX) {
+        if (n > MQTT_VARINT_MAX) {
             return -MQTT_E_TOO_LARGE;
         }
     }
@@ -262,84 +274,105 @@ static int measure_topic_list(const MqttSubscribe *s, bool sub, size_t *ret_len)
     return 0;
 }
 
-static int measure_suback(const MqttSuback *s, size_t *ret_len)
+/* SUBACK, and UNSUBACK (3.1.1: a packet id only). */
+static int measure_suback(const MqttPacket *pkt, Sizes *z, size_t *ret_len)
 {
-    int r = check_ack_id(s->id);
-    if (r < 0 || (r = check_suback_codes(s->codes)) < 0) {
-        return r;
+    const MqttSuback *s = &pkt->suback;
+    size_t n = 2;
+    TRY(check_ack_id(s->id));
+    if (pkt->type == MQTT_UNSUBACK && !z->v5) {
+        *ret_len = n;
+        return s->codes.n ? -MQTT_E_LENGTH : 0;
     }
-    if (s->codes.n > MQTT_REMAINING_MAX - 2) {
+    TRY(check_codes(s->codes, z->v5, pkt->type));
+    TRY(measure_props(&pkt->props, pkt->type, z, &z->props, &n));
+    if (s->codes.n > MQTT_VARINT_MAX - n) {
         return -MQTT_E_TOO_LARGE;
     }
-    *ret_len = 2 + s->codes.n;
+    *ret_len = n + s->codes.n;
     return 0;
 }
 
-/* Validate `pkt`, compute its first byte and remaining length. */
-static int measure(const MqttPacket *pkt, uint8_t *ret_first, size_t *ret_len)
+static int measure_body(const MqttPacket *pkt, Sizes *z, size_t *n)
 {
-    uint8_t flags = 0;
-    size_t n = 0;
-    int r;
-
     switch (pkt->type) {
     case MQTT_CONNECT:
-        r = measure_connect(&pkt->connect, &n);
-        break;
+        return measure_connect(pkt, z, n);
     case MQTT_CONNACK:
-        r = measure_connack(&pkt->connack, &n);
-        break;
-    case MQTT_PUBLISH: {
-        const MqttPublish *p = &pkt->publish;
-        r = measure_publish(p, &n);
-        flags = (uint8_t)(p->dup << 3 | p->qos << 1 | p->retain);
-        break;
-    }
-    case MQTT_PUBREL:
-        flags = 2;
-        /* fall through */
+        return measure_connack(pkt, z, n);
+    case MQTT_PUBLISH:
+        return measure_publish(pkt, z, n);
     case MQTT_PUBACK:
     case MQTT_PUBREC:
+    case MQTT_PUBREL:
     case MQTT_PUBCOMP:
-    case MQTT_UNSUBACK:
-        r = measure_ack(&pkt->ack, &n);
-        break;
+        return measure_ack(pkt, z, n);
     case MQTT_SUBSCRIBE:
     case MQTT_UNSUBSCRIBE:
-        flags = 2;
-        r = measure_topic_list(&pkt->subscribe, pkt->type == MQTT_SUBSCRIBE, &n);
-        break;
+        return measure_topic_list(pkt, pkt->type == MQTT_SUBSCRIBE, z, n);
     case MQTT_SUBACK:
-        r = measure_suback(&pkt->suback, &n);
-        break;
+    case MQTT_UNSUBACK:
+        return measure_suback(pkt, z, n);
     case MQTT_PINGREQ:
     case MQTT_PINGRESP:
+        *n = 0;
+        return 0;
     case MQTT_DISCONNECT:
-        r = 0; /* no body */
-        break;
+    case MQTT_AUTH:
+        if (pkt->type == MQTT_AUTH && !z->v5) {
+            return -MQTT_E_TYPE;
+        }
+        *n = 0;
+        return measure_reason_tail(pkt, z, n);
     default:
         return -MQTT_E_TYPE;
     }
-    if (r < 0) {
-        return r;
+}
+
+/* Validate `pkt`, compute its first byte and remaining length. */
+static int measure(const MqttPacket *pkt, Sizes *z, uint8_t *ret_first, size_t *ret_len)
+{
+    *z = (Sizes){.v5 = pkt->version == MQTT_V5};
+    if (pkt->version && pkt->version != MQTT_V311 && pkt->version != MQTT_V5) {
+        return -MQTT_E_PROTOCOL_LEVEL;
+    }
+    size_t n = 0;
+    TRY(measure_body(pkt, z, &n));
+    if (n > MQTT_VARINT_MAX) {
+        return -MQTT_E_TOO_LARGE;
+    }
+    uint8_t flags = 0;
+    if (pkt->type == MQTT_PUBLISH) {
+        const MqttPublish *p = &pkt->publish;
+        flags = (uint8_t)(p->dup << 3 | p->qos << 1 | p->retain);
+    } else if (pkt->type == MQTT_PUBREL || pkt->type == MQTT_SUBSCRIBE ||
+               pkt->type == MQTT_UNSUBSCRIBE) {
+        flags = 2;
     }
     *ret_first = (uint8_t)(pkt->type << 4 | flags);
     *ret_len = n;
     return 0;
 }
 
-static uint8_t *put_connect(uint8_t *w, const MqttConnect *c)
+static uint8_t *put_connect(uint8_t *w, const MqttPacket *pkt, const Sizes *z)
 {
+    const MqttConnect *c = &pkt->connect;
     uint8_t flags = (uint8_t)(c->has_username << 7 | c->has_password << 6 | c->clean_session << 1);
     if (c->will) {
         flags |= (uint8_t)(c->will_retain << 5 | c->will_qos << 3 | 1 << 2);
     }
     w = put_string(w, VIEW_STR("MQTT"));
-    *w++ = 4;
+    *w++ = z->v5 ? MQTT_V5 : MQTT_V311;
     *w++ = flags;
     w = put_u16(w, c->keepalive);
+    if (z->v5) {
+        w = props_put(w, &pkt->props, z->props);
+    }
     w = put_string(w, c->client_id);
     if (c->will) {
+        if (z->v5) {
+            w = props_put(w, &c->will_props, z->will_props);
+        }
         w = put_string(w, c->will_topic);
         w = put_string(w, c->will_payload);
     }
@@ -352,61 +385,95 @@ static uint8_t *put_connect(uint8_t *w, const MqttConnect *c)
     return w;
 }
 
+/* The reason code and properties measure_reason_tail sized. */
+static uint8_t *put_reason_tail(uint8_t *w, const MqttPacket *pkt, const Sizes *z)
+{
+    if (!z->v5 || (props_empty(&pkt->props) && !pkt->ack.reason)) {
+        return w;
+    }
+    *w++ = pkt->ack.reason;
+    return props_empty(&pkt->props) ? w : props_put(w, &pkt->props, z->props);
+}
+
+static uint8_t *put_topic_list(uint8_t *w, const MqttPacket *pkt, const Sizes *z)
+{
+    w = put_u16(w, pkt->subscribe.id);
+    if (z->v5) {
+        w = props_put(w, &pkt->props, z->props);
+    }
+    for (size_t i = 0; i < pkt->subscribe.count; i++) {
+        const MqttTopicReq *t = &pkt->subscribe.topics[i];
+        w = put_string(w, t->filter);
+        if (pkt->type == MQTT_SUBSCRIBE) {
+            *w++ = sub_options(t);
+        }
+    }
+    return w;
+}
+
 /* Write the body `measure` validated and sized. */
-static uint8_t *put_body(uint8_t *w, const MqttPacket *pkt)
+static uint8_t *put_body(uint8_t *w, const MqttPacket *pkt, const Sizes *z)
 {
     switch (pkt->type) {
     case MQTT_CONNECT:
-        return put_connect(w, &pkt->connect);
+        return put_connect(w, pkt, z);
     case MQTT_CONNACK:
         *w++ = pkt->connack.session_present;
         *w++ = pkt->connack.rc;
-        return w;
+        return z->v5 ? props_put(w, &pkt->props, z->props) : w;
     case MQTT_PUBLISH:
         w = put_string(w, pkt->publish.topic);
         if (pkt->publish.qos) {
             w = put_u16(w, pkt->publish.id);
+        }
+        if (z->v5) {
+            w = props_put(w, &pkt->props, z->props);
         }
         return put_bytes(w, pkt->publish.payload);
     case MQTT_PUBACK:
     case MQTT_PUBREC:
     case MQTT_PUBREL:
     case MQTT_PUBCOMP:
-    case MQTT_UNSUBACK:
-        return put_u16(w, pkt->ack.id);
+        return put_reason_tail(put_u16(w, pkt->ack.id), pkt, z);
     case MQTT_SUBSCRIBE:
     case MQTT_UNSUBSCRIBE:
-        w = put_u16(w, pkt->subscribe.id);
-        for (size_t i = 0; i < pkt->subscribe.count; i++) {
-            w = put_string(w, pkt->subscribe.topics[i].filter);
-            if (pkt->type == MQTT_SUBSCRIBE) {
-                *w++ = pkt->subscribe.topics[i].qos;
-            }
-        }
-        return w;
+        return put_topic_list(w, pkt, z);
     case MQTT_SUBACK:
-        return put_bytes(put_u16(w, pkt->suback.id), pkt->suback.codes);
-    default:
+    case MQTT_UNSUBACK:
+        w = put_u16(w, pkt->suback.id);
+        if (z->v5) {
+            w = props_put(w, &pkt->props, z->props);
+        }
+        return put_bytes(w, pkt->suback.codes);
+    case MQTT_DISCONNECT:
+    case MQTT_AUTH:
+        return put_reason_tail(w, pkt, z);
+    default: /* PINGREQ, PINGRESP */
         return w;
     }
 }
 
-int mqtt_encode(Buf *out, const MqttPacket *pkt)
+long long mqtt_packet_size(const MqttPacket *pkt)
 {
+    Sizes z;
     uint8_t first;
     size_t len;
-    int r = measure(pkt, &first, &len);
-    if (r < 0) {
-        return r;
-    }
+    TRY(measure(pkt, &z, &first, &len));
+    return (long long)(1 + varint_len(len) + len);
+}
+
+int mqtt_encode(Buf *out, const MqttPacket *pkt)
+{
+    Sizes z;
+    uint8_t first;
+    size_t len;
+    TRY(measure(pkt, &z, &first, &len));
     size_t total = 1 + varint_len(len) + len;
-    if ((r = buf_reserve(out, total)) < 0) {
-        return r;
-    }
+    TRY(buf_reserve(out, total));
     uint8_t *w = out->data + out->len;
     *w++ = first;
     w = put_varint(w, len);
-    w = put_body(w, pkt);
+    w = put_body(w, pkt, &z);
     assert(w == out->data + out->len + total); /* measure and put_body agree */
     out->len += total;
     return 0;
@@ -414,74 +481,33 @@ int mqtt_encode(Buf *out, const MqttPacket *pkt)
 
 /* ---- decoding ---- */
 
-typedef struct Reader {
-    const uint8_t *p, *end;
-} Reader;
-
-static int get_u8(Reader *r, uint8_t *ret)
-{
-    if (r->p == r->end) {
-        return -MQTT_E_LENGTH;
-    }
-    *ret = *r->p++;
-    return 0;
-}
-
-static int get_u16(Reader *r, uint16_t *ret)
-{
-    if (r->end - r->p < 2) {
-        return -MQTT_E_LENGTH;
-    }
-    *ret = (uint16_t)(r->p[0] << 8 | r->p[1]);
-    r->p += 2;
-    return 0;
-}
-
 static int get_id(Reader *r, uint16_t *ret)
 {
-    int e = get_u16(r, ret);
-    return e < 0 ? e : *ret ? 0 : -MQTT_E_PACKET_ID;
-}
-
-/* Length-prefixed bytes, no content check. */
-static int get_binary(Reader *r, View *ret)
-{
-    uint16_t n;
-    int e = get_u16(r, &n);
-    if (e < 0) {
-        return e;
-    }
-    if ((size_t)(r->end - r->p) < n) {
-        return -MQTT_E_LENGTH;
-    }
-    *ret = VIEW(r->p, n);
-    r->p += n;
-    return 0;
-}
-
-static int get_string(Reader *r, View *ret)
-{
-    int e = get_binary(r, ret);
-    if (e < 0) {
-        return e;
-    }
-    return utf8_valid(*ret, false) ? 0 : -MQTT_E_UTF8;
+    TRY(get_u16(r, ret));
+    return *ret ? 0 : -MQTT_E_PACKET_ID;
 }
 
 static View rest(Reader *r)
 {
-    View v = VIEW(r->p, (size_t)(r->end - r->p));
+    View v = VIEW(r->p, reader_left(r));
     r->p = r->end;
     return v;
 }
 
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        int e_ = (expr);                                                                           \
-        if (e_ < 0) {                                                                              \
-            return e_;                                                                             \
-        }                                                                                          \
-    } while (0)
+static int decode_connect_flags(uint8_t flags, bool v5, MqttConnect *c)
+{
+    c->has_username = flags & 0x80;
+    c->has_password = flags & 0x40;
+    c->will_retain = flags & 0x20;
+    c->will_qos = (flags >> 3) & 3;
+    c->will = flags & 0x04;
+    c->clean_session = flags & 0x02;
+    if ((flags & 0x01) || (!c->will && (c->will_qos || c->will_retain)) ||
+        (c->has_password && !c->has_username && !v5)) {
+        return -MQTT_E_CONNECT_FLAGS;
+    }
+    return c->will_qos == 3 ? -MQTT_E_QOS : 0;
+}
 
 static int decode_connect(Reader *r, MqttPacket *pkt)
 {
@@ -494,26 +520,22 @@ static int decode_connect(Reader *r, MqttPacket *pkt)
         return -MQTT_E_PROTOCOL_NAME;
     }
     TRY(get_u8(r, &level));
-    if (level != 4) {
+    if (level != MQTT_V311 && level != MQTT_V5) {
         return -MQTT_E_PROTOCOL_LEVEL;
     }
+    bool v5 = level == MQTT_V5;
+    pkt->version = level;
     TRY(get_u8(r, &flags));
-    c->has_username = flags & 0x80;
-    c->has_password = flags & 0x40;
-    c->will_retain = flags & 0x20;
-    c->will_qos = (flags >> 3) & 3;
-    c->will = flags & 0x04;
-    c->clean_session = flags & 0x02;
-    if ((flags & 0x01) || (!c->will && (c->will_qos || c->will_retain)) ||
-        (c->has_password && !c->has_username)) {
-        return -MQTT_E_CONNECT_FLAGS;
-    }
-    if (c->will_qos == 3) {
-        return -MQTT_E_QOS;
-    }
+    TRY(decode_connect_flags(flags, v5, c));
     TRY(get_u16(r, &c->keepalive));
+    if (v5) {
+        TRY(props_get(r, MQTT_CONNECT, &pkt->props));
+    }
     TRY(get_string(r, &c->client_id));
     if (c->will) {
+        if (v5) {
+            TRY(props_get(r, 0, &c->will_props));
+        }
         TRY(get_binary(r, &c->will_topic));
         TRY(mqtt_topic_check(c->will_topic));
         TRY(get_binary(r, &c->will_payload));
@@ -527,10 +549,24 @@ static int decode_connect(Reader *r, MqttPacket *pkt)
     return 0;
 }
 
-static int decode_topic_list(Reader *r, MqttPacket *pkt, bool has_qos)
+static int check_options(uint8_t q, bool v5)
+{
+    if (q & (v5 ? 0xc0 : 0xfc)) {
+        return -MQTT_E_SUB_OPTIONS;
+    }
+    if ((q & 3) == 3) {
+        return -MQTT_E_QOS;
+    }
+    return (q >> 4 & 3) == 3 ? -MQTT_E_SUB_OPTIONS : 0; /* Retain Handling 3 */
+}
+
+static int decode_topic_list(Reader *r, MqttPacket *pkt, bool v5, bool has_qos)
 {
     TRY(get_id(r, &pkt->subscribe.id));
-    pkt->subscribe.list = VIEW(r->p, (size_t)(r->end - r->p));
+    if (v5) {
+        TRY(props_get(r, pkt->type, &pkt->props));
+    }
+    pkt->subscribe.list = VIEW(r->p, reader_left(r));
     pkt->subscribe.topics = NULL;
     pkt->subscribe.count = 0;
     while (r->p < r->end) {
@@ -540,68 +576,104 @@ static int decode_topic_list(Reader *r, MqttPacket *pkt, bool has_qos)
         if (has_qos) {
             uint8_t q;
             TRY(get_u8(r, &q));
-            if (q & 0xfc) {
-                return -MQTT_E_SUB_OPTIONS;
-            }
-            if (q == 3) {
-                return -MQTT_E_QOS;
-            }
+            TRY(check_options(q, v5));
         }
         pkt->subscribe.count++;
     }
     return pkt->subscribe.count ? 0 : -MQTT_E_NO_TOPICS;
 }
 
-static int decode_body(Reader *r, uint8_t flags, MqttPacket *pkt)
+static int decode_connack(Reader *r, bool v5, MqttPacket *pkt)
+{
+    uint8_t ack;
+    TRY(get_u8(r, &ack));
+    TRY(get_u8(r, &pkt->connack.rc));
+    pkt->connack.session_present = ack & 1;
+    if (ack & 0xfe) {
+        return -MQTT_E_CONNACK_FLAGS;
+    }
+    if (v5 ? !reason_allowed(MQTT_CONNACK, pkt->connack.rc) : pkt->connack.rc > 5) {
+        return v5 ? -MQTT_E_REASON_CODE : -MQTT_E_CONNACK_RC;
+    }
+    if (pkt->connack.session_present && pkt->connack.rc) {
+        return -MQTT_E_CONNACK_FLAGS;
+    }
+    return v5 ? props_get(r, MQTT_CONNACK, &pkt->props) : 0;
+}
+
+static int decode_publish(Reader *r, uint8_t flags, bool v5, MqttPacket *pkt)
+{
+    MqttPublish *p = &pkt->publish;
+    p->dup = flags & 8;
+    p->qos = (flags >> 1) & 3;
+    p->retain = flags & 1;
+    p->id = 0;
+    TRY(get_binary(r, &p->topic));
+    if (p->qos) {
+        TRY(get_id(r, &p->id));
+    }
+    if (v5) {
+        TRY(props_get(r, MQTT_PUBLISH, &pkt->props));
+    }
+    /* MQTT 5: an empty topic stands for the one its Topic Alias names (the session's part). */
+    if (!(v5 && !p->topic.n && MQTT_HAS(&pkt->props, MQTT_PROP_TOPIC_ALIAS))) {
+        TRY(mqtt_topic_check(p->topic));
+    }
+    p->payload = rest(r);
+    return 0;
+}
+
+/* MQTT 5: an optional reason code, then optional properties. */
+static int decode_reason_tail(Reader *r, bool v5, MqttPacket *pkt)
+{
+    if (!v5 || r->p == r->end) {
+        return 0;
+    }
+    TRY(get_u8(r, &pkt->ack.reason));
+    if (!reason_allowed(pkt->type, pkt->ack.reason)) {
+        return -MQTT_E_REASON_CODE;
+    }
+    return r->p == r->end ? 0 : props_get(r, pkt->type, &pkt->props);
+}
+
+static int decode_suback(Reader *r, bool v5, MqttPacket *pkt)
+{
+    TRY(get_id(r, &pkt->suback.id));
+    if (v5) {
+        TRY(props_get(r, pkt->type, &pkt->props));
+    }
+    pkt->suback.codes = rest(r);
+    if (pkt->type == MQTT_UNSUBACK && !v5) {
+        return pkt->suback.codes.n ? -MQTT_E_LENGTH : 0;
+    }
+    return check_codes(pkt->suback.codes, v5, pkt->type);
+}
+
+static int decode_body(Reader *r, uint8_t flags, bool v5, MqttPacket *pkt)
 {
     switch (pkt->type) {
     case MQTT_CONNECT:
         return decode_connect(r, pkt);
-    case MQTT_CONNACK: {
-        uint8_t ack;
-        TRY(get_u8(r, &ack));
-        TRY(get_u8(r, &pkt->connack.rc));
-        pkt->connack.session_present = ack & 1;
-        if (ack & 0xfe) {
-            return -MQTT_E_CONNACK_FLAGS;
-        }
-        if (pkt->connack.rc > 5) {
-            return -MQTT_E_CONNACK_RC;
-        }
-        if (pkt->connack.session_present && pkt->connack.rc) {
-            return -MQTT_E_CONNACK_FLAGS;
-        }
-        return 0;
-    }
-    case MQTT_PUBLISH: {
-        MqttPublish *p = &pkt->publish;
-        p->dup = flags & 8;
-        p->qos = (flags >> 1) & 3;
-        p->retain = flags & 1;
-        p->id = 0;
-        TRY(get_binary(r, &p->topic));
-        TRY(mqtt_topic_check(p->topic));
-        if (p->qos) {
-            TRY(get_id(r, &p->id));
-        }
-        p->payload = rest(r);
-        return 0;
-    }
+    case MQTT_CONNACK:
+        return decode_connack(r, v5, pkt);
+    case MQTT_PUBLISH:
+        return decode_publish(r, flags, v5, pkt);
     case MQTT_PUBACK:
     case MQTT_PUBREC:
     case MQTT_PUBREL:
     case MQTT_PUBCOMP:
-    case MQTT_UNSUBACK:
-        return get_id(r, &pkt->ack.id);
+        TRY(get_id(r, &pkt->ack.id));
+        return decode_reason_tail(r, v5, pkt);
     case MQTT_SUBSCRIBE:
-        return decode_topic_list(r, pkt, true);
     case MQTT_UNSUBSCRIBE:
-        return decode_topic_list(r, pkt, false);
+        return decode_topic_list(r, pkt, v5, pkt->type == MQTT_SUBSCRIBE);
     case MQTT_SUBACK:
-        TRY(get_id(r, &pkt->suback.id));
-        pkt->suback.codes = rest(r);
-        return check_suback_codes(pkt->suback.codes);
-    default: /* PINGREQ, PINGRESP, DISCONNECT: no body */
+    case MQTT_UNSUBACK:
+        return decode_suback(r, v5, pkt);
+    case MQTT_DISCONNECT:
+    case MQTT_AUTH:
+        return decode_reason_tail(r, v5, pkt);
+    default: /* PINGREQ, PINGRESP: no body */
         return 0;
     }
 }
@@ -620,19 +692,34 @@ static int check_flags(int type, uint8_t flags)
     return flags == (want << 1) ? 0 : -MQTT_E_FLAGS;
 }
 
-int mqtt_decode(View in, size_t max_size, MqttPacket *ret_pkt)
+/* Types whose body size the fixed header already says is wrong: fail before waiting for
+ * bytes that need not come. */
+static bool length_possible(int type, bool v5, size_t len)
 {
-    if (in.n == 0) {
-        return 0;
+    switch (type) {
+    case MQTT_PINGREQ:
+    case MQTT_PINGRESP:
+        return len == 0;
+    case MQTT_CONNACK:
+        return v5 ? len >= 2 : len == 2;
+    case MQTT_PUBACK:
+    case MQTT_PUBREC:
+    case MQTT_PUBREL:
+    case MQTT_PUBCOMP:
+        return v5 ? len >= 2 : len == 2;
+    case MQTT_UNSUBACK:
+        return v5 ? len >= 3 : len == 2;
+    case MQTT_DISCONNECT:
+        return v5 || len == 0;
+    default:
+        return true;
     }
-    int type = in.p[0] >> 4;
-    uint8_t flags = in.p[0] & 0x0f;
-    if (type == 0 || type == 15) {
-        return -MQTT_E_TYPE;
-    }
-    TRY(check_flags(type, flags));
+}
 
-    size_t len = 0, i = 1;
+/* The remaining length at in[1..]: 1 with *len and *hdr (fixed header size), 0 for more. */
+static int get_remaining(View in, size_t *len, size_t *hdr)
+{
+    size_t n = 0, i = 1;
     for (;;) {
         if (i == 5) {
             return -MQTT_E_VARINT;
@@ -641,35 +728,54 @@ int mqtt_decode(View in, size_t max_size, MqttPacket *ret_pkt)
             return 0;
         }
         uint8_t b = in.p[i];
-        len |= (size_t)(b & 0x7f) << (7 * (i - 1));
+        n |= (size_t)(b & 0x7f) << (7 * (i - 1));
         i++;
         if (!(b & 0x80)) {
             break;
         }
     }
-    size_t total = i + len;
+    *len = n;
+    *hdr = i;
+    return 1;
+}
+
+int mqtt_decode(View in, uint8_t version, size_t max_size, MqttPacket *ret_pkt)
+{
+    if (in.n == 0) {
+        return 0;
+    }
+    bool v5 = version == MQTT_V5;
+    int type = in.p[0] >> 4;
+    uint8_t flags = in.p[0] & 0x0f;
+    if (type == 0 || (type == MQTT_AUTH && !v5)) {
+        return -MQTT_E_TYPE;
+    }
+    TRY(check_flags(type, flags));
+    size_t len, hdr;
+    int r = get_remaining(in, &len, &hdr);
+    if (r <= 0) {
+        return r;
+    }
+    size_t total = hdr + len;
     if (total > (max_size ? max_size : MQTT_PACKET_MAX)) {
         return -MQTT_E_TOO_LARGE;
     }
-    /* Types with a fixed body size: fail before waiting for bytes that need not come. */
-    static const int8_t fixed_len[16] = {
-        [MQTT_CONNACK] = 2, [MQTT_PUBACK] = 2,   [MQTT_PUBREC] = 2,
-        [MQTT_PUBREL] = 2,  [MQTT_PUBCOMP] = 2,  [MQTT_UNSUBACK] = 2,
-        [MQTT_PINGREQ] = 0, [MQTT_PINGRESP] = 0, [MQTT_DISCONNECT] = 0,
-    };
-    bool is_fixed = type == MQTT_CONNACK || (type >= MQTT_PUBACK && type <= MQTT_PUBCOMP) ||
-                    type >= MQTT_UNSUBACK;
-    if (is_fixed && len != (size_t)fixed_len[type]) {
+    if (!length_possible(type, v5, len)) {
         return -MQTT_E_LENGTH;
     }
     if (in.n < total) {
         return 0;
     }
-
-    MqttPacket pkt = {.type = (enum mqtt_type)type, .size = total};
-    Reader r = {in.p + i, in.p + total};
-    TRY(decode_body(&r, flags, &pkt));
-    if (r.p != r.end) {
+    /* A CONNACK without properties answers an MQTT 5 CONNECT from a broker that speaks only
+     * 3.1.1 (its return code 1 refuses the version): decoded as what it is. */
+    if (v5 && type == MQTT_CONNACK && len == 2) {
+        v5 = false;
+    }
+    MqttPacket pkt = {
+        .type = (enum mqtt_type)type, .version = v5 ? MQTT_V5 : MQTT_V311, .size = total};
+    Reader rd = {in.p + hdr, in.p + total};
+    TRY(decode_body(&rd, flags, v5, &pkt));
+    if (rd.p != rd.end) {
         return -MQTT_E_LENGTH;
     }
     *ret_pkt = pkt;
@@ -683,9 +789,14 @@ int mqtt_topic_list_next(View *list, bool has_qos, MqttTopicReq *ret)
     if (r.p == r.end) {
         return 0;
     }
-    if (get_binary(&r, &t.filter) < 0 || (has_qos && get_u8(&r, &t.qos) < 0)) {
+    uint8_t options = 0;
+    if (get_binary(&r, &t.filter) < 0 || (has_qos && get_u8(&r, &options) < 0)) {
         return -MQTT_E_LENGTH;
     }
+    t.qos = options & 3;
+    t.no_local = options & 4;
+    t.retain_as_published = options & 8;
+    t.retain_handling = options >> 4 & 3;
     *list = VIEW(r.p, (size_t)(r.end - r.p));
     *ret = t;
     return 1;
@@ -695,7 +806,7 @@ int mqtt_topic_list_next(View *list, bool has_qos, MqttTopicReq *ret)
 
 void mqtt_decoder_init(MqttDecoder *d, size_t max_size)
 {
-    *d = (MqttDecoder){.max_size = max_size};
+    *d = (MqttDecoder){.max_size = max_size, .version = MQTT_V311};
 }
 
 void mqtt_decoder_free(MqttDecoder *d)
@@ -724,7 +835,7 @@ void mqtt_decoder_commit(MqttDecoder *d, size_t n)
 int mqtt_decoder_next(MqttDecoder *d, MqttPacket *ret_pkt)
 {
     View in = buf_view(&d->in);
-    int r = mqtt_decode(in, d->max_size, ret_pkt);
+    int r = mqtt_decode(in, d->version, d->max_size, ret_pkt);
     if (r > 0) {
         /* Only offsets move: the packet's Views stay valid until the next feed. */
         d->last = VIEW(in.p, ret_pkt->size);

@@ -337,7 +337,7 @@ static int send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
  * packet again after the next reconnect. */
 static void send_ack(Impl *m, enum mqtt_type type, uint16_t id, int64_t now)
 {
-    MqttPacket p = {.type = type, .ack = {id}};
+    MqttPacket p = {.type = type, .ack = {.id = id}};
     (void)send_packet(m, &p, now);
 }
 
@@ -378,7 +378,7 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
         send_ping(m, p, now);
         return;
     }
-    MqttTopicReq t = {VIEW(p->filter, p->len), p->qos};
+    MqttTopicReq t = {.filter = VIEW(p->filter, p->len), .qos = p->qos};
     p->id = id_alloc(m);
     if (!p->id) {
         p->sent = false; /* every id is in use: tried again once one is freed */
@@ -1000,7 +1000,7 @@ static void handle_sub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
             suback(m, p, pkt->suback.codes.p[0]);
         }
     } else {
-        Pending *p = find_pending(m, pkt->ack.id, P_UNSUBSCRIBE);
+        Pending *p = find_pending(m, pkt->suback.id, P_UNSUBSCRIBE);
         if (p) {
             /* A SUBSCRIBE answered after this UNSUBSCRIBE was asked for remembered the
              * filter again; the broker has processed both, in order. */

@@ -1,16 +1,50 @@
 /* SPDX-License-Identifier: MIT */
 /* Fuzz the MQTT decoder: the input is fed in pieces; every decoded packet must re-encode,
- * and decode again to the same bytes. */
+ * and decode again to a packet of the same type. An input whose first byte is 0x05 is MQTT 5
+ * (the rest of it), any other 3.1.1. */
 #include <stdlib.h>
 
 #include "mqtt/codec.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The repeatable properties of a decoded block, into arrays the encoder reads. */
+typedef struct Repeats {
+    MqttUserProp user[64];
+    uint32_t subid[64];
+} Repeats;
+
+static bool collect(MqttProps *p, Repeats *r)
+{
+    View raw = p->raw;
+    MqttPropItem it;
+    size_t nu = 0, ns = 0;
+    while (mqtt_props_next(&raw, &it) == 1) {
+        if (it.id == MQTT_PROP_USER && nu < 64) {
+            r->user[nu++] = it.user;
+        } else if (it.id == MQTT_PROP_SUBSCRIPTION_ID && ns < 64) {
+            r->subid[ns++] = it.subid;
+        }
+    }
+    if (nu != p->n_user || ns != p->n_subid) {
+        return false; /* more than 64: not re-encoded */
+    }
+    p->has &= ~(MQTT_PROP_BIT(MQTT_PROP_USER) | MQTT_PROP_BIT(MQTT_PROP_SUBSCRIPTION_ID));
+    p->user = r->user;
+    p->subid = r->subid;
+    return true;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     MqttDecoder d;
     mqtt_decoder_init(&d, 1 << 16);
+    if (size && data[0] == MQTT_V5) {
+        d.version = MQTT_V5;
+        data++;
+        size--;
+    }
+    static Repeats props, will;
     size_t step = size ? (size_t)data[0] % 7 + 1 : 1;
     Buf out = {0};
     for (size_t i = 0; i < size; i += step) {
@@ -34,12 +68,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 }
                 p.subscribe.topics = t;
             }
+            if (!collect(&p.props, &props) ||
+                (p.type == MQTT_CONNECT && !collect(&p.connect.will_props, &will))) {
+                continue;
+            }
             buf_clear(&out);
             if (mqtt_encode(&out, &p) != 0) {
                 abort(); /* whatever decodes must encode */
             }
             MqttPacket q;
-            if (mqtt_decode(buf_view(&out), 0, &q) != 1 || q.type != p.type) {
+            if (mqtt_decode(buf_view(&out), p.version, 0, &q) != 1 || q.type != p.type) {
                 abort();
             }
         }

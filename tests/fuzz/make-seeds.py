@@ -25,7 +25,26 @@ packets = [bytes.fromhex(h) for h in [
     "820c000a0003612f2b010001233b02"[:-4] + "02",
     "9005000a010280", "a20a000b0003612f2b000123", "b002000b", "c000", "d000", "e000",
 ]]
-write("codec", [b"".join(packets)] + packets + [b"\x30\xff\xff\xff\x7f", b"\x36\x05\x00\x01a\x00\x01"])
+# MQTT 5 (the harness reads a first byte 0x05 as "what follows is MQTT 5"): the vectors of
+# tests/unit/test_codec5.c, written from the standard's layouts.
+packets5 = [bytes.fromhex(h.replace(" ", "")) for h in [
+    "10 2c 00 04 4d 51 54 54 05 ce 00 0a 05 11 00 00 00 0a 00 03 63 69 64 05 18 00 00 00 3c"
+    " 00 03 77 2f 74 00 03 62 79 65 00 01 75 00 02 70 77",
+    "10 30 00 04 4d 51 54 54 05 02 00 3c 23 11 ff ff ff ff 15 00 01 6d 16 00 01 64 17 00"
+    " 19 01 21 00 64 22 00 40 27 00 00 04 00 26 00 01 6b 00 01 76 00 00",
+    "20 1f 00 00 1c 12 00 01 78 13 00 1e 21 00 02 22 00 05 24 01 25 00 27 00 00 02 00 28 01"
+    " 29 01 2a 00",
+    "20 0e 00 9c 0b 1c 00 03 68 3a 31 1f 00 02 67 6f", "20 03 01 00 00", "20 02 00 01",
+    "32 2d 00 03 61 2f 62 00 0a 23 01 01 02 00 00 0e 10 03 00 01 74 08 00 01 72 09 00 01 63"
+    " 23 00 03 0b 01 0b 80 80 01 26 00 01 6b 00 01 76 68 69",
+    "30 07 00 00 03 23 00 03 78", "40 03 00 01 10", "40 09 00 01 87 05 1f 00 02 6e 6f",
+    "62 03 00 03 92", "82 0f 00 0a 02 0b 05 00 03 61 2f 2b 2d 00 01 23 02",
+    "90 07 00 0a 00 01 02 87 a1", "a2 0b 00 0b 00 00 03 61 2f 2b 00 01 23",
+    "b0 09 00 0b 04 1f 00 01 78 00 11", "e0 0f 8e 0d 11 00 00 00 00 1f 00 05 74 61 6b 65 6e",
+    "e0 06 9c 04 1c 00 01 62", "f0 0a 18 08 15 00 01 6d 16 00 01 64",
+]]
+write("codec", [b"".join(packets)] + packets + [b"\x30\xff\xff\xff\x7f", b"\x36\x05\x00\x01a\x00\x01"]
+      + [b"\x05" + b"".join(packets5)] + [b"\x05" + p for p in packets5])
 
 with open(os.path.join(HERE, "../../config/mqttbridged.conf")) as f:
     example = f.read()

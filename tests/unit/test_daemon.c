@@ -251,7 +251,7 @@ START_TEST(last_holder_waits_for_unsuback)
     subs_unsubscribe(a, id, VIEW_STR("x"), 5000);
     ck_assert_uint_eq(n_said, 0);
     MqttPacket unsub = next_packet(MQTT_UNSUBSCRIBE);
-    MqttPacket uack = {.type = MQTT_UNSUBACK, .ack = {unsub.subscribe.id}};
+    MqttPacket uack = {.type = MQTT_UNSUBACK, .suback = {.id = unsub.subscribe.id}};
     broker_sends(&uack);
     ck_assert_str_eq(last_said(), "ok 3 ");
     subs_unsubscribe(a, id, VIEW_STR("x"), 5000);

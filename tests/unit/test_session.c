@@ -109,7 +109,10 @@ static void broker_sends(Harness *h, const MqttPacket *p)
 
 static void broker_ack(Harness *h, enum mqtt_type type, uint16_t id)
 {
-    MqttPacket p = {.type = type, .ack = {id}};
+    MqttPacket p = {.type = type, .ack = {.id = id}};
+    if (type == MQTT_UNSUBACK) {
+        p.suback = (MqttSuback){.id = id};
+    }
     broker_sends(h, &p);
 }
 
