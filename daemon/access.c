@@ -17,6 +17,9 @@
 #include "log.h"
 #include "subs.h"
 
+/* How long a new peer may wait for its user name before it is admitted without one
+ * (seconds). */
+#define ADMISSION_WAIT 5.0
 /* NGROUPS_MAX of Linux: no peer has more supplementary groups. */
 #define MAX_PEER_GROUPS 65536
 
@@ -188,6 +191,7 @@ static int finish_admission(Client *c, const char *name, enum ipc_error *code, c
 static void on_name(NameWait *w, const char *name)
 {
     Client *c = container_of(w, Client, naming);
+    ev_timer_stop(c->d->loop, &c->admission);
     enum ipc_error code;
     char why[160];
     if (finish_admission(c, name, &code, why, sizeof(why)) < 0) {
@@ -195,6 +199,21 @@ static void on_name(NameWait *w, const char *name)
     } else {
         conn_admit(&c->conn);
     }
+}
+
+/* The name did not come in time (a stuck NSS lookup): admitted as a peer without a name,
+ * which [acl] %u rules fail closed on. */
+static void on_admission_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    Client *c = container_of(t, Client, admission);
+    (void)loop;
+    (void)revents;
+    names_cancel(&c->naming);
+    log_warning("client %llu (pid %d, uid %u): its user name did not come within %.0f s; "
+                "[acl] %%u rules treat it as having none",
+                (unsigned long long)c->conn.serial, (int)c->conn.pid, (unsigned)c->conn.uid,
+                ADMISSION_WAIT);
+    on_name(&c->naming, NULL);
 }
 
 int access_admit(Client *c, enum ipc_error *code, char *why, size_t n)
@@ -214,8 +233,10 @@ int access_admit(Client *c, enum ipc_error *code, char *why, size_t n)
     c->counted = hashmap_count_add(&d->uid_conns, uid_key(&k->uid), +1) == 0;
     const char *name = NULL;
     int r = names_lookup(&d->names, k->uid, &name, &c->naming, on_name);
-    if (r == 1) {
-        return 1; /* on_name ends it */
+    if (r == 1) { /* on_name ends it, or the deadline */
+        ev_timer_init(&c->admission, on_admission_timeout, ADMISSION_WAIT, 0.0);
+        ev_timer_start(d->loop, &c->admission);
+        return 1;
     }
     if (r == -ENOMEM) {
         *code = IPC_INTERNAL;
@@ -233,6 +254,7 @@ int access_admit(Client *c, enum ipc_error *code, char *why, size_t n)
 void access_client_gone(Client *c)
 {
     names_cancel(&c->naming);
+    ev_timer_stop(c->d->loop, &c->admission);
     if (c->counted) {
         (void)hashmap_count_add(&c->d->uid_conns, uid_key(&c->conn.uid), -1); /* never fails */
         c->counted = false;

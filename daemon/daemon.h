@@ -34,10 +34,11 @@ static inline View uid_key(const uid_t *uid)
 struct Client {
     Conn conn; /* first: the connection layer allocates a Client (ops_server_callbacks) */
     Daemon *d;
-    char *user;      /* name of its uid, or NULL */
-    NameWait naming; /* while its user name is looked up (admission waits for it) */
-    AclView acl;     /* the [acl] rules that apply to this peer, %u substituted */
-    bool counted;    /* in Daemon.uid_conns (access.c) */
+    char *user;         /* name of its uid, or NULL */
+    NameWait naming;    /* while its user name is looked up (admission waits for it) */
+    ev_timer admission; /* how long admission waits for the name (access.c) */
+    AclView acl;        /* the [acl] rules that apply to this peer, %u substituted */
+    bool counted;       /* in Daemon.uid_conns (access.c) */
     bool events_connection, events_ping;
     RouterTarget target;
     HashMap subs;  /* filter -> ClientSub (subs.c) */

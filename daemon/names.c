@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Peer user names: see names.h. A lookup is a job shared by the loop and one detached thread;
- * the thread only fills in the answer and signals, the loop frees the job (in the async
- * callback), so forgetting a lookup just unhooks it from its cache entry.
+ * Peer user names: see names.h. A lookup is a job shared by the loop and one detached thread.
+ * Under `jobs_lock` the thread either signals its answer (the loop then takes it and frees the
+ * job) or, when the loop has forgotten the job meanwhile, frees it itself; the loop forgets a
+ * job whose answer was already signalled by stopping its watcher and freeing it. So after
+ * names_free no thread touches the loop.
  */
 #include "names.h"
 
@@ -10,6 +12,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +22,8 @@
 /* How long an answer is kept, and a failed lookup (seconds). */
 #define NAMES_TTL       60.0
 #define NAMES_ERROR_TTL 5.0
+/* A lookup running this long (seconds) is given up for a fresh one. */
+#define NAMES_STUCK 30.0
 /* Past this many cached uids, answers that are not being looked up are forgotten. */
 #define NAMES_MAX_CACHED 4096
 /* Beyond this a passwd entry is not a user's but a broken NSS module's. */
@@ -30,17 +36,36 @@ typedef struct NameEntry {
     char *name;      /* NULL: none */
     ev_tstamp until; /* the answer is good until then; 0 while being looked up */
     Lookup *job;     /* while being looked up */
+    ev_tstamp asked; /* when that lookup started */
     DList waits;     /* NameWait.link */
 } NameEntry;
 
 struct Lookup {
     ev_async async;
-    Names *names;     /* NULL once forgotten */
-    NameEntry *entry; /* NULL once forgotten */
+    struct ev_loop *loop;
+    DList link;       /* in Names.jobs */
+    Names *names;     /* the loop's side (loop only) */
+    NameEntry *entry; /* who waits for it, NULL when given up (loop only) */
     uid_t uid;
-    char *name; /* the thread's answer */
-    int error;  /* 0, or the errno of a failed lookup (not "no such user") */
+    char *name;     /* the thread's answer */
+    int error;      /* 0, or the errno of a failed lookup (not "no such user") */
+    bool forgotten; /* under jobs_lock: the loop dropped it; the thread frees it */
+    bool answered;  /* under jobs_lock: the thread signalled its answer */
 };
+
+static pthread_mutex_t jobs_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_uint threads_running;
+
+unsigned names_threads(void)
+{
+    return atomic_load(&threads_running);
+}
+
+static void job_free(Lookup *j)
+{
+    free(j->name);
+    free(j);
+}
 
 static View key_of(const uid_t *uid)
 {
@@ -57,6 +82,7 @@ void names_init(Names *n, struct ev_loop *loop)
 {
     *n = (Names){.loop = loop};
     hashmap_init(&n->cache);
+    dlist_init(&n->jobs);
 }
 
 /* The thread: getpwuid_r with a buffer that grows to what the entry needs. */
@@ -82,8 +108,38 @@ static void *worker(void *arg)
         free(buf);
         break;
     }
-    ev_async_send(j->async.data, &j->async);
+    bool forgotten;
+    (void)pthread_mutex_lock(&jobs_lock); /* cannot fail: a default mutex, not held here */
+    forgotten = j->forgotten;
+    if (!forgotten) {
+        j->answered = true;
+        ev_async_send(j->loop, &j->async);
+    }
+    (void)pthread_mutex_unlock(&jobs_lock);
+    if (forgotten) {
+        job_free(j);
+    }
+    atomic_fetch_sub(&threads_running, 1);
     return NULL;
+}
+
+/* The loop drops j: nobody waits for its answer any more. */
+static void job_forget(Lookup *j)
+{
+    Names *n = j->names;
+    if (j->entry) {
+        j->entry->job = NULL;
+    }
+    dlist_remove(&j->link);
+    n->in_flight--;
+    (void)pthread_mutex_lock(&jobs_lock);
+    bool answered = j->answered;
+    j->forgotten = true;
+    ev_async_stop(n->loop, &j->async); /* also clears a signalled answer */
+    (void)pthread_mutex_unlock(&jobs_lock);
+    if (answered) {
+        job_free(j); /* the thread is done with it */
+    }
 }
 
 /* Answer every waiter of e (each is unhooked first: its callback may free it). */
@@ -102,9 +158,8 @@ static void on_answer(struct ev_loop *loop, ev_async *a, int revents)
     (void)revents;
     ev_async_stop(loop, a);
     NameEntry *e = j->entry;
-    if (j->names) {
-        j->names->in_flight--;
-    }
+    dlist_remove(&j->link);
+    j->names->in_flight--;
     if (e) {
         assert(e->job == j && !e->name);
         if (j->error) {
@@ -122,31 +177,48 @@ static void on_answer(struct ev_loop *loop, ev_async *a, int revents)
     free(j);
 }
 
+/* A detached thread for j, with every signal blocked (the loop's thread takes them). */
+static int spawn(Lookup *j)
+{
+    sigset_t all, old;
+    pthread_attr_t attr;
+    pthread_t t;
+    (void)sigfillset(&all);
+    int r = pthread_attr_init(&attr);
+    if (r) {
+        return -r;
+    }
+    (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED); /* cannot fail */
+    (void)pthread_sigmask(SIG_SETMASK, &all, &old);                    /* valid arguments */
+    atomic_fetch_add(&threads_running, 1);
+    r = pthread_create(&t, &attr, worker, j);
+    if (r) {
+        atomic_fetch_sub(&threads_running, 1);
+    }
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    (void)pthread_attr_destroy(&attr);
+    return -r;
+}
+
 static int start_lookup(Names *n, NameEntry *e)
 {
     Lookup *j = calloc(1, sizeof(*j));
     if (!j) {
         return -ENOMEM;
     }
-    *j = (Lookup){.names = n, .entry = e, .uid = e->uid};
+    *j = (Lookup){.loop = n->loop, .names = n, .entry = e, .uid = e->uid};
     ev_async_init(&j->async, on_answer);
-    j->async.data = n->loop;
     ev_async_start(n->loop, &j->async);
-    pthread_attr_t attr;
-    pthread_t t;
-    int r = pthread_attr_init(&attr);
-    if (r == 0) {
-        (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED); /* cannot fail */
-        r = pthread_create(&t, &attr, worker, j);
-        (void)pthread_attr_destroy(&attr);
-    }
-    if (r) {
+    int r = spawn(j);
+    if (r < 0) {
         ev_async_stop(n->loop, &j->async);
         free(j);
-        return -r;
+        return r;
     }
+    dlist_push(&n->jobs, &j->link);
     e->job = j;
     e->until = 0;
+    e->asked = ev_now(n->loop);
     n->lookups++;
     n->in_flight++;
     return 0;
@@ -155,9 +227,8 @@ static int start_lookup(Names *n, NameEntry *e)
 static void entry_free(void *p)
 {
     NameEntry *e = p;
-    if (e->job) { /* its thread answers into the job, which on_answer frees */
-        e->job->entry = NULL;
-        e->job->names = NULL;
+    if (e->job) {
+        job_forget(e->job);
     }
     while (!dlist_empty(&e->waits)) {
         dlist_remove(e->waits.next);
@@ -218,9 +289,15 @@ int names_lookup(Names *n, uid_t uid, const char **name, NameWait *w, name_cb do
     if (!e) {
         return -ENOMEM;
     }
-    if (!e->job && e->until > ev_now(n->loop)) {
+    ev_tstamp now = ev_now(n->loop);
+    if (!e->job && e->until > now) {
         *name = e->name;
         return 0;
+    }
+    if (e->job && now - e->asked > NAMES_STUCK) {
+        log_warning("uid %u: its user name lookup has run for %.0f s: starting another",
+                    (unsigned)uid, now - e->asked);
+        job_forget(e->job); /* its waiters stay: the fresh lookup answers them */
     }
     if (!e->job) {
         free(e->name);
@@ -243,4 +320,7 @@ void names_cancel(NameWait *w)
 void names_free(Names *n)
 {
     hashmap_free(&n->cache, entry_free);
+    while (!dlist_empty(&n->jobs)) { /* given-up lookups no entry names */
+        job_forget(container_of(n->jobs.next, Lookup, link));
+    }
 }

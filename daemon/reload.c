@@ -195,7 +195,10 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     }
     TlsContext *old_tls = d->tls;
     d->tls = n.tls;
-    broker_configure(&d->broker, &d->cfg, d->tls, d->client_id, d->password);
+    if (broker_configure(&d->broker, &d->cfg, d->tls, d->client_id, d->password) < 0) {
+        log_error("reload: out of memory applying the broker settings; the link keeps the "
+                  "previous ones until the next reload");
+    }
     tls_context_unref(old_tls); /* a connection made with it keeps it until it closes */
     log_set_level(d->cfg.log.level);
     server_limits_changed(&d->server);

@@ -71,8 +71,9 @@ void conn_close(Conn *c, const char *why)
     c->fd = -1;
     dlist_remove(&c->link);
     dlist_push(&s->closed, &c->link);
-    assert(s->n_conns > 0);
+    assert(s->n_conns > 0 && (!c->admitted || s->n_admitted > 0));
     s->n_conns--;
+    s->n_admitted -= c->admitted;
 }
 
 void conn_finish_if_done(Conn *c)
@@ -126,15 +127,15 @@ static void on_writable(Conn *c)
     conn_finish_if_done(c);
 }
 
-/* The peer shut down its side, or the read failed. */
-static void on_read_end(Conn *c, ssize_t n)
+/* The peer shut down its side, or the read failed (with errno e). */
+static void on_read_end(Conn *c, ssize_t n, int e)
 {
     if (line_reader_pending(&c->in)) {
         log_debug("client %llu left in the middle of a request (%zu bytes dropped)",
                   (unsigned long long)c->serial, line_reader_pending(&c->in));
     }
     if (n < 0) {
-        conn_close(c, strerror(errno));
+        conn_close(c, strerror(e));
         return;
     }
     /* Half-closed (e.g. `printf ... | socat`): it may still read the replies it is owed. */
@@ -153,7 +154,7 @@ static void on_readable(Conn *c)
     }
     ssize_t n = read(c->fd, space, READ_CHUNK);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        on_read_end(c, n);
+        on_read_end(c, n, errno);
         return;
     }
     if (n < 0) {
@@ -212,6 +213,7 @@ void conn_admit(Conn *c)
     }
     c->admitted = true;
     c->srv->accepted++;
+    c->srv->n_admitted++;
     update_watcher(c);
     log_debug("client %llu connected (pid %d, uid %u)", (unsigned long long)c->serial, (int)c->pid,
               (unsigned)c->uid);

@@ -71,7 +71,8 @@ struct Server {
     ev_io listen_io;
     ev_prepare prepare;
     DList conns, closed;
-    size_t n_conns;
+    size_t n_conns;    /* admitted or being admitted */
+    size_t n_admitted; /* admitted: the clients the daemon serves */
     uint64_t next_serial, accepted, rejected;
 };
 
