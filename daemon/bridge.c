@@ -46,7 +46,23 @@ static bool has_room(const RouterTarget *t, void *userdata)
     return !queued || queued + *(const size_t *)userdata <= c->d->cfg.ipc.client_buffer;
 }
 
-static void deliver(Daemon *d, const MqttPublish *m)
+/* The Subscription Identifiers an MQTT 5 copy names (at most MAX_COPY_IDS; more is a broker
+ * naming more subscriptions than any filter of ours could match: the rest are ignored). */
+#define MAX_COPY_IDS 64
+static size_t copy_ids(const MqttProps *props, uint32_t *ids)
+{
+    size_t n = 0;
+    View raw = props->raw;
+    MqttPropItem it;
+    while (props->n_subid && n < MAX_COPY_IDS && mqtt_props_next(&raw, &it) == 1) {
+        if (it.id == MQTT_PROP_SUBSCRIPTION_ID) {
+            ids[n++] = it.subid;
+        }
+    }
+    return n;
+}
+
+static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props)
 {
     /* The event text depends only on (QoS, encoding): built at most once for each. */
     static Buf variants[3][2];
@@ -55,7 +71,9 @@ static void deliver(Daemon *d, const MqttPublish *m)
      * the larger form unless the text needs many escapes), the topic, and the JSON around them
      * (under 96 bytes). An estimate: a topic full of characters to escape can exceed it. */
     size_t need = m->topic.n + (m->payload.n + 2) / 3 * 4 + 96;
-    size_t n = router_match(&d->router, m->topic, m->retain, has_room, &need, &t);
+    uint32_t ids[MAX_COPY_IDS];
+    size_t n_ids = copy_ids(props, ids);
+    size_t n = router_match_copy(&d->router, m->topic, m->retain, ids, n_ids, has_room, &need, &t);
     for (size_t i = 0; i < n; i++) {
         Client *c = container_of(t[i], Client, target);
         uint8_t qos = m->qos < t[i]->qos ? m->qos : t[i]->qos;
@@ -173,7 +191,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         link_down(d, ev);
         break;
     case SESSION_EV_MESSAGE:
-        deliver(d, ev->message);
+        deliver(d, ev->message.publish, ev->message.props);
         break;
     case SESSION_EV_PING_SENT:
         break;
@@ -190,6 +208,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_SUBSCRIBE_DONE:
     case SESSION_EV_BARRIER_DONE:
         if (ev->done.req) { /* NULL: nobody waits (any more) */
+            waiter_set_reason(ev->done.req, ev->done.reason, ev->done.reason_string);
             waiter_complete(ev->done.req, ev->done.result);
         }
         break;

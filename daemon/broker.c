@@ -32,6 +32,11 @@ int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+_Static_assert((int)PROTOCOL_311 == (int)SESSION_PROTOCOL_311 &&
+                   (int)PROTOCOL_5 == (int)SESSION_PROTOCOL_5 &&
+                   (int)PROTOCOL_AUTO == (int)SESSION_PROTOCOL_AUTO,
+               "[broker] protocol maps onto the session's protocol");
+
 static SessionConfig session_config(const Config *cfg, const char *client_id, const char *password)
 {
     const struct BrokerConfig *c = &cfg->broker;
@@ -55,8 +60,17 @@ static SessionConfig session_config(const Config *cfg, const char *client_id, co
         .max_inflight = (uint16_t)c->max_inflight,
         .max_messages = cfg->queue.max_messages,
         .max_bytes = cfg->queue.max_bytes,
-        .max_packet = MAX_BROKER_PACKET,
+        .max_packet = c->maximum_packet_size ? c->maximum_packet_size : MQTT_PACKET_MAX,
         .seed = (uint64_t)now_ms() ^ (uint64_t)getpid() << 32,
+        .protocol = (uint8_t)c->protocol, /* the same order as enum session_protocol */
+        .session_expiry = config_session_expiry(cfg),
+        .receive_maximum = (uint16_t)c->receive_maximum,
+        .topic_alias_maximum = (uint16_t)c->topic_alias_maximum,
+        .topic_aliases = c->topic_aliases,
+        .request_response_info = c->request_response_information,
+        .will_delay = cfg->will.delay,
+        .will_message_expiry = cfg->will.message_expiry,
+        .will_content_type = VIEW_STR(will && cfg->will.content_type ? cfg->will.content_type : ""),
     };
 }
 

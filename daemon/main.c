@@ -261,7 +261,10 @@ int main(int argc, char **argv)
     d->password = l.password;
     d->tls = l.tls;
     if (check_only) {
-        printf("%s: configuration OK\n", explicit_path ? d->config_path : "defaults");
+        char note[256];
+        config_notes(&d->cfg, note, sizeof(note));
+        printf("%s: configuration OK\n%s%s", explicit_path ? d->config_path : "defaults", note,
+               note[0] ? "\n" : "");
         config_free(&d->cfg);
         free(d->password);
         tls_context_unref(d->tls);

@@ -27,10 +27,47 @@ static int64_t timeout_of(const Client *c, const Request *r)
 
 /* ---- what each kind of waiting request does when it ends (waiters.h) ---- */
 
-static void reply_done(Waiter *w, int result)
+/* Why the session would not take a message, or failed it before sending (-errno). */
+static void answer_publish_failure(Client *c, json_t *id, int e, uint8_t qos)
 {
-    (void)result;
-    answer_ok(w->c, w->id, NULL);
+    const Session *s = c->d->broker.session;
+    const Config *cfg = &c->d->cfg;
+    if (e == -EMSGSIZE) {
+        answer_error(c, id, IPC_TOO_LARGE,
+                     "the message is too large for the link (its PUBLISH may be at most %zu "
+                     "bytes%s)",
+                     session_max_publish(s),
+                     s->limits.maximum_packet_size ? ": the broker's Maximum Packet Size" : "");
+    } else if (e == -ENOTSUP && qos > s->limits.maximum_qos) {
+        answer_error(c, id, IPC_REFUSED, "the broker accepts at most QoS %u (Maximum QoS)",
+                     (unsigned)s->limits.maximum_qos);
+    } else if (e == -ENOTSUP) {
+        answer_error(c, id, IPC_REFUSED,
+                     "the broker does not accept retained messages (Retain Available 0)");
+    } else if (e == -ENOBUFS) {
+        answer_error(c, id, IPC_QUEUE_FULL,
+                     "queue full: %zu messages, %zu bytes held ([queue] max_messages = %zu, "
+                     "max_bytes = %zu)",
+                     s->queued + s->inflight, s->queued_bytes, cfg->queue.max_messages,
+                     cfg->queue.max_bytes);
+    } else {
+        answer_error(c, id, e == -EINVAL ? IPC_BAD_REQUEST : IPC_INTERNAL,
+                     "cannot queue the message: %s", strerror(-e));
+    }
+}
+
+/* A publish the broker has (result >= 0; MQTT 5's 0x10 No matching subscribers is said), or
+ * that it refused or the link could not carry. */
+static void publish_done(Waiter *w, int result)
+{
+    if (result >= 0) {
+        answer_ok(w->c, w->id,
+                  w->reason ? json_pack("{s:i}", "reason_code", (int)w->reason) : NULL);
+    } else if (result == -EPERM) {
+        answer_error(w->c, w->id, IPC_REFUSED, "the broker refused: %s", w->reason_text);
+    } else {
+        answer_publish_failure(w->c, w->id, result, w->qos);
+    }
 }
 
 static void publish_timeout(Waiter *w)
@@ -50,7 +87,7 @@ static void publish_gone(Waiter *w)
 }
 
 /* A publish with wait: the broker's PUBACK / PUBCOMP (or QoS 0 written). */
-static const WaiterKind publish_kind = {reply_done, publish_timeout, publish_gone};
+static const WaiterKind publish_kind = {publish_done, publish_timeout, publish_gone};
 
 static void durable_done(Waiter *w, int error)
 {
@@ -172,18 +209,7 @@ static void op_publish(Client *c, Request *r)
             spool_done(d->spool, p.spool_id);
         }
         cancel(w);
-        if (e == -EMSGSIZE) {
-            answer_error(c, r->id, IPC_TOO_LARGE, "the message is too large for the link");
-        } else if (e == -ENOBUFS) {
-            answer_error(c, r->id, IPC_QUEUE_FULL,
-                         "queue full: %zu messages, %zu bytes held ([queue] max_messages = "
-                         "%zu, max_bytes = %zu)",
-                         s->queued + s->inflight, s->queued_bytes, d->cfg.queue.max_messages,
-                         d->cfg.queue.max_bytes);
-        } else {
-            answer_error(c, r->id, e == -EINVAL ? IPC_BAD_REQUEST : IPC_INTERNAL,
-                         "cannot queue the message: %s", strerror(-e));
-        }
+        answer_publish_failure(c, r->id, e, r->qos);
         return;
     }
     if (!r->wait && spooled) {
@@ -210,6 +236,31 @@ static json_t *int_or_null(bool ok, json_int_t v)
     return ok ? json_integer(v) : json_null();
 }
 
+/* MQTT 5's part of status: the protocol of the link, the id the broker assigned, and the
+ * limits its CONNACK set (null before the first link). */
+static void add_protocol_status(json_t *st, const Session *s)
+{
+    const SessionLimits *l = &s->limits;
+    json_object_set_new(st, "protocol",
+                        s->protocol ? json_string(s->protocol == MQTT_V5 ? "5" : "3.1.1")
+                                    : json_null());
+    json_object_set_new(st, "assigned_client_id",
+                        s->assigned_client_id ? json_string(s->assigned_client_id) : json_null());
+    json_t *lim = json_pack(
+        "{s:i, s:i, s:b, s:o, s:i, s:b, s:b, s:b, s:o}", "receive_maximum", (int)l->receive_maximum,
+        "maximum_qos", (int)l->maximum_qos, "retain_available", l->retain_available,
+        "maximum_packet_size",
+        l->maximum_packet_size ? json_integer(l->maximum_packet_size) : json_null(),
+        "topic_alias_maximum", (int)l->topic_alias_maximum, "wildcard_subscription_available",
+        l->wildcard_available, "subscription_identifiers_available", l->subscription_ids_available,
+        "shared_subscription_available", l->shared_available, "server_keep_alive",
+        l->server_keep_alive >= 0 ? json_integer(l->server_keep_alive) : json_null());
+    json_object_set_new(st, "broker_limits", s->protocol ? lim : json_null());
+    if (!s->protocol) {
+        json_decref(lim);
+    }
+}
+
 static void op_status(Client *c, Request *r)
 {
     Daemon *d = c->d;
@@ -229,7 +280,7 @@ static void op_status(Client *c, Request *r)
         int_or_null(s->state == SESSION_IDLE,
                     (json_int_t)(s->retry_at > now ? s->retry_at - now : 0)),
         "queued", (json_int_t)s->queued, "inflight", (json_int_t)s->inflight, "local_clients",
-        (json_int_t)d->server.n_conns, "subscriptions", (json_int_t)d->router.filters.count,
+        (json_int_t)d->server.n_admitted, "subscriptions", (json_int_t)d->router.filters.count,
         "version", MQTTBRIDGE_VERSION);
     if (c->acl.admin) {
         /* Who is connected: for admins only. */
@@ -237,6 +288,9 @@ static void op_status(Client *c, Request *r)
         dlist_for_each_safe(l, next, &d->server.conns)
         {
             Client *o = client_at(l);
+            if (!o->conn.admitted) {
+                continue; /* still being admitted: not a client yet */
+            }
             json_array_append_new(list, json_pack("{s:i, s:I, s:s?, s:I}", "pid", (int)o->conn.pid,
                                                   "uid", (json_int_t)o->conn.uid, "user", o->user,
                                                   "subscriptions", (json_int_t)subs_count(o)));
@@ -245,6 +299,7 @@ static void op_status(Client *c, Request *r)
     }
     json_object_set_new(st, "subscriptions_lost",
                         json_integer((json_int_t)s->stats.subscriptions_lost));
+    add_protocol_status(st, s);
     json_object_set_new(st, "last_subscription_lost",
                         d->lost_subscription[0] ? json_string(d->lost_subscription) : json_null());
     if (d->spool) {
@@ -288,12 +343,13 @@ static void op_stats(Client *c, Request *r)
         /* extras */
         "reconnects", (json_int_t)t->reconnects, "queued", (json_int_t)s->queued, "inflight",
         (json_int_t)s->inflight, "queued_bytes", (json_int_t)s->queued_bytes, "local_clients",
-        (json_int_t)d->server.n_conns, "subscriptions", (json_int_t)d->router.filters.count,
+        (json_int_t)d->server.n_admitted, "subscriptions", (json_int_t)d->router.filters.count,
         "messages_received", (json_int_t)t->messages_received, "messages_delivered",
         (json_int_t)d->stats.messages_delivered, "messages_dropped",
         (json_int_t)d->stats.messages_dropped, "duplicates_dropped",
         (json_int_t)t->duplicates_dropped, "clients_rejected", (json_int_t)d->server.rejected);
     json_object_set_new(st, "subscriptions_lost", json_integer((json_int_t)t->subscriptions_lost));
+    json_object_set_new(st, "topic_aliases_used", json_integer((json_int_t)t->topic_aliases_used));
     if (d->spool) {
         SpoolHealth h;
         spool_health(d->spool, &h);

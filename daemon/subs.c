@@ -263,8 +263,10 @@ void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int
     if (w) {
         w->qos = qos;
     }
-    int e = immediate || w ? session_subscribe(d->broker.session, f, rf->broker_qos, w, now_ms())
-                           : -ENOMEM;
+    int e = immediate || w
+                ? session_subscribe(d->broker.session,
+                                    &(SessionSubscribe){f, rf->broker_qos, rf->subid}, w, now_ms())
+                : -ENOMEM;
     if (e < 0 && !immediate) {
         if (w) {
             waiter_cancel(w);

@@ -28,11 +28,13 @@ struct Waiter {
     const WaiterKind *kind;
     json_t *id; /* the request's id (a reference), NULL for null */
     ev_timer timer;
-    bool ending;       /* its kind's callback runs: it is not ended a second time */
-    SessionMsg *msg;   /* publish with wait: the message the broker must confirm, else NULL */
-    SpoolWait durable; /* publish with wait false: until the spool has it on disk */
-    uint8_t qos;       /* publish: its QoS; subscribe: the QoS asked for */
-    char filter[];     /* subscribe / unsubscribe / barrier */
+    bool ending;           /* its kind's callback runs: it is not ended a second time */
+    SessionMsg *msg;       /* publish with wait: the message the broker must confirm, else NULL */
+    SpoolWait durable;     /* publish with wait false: until the spool has it on disk */
+    uint8_t qos;           /* publish: its QoS; subscribe: the QoS asked for */
+    uint8_t reason;        /* MQTT 5: the reason code the broker answered with */
+    char reason_text[160]; /* "Not authorized (0x87): its reason string", or "" */
+    char filter[];         /* subscribe / unsubscribe / barrier */
 };
 
 /* A waiter for c's request `id`, with a timer when timeout_ms > 0; NULL when c already has
@@ -40,6 +42,8 @@ struct Waiter {
 Waiter *waiter_new(Client *c, const WaiterKind *kind, json_t *id, View filter, int64_t timeout_ms);
 /* Whether `more` waiters would pass c's limit. */
 bool waiters_full(const Client *c, size_t more);
+/* The broker's MQTT 5 answer to w's request, kept for its reply (before waiter_complete). */
+void waiter_set_reason(Waiter *w, uint8_t reason, View reason_string);
 /* The answer to w's request: its kind's done(), then w is freed. */
 void waiter_complete(Waiter *w, int result);
 /* End w without a reply and without closing its client (for callers in the middle of

@@ -29,7 +29,9 @@ enum key_type {
     K_HOSTS,
     K_LEVEL,
     K_FSYNC,
-    K_TLSVER
+    K_TLSVER,
+    K_PROTOCOL,
+    K_EXPIRY,
 };
 
 typedef struct Key {
@@ -50,6 +52,8 @@ static const Key keys[] = {
     KEY("broker", "port", K_PORT, broker.port, 1, 65535, LINK),
     KEY("broker", "client_id", K_STRING, broker.client_id, 0, 65535, LINK),
     KEY("broker", "username", K_STRING, broker.username, 0, 65535, LINK),
+    /* A changed password reconnects too: reload.c compares the password itself, which may
+     * come from a file whose path did not change. */
     KEY("broker", "password", K_STRING, broker.password, 0, 65535, NOW),
     KEY("broker", "password_file", K_STRING, broker.password_file, 0, 4096, NOW),
     KEY("broker", "keepalive", K_UINT, broker.keepalive, 0, 65535, LINK),
@@ -59,10 +63,21 @@ static const Key keys[] = {
     KEY("broker", "reconnect_max", K_UINT, broker.reconnect_max, 1, 86400, NOW),
     KEY("broker", "max_inflight", K_UINT, broker.max_inflight, 1, 65000, NOW),
     KEY("broker", "publish_timeout", K_UINT, broker.publish_timeout, 1, 86400, NOW),
+    KEY("broker", "protocol", K_PROTOCOL, broker.protocol, 0, 0, LINK),
+    KEY("broker", "session_expiry", K_EXPIRY, broker.session_expiry, 0, 0xFFFFFFFFull, LINK),
+    KEY("broker", "receive_maximum", K_UINT, broker.receive_maximum, 1, 65535, LINK),
+    KEY("broker", "maximum_packet_size", K_SIZE, broker.maximum_packet_size, 0, 268435460, LINK),
+    KEY("broker", "topic_alias_maximum", K_UINT, broker.topic_alias_maximum, 0, 65535, LINK),
+    KEY("broker", "topic_aliases", K_BOOL, broker.topic_aliases, 0, 0, LINK),
+    KEY("broker", "request_response_information", K_BOOL, broker.request_response_information, 0, 0,
+        LINK),
     KEY("will", "topic", K_STRING, will.topic, 0, 65535, LINK),
     KEY("will", "message", K_STRING, will.message, 0, 65535, LINK),
     KEY("will", "qos", K_UINT, will.qos, 0, 2, LINK),
     KEY("will", "retain", K_BOOL, will.retain, 0, 0, LINK),
+    KEY("will", "delay", K_UINT, will.delay, 0, 4294967295ull, LINK),
+    KEY("will", "message_expiry", K_UINT, will.message_expiry, 0, 4294967295ull, LINK),
+    KEY("will", "content_type", K_STRING, will.content_type, 0, 65535, LINK),
     KEY("tls", "enabled", K_BOOL, tls.enabled, 0, 0, LINK),
     KEY("tls", "ca_file", K_STRING, tls.ca_file, 0, 4096, LINK),
     KEY("tls", "ca_path", K_STRING, tls.ca_path, 0, 4096, LINK),
@@ -124,7 +139,13 @@ int config_init(Config *cfg)
                    .reconnect_min = DEFAULT_RECONNECT_MIN,
                    .reconnect_max = DEFAULT_RECONNECT_MAX,
                    .max_inflight = DEFAULT_MAX_INFLIGHT,
-                   .publish_timeout = DEFAULT_PUBLISH_TIMEOUT},
+                   .publish_timeout = DEFAULT_PUBLISH_TIMEOUT,
+                   .protocol = PROTOCOL_AUTO,
+                   .session_expiry = -1,
+                   .receive_maximum = 65535,
+                   .topic_alias_maximum = DEFAULT_TOPIC_ALIAS_MAXIMUM,
+                   .topic_aliases = true,
+                   .request_response_information = true},
         .tls = {.verify = true, .min_version = 12},
         .ipc = {.mode = DEFAULT_IPC_MODE,
                 .max_clients = DEFAULT_MAX_CLIENTS,
@@ -334,6 +355,35 @@ typedef struct ParseState {
     bool failed;
 } ParseState;
 
+static int parse_protocol(const char *v, void *slot, char *err, size_t errlen)
+{
+    static const char *const names[] = {
+        [PROTOCOL_311] = "3.1.1", [PROTOCOL_5] = "5", [PROTOCOL_AUTO] = "auto"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(v, names[i]) == 0) {
+            *(enum mqtt_protocol *)slot = (enum mqtt_protocol)i;
+            return 0;
+        }
+    }
+    fmt(err, errlen, "protocol must be 5, 3.1.1 or auto, not '%s'", v);
+    return -EINVAL;
+}
+
+/* Seconds up to 4294967295, or "never" (the same value, as the standard reads it). */
+static int parse_expiry(const char *v, const Key *k, void *slot, char *err, size_t errlen)
+{
+    unsigned long long n;
+    if (strcmp(v, "never") == 0) {
+        n = SESSION_EXPIRY_NEVER;
+    } else if (parse_uint(v, &n, false) < 0 || n > k->max) {
+        fmt(err, errlen, "%s must be a number of seconds up to %llu, or never, not '%s'", k->name,
+            k->max, v);
+        return -EINVAL;
+    }
+    *(long long *)slot = (long long)n;
+    return 0;
+}
+
 static int set_key(Config *cfg, const Key *k, const char *v, char *err, size_t errlen)
 {
     void *slot = (char *)cfg + k->offset;
@@ -396,6 +446,10 @@ static int set_key(Config *cfg, const Key *k, const char *v, char *err, size_t e
         fmt(err, errlen, "fsync must be always, batch or never, not '%s'", v);
         return -EINVAL;
     }
+    case K_PROTOCOL:
+        return parse_protocol(v, slot, err, errlen);
+    case K_EXPIRY:
+        return parse_expiry(v, k, slot, err, errlen);
     case K_TLSVER:
         if (strcmp(v, "1.2") == 0) {
             *(unsigned *)slot = 12;
@@ -508,6 +562,13 @@ int config_check(const Config *cfg, char *err, size_t errlen)
         fmt(err, errlen, "a broker password needs broker.username (MQTT 3.1.1 rule)");
         return -EINVAL;
     }
+    if (b->session_expiry == 0 && !b->clean_session && b->protocol != PROTOCOL_311) {
+        fmt(err, errlen,
+            "broker.session_expiry = 0 with clean_session = false: an MQTT 5 broker would end "
+            "the session as soon as the link drops; leave session_expiry out (never) or give "
+            "it a time");
+        return -EINVAL;
+    }
     if (cfg->will.topic && *cfg->will.topic && mqtt_topic_check(VIEW_STR(cfg->will.topic)) < 0) {
         fmt(err, errlen, "will.topic '%s' is not a valid topic name", cfg->will.topic);
         return -EINVAL;
@@ -550,6 +611,10 @@ static bool key_equal(const Key *k, const Config *a, const Config *b)
     case K_UINT:
     case K_TLSVER:
         return *(const unsigned *)pa == *(const unsigned *)pb;
+    case K_PROTOCOL:
+        return *(const enum mqtt_protocol *)pa == *(const enum mqtt_protocol *)pb;
+    case K_EXPIRY:
+        return *(const long long *)pa == *(const long long *)pb;
     case K_SIZE:
         return *(const size_t *)pa == *(const size_t *)pb;
     case K_BOOL:
@@ -581,4 +646,23 @@ void config_diff(const Config *a, const Config *b, ConfigDiff *out)
                      used ? ", " : "", k->section, k->name);
         }
     }
+}
+
+uint32_t config_session_expiry(const Config *cfg)
+{
+    const struct BrokerConfig *b = &cfg->broker;
+    if (b->session_expiry >= 0) {
+        return (uint32_t)b->session_expiry;
+    }
+    return b->clean_session ? 0 : SESSION_EXPIRY_NEVER;
+}
+
+void config_notes(const Config *cfg, char *out, size_t n)
+{
+    const struct BrokerConfig *b = &cfg->broker;
+    snprintf(out, n, "%s",
+             b->session_expiry < 0 && !b->clean_session && b->protocol != PROTOCOL_311
+                 ? "note: broker.session_expiry is not set and clean_session = false: with MQTT "
+                   "5 the daemon asks the broker to keep the session forever (never)"
+                 : "");
 }

@@ -25,6 +25,12 @@ enum log_level {
 
 enum fsync_mode { FSYNC_ALWAYS, FSYNC_BATCH, FSYNC_NEVER };
 
+/* [broker] protocol (the same order as the session's enum session_protocol). */
+enum mqtt_protocol { PROTOCOL_311, PROTOCOL_5, PROTOCOL_AUTO };
+
+/* [broker] session_expiry: "never" as the standard writes it. */
+#define SESSION_EXPIRY_NEVER 0xFFFFFFFFu
+
 typedef struct BrokerAddr {
     char *host;    /* name or address, without IPv6 brackets */
     uint16_t port; /* 0: the [broker] port */
@@ -40,11 +46,20 @@ typedef struct Config {
         unsigned keepalive, connect_timeout, reconnect_min, reconnect_max, max_inflight;
         unsigned publish_timeout;
         bool clean_session;
+        /* MQTT 5 */
+        enum mqtt_protocol protocol;
+        long long session_expiry; /* seconds, SESSION_EXPIRY_NEVER, or -1: not set (see
+                                     config_session_expiry) */
+        unsigned receive_maximum, topic_alias_maximum;
+        size_t maximum_packet_size; /* 0: MQTT's own limit, not announced */
+        bool topic_aliases, request_response_information;
     } broker;
     struct {
         char *topic, *message;
         unsigned qos;
         bool retain;
+        unsigned delay, message_expiry; /* MQTT 5, seconds */
+        char *content_type;             /* MQTT 5 */
     } will;
     struct {
         bool enabled, verify;
@@ -82,6 +97,13 @@ int config_set_hosts(Config *cfg, const char *list, char *err, size_t errlen);
 
 /* Checks across keys, after all sources are applied (e.g. reconnect_min <= reconnect_max). */
 int config_check(const Config *cfg, char *err, size_t errlen);
+
+/* The Session Expiry Interval to ask for: as set, else "never" for a persistent session
+ * (clean_session = false) and 0 for a clean one. */
+uint32_t config_session_expiry(const Config *cfg);
+/* A line about a default the configuration implies that its reader may not expect, for
+ * --check-config ("" when none). */
+void config_notes(const Config *cfg, char *out, size_t n);
 
 /* When a changed key takes effect at reload: at once, with a new broker link, or at the next
  * start. ([acl] applies at once: it is re-checked on every client.) */

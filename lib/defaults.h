@@ -5,16 +5,16 @@
 #define DEFAULT_CONFIG_FILE "/etc/mqttbridge/mqttbridged.conf"
 #define DEFAULT_SOCKET      "/run/mqttbridge/mqttbridge.sock"
 
-#define DEFAULT_BROKER_HOST     "localhost"
-#define DEFAULT_BROKER_PORT     1883
-#define DEFAULT_KEEPALIVE       60
-#define DEFAULT_CONNECT_TIMEOUT 10
-#define DEFAULT_RECONNECT_MIN   1
-#define DEFAULT_RECONNECT_MAX   60
-#define DEFAULT_MAX_INFLIGHT    20
-#define DEFAULT_PUBLISH_TIMEOUT 30
-#define MAX_BROKER_PACKET       (16u << 20) /* largest packet accepted from the broker */
-#define MAX_BROKER_HOSTS        16
+#define DEFAULT_BROKER_HOST         "localhost"
+#define DEFAULT_BROKER_PORT         1883
+#define DEFAULT_KEEPALIVE           60
+#define DEFAULT_CONNECT_TIMEOUT     10
+#define DEFAULT_RECONNECT_MIN       1
+#define DEFAULT_RECONNECT_MAX       60
+#define DEFAULT_MAX_INFLIGHT        20
+#define DEFAULT_PUBLISH_TIMEOUT     30
+#define DEFAULT_TOPIC_ALIAS_MAXIMUM 64 /* incoming aliases we accept (MQTT 5) */
+#define MAX_BROKER_HOSTS            16
 
 #define DEFAULT_IPC_MODE       0660
 #define DEFAULT_MAX_CLIENTS    1024

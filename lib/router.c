@@ -23,6 +23,7 @@ struct RouterNode {
     size_t n_children;       /* all children, wildcards included */
     Holder *holders;         /* of the plain filter ending here */
     size_t n_holders, cap_holders;
+    RouterFilter *plain;   /* the plain filter ending here, while it has holders */
     RouterFilter **groups; /* the shared filters ending here ("$share/G/<this node>") */
     size_t n_groups, cap_groups;
     uint16_t level_len;
@@ -34,6 +35,12 @@ typedef struct Match {
     bool retained;
     router_ready_fn ready;
     void *userdata;
+    /* Restricted to the filters with these subscription identifiers (n_only > 0). */
+    const uint32_t *only;
+    size_t n_only;
+    /* Instead of collecting targets: the lowest identifier of a granted plain filter. */
+    bool find_min;
+    uint32_t min;
 } Match;
 
 /* Edge key: the parent's address followed by the level text, built in r->key (only
@@ -82,7 +89,7 @@ static void filter_free(void *p)
 
 int router_init(Router *r)
 {
-    *r = (Router){0};
+    *r = (Router){.next_subid = 1};
     hashmap_init(&r->edges);
     hashmap_init(&r->filters);
     r->root = node_new(NULL, VIEW_NULL);
@@ -198,6 +205,8 @@ static RouterFilter *filter_new(Router *r, RouterNode *n, View filter)
         return NULL;
     }
     fc->shared = mqtt_filter_target(filter).n != filter.n;
+    fc->subid = r->next_subid;
+    r->next_subid = r->next_subid >= ROUTER_SUBID_MAX ? 1 : r->next_subid + 1;
     if (fc->shared && n->n_groups == n->cap_groups) {
         size_t cap = n->cap_groups ? n->cap_groups * 2 : 1;
         RouterFilter **g = realloc(n->groups, cap * sizeof(*g));
@@ -214,6 +223,8 @@ static RouterFilter *filter_new(Router *r, RouterNode *n, View filter)
     }
     if (fc->shared) {
         n->groups[n->n_groups++] = fc;
+    } else {
+        n->plain = fc;
     }
     return fc;
 }
@@ -226,6 +237,9 @@ static void filter_drop(Router *r, RouterNode *n, View filter, RouterFilter *fc)
             n->groups[i] = n->groups[--n->n_groups];
             break;
         }
+    }
+    if (n->plain == fc) {
+        n->plain = NULL;
     }
     hashmap_remove(&r->filters, filter);
     filter_free(fc);
@@ -391,16 +405,34 @@ static const Holder *pick(RouterFilter *fc, const Match *m)
     return &fc->members[chosen];
 }
 
-static void collect(Router *r, const RouterNode *n, const Match *m)
+static bool wanted(const Match *m, const RouterFilter *fc)
 {
-    for (size_t i = 0; i < n->n_holders; i++) {
+    for (size_t i = 0; i < m->n_only; i++) {
+        if (m->only[i] == fc->subid) {
+            return true;
+        }
+    }
+    return m->n_only == 0;
+}
+
+static void collect(Router *r, const RouterNode *n, Match *m)
+{
+    if (m->find_min) {
+        if (n->plain && n->plain->active && (!m->min || n->plain->subid < m->min)) {
+            m->min = n->plain->subid;
+        }
+        return;
+    }
+    for (size_t i = 0; n->plain && wanted(m, n->plain) && i < n->n_holders; i++) {
         if (!m->retained || n->holders[i].fresh) {
             take(r, &n->holders[i]);
         }
     }
     /* Retained messages are not for shared subscriptions (see router.h). */
     for (size_t i = 0; !m->retained && i < n->n_groups; i++) {
-        take(r, pick(n->groups[i], m));
+        if (wanted(m, n->groups[i])) {
+            take(r, pick(n->groups[i], m));
+        }
     }
 }
 
@@ -412,7 +444,7 @@ typedef struct Frame { /* one branch of the walk still to explore */
 
 /* Depth-first over the trie with an explicit stack: a topic may have 32 768 levels, too
  * many for recursion. */
-static void match_all(Router *r, View topic, const Match *m)
+static void match_all(Router *r, View topic, Match *m)
 {
     bool dollar = topic.n && topic.p[0] == '$'; /* 4.7.2: no root wildcards for $topics */
     buf_clear(&r->stack);
@@ -451,15 +483,45 @@ static void match_all(Router *r, View topic, const Match *m)
     }
 }
 
+static size_t run_match(Router *r, View topic, Match *m, RouterTarget ***ret)
+{
+    r->epoch++;
+    r->n_matched = 0;
+    match_all(r, topic, m);
+    *ret = r->matched;
+    return r->n_matched;
+}
+
 size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready, void *userdata,
                     RouterTarget ***ret)
 {
-    Match m = {retained, ready, userdata};
-    r->epoch++;
-    r->n_matched = 0;
-    match_all(r, topic, &m);
-    *ret = r->matched;
-    return r->n_matched;
+    Match m = {.retained = retained, .ready = ready, .userdata = userdata};
+    return run_match(r, topic, &m, ret);
+}
+
+size_t router_match_copy(Router *r, View topic, bool retained, const uint32_t *ids, size_t n_ids,
+                         router_ready_fn ready, void *userdata, RouterTarget ***ret)
+{
+    Match m = {.retained = retained, .ready = ready, .userdata = userdata};
+    if (n_ids && !retained) {
+        Match low = {.find_min = true};
+        match_all(r, topic, &low);
+        bool canonical = false;
+        for (size_t i = 0; low.min && i < n_ids; i++) {
+            canonical |= ids[i] == low.min;
+        }
+        if (low.min && !canonical) {
+            r->n_matched = 0;
+            *ret = r->matched;
+            return 0; /* another copy of this message is the one delivered */
+        }
+        if (low.min) {
+            return run_match(r, topic, &m, ret);
+        }
+    }
+    m.only = ids;
+    m.n_only = n_ids;
+    return run_match(r, topic, &m, ret);
 }
 
 void router_unconfirm_all(Router *r)

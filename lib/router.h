@@ -40,6 +40,9 @@ typedef struct RouterTarget {
 typedef struct RouterNode RouterNode;
 typedef struct RouterHolder RouterHolder; /* one (subscriber, filter) pair: router.c's */
 
+/* Subscription identifiers run from 1 to this (MQTT 5's largest). */
+#define ROUTER_SUBID_MAX 268435455u
+
 typedef struct Router {
     HashMap edges;   /* (parent node, level) -> child node */
     HashMap filters; /* exact filter -> holder counts */
@@ -50,6 +53,7 @@ typedef struct Router {
     size_t subscriptions; /* (filter, target) pairs */
     Buf key;              /* scratch for edge keys */
     Buf stack;            /* scratch for router_match's walk */
+    uint32_t next_subid;  /* for the next new filter; the caller may seed it (1 by default) */
 } Router;
 
 /* Per exact filter string: what one broker subscription serves. */
@@ -57,6 +61,7 @@ typedef struct RouterFilter {
     size_t holders;
     uint8_t broker_qos; /* the highest QoS any holder asked for */
     bool active;        /* the broker granted it (the daemon sets this on SUBACK) */
+    uint32_t subid;     /* its MQTT 5 subscription identifier, unique among live filters */
     uint8_t granted;    /* the QoS it granted */
     /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
      * (`holders` of them), rather than in the trie node; `next` is the index of the member
@@ -106,3 +111,12 @@ typedef bool (*router_ready_fn)(const RouterTarget *t, void *userdata);
  * Allocates nothing once the result array has grown to the largest match. */
 size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready, void *userdata,
                     RouterTarget ***ret);
+
+/* The same for one copy of a message from an MQTT 5 broker, which sends a copy per matching
+ * subscription, each naming its subscription identifiers (`ids`). So that every target still
+ * gets a message once: when a granted plain filter matches, only the copy naming the lowest
+ * such identifier is delivered, to everyone router_match would give it to, and the others
+ * match nothing; when none does, and for retained messages (sent for one new subscription),
+ * a copy goes to the holders of the filters it names. Without ids: router_match. */
+size_t router_match_copy(Router *r, View topic, bool retained, const uint32_t *ids, size_t n_ids,
+                         router_ready_fn ready, void *userdata, RouterTarget ***ret);

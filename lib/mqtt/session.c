@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "mqtt/alias.h"
 #include "mqtt/topic.h"
 
 #define STABLE_MS           10000 /* a link up this long resets the reconnect backoff */
@@ -97,6 +98,7 @@ typedef struct Pending { /* a request waiting for SUBACK / UNSUBACK / PINGRESP, 
     void *req;
     uint16_t id; /* subscribe/unsubscribe: packet id while on the wire */
     uint8_t qos;
+    uint32_t subid; /* subscribe: MQTT 5 subscription identifier, 0 = none */
     enum pending_kind kind;
     bool sent;
     uint16_t len;
@@ -112,6 +114,7 @@ typedef struct Ping { /* a PINGREQ on the wire; PINGRESPs come back in order */
 typedef struct Sub { /* a subscription the broker granted, restored after reconnects */
     Link link;
     uint8_t qos;
+    uint32_t subid;
     uint16_t len;
     uint8_t filter[];
 } Sub;
@@ -136,6 +139,11 @@ typedef struct Impl {
     bool ever_connected;
     int64_t attempt_started, last_tx, last_rx;
     uint64_t rng;
+    /* MQTT 5 */
+    bool fell_back;     /* AUTO met a broker that refused version 5: 3.1.1 until reconfigured */
+    uint16_t keepalive; /* of this link: ours, or the broker's Server Keep Alive */
+    AliasOut alias_out;
+    AliasIn alias_in;
 } Impl;
 
 static Impl *impl(Session *s)
@@ -214,10 +222,11 @@ static void emit(Impl *m, SessionEvent ev)
 int session_configure(Session *s, const SessionConfig *cfg)
 {
     Impl *m = impl(s);
-    View *views[] = {(View *)&cfg->client_id, (View *)&cfg->username, (View *)&cfg->password,
-                     (View *)&cfg->will_topic, (View *)&cfg->will_payload};
+    const View *views[] = {&cfg->client_id,  &cfg->username,     &cfg->password,
+                           &cfg->will_topic, &cfg->will_payload, &cfg->will_content_type};
+    enum { N_STRINGS = sizeof(views) / sizeof(views[0]) };
     size_t total = 0;
-    for (size_t i = 0; i < 5; i++) {
+    for (size_t i = 0; i < N_STRINGS; i++) {
         total += views[i]->n;
     }
     uint8_t *strings = malloc(total ? total : 1);
@@ -225,9 +234,10 @@ int session_configure(Session *s, const SessionConfig *cfg)
         return -ENOMEM;
     }
     SessionConfig c = *cfg;
-    View *mine[] = {&c.client_id, &c.username, &c.password, &c.will_topic, &c.will_payload};
+    View *mine[] = {&c.client_id,  &c.username,     &c.password,
+                    &c.will_topic, &c.will_payload, &c.will_content_type};
     uint8_t *w = strings;
-    for (size_t i = 0; i < 5; i++) {
+    for (size_t i = 0; i < N_STRINGS; i++) {
         if (views[i]->n) {
             memcpy(w, views[i]->p, views[i]->n);
         }
@@ -246,11 +256,27 @@ int session_configure(Session *s, const SessionConfig *cfg)
     if (c.reconnect_max_ms < c.reconnect_min_ms) {
         c.reconnect_max_ms = c.reconnect_min_ms;
     }
+    if (c.receive_maximum == 0) {
+        c.receive_maximum = 65535;
+    }
     free(m->cfg_strings);
     m->cfg_strings = strings;
     m->cfg = c;
     m->dec.max_size = c.max_packet;
+    m->fell_back = false; /* AUTO tries 5 again */
     return 0;
+}
+
+/* What the standard assumes when the CONNACK says nothing (and for 3.1.1). */
+static SessionLimits default_limits(void)
+{
+    return (SessionLimits){.receive_maximum = 65535,
+                           .maximum_qos = 2,
+                           .retain_available = true,
+                           .wildcard_available = true,
+                           .subscription_ids_available = true,
+                           .shared_available = true,
+                           .server_keep_alive = -1};
 }
 
 int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *userdata, Session **ret)
@@ -275,6 +301,8 @@ int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *user
     m->rng = cfg->seed ? cfg->seed : UINT64_C(0x9e3779b97f4a7c15);
     m->pub.state = SESSION_IDLE;
     m->pub.last_ping_rtt_ms = -1;
+    m->pub.limits = default_limits();
+    alias_out_init(&m->alias_out);
     *ret = &m->pub;
     return 0;
 }
@@ -303,6 +331,9 @@ void session_free(Session *s)
     mqtt_decoder_free(&m->dec);
     buf_free(&s->out);
     free(m->cfg_strings);
+    alias_out_free(&m->alias_out);
+    alias_in_free(&m->alias_in);
+    free(s->assigned_client_id);
     free(m);
 }
 
@@ -310,9 +341,11 @@ void session_free(Session *s)
 
 /* A failed encode writes nothing. Everything but CONNECT was validated on the way in (topics,
  * filters, sizes against session_max_publish), so only -ENOMEM fails those; CONNECT's
- * fields come from the configuration (see session_transport_up). */
-static int send_packet(Impl *m, const MqttPacket *pkt, int64_t now)
+ * fields come from the configuration (see session_transport_up). The packet goes out in the
+ * link's protocol version. */
+static int send_packet(Impl *m, MqttPacket *pkt, int64_t now)
 {
+    pkt->version = m->pub.protocol;
     size_t before = buf_mark(&m->pub.out);
     int r = mqtt_encode(&m->pub.out, pkt);
     if (r < 0) {
@@ -351,7 +384,23 @@ static int send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
                                 .dup = dup,
                                 .retain = msg->retain}};
     msg->sent_at = now;
-    return send_packet(m, &p, now);
+    uint16_t alias;
+    int known =
+        m->pub.protocol == MQTT_V5 ? alias_out_get(&m->alias_out, p.publish.topic, &alias) : -1;
+    if (known >= 0) {
+        MQTT_SET(&p.props, MQTT_PROP_TOPIC_ALIAS);
+        p.props.topic_alias = alias;
+        if (known) { /* the broker knows it: two bytes instead of the topic */
+            p.publish.topic = VIEW(NULL, 0);
+        }
+    }
+    int r = send_packet(m, &p, now);
+    if (r < 0 && known == 0) {
+        /* The broker never learnt that alias: start over (setting an alias again is fine). */
+        (void)alias_out_reset(&m->alias_out, m->alias_out.max);
+    }
+    m->pub.stats.topic_aliases_used += r == 0 && known == 1;
+    return r;
 }
 
 static void send_ping(Impl *m, Pending *barrier, int64_t now)
@@ -386,6 +435,11 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
     }
     MqttPacket pkt = {.type = p->kind == P_UNSUBSCRIBE ? MQTT_UNSUBSCRIBE : MQTT_SUBSCRIBE,
                       .subscribe = {.id = p->id, .topics = &t, .count = 1}};
+    if (p->kind == P_SUBSCRIBE && p->subid && m->pub.protocol == MQTT_V5 &&
+        m->pub.limits.subscription_ids_available) {
+        pkt.props.subid = &p->subid;
+        pkt.props.n_subid = 1;
+    }
     if (send_packet(m, &pkt, now) < 0) {
         id_release(m, &p->id);
         p->sent = false; /* tried again at the next tick */
@@ -407,29 +461,94 @@ static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)
     free(msg);
 }
 
-static void msg_complete(Impl *m, SessionMsg *msg, bool was_inflight, int64_t now)
+/* The outcome of a message: `result` 0 (done) or -errno, with the broker's MQTT 5 reason code
+ * and reason string when it answered. */
+typedef struct Outcome {
+    int result;
+    uint8_t reason;
+    View reason_string;
+} Outcome;
+
+static void msg_finish(Impl *m, SessionMsg *msg, bool was_inflight, int64_t now, Outcome o)
 {
-    if (msg->qos > 0) {
+    if (msg->qos > 0 && msg->id) {
         m->pub.stats.pub_rtt_sum_ms += (uint64_t)(now - msg->sent_at);
         m->pub.stats.pub_rtt_n++;
     }
     if (!msg->counted) {
-        m->pub.stats.pub_ok++;
+        msg->counted = true;
+        if (o.result < 0) {
+            m->pub.stats.pub_fail++;
+        } else {
+            m->pub.stats.pub_ok++;
+        }
     }
     void *req = msg->req;
     uint64_t spool_id = msg->spool_id;
     msg_free(m, msg, was_inflight);
     if (req || spool_id) {
         emit(m, (SessionEvent){.type = SESSION_EV_PUBLISH_DONE,
-                               .done = {.req = req, .spool_id = spool_id}});
+                               .done = {.req = req,
+                                        .result = o.result,
+                                        .spool_id = spool_id,
+                                        .reason = o.reason,
+                                        .reason_string = o.reason_string}});
     }
+}
+
+static void msg_complete(Impl *m, SessionMsg *msg, bool was_inflight, int64_t now)
+{
+    msg_finish(m, msg, was_inflight, now, (Outcome){0});
+}
+
+/* The largest PUBLISH we may send: the broker's Maximum Packet Size on an MQTT 5 link, less
+ * what the properties we add may take (a Topic Alias, the property length, a longer
+ * remaining length: at most 5 bytes), else what MQTT carries. */
+static size_t publish_limit(const Session *s)
+{
+    if (s->protocol == MQTT_V5 && s->limits.maximum_packet_size) {
+        return s->limits.maximum_packet_size > 5 ? s->limits.maximum_packet_size - 5 : 0;
+    }
+    return MQTT_PACKET_MAX;
+}
+
+/* Whether a message fits what the link allows (the CONNACK's limits, MQTT 5, when connected):
+ * 0, -ENOTSUP (QoS above Maximum QoS, retain without Retain Available) or -EMSGSIZE. */
+static int check_limits(const Session *s, View topic, size_t payload_len, uint8_t qos, bool retain)
+{
+    bool known = s->state == SESSION_CONNECTED;
+    if (mqtt_publish_size(topic, payload_len, qos) > (known ? publish_limit(s) : MQTT_PACKET_MAX)) {
+        return -EMSGSIZE;
+    }
+    if (known && s->protocol == MQTT_V5 &&
+        (qos > s->limits.maximum_qos || (retain && !s->limits.retain_available))) {
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+/* A queued message this link cannot carry fails without being sent. */
+static bool fits_link(Impl *m, SessionMsg *msg, int64_t now)
+{
+    int r = check_limits(&m->pub, VIEW(msg->data, msg->topic_len), msg->payload_len, msg->qos,
+                         msg->retain);
+    if (r < 0) {
+        msg_finish(m, msg, false, now, (Outcome){.result = r});
+    }
+    return r == 0;
 }
 
 /* Send queued messages in order while the in-flight window allows. */
 static void pump(Impl *m, int64_t now)
 {
+    size_t window = m->cfg.max_inflight < m->pub.limits.receive_maximum
+                        ? m->cfg.max_inflight
+                        : m->pub.limits.receive_maximum;
     while (m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue)) {
         SessionMsg *msg = container_of(m->queue.next, SessionMsg, link);
+        if (!fits_link(m, msg, now)) {
+            continue;
+        }
         if (msg->qos == 0) {
             if (send_publish(m, msg, false, now) < 0) {
                 return; /* out of memory: still queued, tried again at the next tick */
@@ -437,7 +556,7 @@ static void pump(Impl *m, int64_t now)
             msg_complete(m, msg, false, now);
             continue;
         }
-        if (m->pub.inflight >= m->cfg.max_inflight) {
+        if (m->pub.inflight >= window) {
             break;
         }
         msg->id = id_alloc(m);
@@ -473,8 +592,7 @@ static SessionMsg *find_inflight(Impl *m, uint16_t id, uint8_t qos)
 
 size_t session_max_publish(const Session *s)
 {
-    (void)s;
-    return MQTT_PACKET_MAX;
+    return publish_limit(s);
 }
 
 /* A message an earlier run had sent goes straight in flight under its old packet id. */
@@ -502,9 +620,12 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
     if (p->qos > 2 || mqtt_topic_check(p->topic) < 0) {
         return -EINVAL;
     }
-    if (mqtt_publish_size(p->topic, p->payload.n, p->qos) > session_max_publish(s)) {
+    /* What the current link is known to refuse is refused now (a queued message is checked
+     * again when it goes out). */
+    int r = check_limits(s, p->topic, p->payload.n, p->qos, p->retain);
+    if (r < 0) {
         s->stats.pub_fail++;
-        return -EMSGSIZE;
+        return r;
     }
     size_t bytes = p->topic.n + p->payload.n;
     if (s->queued + s->inflight >= m->cfg.max_messages ||
@@ -528,8 +649,7 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
         memcpy(msg->data + p->topic.n, p->payload.p, p->payload.n);
     }
     if (p->packet_id) {
-        int r = resume_inflight(m, msg, p, now);
-        if (r < 0) {
+        if ((r = resume_inflight(m, msg, p, now)) < 0) {
             free(msg);
             return r;
         }
@@ -567,13 +687,18 @@ static Sub *find_sub(Impl *m, View filter)
     return NULL;
 }
 
-static int add_pending(Impl *m, View filter, uint8_t qos, enum pending_kind kind, void *req)
+static int add_pending(Impl *m, const SessionSubscribe *what, enum pending_kind kind, void *req)
 {
+    View filter = what->filter;
     Pending *p = malloc(sizeof(*p) + filter.n);
     if (!p) {
         return -ENOMEM;
     }
-    *p = (Pending){.req = req, .qos = qos, .kind = kind, .len = (uint16_t)filter.n};
+    *p = (Pending){.req = req,
+                   .qos = what->qos,
+                   .subid = what->subid,
+                   .kind = kind,
+                   .len = (uint16_t)filter.n};
     if (filter.n) {
         memcpy(p->filter, filter.p, filter.n);
     }
@@ -597,25 +722,26 @@ static Pending *find_unsent(Impl *m, View filter, enum pending_kind kind)
     return NULL;
 }
 
-int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t now)
+int session_subscribe(Session *s, const SessionSubscribe *sub, void *req, int64_t now)
 {
     (void)now;
-    if (qos > 2 || mqtt_filter_check(filter) < 0) {
+    if (sub->qos > 2 || mqtt_filter_check(sub->filter) < 0 || sub->subid > 268435455u) {
         return -EINVAL;
     }
     /* Nobody waits for this one: an identical request not yet sent does the same job, so
      * repeating a subscribe while the broker is away does not pile up requests. */
-    Pending *twin = req ? NULL : find_unsent(impl(s), filter, P_SUBSCRIBE);
+    Pending *twin = req ? NULL : find_unsent(impl(s), sub->filter, P_SUBSCRIBE);
     if (twin) {
-        twin->qos = qos > twin->qos ? qos : twin->qos;
+        twin->qos = sub->qos > twin->qos ? sub->qos : twin->qos;
+        twin->subid = sub->subid;
         return 0;
     }
-    return add_pending(impl(s), filter, qos, P_SUBSCRIBE, req);
+    return add_pending(impl(s), sub, P_SUBSCRIBE, req);
 }
 
 int session_barrier(Session *s, void *req)
 {
-    return add_pending(impl(s), VIEW_NULL, 0, P_BARRIER, req);
+    return add_pending(impl(s), &(SessionSubscribe){0}, P_BARRIER, req);
 }
 
 static void forget_sub(Impl *m, View filter)
@@ -636,7 +762,7 @@ int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
         return -EINVAL;
     }
     forget_sub(m, filter);
-    return add_pending(m, filter, 0, P_UNSUBSCRIBE, req);
+    return add_pending(m, &(SessionSubscribe){.filter = filter}, P_UNSUBSCRIBE, req);
 }
 
 void session_restore_incoming(Session *s, const uint64_t *held)
@@ -655,18 +781,19 @@ void session_forget_req(Session *s, void *req)
     }
 }
 
-static void remember_sub(Impl *m, View filter, uint8_t qos)
+static void remember_sub(Impl *m, View filter, uint8_t qos, uint32_t subid)
 {
     Sub *sub = find_sub(m, filter);
     if (sub) {
         sub->qos = qos;
+        sub->subid = subid;
         return;
     }
     sub = malloc(sizeof(*sub) + filter.n);
     if (!sub) {
         return; /* not restored after a reconnect; the subscription itself stands */
     }
-    *sub = (Sub){.qos = qos, .len = (uint16_t)filter.n};
+    *sub = (Sub){.qos = qos, .subid = subid, .len = (uint16_t)filter.n};
     memcpy(sub->filter, filter.p, filter.n);
     list_push_back(&m->subs, &sub->link);
     m->pub.subscriptions++;
@@ -786,26 +913,82 @@ bool session_should_connect(Session *s, int64_t now)
     return true;
 }
 
+/* MQTT 5: what CONNECT asks for and tells about us, and the will's properties. */
+static void connect_props(const SessionConfig *c, MqttPacket *p)
+{
+    MqttProps *pr = &p->props;
+    if (c->session_expiry) {
+        MQTT_SET(pr, MQTT_PROP_SESSION_EXPIRY);
+        pr->session_expiry = c->session_expiry;
+    }
+    if (c->receive_maximum != 65535) {
+        MQTT_SET(pr, MQTT_PROP_RECEIVE_MAXIMUM);
+        pr->receive_maximum = c->receive_maximum;
+    }
+    if (c->max_packet && c->max_packet < MQTT_PACKET_MAX) {
+        MQTT_SET(pr, MQTT_PROP_MAXIMUM_PACKET_SIZE);
+        pr->maximum_packet_size = (uint32_t)c->max_packet;
+    }
+    if (c->topic_alias_maximum) {
+        MQTT_SET(pr, MQTT_PROP_TOPIC_ALIAS_MAXIMUM);
+        pr->topic_alias_maximum = c->topic_alias_maximum;
+    }
+    if (c->request_response_info) {
+        MQTT_SET(pr, MQTT_PROP_REQUEST_RESPONSE_INFO);
+        pr->request_response_info = 1;
+    }
+    MqttProps *w = &p->connect.will_props;
+    if (c->will && c->will_delay) {
+        MQTT_SET(w, MQTT_PROP_WILL_DELAY);
+        w->will_delay = c->will_delay;
+    }
+    if (c->will && c->will_message_expiry) {
+        MQTT_SET(w, MQTT_PROP_MESSAGE_EXPIRY);
+        w->message_expiry = c->will_message_expiry;
+    }
+    if (c->will && c->will_content_type.n) {
+        MQTT_SET(w, MQTT_PROP_CONTENT_TYPE);
+        w->content_type = c->will_content_type;
+    }
+}
+
+static void build_connect(Impl *m, MqttPacket *p)
+{
+    const SessionConfig *c = &m->cfg;
+    const char *assigned = m->pub.assigned_client_id;
+    *p = (MqttPacket){.type = MQTT_CONNECT,
+                      .connect = {.client_id = c->client_id,
+                                  .username = c->username,
+                                  .password = c->password,
+                                  .has_username = c->has_username,
+                                  .has_password = c->has_password && c->has_username,
+                                  .will = c->will,
+                                  .will_topic = c->will_topic,
+                                  .will_payload = c->will_payload,
+                                  .will_qos = c->will_qos,
+                                  .will_retain = c->will_retain,
+                                  .keepalive = c->keepalive,
+                                  .clean_session = c->clean_session}};
+    if (!c->client_id.n && assigned) { /* the session the broker made for us, resumed */
+        p->connect.client_id = VIEW(assigned, strlen(assigned));
+    }
+    if (m->pub.protocol == MQTT_V5) {
+        connect_props(c, p);
+    }
+}
+
 void session_transport_up(Session *s, int64_t now)
 {
     Impl *m = impl(s);
     if (s->state != SESSION_CONNECTING) {
         return;
     }
-    const SessionConfig *c = &m->cfg;
-    MqttPacket p = {.type = MQTT_CONNECT,
-                    .connect = {.client_id = c->client_id,
-                                .username = c->username,
-                                .password = c->password,
-                                .has_username = c->has_username,
-                                .has_password = c->has_password && c->has_username,
-                                .will = c->will,
-                                .will_topic = c->will_topic,
-                                .will_payload = c->will_payload,
-                                .will_qos = c->will_qos,
-                                .will_retain = c->will_retain,
-                                .keepalive = c->keepalive,
-                                .clean_session = c->clean_session}};
+    bool v5 = m->cfg.protocol == SESSION_PROTOCOL_5 ||
+              (m->cfg.protocol == SESSION_PROTOCOL_AUTO && !m->fell_back);
+    s->protocol = v5 ? MQTT_V5 : MQTT_V311;
+    m->dec.version = s->protocol;
+    MqttPacket p;
+    build_connect(m, &p);
     buf_clear(&s->out);
     buf_clear(&m->dec.in);
     s->state = SESSION_CONNACK_WAIT;
@@ -873,7 +1056,8 @@ static void connected(Impl *m, bool session_present, int64_t now)
         /* Restore the subscriptions, ahead of any request made meanwhile. */
         for (l = m->subs.prev; l != &m->subs; l = l->prev) {
             Sub *sub = container_of(l, Sub, link);
-            if (add_pending(m, VIEW(sub->filter, sub->len), sub->qos, P_SUBSCRIBE, NULL) == 0) {
+            SessionSubscribe again = {VIEW(sub->filter, sub->len), sub->qos, sub->subid};
+            if (add_pending(m, &again, P_SUBSCRIBE, NULL) == 0) {
                 Link *p = m->pending.prev;
                 list_remove(p);
                 list_insert_before(m->pending.next, p);
@@ -890,12 +1074,157 @@ static void protocol_error(Impl *m, int64_t now, int code, const char *what)
 {
     char reason[200];
     snprintf(reason, sizeof(reason), "protocol error from broker: %s", what);
+    if (m->pub.protocol == MQTT_V5 && code >= MQTT_E_FIRST && code < MQTT_E_LAST) {
+        /* MQTT 5: the broker is told why, before the link goes (best effort). */
+        MqttPacket d = {.type = MQTT_DISCONNECT, .ack = {.reason = mqtt_error_reason(-code)}};
+        (void)send_packet(m, &d, now);
+    }
     link_down(m, now, code, false, reason);
 }
 
-static void handle_publish(Impl *m, const MqttPublish *p, int64_t now)
+/* "Not authorized (0x87): <reason string>" into out. */
+static void describe_reason(char *out, size_t n, uint8_t code, View text)
+{
+    const char *name = mqtt_reason_str(code);
+    snprintf(out, n, "%s (0x%02X)%s%.*s", name ? name : "reason", code, text.n ? ": " : "",
+             (int)(text.n < 200 ? text.n : 200), (const char *)text.p);
+}
+
+/* A broker that named another server (0x9C Use another server, 0x9D Server moved). */
+static void keep_reference(Impl *m, uint8_t code, const MqttProps *props)
+{
+    m->pub.server_reference[0] = '\0';
+    if ((code == MQTT_RC_USE_ANOTHER_SERVER || code == MQTT_RC_SERVER_MOVED) &&
+        MQTT_HAS(props, MQTT_PROP_SERVER_REFERENCE) &&
+        props->server_reference.n < sizeof(m->pub.server_reference)) {
+        snprintf(m->pub.server_reference, sizeof(m->pub.server_reference), "%.*s",
+                 (int)props->server_reference.n, (const char *)props->server_reference.p);
+    }
+}
+
+/* The limits an MQTT 5 CONNACK sets for the link (absent properties keep the defaults). */
+static int apply_connack(Impl *m, const MqttProps *p)
 {
     Session *s = &m->pub;
+    SessionLimits *l = &s->limits;
+    if (MQTT_HAS(p, MQTT_PROP_RECEIVE_MAXIMUM)) {
+        l->receive_maximum = p->receive_maximum;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_MAXIMUM_QOS)) {
+        l->maximum_qos = p->maximum_qos;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_RETAIN_AVAILABLE)) {
+        l->retain_available = p->retain_available;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_MAXIMUM_PACKET_SIZE)) {
+        l->maximum_packet_size = p->maximum_packet_size;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_TOPIC_ALIAS_MAXIMUM)) {
+        l->topic_alias_maximum = p->topic_alias_maximum;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_WILDCARD_AVAILABLE)) {
+        l->wildcard_available = p->wildcard_available;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_SUBSCRIPTION_ID_AVAILABLE)) {
+        l->subscription_ids_available = p->subscription_id_available;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_SHARED_AVAILABLE)) {
+        l->shared_available = p->shared_available;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_SERVER_KEEP_ALIVE)) {
+        l->server_keep_alive = p->server_keep_alive;
+        m->keepalive = p->server_keep_alive;
+    }
+    if (MQTT_HAS(p, MQTT_PROP_ASSIGNED_CLIENT_ID)) {
+        char *id = strndup((const char *)p->assigned_client_id.p, p->assigned_client_id.n);
+        if (!id) {
+            return -ENOMEM;
+        }
+        free(s->assigned_client_id);
+        s->assigned_client_id = id;
+    }
+    int r = alias_out_reset(&m->alias_out, m->cfg.topic_aliases ? l->topic_alias_maximum : 0);
+    return r < 0 ? r : alias_in_reset(&m->alias_in, m->cfg.topic_alias_maximum);
+}
+
+/* AUTO met a broker that does not speak MQTT 5: 3.1.1 from now on, tried at once. */
+static void fall_back(Impl *m, int64_t now, const char *answer)
+{
+    char reason[160];
+    snprintf(reason, sizeof(reason), "the broker refused MQTT 5 (%s): using MQTT 3.1.1", answer);
+    m->fell_back = true;
+    link_down(m, now, MQTT_CONNACK_PROTOCOL_VERSION, true, reason);
+    m->attempts = 0;
+    m->pub.retry_at = now;
+}
+
+static void refused(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    char reason[600], why[260];
+    uint8_t rc = pkt->connack.rc;
+    if (pkt->version == MQTT_V5) {
+        describe_reason(why, sizeof(why), rc, pkt->props.reason_string);
+        keep_reference(m, rc, &pkt->props);
+    } else {
+        snprintf(why, sizeof(why), "%s", mqtt_connack_str(rc));
+    }
+    snprintf(reason, sizeof(reason), "connection refused: %s%s%s", why,
+             m->pub.server_reference[0] ? "; redirected to " : "", m->pub.server_reference);
+    link_down(m, now, rc, true, reason);
+}
+
+static void on_connack(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    Session *s = &m->pub;
+    uint8_t rc = pkt->connack.rc;
+    bool v5_sent = s->protocol == MQTT_V5;
+    bool version_refused =
+        v5_sent && (pkt->version == MQTT_V311 ? rc == MQTT_CONNACK_PROTOCOL_VERSION
+                                              : rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION);
+    if (s->state != SESSION_CONNACK_WAIT) {
+        protocol_error(m, now, MQTT_E_TYPE, "unexpected CONNACK");
+    } else if (version_refused && m->cfg.protocol == SESSION_PROTOCOL_AUTO) {
+        fall_back(m, now, pkt->version == MQTT_V311 ? "3.1.1 return code 1" : "reason 0x84");
+    } else if (v5_sent && pkt->version == MQTT_V311 && rc == 0) {
+        protocol_error(m, now, MQTT_E_LENGTH, "CONNACK without properties");
+    } else if (rc != 0) {
+        refused(m, pkt, now);
+    } else {
+        s->limits = default_limits();
+        m->keepalive = m->cfg.keepalive;
+        s->server_reference[0] = '\0';
+        int r = apply_connack(m, v5_sent ? &pkt->props : &(MqttProps){0});
+        if (r < 0) {
+            link_down(m, now, -r, false, "out of memory taking the CONNACK");
+            return;
+        }
+        connected(m, pkt->connack.session_present, now);
+    }
+}
+
+/* MQTT 5: the broker ends the link and says why. */
+static void on_disconnect(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    char reason[600], why[260];
+    describe_reason(why, sizeof(why), pkt->ack.reason, pkt->props.reason_string);
+    keep_reference(m, pkt->ack.reason, &pkt->props);
+    snprintf(reason, sizeof(reason), "the broker disconnected: %s%s%s", why,
+             m->pub.server_reference[0] ? "; redirected to " : "", m->pub.server_reference);
+    link_down(m, now, ECONNRESET, false, reason);
+}
+
+static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
+{
+    Session *s = &m->pub;
+    MqttPublish resolved = pkt->publish, *p = &resolved;
+    if (s->protocol == MQTT_V5 && MQTT_HAS(&pkt->props, MQTT_PROP_TOPIC_ALIAS)) {
+        int r = alias_in_resolve(&m->alias_in, pkt->props.topic_alias, &p->topic);
+        if (r < 0) {
+            protocol_error(m, now, r == -ENOMEM ? ENOMEM : -r,
+                           r == -MQTT_E_TOPIC_EMPTY ? "Topic Alias never set" : mqtt_strerror(r));
+            return;
+        }
+    }
     bool deliver = true;
     if (p->qos == 2) {
         deliver = !bit_get(m->qos2_in, p->id);
@@ -906,7 +1235,7 @@ static void handle_publish(Impl *m, const MqttPublish *p, int64_t now)
     }
     if (deliver) {
         s->stats.messages_received++;
-        emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE, .message = p});
+        emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE, .message = {p, &pkt->props}});
         if (p->qos == 2) {
             emit(m, (SessionEvent){.type = SESSION_EV_QOS2_HELD, .packet_id = p->id});
         }
@@ -921,8 +1250,8 @@ static void handle_publish(Impl *m, const MqttPublish *p, int64_t now)
 static void suback(Impl *m, Pending *p, uint8_t code)
 {
     View filter = VIEW(p->filter, p->len);
-    if (code != MQTT_SUBACK_FAILURE) {
-        remember_sub(m, filter, p->qos);
+    if (code < 0x80) { /* a granted QoS; 0x80 (3.1.1) and MQTT 5's codes above are refusals */
+        remember_sub(m, filter, p->qos, p->subid);
         pending_done(m, p, code);
         return;
     }
@@ -960,13 +1289,21 @@ static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
     uint16_t id = pkt->ack.id;
     SessionMsg *msg =
         pkt->type == MQTT_PUBREL ? NULL : find_inflight(m, id, pkt->type == MQTT_PUBACK ? 1 : 2);
+    uint8_t reason = pkt->ack.reason; /* 0 in 3.1.1 */
+    Outcome o = {reason >= 0x80 ? -EPERM : 0, reason, pkt->props.reason_string};
     switch (pkt->type) {
     case MQTT_PUBACK:
         if (msg) {
-            msg_complete(m, msg, true, now);
+            msg_finish(m, msg, true, now, o);
         }
         break;
     case MQTT_PUBREC:
+        if (reason >= 0x80) { /* refused: the exchange ends here, no PUBREL [MQTT-4.3.3] */
+            if (msg && !msg->got_pubrec) {
+                msg_finish(m, msg, true, now, o);
+            }
+            break;
+        }
         if (msg && !msg->got_pubrec) {
             msg->got_pubrec = true;
             if (msg->spool_id) {
@@ -979,7 +1316,7 @@ static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
         break;
     case MQTT_PUBCOMP:
         if (msg && msg->got_pubrec) {
-            msg_complete(m, msg, true, now);
+            msg_finish(m, msg, true, now, o);
         }
         break;
     default: /* MQTT_PUBREL */
@@ -1041,21 +1378,19 @@ static void handle_packet(Impl *m, const MqttPacket *pkt, int64_t now)
     }
     switch (pkt->type) {
     case MQTT_CONNACK:
-        if (s->state != SESSION_CONNACK_WAIT) {
-            protocol_error(m, now, MQTT_E_TYPE, "unexpected CONNACK");
-        } else if (pkt->connack.rc != MQTT_CONNACK_ACCEPTED) {
-            char reason[120];
-            snprintf(reason, sizeof(reason), "connection refused: %s",
-                     mqtt_connack_str(pkt->connack.rc));
-            link_down(m, now, pkt->connack.rc, true, reason);
-        } else {
-            connected(m, pkt->connack.session_present, now);
-        }
+        on_connack(m, pkt, now);
         break;
     case MQTT_PUBLISH:
         s->stats.sub_bytes_sum += pkt->size;
         s->stats.sub_bytes_n++;
-        handle_publish(m, &pkt->publish, now);
+        handle_publish(m, pkt, now);
+        break;
+    case MQTT_DISCONNECT:
+        if (s->protocol != MQTT_V5) {
+            protocol_error(m, now, MQTT_E_TYPE, "unexpected DISCONNECT");
+        } else {
+            on_disconnect(m, pkt, now);
+        }
         break;
     case MQTT_PUBACK:
     case MQTT_PUBREC:
@@ -1139,10 +1474,10 @@ int64_t session_tick(Session *s, int64_t now)
 
     flush_pending(m, now);
     pump(m, now);
-    if (m->cfg.keepalive == 0) {
+    if (m->keepalive == 0) {
         return INT64_MAX;
     }
-    int64_t ka = (int64_t)m->cfg.keepalive * 1000;
+    int64_t ka = (int64_t)m->keepalive * 1000;
     int64_t ping_timeout = ka / 2 > MIN_PING_TIMEOUT_MS ? ka / 2 : MIN_PING_TIMEOUT_MS;
     char reason[80];
     int64_t ping_sent_at =

@@ -45,8 +45,12 @@ enum session_state {
 
 const char *session_state_name(enum session_state st);
 
+/* Which MQTT the session speaks (a zeroed config: 3.1.1). AUTO tries 5 and, when the broker
+ * refuses that protocol version, uses 3.1.1 until session_configure() is called again. */
+enum session_protocol { SESSION_PROTOCOL_311, SESSION_PROTOCOL_5, SESSION_PROTOCOL_AUTO };
+
 typedef struct SessionConfig {
-    View client_id;
+    View client_id;          /* empty (MQTT 5): the broker assigns one, reused on reconnect */
     View username, password; /* used when has_username / has_password */
     bool has_username, has_password;
     uint16_t keepalive; /* seconds; 0 = none */
@@ -61,7 +65,28 @@ typedef struct SessionConfig {
     size_t max_messages, max_bytes; /* outgoing queue + in flight */
     size_t max_packet;              /* largest packet accepted from the broker */
     uint64_t seed;                  /* for the backoff jitter */
+    /* MQTT 5 */
+    uint8_t protocol;             /* enum session_protocol */
+    uint32_t session_expiry;      /* seconds the broker keeps the session after the link */
+    uint16_t receive_maximum;     /* incoming QoS 1/2 in flight we accept; 0 = 65535 */
+    uint16_t topic_alias_maximum; /* incoming topic aliases we accept */
+    bool topic_aliases;           /* use outgoing topic aliases */
+    bool request_response_info;
+    uint32_t will_delay, will_message_expiry; /* seconds; expiry 0 = none */
+    View will_content_type;                   /* empty = none */
 } SessionConfig;
+
+/* What the broker's CONNACK allows for the life of the link (MQTT 5; with 3.1.1, and before
+ * the first CONNACK, what the standard assumes when a property is absent). */
+typedef struct SessionLimits {
+    uint16_t receive_maximum;     /* our QoS 1/2 messages in flight */
+    uint8_t maximum_qos;          /* 0, 1 or 2 */
+    bool retain_available;        /* retained messages accepted */
+    uint32_t maximum_packet_size; /* 0 = no limit but MQTT's */
+    uint16_t topic_alias_maximum; /* aliases the broker accepts from us */
+    bool wildcard_available, subscription_ids_available, shared_available;
+    int32_t server_keep_alive; /* the keepalive the broker imposed, -1 when it did not */
+} SessionLimits;
 
 enum session_event_type {
     SESSION_EV_CONNECTED,      /* .connected */
@@ -93,18 +118,24 @@ typedef struct SessionEvent {
         } connected;
         struct {
             const char *reason; /* human text, also kept as last_error unless clean */
-            int code;           /* errno, MQTT_E_*, or CONNACK rc (when refused); 0 = clean */
-            bool refused;       /* CONNACK refusal: code is the return code */
+            int code;     /* errno, MQTT_E_*, CONNACK rc or reason code (refused); 0 = clean */
+            bool refused; /* CONNACK refusal: code is the return code */
             bool was_connected; /* the link had reached CONNECTED */
         } down;
-        const MqttPublish *message;
+        struct {
+            const MqttPublish *publish; /* its topic resolved when it came by Topic Alias */
+            const MqttProps *props;     /* MQTT 5 (empty with 3.1.1): Subscription Identifiers
+                                           name the subscriptions this copy is for */
+        } message;
         struct {
             int64_t rtt_ms;
         } ping;
         struct {
-            void *req; /* NULL once abandoned (PUBLISH_DONE still comes for a spool_id) */
-            int result;
+            void *req;  /* NULL once abandoned (PUBLISH_DONE still comes for a spool_id) */
+            int result; /* >= 0 done; -EPERM: the broker refused (reason); other -errno */
             uint64_t spool_id;
+            uint8_t reason;     /* MQTT 5 reason code of the answer (0 with 3.1.1) */
+            View reason_string; /* MQTT 5, valid during the call; empty when none */
         } done;
         struct {
             uint64_t spool_id;
@@ -136,6 +167,7 @@ typedef struct SessionStats {
     uint64_t reconnects; /* links re-established after a loss */
     uint64_t messages_received, duplicates_dropped;
     uint64_t subscriptions_lost; /* restored subscriptions the broker refused */
+    uint64_t topic_aliases_used; /* PUBLISH packets sent with an alias instead of the topic */
 } SessionStats;
 
 typedef struct SessionPublish {
@@ -154,13 +186,17 @@ struct Session {
     Buf out; /* bytes for the broker: the caller writes them and buf_consume()s */
     enum session_state state;
     SessionStats stats;
-    char last_error[256]; /* "" when none */
+    char last_error[512]; /* "" when none */
     char phase[160];      /* see session_set_phase */
     bool session_present;
     int64_t connected_at, retry_at;
     int64_t last_ping_rtt_ms; /* -1 before the first answer */
     size_t queued, inflight, queued_bytes;
     size_t subscriptions;
+    uint8_t protocol;           /* MQTT_V5 or MQTT_V311: of the current (or last) link */
+    SessionLimits limits;       /* the current (or last) link's */
+    char *assigned_client_id;   /* MQTT 5: the id the broker gave us, or NULL */
+    char server_reference[256]; /* MQTT 5: where the broker sent us (0x9C, 0x9D), or "" */
 };
 
 int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *userdata,
@@ -191,7 +227,10 @@ void session_disconnect(Session *s, int64_t now);
 
 /* Queue a publish. -ENOBUFS when the queue is full (counted as a failure), -EINVAL for an
  * invalid topic or QoS, -EMSGSIZE when its PUBLISH would be larger than the largest packet
- * the link carries (session_max_publish), -EEXIST when a resumed packet id is in use.
+ * the link carries (session_max_publish), -EEXIST when a resumed packet id is in use; on an
+ * MQTT 5 link, -ENOTSUP when its QoS is above the broker's Maximum QoS or it is retained and
+ * the broker has no Retain Available (a message queued before the link learnt that fails
+ * the same way in its PUBLISH_DONE, without being sent).
  * *ret_msg (may be NULL) identifies it for session_abandon(). */
 int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
                     SessionMsg **ret_msg);
@@ -199,17 +238,25 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
  * event will name `req` any more. With `failed`, the publish counts as failed in the stats.
  * `msg` is what session_publish returned for a request that is still pending. */
 void session_abandon(Session *s, SessionMsg *msg, bool failed);
-/* The largest PUBLISH packet the link carries (the encoder's limit, MQTT's 256 MiB), to compare
- * with mqtt_publish_size. */
+/* The largest PUBLISH packet the link carries (the broker's Maximum Packet Size, else MQTT's
+ * 256 MiB), to compare with mqtt_publish_size. */
 size_t session_max_publish(const Session *s);
 /* Incoming QoS 2 ids an earlier run had acknowledged with PUBREC but not seen released: a
  * bitmap of 65536 bits. Duplicates of them are not delivered again if the broker resumes the
  * session (they are forgotten if it does not). */
 void session_restore_incoming(Session *s, const uint64_t *held);
 
+typedef struct SessionSubscribe {
+    View filter;
+    uint8_t qos;
+    /* MQTT 5: its subscription identifier (1..268435455; 0 = none), sent when the broker
+     * has them; messages for it then name it (SESSION_EV_MESSAGE). */
+    uint32_t subid;
+} SessionSubscribe;
+
 /* Ask the broker for a subscription (sent now, or when connected). Remembered and restored
- * after reconnects once granted. -EINVAL for a bad filter or QoS. */
-int session_subscribe(Session *s, View filter, uint8_t qos, void *req, int64_t now);
+ * after reconnects once granted. -EINVAL for a bad filter, QoS or identifier. */
+int session_subscribe(Session *s, const SessionSubscribe *sub, void *req, int64_t now);
 /* Forget a subscription and tell the broker (now or at the next connect). */
 int session_unsubscribe(Session *s, View filter, void *req, int64_t now);
 /* A barrier behind the requests made so far: once every one of them is answered (SUBACK,

@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     session_should_connect(s, now);
     session_transport_up(s, now);
     session_input(s, "\x20\x02\x00\x00", 4, now);
-    session_subscribe(s, VIEW_STR("a/#"), 1, NULL, now);
+    session_subscribe(s, &(SessionSubscribe){VIEW_STR("a/#"), 1, 0}, NULL, now);
     SessionPublish p = {.topic = VIEW_STR("t"), .payload = VIEW_STR("x"), .qos = 2};
     session_publish(s, &p, NULL, now, NULL);
     for (size_t i = 0; i < size;) {

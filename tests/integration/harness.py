@@ -446,6 +446,7 @@ class TestCase(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="mqttbridge-test-")
         os.chmod(self.tmp, 0o755)
         self.cleanups = []
+        self.fake_ports = set()
 
     def tearDown(self):
         errors = []
@@ -467,6 +468,11 @@ class TestCase(unittest.TestCase):
         return m
 
     def daemon(self, broker_port, **kw):
+        if broker_port in self.fake_ports:
+            # A scripted broker speaks MQTT 3.1.1 (unless its test says otherwise).
+            sections = {k: dict(v) for k, v in (kw.get("sections") or {}).items()}
+            sections.setdefault("broker", {}).setdefault("protocol", "3.1.1")
+            kw["sections"] = sections
         d = Daemon(self.tmp, broker_port, **kw)
 
         def stop():
@@ -487,6 +493,7 @@ class TestCase(unittest.TestCase):
 
     def fake_broker(self, handler):
         f = FakeBroker(handler)
+        self.fake_ports.add(f.port)
         self.cleanups.append(f.close)
         return f
 

@@ -323,9 +323,11 @@ class Faults(TestCase):
                                   [(c, "k9", col)], between=kill_and_restart)
 
     def test_oversized_packet_from_broker(self):
-        # A PUBLISH announcing 200 MB: refused from its header, not buffered.
+        # A PUBLISH announcing 200 MB, over [broker] maximum_packet_size: refused from its
+        # header, not buffered.
         fb = self.fake_broker(connack_then(bytes([0x30, 0x80, 0x80, 0x80, 0x64]) + b"\x00\x01a"))
-        d = self.daemon(fb.port, start=False)
+        d = self.daemon(fb.port, start=False,
+                        sections={"broker": {"maximum_packet_size": "16M"}})
         d.start(wait_connected=False)
         fb.wait_connects(2)
         self.assertIn("packet larger than the maximum packet size", d.logtext())

@@ -124,7 +124,9 @@ class RealBroker(TestCase):
         os.system(f"mosquitto_passwd -b {pwfile} alice s3cret")
         os.chmod(pwfile, 0o644)
         m = self.broker(extra=f"allow_anonymous false\npassword_file {pwfile}")
-        d = self.daemon(m.port, sections={"broker": {"username": "alice", "password": "wrong"}},
+        # MQTT 3.1.1's return codes here; MQTT 5's reason codes in test_mqtt5.py.
+        d = self.daemon(m.port, sections={"broker": {"username": "alice", "password": "wrong",
+                                                     "protocol": "3.1.1"}},
                         start=False)
         d.start(wait_connected=False)
         with d.client() as c:
@@ -154,7 +156,9 @@ class RealBroker(TestCase):
         os.system(f"mosquitto_passwd -b {pwfile} bob hunter2")
         os.chmod(pwfile, 0o644)
         m = self.broker(extra=f"allow_anonymous false\npassword_file {pwfile}")
-        d = self.daemon(m.port, sections={"broker": {"username": "bob", "password": "hunter2"},
+        # The bytes asserted are MQTT 3.1.1's.
+        d = self.daemon(m.port, sections={"broker": {"username": "bob", "password": "hunter2",
+                                                     "protocol": "3.1.1"},
                                           "log": {"level": "packet"}})
         with d.client() as c:
             c.ok("publish", topic="pk/t", payload="x", qos=1)

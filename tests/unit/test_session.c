@@ -37,10 +37,10 @@ static void on_event(void *ud, const SessionEvent *ev)
                  (const char *)ev->lost.filter.p);
     }
     if (ev->type == SESSION_EV_MESSAGE) {
-        snprintf(h->msg_topic, sizeof(h->msg_topic), "%.*s", (int)ev->message->topic.n,
-                 (const char *)ev->message->topic.p);
-        snprintf(h->msg_payload, sizeof(h->msg_payload), "%.*s", (int)ev->message->payload.n,
-                 (const char *)ev->message->payload.p);
+        snprintf(h->msg_topic, sizeof(h->msg_topic), "%.*s", (int)ev->message.publish->topic.n,
+                 (const char *)ev->message.publish->topic.p);
+        snprintf(h->msg_payload, sizeof(h->msg_payload), "%.*s",
+                 (int)ev->message.publish->payload.n, (const char *)ev->message.publish->payload.p);
     }
     h->n_ev++;
 }
@@ -593,9 +593,13 @@ START_TEST(subscribe_and_restore)
 {
     Harness h;
     setup_connected(&h);
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("s/+"), 1, REQ(1), h.now), 0);
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("deny/#"), 0, REQ(2), h.now), 0);
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("bad#"), 0, REQ(3), h.now), -EINVAL);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("s/+"), 1, 0}, REQ(1), h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("deny/#"), 0, 0}, REQ(2), h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("bad#"), 0, 0}, REQ(3), h.now),
+        -EINVAL);
     session_tick(h.s, h.now);
     MqttPacket s1 = expect_packet(&h, MQTT_SUBSCRIBE);
     MqttPacket s2 = expect_packet(&h, MQTT_SUBSCRIBE);
@@ -644,7 +648,8 @@ START_TEST(unsubscribe_flows)
 {
     Harness h;
     setup_connected(&h);
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("u/1"), 0, NULL, h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("u/1"), 0, 0}, NULL, h.now), 0);
     session_tick(h.s, h.now);
     MqttPacket s1 = expect_packet(&h, MQTT_SUBSCRIBE);
     MqttPacket ack = {.type = MQTT_SUBACK,
@@ -740,7 +745,8 @@ START_TEST(barrier_follows_subscribe)
 {
     Harness h;
     setup_connected(&h);
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("ret/#"), 0, REQ(1), h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("ret/#"), 0, 0}, REQ(1), h.now), 0);
     ck_assert_int_eq(session_barrier(h.s, REQ(2)), 0);
     session_tick(h.s, h.now);
     MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
@@ -789,7 +795,8 @@ START_TEST(barrier_waits_for_every_earlier_answer)
     ck_assert_int_eq(session_barrier(h.s, REQ(1)), 0);
     session_tick(h.s, h.now);
     expect_packet(&h, MQTT_PINGREQ);
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("a/#"), 1, REQ(2), h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("a/#"), 1, 0}, REQ(2), h.now), 0);
     ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("b"), REQ(3), h.now), 0);
     ck_assert_int_eq(session_barrier(h.s, REQ(4)), 0);
     session_tick(h.s, h.now);
@@ -820,7 +827,8 @@ START_TEST(refused_restore_is_announced)
 {
     Harness h;
     setup_connected(&h);
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("gone/#"), 1, REQ(1), h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("gone/#"), 1, 0}, REQ(1), h.now), 0);
     session_tick(h.s, h.now);
     MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
     MqttPacket ack = {.type = MQTT_SUBACK,
@@ -939,7 +947,9 @@ START_TEST(packet_ids_run_out)
     setup_connected(&h);
     enum { N = 65535 + 100 };
     for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("same/#"), 0, REQ(1), h.now), 0);
+        ck_assert_int_eq(
+            session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("same/#"), 0, 0}, REQ(1), h.now),
+            0);
     }
     session_tick(h.s, h.now);
     take_output(&h);
@@ -968,7 +978,8 @@ START_TEST(offline_subscribe_then_unsubscribe)
     Harness h;
     setup_connected(&h);
     session_transport_down(h.s, h.now, ECONNRESET, "gone");
-    ck_assert_int_eq(session_subscribe(h.s, VIEW_STR("t/#"), 1, REQ(1), h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("t/#"), 1, 0}, REQ(1), h.now), 0);
     ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("t/#"), REQ(2), h.now), 0);
     session_tick(h.s, h.now);
     ck_assert_uint_eq(count_events(&h, SESSION_EV_UNSUBSCRIBE_DONE), 0); /* must follow it */
