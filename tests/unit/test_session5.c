@@ -1,0 +1,394 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of the session's MQTT 5 side, the test playing an MQTT 5 broker: the protocol
+ * choice and its fallback, what CONNECT asks for, every CONNACK limit obeyed for the life of
+ * the link, topic aliases both ways, reason codes reaching requests, the broker's DISCONNECT
+ * and server redirection, subscription identifiers.
+ */
+#include <errno.h>
+
+#include "session_harness.h"
+
+#define BIT MQTT_PROP_BIT
+
+static SessionConfig v5_config(void)
+{
+    SessionConfig c = base_config();
+    c.protocol = SESSION_PROTOCOL_5;
+    c.topic_aliases = true;
+    c.topic_alias_maximum = 4;
+    c.receive_maximum = 65535;
+    return c;
+}
+
+/* Connect with an MQTT 5 CONNACK carrying `props`. */
+static void connect5(Harness *h, const MqttProps *props)
+{
+    ck_assert(session_should_connect(h->s, h->now));
+    session_transport_up(h->s, h->now);
+    MqttPacket c = expect_packet(h, MQTT_CONNECT);
+    ck_assert_int_eq(c.version, MQTT_V5);
+    MqttPacket ack = {.type = MQTT_CONNACK, .version = MQTT_V5, .props = *props};
+    broker_sends(h, &ack);
+    ck_assert_int_eq(h->s->state, SESSION_CONNECTED);
+    ck_assert_int_eq(h->s->protocol, MQTT_V5);
+}
+
+static void publish(Harness *h, const char *topic, uint8_t qos, bool retain, void *req, int want)
+{
+    SessionPublish p = {
+        .topic = VIEW_STR(topic), .payload = VIEW_STR("x"), .qos = qos, .retain = retain};
+    ck_assert_int_eq(session_publish(h->s, &p, req, h->now, NULL), want);
+}
+
+/* What CONNECT asks for: session expiry, receive maximum, maximum packet size, topic alias
+ * maximum, response information, and the will's properties. */
+START_TEST(connect_properties)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    c.session_expiry = 3600;
+    c.receive_maximum = 10;
+    c.max_packet = 4096;
+    c.request_response_info = true;
+    c.will = true;
+    c.will_topic = VIEW_STR("w");
+    c.will_payload = VIEW_STR("gone");
+    c.will_delay = 5;
+    c.will_message_expiry = 60;
+    c.will_content_type = VIEW_STR("text/plain");
+    setup_with(&h, &c);
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    MqttPacket p = expect_packet(&h, MQTT_CONNECT);
+    ck_assert_int_eq(p.version, MQTT_V5);
+    ck_assert_uint_eq(p.props.session_expiry, 3600);
+    ck_assert_uint_eq(p.props.receive_maximum, 10);
+    ck_assert_uint_eq(p.props.maximum_packet_size, 4096);
+    ck_assert_uint_eq(p.props.topic_alias_maximum, 4);
+    ck_assert_uint_eq(p.props.request_response_info, 1);
+    ck_assert_uint_eq(p.connect.will_props.will_delay, 5);
+    ck_assert_uint_eq(p.connect.will_props.message_expiry, 60);
+    ck_assert_view_str(p.connect.will_props.content_type, "text/plain");
+    teardown(&h);
+}
+END_TEST
+
+/* AUTO: a broker that answers an MQTT 5 CONNECT in 3.1.1 (return code 1) is tried again at
+ * once in 3.1.1, and stays 3.1.1 until the session is configured again. */
+START_TEST(auto_falls_back)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    c.protocol = SESSION_PROTOCOL_AUTO;
+    setup_with(&h, &c);
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    ck_assert_int_eq(expect_packet(&h, MQTT_CONNECT).version, MQTT_V5);
+    MqttPacket no = {.type = MQTT_CONNACK, .connack = {.rc = 1}}; /* a 3.1.1 broker */
+    broker_sends(&h, &no);
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_str_eq(h.s->last_error, "the broker refused MQTT 5 (3.1.1 return code 1): using "
+                                      "MQTT 3.1.1");
+    ck_assert(session_should_connect(h.s, h.now)); /* no backoff */
+    session_transport_up(h.s, h.now);
+    ck_assert_int_eq(expect_packet(&h, MQTT_CONNECT).version, MQTT_V311);
+    MqttPacket yes = {.type = MQTT_CONNACK};
+    broker_sends(&h, &yes);
+    ck_assert_int_eq(h.s->state, SESSION_CONNECTED);
+    ck_assert_int_eq(h.s->protocol, MQTT_V311);
+    /* An MQTT 5 broker's refusal of the version does the same. */
+    ck_assert_int_eq(session_configure(h.s, &c), 0);
+    session_reconnect_now(h.s, h.now);
+    expect_packet(&h, MQTT_DISCONNECT);
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    ck_assert_int_eq(expect_packet(&h, MQTT_CONNECT).version, MQTT_V5);
+    MqttPacket no5 = {.type = MQTT_CONNACK, .version = MQTT_V5, .connack = {.rc = 0x84}};
+    broker_sends(&h, &no5);
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    ck_assert_int_eq(expect_packet(&h, MQTT_CONNECT).version, MQTT_V311);
+    teardown(&h);
+}
+END_TEST
+
+/* With protocol 5 a refusal is a refusal: reason code and string in last_error, backoff. */
+START_TEST(refusal_with_reason)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    expect_packet(&h, MQTT_CONNECT);
+    MqttPacket no = {
+        .type = MQTT_CONNACK,
+        .version = MQTT_V5,
+        .connack = {.rc = 0x87},
+        .props = {.has = BIT(MQTT_PROP_REASON_STRING), .reason_string = VIEW_STR("not you")}};
+    broker_sends(&h, &no);
+    ck_assert_str_eq(h.s->last_error, "connection refused: Not authorized (0x87): not you");
+    ck_assert(!session_should_connect(h.s, h.now));
+    teardown(&h);
+}
+END_TEST
+
+/* Receive Maximum 2: never more than two QoS 1/2 messages in flight, whatever max_inflight. */
+START_TEST(receive_maximum_window)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    c.max_inflight = 10;
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){.has = BIT(MQTT_PROP_RECEIVE_MAXIMUM), .receive_maximum = 2});
+    for (int i = 0; i < 5; i++) {
+        publish(&h, "rm/t", 1, false, NULL, 0);
+    }
+    session_tick(h.s, h.now);
+    MqttPacket a = expect_packet(&h, MQTT_PUBLISH);
+    expect_packet(&h, MQTT_PUBLISH);
+    expect_no_packet(&h);
+    ck_assert_uint_eq(h.s->inflight, 2);
+    broker_ack(&h, MQTT_PUBACK, a.publish.id);
+    session_tick(h.s, h.now);
+    expect_packet(&h, MQTT_PUBLISH);
+    expect_no_packet(&h);
+    ck_assert_uint_eq(h.s->inflight, 2);
+    teardown(&h);
+}
+END_TEST
+
+/* Maximum QoS 1 and Retain Available 0: such publishes are refused, nothing is sent; one
+ * queued before the limits were known fails unsent. Maximum Packet Size is never passed. */
+START_TEST(connack_limits_refuse)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    publish(&h, "early/q2", 2, false, REQ(1), 0); /* queued while connecting */
+    connect5(&h, &(MqttProps){.has = BIT(MQTT_PROP_MAXIMUM_QOS) | BIT(MQTT_PROP_RETAIN_AVAILABLE) |
+                                     BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE),
+                              .maximum_qos = 1,
+                              .retain_available = 0,
+                              .maximum_packet_size = 64});
+    session_tick(h.s, h.now);
+    expect_no_packet(&h);
+    const SessionEvent *done = last_event(&h, SESSION_EV_PUBLISH_DONE);
+    ck_assert_ptr_nonnull(done);
+    ck_assert_ptr_eq(done->done.req, REQ(1));
+    ck_assert_int_eq(done->done.result, -ENOTSUP);
+    publish(&h, "q/2", 2, false, NULL, -ENOTSUP);
+    publish(&h, "ret", 0, true, NULL, -ENOTSUP);
+    ck_assert_uint_eq(session_max_publish(h.s), 59);
+    char big[80];
+    memset(big, 'b', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    publish(&h, big, 0, false, NULL, -EMSGSIZE);
+    publish(&h, "q/1", 1, false, NULL, 0);
+    session_tick(h.s, h.now);
+    MqttPacket p = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_uint_le(p.size, 64);
+    ck_assert_uint_eq(h.s->stats.pub_fail, 4);
+    teardown(&h);
+}
+END_TEST
+
+/* Topic Alias Maximum 2 from the broker: a topic's second PUBLISH carries its alias and no
+ * topic; a third topic takes the least recently used alias; a new link starts over. */
+START_TEST(outgoing_aliases)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){.has = BIT(MQTT_PROP_TOPIC_ALIAS_MAXIMUM), .topic_alias_maximum = 2});
+    static const char *const topics[] = {"al/one",   "al/two", "al/one",
+                                         "al/three", "al/two", "al/one"};
+    struct {
+        const char *topic; /* "" when sent by alias alone */
+        uint16_t alias;
+    } want[] = {{"al/one", 1},   {"al/two", 2}, {"", 1},
+                {"al/three", 2}, {"al/two", 1}, {"al/one", 2}};
+    for (size_t i = 0; i < 6; i++) {
+        publish(&h, topics[i], 0, false, NULL, 0);
+        session_tick(h.s, h.now);
+        MqttPacket p = expect_packet(&h, MQTT_PUBLISH);
+        ck_assert_view_str(p.publish.topic, want[i].topic);
+        ck_assert_uint_eq(p.props.topic_alias, want[i].alias);
+    }
+    ck_assert_uint_eq(h.s->stats.topic_aliases_used, 1);
+    session_reconnect_now(h.s, h.now);
+    take_output(&h);
+    mqtt_decoder_free(&h.wire);
+    mqtt_decoder_init(&h.wire, 0);
+    connect5(&h, &(MqttProps){.has = BIT(MQTT_PROP_TOPIC_ALIAS_MAXIMUM), .topic_alias_maximum = 2});
+    publish(&h, "al/one", 0, false, NULL, 0);
+    session_tick(h.s, h.now);
+    ck_assert_view_str(expect_packet(&h, MQTT_PUBLISH).publish.topic, "al/one");
+    teardown(&h);
+}
+END_TEST
+
+/* Incoming aliases: set, then used; one above our maximum ends the link with DISCONNECT
+ * 0x94; one never set is a protocol error too. */
+START_TEST(incoming_aliases)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    MqttPacket p = {.type = MQTT_PUBLISH,
+                    .version = MQTT_V5,
+                    .publish = {.topic = VIEW_STR("in/a"), .payload = VIEW_STR("1")},
+                    .props = {.has = BIT(MQTT_PROP_TOPIC_ALIAS), .topic_alias = 3}};
+    broker_sends(&h, &p);
+    ck_assert_str_eq(h.msg_topic, "in/a");
+    p.publish.topic = VIEW_NULL;
+    p.publish.payload = VIEW_STR("2");
+    broker_sends(&h, &p);
+    ck_assert_str_eq(h.msg_topic, "in/a");
+    ck_assert_str_eq(h.msg_payload, "2");
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 2);
+    p.props.topic_alias = 5; /* above our 4 */
+    broker_sends(&h, &p);
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_str_eq(h.s->last_error, "protocol error from broker: Topic Alias above the maximum");
+    MqttPacket d;
+    h.wire.version = MQTT_V5;
+    ck_assert_int_eq(mqtt_decoder_next(&h.wire, &d), 1);
+    ck_assert_int_eq(d.type, MQTT_DISCONNECT);
+    ck_assert_uint_eq(d.ack.reason, MQTT_RC_TOPIC_ALIAS_INVALID);
+    teardown(&h);
+}
+END_TEST
+
+/* A refusing PUBACK reaches the request with its reason; 0x10 is still a success. */
+START_TEST(ack_reason_codes)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    publish(&h, "r/1", 1, false, REQ(1), 0);
+    publish(&h, "r/2", 1, false, REQ(2), 0);
+    publish(&h, "r/3", 2, false, REQ(3), 0);
+    session_tick(h.s, h.now);
+    uint16_t id1 = expect_packet(&h, MQTT_PUBLISH).publish.id;
+    uint16_t id2 = expect_packet(&h, MQTT_PUBLISH).publish.id;
+    uint16_t id3 = expect_packet(&h, MQTT_PUBLISH).publish.id;
+    MqttPacket no = {
+        .type = MQTT_PUBACK,
+        .version = MQTT_V5,
+        .ack = {.id = id1, .reason = 0x87},
+        .props = {.has = BIT(MQTT_PROP_REASON_STRING), .reason_string = VIEW_STR("acl")}};
+    broker_sends(&h, &no);
+    const SessionEvent *e = last_event(&h, SESSION_EV_PUBLISH_DONE);
+    ck_assert_ptr_eq(e->done.req, REQ(1));
+    ck_assert_int_eq(e->done.result, -EPERM);
+    ck_assert_uint_eq(e->done.reason, 0x87);
+    MqttPacket nobody = {
+        .type = MQTT_PUBACK, .version = MQTT_V5, .ack = {.id = id2, .reason = 0x10}};
+    broker_sends(&h, &nobody);
+    e = last_event(&h, SESSION_EV_PUBLISH_DONE);
+    ck_assert_ptr_eq(e->done.req, REQ(2));
+    ck_assert_int_eq(e->done.result, 0);
+    ck_assert_uint_eq(e->done.reason, 0x10);
+    /* A refusing PUBREC ends the QoS 2 exchange: no PUBREL. */
+    MqttPacket rec = {.type = MQTT_PUBREC, .version = MQTT_V5, .ack = {.id = id3, .reason = 0x97}};
+    broker_sends(&h, &rec);
+    e = last_event(&h, SESSION_EV_PUBLISH_DONE);
+    ck_assert_ptr_eq(e->done.req, REQ(3));
+    ck_assert_int_eq(e->done.result, -EPERM);
+    expect_no_packet(&h);
+    ck_assert_uint_eq(h.s->inflight, 0);
+    ck_assert_uint_eq(h.s->stats.pub_fail, 2);
+    teardown(&h);
+}
+END_TEST
+
+/* The broker's DISCONNECT: its reason in last_error, its server reference kept for the next
+ * connect; Server Keep Alive and an assigned client id are taken from CONNACK. */
+START_TEST(disconnect_redirect_and_assigned_id)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    c.client_id = VIEW_NULL;
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){.has = BIT(MQTT_PROP_ASSIGNED_CLIENT_ID) |
+                                     BIT(MQTT_PROP_SERVER_KEEP_ALIVE),
+                              .assigned_client_id = VIEW_STR("auto-7"),
+                              .server_keep_alive = 3});
+    ck_assert_str_eq(h.s->assigned_client_id, "auto-7");
+    ck_assert_int_eq(h.s->limits.server_keep_alive, 3);
+    ck_assert_int_eq(session_tick(h.s, h.now), h.now + 3000); /* a ping due after 3 s */
+    MqttPacket bye = {
+        .type = MQTT_DISCONNECT,
+        .version = MQTT_V5,
+        .ack = {.reason = 0x9c},
+        .props = {.has = BIT(MQTT_PROP_SERVER_REFERENCE) | BIT(MQTT_PROP_REASON_STRING),
+                  .server_reference = VIEW_STR("other:1884"),
+                  .reason_string = VIEW_STR("maintenance")}};
+    broker_sends(&h, &bye);
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_str_eq(h.s->last_error, "the broker disconnected: Use another server (0x9C): "
+                                      "maintenance; redirected to other:1884");
+    ck_assert_str_eq(h.s->server_reference, "other:1884");
+    h.now = h.s->retry_at;
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    ck_assert_view_str(expect_packet(&h, MQTT_CONNECT).connect.client_id, "auto-7");
+    teardown(&h);
+}
+END_TEST
+
+/* Subscription identifiers go out when the broker has them, and a copy names its own. */
+START_TEST(subscription_identifiers)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    SessionSubscribe sub = {VIEW_STR("s/#"), 1, 42};
+    ck_assert_int_eq(session_subscribe(h.s, &sub, REQ(1), h.now), 0);
+    session_tick(h.s, h.now);
+    MqttPacket p = expect_packet(&h, MQTT_SUBSCRIBE);
+    ck_assert_uint_eq(p.props.n_subid, 1);
+    MqttPropItem it;
+    View raw = p.props.raw;
+    ck_assert_int_eq(mqtt_props_next(&raw, &it), 1);
+    ck_assert_uint_eq(it.subid, 42);
+    /* A broker without them: none sent. */
+    session_reconnect_now(h.s, h.now);
+    take_output(&h);
+    mqtt_decoder_free(&h.wire);
+    mqtt_decoder_init(&h.wire, 0);
+    connect5(&h, &(MqttProps){.has = BIT(MQTT_PROP_SUBSCRIPTION_ID_AVAILABLE),
+                              .subscription_id_available = 0});
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("t/#"), 0, 43}, NULL, h.now), 0);
+    session_tick(h.s, h.now);
+    MqttPacket q = expect_packet(&h, MQTT_SUBSCRIBE);
+    ck_assert_uint_eq(q.props.n_subid, 0);
+    teardown(&h);
+}
+END_TEST
+
+static Suite *session5_suite(void)
+{
+    Suite *s = suite_create("session5");
+    TCase *tc = tcase_create("session5");
+    tcase_add_test(tc, connect_properties);
+    tcase_add_test(tc, auto_falls_back);
+    tcase_add_test(tc, refusal_with_reason);
+    tcase_add_test(tc, receive_maximum_window);
+    tcase_add_test(tc, connack_limits_refuse);
+    tcase_add_test(tc, outgoing_aliases);
+    tcase_add_test(tc, incoming_aliases);
+    tcase_add_test(tc, ack_reason_codes);
+    tcase_add_test(tc, disconnect_redirect_and_assigned_id);
+    tcase_add_test(tc, subscription_identifiers);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+CHECK_MAIN(session5_suite)
