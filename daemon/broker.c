@@ -172,10 +172,9 @@ static void attempt_failed(Broker *b, int code, const char *reason)
 
 static void on_resolved(void *userdata, struct addrinfo *res, int gai_error);
 
-/* Resolve the current host (b->host), keeping its name and port for the rest of the try. */
-static void start_host(Broker *b)
+/* Resolve host a, keeping its name and port for the rest of the try. */
+static void start_addr(Broker *b, const BrokerAddr *a)
 {
-    const BrokerAddr *a = &b->cfg->broker.addrs[b->host];
     char *host = strdup(a->host);
     if (!host) {
         attempt_failed(b, ENOMEM, "out of memory starting a connection attempt");
@@ -194,9 +193,50 @@ static void start_host(Broker *b)
     }
 }
 
+/* The current host (b->host) of the configured list. */
+static void start_host(Broker *b)
+{
+    start_addr(b, &b->cfg->broker.addrs[b->host]);
+}
+
+static void forget_redirect(Broker *b)
+{
+    free(b->redirect.host);
+    b->redirect = (BrokerAddr){0};
+}
+
+/* MQTT 5: the server the broker named when it sent us away, tried once before the list. */
+static bool start_redirect(Broker *b)
+{
+    char ref[256];
+    if (!session_redirect(b->session, ref, sizeof(ref))) {
+        return false;
+    }
+    forget_redirect(b);
+    /* The standard leaves its form open: the first of space-separated "host[:port]"s. */
+    if (config_parse_addr(ref, strcspn(ref, " "), &b->redirect) < 0) {
+        log_warning("the broker named a server we cannot read (%s): trying the configured hosts",
+                    ref);
+        return false;
+    }
+    log_info("the broker sent us to %s: trying it first", ref);
+    start_addr(b, &b->redirect);
+    return true;
+}
+
 /* The current host failed with `reason`: go on with the next one, or end the attempt. */
 static void next_host(Broker *b, int code, const char *reason)
 {
+    if (b->redirect.host) { /* the server we were sent to: back to the configured hosts */
+        forget_redirect(b);
+        log_info("%s; trying the configured broker hosts", reason);
+        if (b->addrs) {
+            freeaddrinfo(b->addrs);
+            b->addrs = b->addr = NULL;
+        }
+        start_host(b);
+        return;
+    }
     size_t n = b->cfg->broker.n_addrs;
     b->host = (b->host + 1) % n;
     if (++b->hosts_tried >= n) {
@@ -421,7 +461,10 @@ void broker_kick(Broker *b)
             b->host = 0;
         }
         b->rewind_hosts = false;
-        start_host(b);
+        forget_redirect(b);
+        if (!start_redirect(b)) {
+            start_host(b);
+        }
     }
     int64_t next = session_tick(b->session, now);
     if (b->up) {
@@ -485,4 +528,5 @@ void broker_free(Broker *b)
     b->session = NULL;
     free(b->attempt_host);
     b->attempt_host = NULL;
+    forget_redirect(b);
 }

@@ -42,7 +42,8 @@ struct Broker {
      * and TLS (SNI, name check) must name the host the socket is connected to. */
     char *attempt_host;
     unsigned attempt_port;
-    bool rewind_hosts; /* cfg replaced: the next attempt starts at the first host */
+    bool rewind_hosts;   /* cfg replaced: the next attempt starts at the first host */
+    BrokerAddr redirect; /* MQTT 5: where the broker sent us, tried first (host NULL: none) */
 };
 
 /* Start the link with the session configuration built from cfg (strings copied). */

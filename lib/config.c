@@ -250,7 +250,7 @@ static int parse_bool(const char *v, bool *ret)
 }
 
 /* One "host[:port]" entry; IPv6 addresses in brackets: "[::1]:1883". */
-static int parse_addr(const char *s, size_t n, BrokerAddr *ret)
+int config_parse_addr(const char *s, size_t n, BrokerAddr *ret)
 {
     const char *host = s, *port = NULL;
     size_t host_n = n;
@@ -323,7 +323,7 @@ int config_set_hosts(Config *cfg, const char *list, char *err, size_t errlen)
             r = -EINVAL;
             break;
         }
-        if ((r = parse_addr(p, len, &addrs[n])) < 0) {
+        if ((r = config_parse_addr(p, len, &addrs[n])) < 0) {
             fmt(err, errlen, "invalid broker address '%.*s' (want host[:port], [v6addr]:port)",
                 (int)len, p);
             break;

@@ -92,6 +92,9 @@ void config_free(Config *cfg);
  * copy to keep a running configuration). */
 int config_parse(Config *cfg, const char *text, const char *filename, char *err, size_t errlen);
 
+/* One "host[:port]" or "[v6addr]:port" of n bytes into *ret (host allocated; port 0 when
+ * not given). -EINVAL, -ENOMEM. */
+int config_parse_addr(const char *s, size_t n, BrokerAddr *ret);
 /* Set broker hosts from "host[:port], ..." (the -b option goes through here too). */
 int config_set_hosts(Config *cfg, const char *list, char *err, size_t errlen);
 

@@ -141,6 +141,7 @@ typedef struct Impl {
     uint64_t rng;
     /* MQTT 5 */
     bool fell_back;     /* AUTO met a broker that refused version 5: 3.1.1 until reconfigured */
+    bool redirect;      /* server_reference is for the next connect (session_redirect) */
     uint16_t keepalive; /* of this link: ours, or the broker's Server Keep Alive */
     AliasOut alias_out;
     AliasIn alias_in;
@@ -1099,6 +1100,7 @@ static void keep_reference(Impl *m, uint8_t code, const MqttProps *props)
         props->server_reference.n < sizeof(m->pub.server_reference)) {
         snprintf(m->pub.server_reference, sizeof(m->pub.server_reference), "%.*s",
                  (int)props->server_reference.n, (const char *)props->server_reference.p);
+        m->redirect = true;
     }
 }
 
@@ -1504,6 +1506,17 @@ int64_t session_tick(Session *s, int64_t now)
         next = min64(next, m->last_tx + ka);
     }
     return next;
+}
+
+bool session_redirect(Session *s, char *out, size_t n)
+{
+    Impl *m = impl(s);
+    if (!m->redirect) {
+        return false;
+    }
+    m->redirect = false;
+    snprintf(out, n, "%s", s->server_reference);
+    return true;
 }
 
 void session_reconnect_now(Session *s, int64_t now)

@@ -220,6 +220,9 @@ void session_input(Session *s, const void *data, size_t n, int64_t now);
 /* Let time pass; returns the next time (ms, same clock) the session wants a tick. */
 int64_t session_tick(Session *s, int64_t now);
 
+/* MQTT 5: the server the broker named (Server Reference with 0x9C or 0x9D) for the next
+ * connect, once: true with it in out. */
+bool session_redirect(Session *s, char *out, size_t n);
 /* Drop the link (if any) cleanly and connect again right away. */
 void session_reconnect_now(Session *s, int64_t now);
 /* Graceful stop: DISCONNECT written if connected, then STOPPED. */
