@@ -305,8 +305,8 @@ static void subscribe_done(Waiter *w, int result)
         answer_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
     } else {
         not_held(c, f);
-        answer_error(c, w->id, IPC_REFUSED,
-                     "the broker refused the subscription to %s (SUBACK 0x80)", w->filter);
+        answer_error(c, w->id, IPC_REFUSED, "the broker refused the subscription to %s (SUBACK %s)",
+                     w->filter, w->reason_text[0] ? w->reason_text : "0x80");
     }
 }
 

@@ -134,6 +134,7 @@ typedef struct Impl {
     uint64_t ids_used[65536 / 64];
     size_t ids_in_use;
     uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
+    size_t qos2_held;             /* how many (MQTT 5: at most our Receive Maximum) */
     uint16_t next_id;
     unsigned attempts;
     bool ever_connected;
@@ -768,7 +769,12 @@ int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
 
 void session_restore_incoming(Session *s, const uint64_t *held)
 {
-    memcpy(impl(s)->qos2_in, held, sizeof(impl(s)->qos2_in));
+    Impl *m = impl(s);
+    memcpy(m->qos2_in, held, sizeof(m->qos2_in));
+    m->qos2_held = 0;
+    for (size_t i = 0; i < 65536 / 64; i++) {
+        m->qos2_held += (size_t)__builtin_popcountll(held[i]);
+    }
 }
 
 void session_forget_req(Session *s, void *req)
@@ -800,7 +806,7 @@ static void remember_sub(Impl *m, View filter, uint8_t qos, uint32_t subid)
     m->pub.subscriptions++;
 }
 
-static void pending_done(Impl *m, Pending *p, int result)
+static void pending_done(Impl *m, Pending *p, Outcome o)
 {
     static const enum session_event_type done[] = {
         [P_SUBSCRIBE] = SESSION_EV_SUBSCRIBE_DONE,
@@ -813,7 +819,11 @@ static void pending_done(Impl *m, Pending *p, int result)
     id_release(m, &p->id);
     free(p);
     if (req) {
-        emit(m, (SessionEvent){.type = done[kind], .done = {.req = req, .result = result}});
+        emit(m, (SessionEvent){.type = done[kind],
+                               .done = {.req = req,
+                                        .result = o.result,
+                                        .reason = o.reason,
+                                        .reason_string = o.reason_string}});
     }
 }
 
@@ -838,7 +848,7 @@ static void flush_pending(Impl *m, int64_t now)
             /* The broker forgets every subscription of a clean session at the next
              * connect: nothing to tell it - unless a SUBSCRIBE of the same filter is still
              * to go out, which this UNSUBSCRIBE must follow. */
-            pending_done(m, p, 0);
+            pending_done(m, p, (Outcome){0});
         }
     }
 }
@@ -1040,6 +1050,7 @@ static void connected(Impl *m, bool session_present, int64_t now)
         }
     } else {
         memset(m->qos2_in, 0, sizeof(m->qos2_in));
+        m->qos2_held = 0;
         /* A new session knows none of our in-flight messages. A QoS 2 message past PUBREC
          * was already accepted by the broker; everything else goes out again, first. */
         list_for_each_safe(l, t, &m->inflight)
@@ -1230,6 +1241,11 @@ static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
     bool deliver = true;
     if (p->qos == 2) {
         deliver = !bit_get(m->qos2_in, p->id);
+        if (deliver && s->protocol == MQTT_V5 && m->qos2_held >= m->cfg.receive_maximum) {
+            protocol_error(m, now, MQTT_E_RECEIVE_MAXIMUM, mqtt_strerror(-MQTT_E_RECEIVE_MAXIMUM));
+            return;
+        }
+        m->qos2_held += deliver;
         bit_put(m->qos2_in, p->id, true);
         if (!deliver) {
             s->stats.duplicates_dropped++;
@@ -1249,12 +1265,12 @@ static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
     }
 }
 
-static void suback(Impl *m, Pending *p, uint8_t code)
+static void suback(Impl *m, Pending *p, uint8_t code, View reason_string)
 {
     View filter = VIEW(p->filter, p->len);
     if (code < 0x80) { /* a granted QoS; 0x80 (3.1.1) and MQTT 5's codes above are refusals */
         remember_sub(m, filter, p->qos, p->subid);
-        pending_done(m, p, code);
+        pending_done(m, p, (Outcome){.result = code});
         return;
     }
     if (!p->req && find_sub(m, filter)) {
@@ -1265,7 +1281,8 @@ static void suback(Impl *m, Pending *p, uint8_t code)
         emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIPTION_LOST,
                                .lost = {.filter = filter, .code = code}});
     }
-    pending_done(m, p, -EPERM);
+    /* (3.1.1's 0x80 is just "Failure": no reason to name) */
+    pending_done(m, p, (Outcome){-EPERM, m->pub.protocol == MQTT_V5 ? code : 0, reason_string});
 }
 
 /* Barriers become due when every request before them is answered: after an answer only the
@@ -1324,6 +1341,7 @@ static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
     default: /* MQTT_PUBREL */
         if (bit_get(m->qos2_in, id)) {
             bit_put(m->qos2_in, id, false);
+            m->qos2_held--;
             emit(m, (SessionEvent){.type = SESSION_EV_QOS2_RELEASED, .packet_id = id});
         }
         send_ack(m, MQTT_PUBCOMP, id, now);
@@ -1336,7 +1354,7 @@ static void handle_sub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
     if (pkt->type == MQTT_SUBACK) {
         Pending *p = find_pending(m, pkt->suback.id, P_SUBSCRIBE);
         if (p) {
-            suback(m, p, pkt->suback.codes.p[0]);
+            suback(m, p, pkt->suback.codes.p[0], pkt->props.reason_string);
         }
     } else {
         Pending *p = find_pending(m, pkt->suback.id, P_UNSUBSCRIBE);
@@ -1344,7 +1362,7 @@ static void handle_sub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
             /* A SUBSCRIBE answered after this UNSUBSCRIBE was asked for remembered the
              * filter again; the broker has processed both, in order. */
             forget_sub(m, VIEW(p->filter, p->len));
-            pending_done(m, p, 0);
+            pending_done(m, p, (Outcome){0});
         }
     }
     send_due_barriers(m, now);
@@ -1365,7 +1383,7 @@ static void handle_pingresp(Impl *m, int64_t now)
     s->stats.ping_rtt_sum_ms += (uint64_t)rtt;
     s->last_ping_rtt_ms = rtt;
     if (barrier) {
-        pending_done(m, barrier, 0);
+        pending_done(m, barrier, (Outcome){0});
     } else {
         emit(m, (SessionEvent){.type = SESSION_EV_PING_ANSWERED, .ping = {rtt}});
     }

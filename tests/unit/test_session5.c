@@ -373,6 +373,85 @@ START_TEST(subscription_identifiers)
 }
 END_TEST
 
+/* The broker's DISCONNECT reason for what the session read, written before the link goes. */
+static uint8_t disconnect_reason(Harness *h)
+{
+    MqttPacket d;
+    h->wire.version = MQTT_V5;
+    ck_assert_int_eq(mqtt_decoder_next(&h->wire, &d), 1);
+    ck_assert_int_eq(d.type, MQTT_DISCONNECT);
+    return d.ack.reason;
+}
+
+/* More unreleased QoS 2 messages than our Receive Maximum: DISCONNECT 0x93. */
+START_TEST(incoming_receive_maximum)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    c.receive_maximum = 2;
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    for (uint16_t id = 1; id <= 3; id++) {
+        MqttPacket p = {.type = MQTT_PUBLISH,
+                        .version = MQTT_V5,
+                        .publish = {.topic = VIEW_STR("q2"), .qos = 2, .id = id}};
+        broker_sends(&h, &p);
+        if (id < 3) {
+            ck_assert_uint_eq(expect_packet(&h, MQTT_PUBREC).ack.id, id);
+        }
+    }
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_uint_eq(disconnect_reason(&h), MQTT_RC_RECEIVE_MAXIMUM_EXCEEDED);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 2);
+    teardown(&h);
+}
+END_TEST
+
+/* A broker that breaks the standard - a property twice - is told so (0x82) and the link is
+ * made again with backoff. */
+START_TEST(malformed_from_broker)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    View bad = unhex("30 0a 00 01 61 06 03 00 00 03 00 00"); /* Content Type twice */
+    session_input(h.s, bad.p, bad.n, h.now);
+    ck_assert_int_eq(h.s->state, SESSION_IDLE);
+    ck_assert_str_eq(h.s->last_error,
+                     "protocol error from broker: property appears more than once");
+    ck_assert_uint_eq(disconnect_reason(&h), MQTT_RC_PROTOCOL_ERROR);
+    ck_assert_int_gt(h.s->retry_at, h.now);
+    teardown(&h);
+}
+END_TEST
+
+/* A refused SUBSCRIBE's reason code and string reach its request. */
+START_TEST(suback_reason)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("no/#"), 1, 1}, REQ(1), h.now), 0);
+    session_tick(h.s, h.now);
+    uint16_t id = expect_packet(&h, MQTT_SUBSCRIBE).subscribe.id;
+    MqttPacket no = {
+        .type = MQTT_SUBACK,
+        .version = MQTT_V5,
+        .suback = {.id = id, .codes = VIEW_STR("\x87")},
+        .props = {.has = BIT(MQTT_PROP_REASON_STRING), .reason_string = VIEW_STR("acl")}};
+    broker_sends(&h, &no);
+    const SessionEvent *e = last_event(&h, SESSION_EV_SUBSCRIBE_DONE);
+    ck_assert_ptr_eq(e->done.req, REQ(1));
+    ck_assert_int_eq(e->done.result, -EPERM);
+    ck_assert_uint_eq(e->done.reason, 0x87);
+    ck_assert_uint_eq(e->done.reason_string.n, 3);
+    teardown(&h);
+}
+END_TEST
+
 static Suite *session5_suite(void)
 {
     Suite *s = suite_create("session5");
@@ -387,6 +466,9 @@ static Suite *session5_suite(void)
     tcase_add_test(tc, ack_reason_codes);
     tcase_add_test(tc, disconnect_redirect_and_assigned_id);
     tcase_add_test(tc, subscription_identifiers);
+    tcase_add_test(tc, incoming_receive_maximum);
+    tcase_add_test(tc, malformed_from_broker);
+    tcase_add_test(tc, suback_reason);
     suite_add_tcase(s, tc);
     return s;
 }
