@@ -155,6 +155,27 @@ static void duration(char *out, size_t n, json_int_t s)
     }
 }
 
+/* "mqtt          5 (broker: receive max 20, max QoS 2, retain yes, 10 aliases)" */
+static void print_protocol(json_t *st)
+{
+    json_t *l = json_object_get(st, "broker_limits");
+    const char *proto = json_string_value(json_object_get(st, "protocol"));
+    if (strcmp(proto, "5") != 0 || !json_is_object(l)) {
+        printf("mqtt          %s\n", proto);
+        return;
+    }
+    json_t *mps = json_object_get(l, "maximum_packet_size");
+    printf("mqtt          5 (broker: receive max %lld, max QoS %lld, retain %s, %lld aliases",
+           (long long)json_integer_value(json_object_get(l, "receive_maximum")),
+           (long long)json_integer_value(json_object_get(l, "maximum_qos")),
+           json_is_true(json_object_get(l, "retain_available")) ? "yes" : "no",
+           (long long)json_integer_value(json_object_get(l, "topic_alias_maximum")));
+    if (json_is_integer(mps)) {
+        printf(", max packet %lld", (long long)json_integer_value(mps));
+    }
+    printf(")\n");
+}
+
 static int cmd_status(void)
 {
     json_t *reply;
@@ -186,6 +207,9 @@ static int cmd_status(void)
         printf("tls           yes, %s %s\n", S("tls_version"), S("tls_cipher"));
     } else {
         printf("tls           %s\n", B("tls") ? "yes" : "no");
+    }
+    if (S("protocol")) {
+        print_protocol(s);
     }
     printf("client id     %s\n", S("client_id"));
     printf("keepalive     %lld s\n", I("keepalive"));

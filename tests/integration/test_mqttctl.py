@@ -40,6 +40,7 @@ class Mqttctl(TestCase):
         self.assertRegex(out, r"connected\s+yes, to 127\.0\.0\.1:%d" % self.m.port)
         self.assertRegex(out, r"last error\s+none")
         self.assertRegex(out, r"client id\s+mqttbridge-")
+        self.assertRegex(out, r"mqtt\s+5 \(broker: receive max \d+, max QoS 2, retain yes, \d+ aliases")
         for args in (["--json", "status"], ["status", "--json"]):
             reply = json.loads(self.ctl(*args, check=0).stdout)
             self.assertTrue(reply["ok"])
