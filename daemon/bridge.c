@@ -126,6 +126,9 @@ static void link_down(Daemon *d, const SessionEvent *ev)
         }
         json_t *e = json_pack("{s:s, s:s, s:o}", "event", "disconnected", "reason", ev->down.reason,
                               "rc", ev->down.code ? json_integer(ev->down.code) : json_null());
+        if (e && ev->down.broker_reason >= 0) { /* MQTT 5: the broker said why */
+            json_object_set_new(e, "reason_code", json_integer(ev->down.broker_reason));
+        }
         broadcast(d, true, e);
     } else if (ev->down.code && s->state != SESSION_STOPPED) {
         log_warning("cannot connect to the broker: %s; retrying in %lld ms", ev->down.reason,

@@ -143,6 +143,7 @@ typedef struct Impl {
     /* MQTT 5 */
     bool fell_back;     /* AUTO met a broker that refused version 5: 3.1.1 until reconfigured */
     bool redirect;      /* server_reference is for the next connect (session_redirect) */
+    int down_reason;    /* the broker's DISCONNECT reason code for the next LINK_DOWN, or -1 */
     uint16_t keepalive; /* of this link: ours, or the broker's Server Keep Alive */
     AliasOut alias_out;
     AliasIn alias_in;
@@ -303,6 +304,7 @@ int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *user
     m->rng = cfg->seed ? cfg->seed : UINT64_C(0x9e3779b97f4a7c15);
     m->pub.state = SESSION_IDLE;
     m->pub.last_ping_rtt_ms = -1;
+    m->down_reason = -1;
     m->pub.limits = default_limits();
     alias_out_init(&m->alias_out);
     *ret = &m->pub;
@@ -829,6 +831,24 @@ static void pending_done(Impl *m, Pending *p, Outcome o)
 
 /* Put unsent requests on the wire (or settle them offline). A barrier waits until every
  * request before it is answered (see session_barrier). */
+/* MQTT 5: the reason code of what the broker's CONNACK says it would refuse in this SUBSCRIBE
+ * (a shared or wildcard filter it does not support), or 0. */
+static uint8_t unsupported(const Impl *m, const Pending *p)
+{
+    const SessionLimits *l = &m->pub.limits;
+    View f = VIEW(p->filter, p->len);
+    if (p->kind != P_SUBSCRIBE || m->pub.protocol != MQTT_V5) {
+        return 0;
+    }
+    if (!l->shared_available && mqtt_filter_target(f).n != f.n) {
+        return 0x9E; /* Shared Subscriptions not supported */
+    }
+    if (!l->wildcard_available && (memchr(f.p, '+', f.n) || memchr(f.p, '#', f.n))) {
+        return 0xA2; /* Wildcard Subscriptions not supported */
+    }
+    return 0;
+}
+
 static void flush_pending(Impl *m, int64_t now)
 {
     Link *l, *t;
@@ -836,6 +856,11 @@ static void flush_pending(Impl *m, int64_t now)
     list_for_each_safe(l, t, &m->pending)
     {
         Pending *p = container_of(l, Pending, link);
+        uint8_t refuse = m->pub.state == SESSION_CONNECTED && !p->sent ? unsupported(m, p) : 0;
+        if (refuse) { /* answered as the broker would, without asking it */
+            pending_done(m, p, (Outcome){.result = -EPERM, .reason = refuse});
+            continue;
+        }
         bool blocked = p->kind == P_BARRIER && unanswered;
         unanswered |= p->kind != P_BARRIER;
         if (p->sent || blocked) {
@@ -907,7 +932,8 @@ static void link_down(Impl *m, int64_t now, int code, bool refused, const char *
         p->sent = false;
     }
     emit(m, (SessionEvent){.type = SESSION_EV_LINK_DOWN,
-                           .down = {reason, code, refused, was_connected}});
+                           .down = {reason, code, refused, was_connected, m->down_reason}});
+    m->down_reason = -1;
     buf_clear(&s->out); /* the caller has written what it could */
 }
 
@@ -1223,6 +1249,7 @@ static void on_disconnect(Impl *m, const MqttPacket *pkt, int64_t now)
     keep_reference(m, pkt->ack.reason, &pkt->props);
     snprintf(reason, sizeof(reason), "the broker disconnected: %s%s%s", why,
              m->pub.server_reference[0] ? "; redirected to " : "", m->pub.server_reference);
+    m->down_reason = pkt->ack.reason;
     link_down(m, now, ECONNRESET, false, reason);
 }
 

@@ -121,6 +121,7 @@ typedef struct SessionEvent {
             int code;     /* errno, MQTT_E_*, CONNACK rc or reason code (refused); 0 = clean */
             bool refused; /* CONNACK refusal: code is the return code */
             bool was_connected; /* the link had reached CONNECTED */
+            int broker_reason;  /* MQTT 5: the broker's DISCONNECT reason code, -1 none */
         } down;
         struct {
             const MqttPublish *publish; /* its topic resolved when it came by Topic Alias */

@@ -280,10 +280,14 @@ class Scripted5(TestCase):
         fb = self.fake5(b"\x00", on_packet)
         d = self.daemon(fb.port, sections={"broker": {"protocol": "5"}})
         with d.client() as c:
+            c.ok("events", connection=True)
             c.send({"id": "sub", "op": "subscribe", "filter": "x/#", "qos": 1, "timeout_ms": 500})
+            e = c.event("disconnected")
+            self.assertEqual(e["reason_code"], 0x8E)
+            self.assertEqual(e["reason"], "the broker disconnected: Session taken over (0x8E): "
+                                          "another one took it")
             err = wait_until(lambda: c.ok("status")["status"]["last_error"], what="the reason")
-            self.assertEqual(err, "the broker disconnected: Session taken over (0x8E): "
-                                  "another one took it")
+            self.assertEqual(err, e["reason"])
 
     def test_server_reference_redirect(self):
         other = self.fake5(b"\x00")

@@ -452,6 +452,40 @@ START_TEST(suback_reason)
 }
 END_TEST
 
+/* Wildcard / Shared Subscription Available 0: such a SUBSCRIBE is answered as the broker would
+ * (0xA2, 0x9E) and not sent; a plain one still goes. */
+START_TEST(subscribe_limits)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(
+        &h, &(MqttProps){.has = BIT(MQTT_PROP_WILDCARD_AVAILABLE) | BIT(MQTT_PROP_SHARED_AVAILABLE),
+                         .wildcard_available = 0,
+                         .shared_available = 0});
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("a/+"), 0, 1}, REQ(1), h.now), 0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("$share/g/x"), 0, 2}, REQ(2), h.now),
+        0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("plain/t"), 0, 3}, REQ(3), h.now), 0);
+    session_tick(h.s, h.now);
+    View list = expect_packet(&h, MQTT_SUBSCRIBE).subscribe.list;
+    MqttTopicReq t;
+    ck_assert_int_eq(mqtt_topic_list_next(&list, true, &t), 1);
+    ck_assert_view_str(t.filter, "plain/t");
+    expect_no_packet(&h);
+    ck_assert_uint_eq(count_events(&h, SESSION_EV_SUBSCRIBE_DONE), 2);
+    ck_assert_ptr_eq(h.ev[h.n_ev - 2].done.req, REQ(1));
+    ck_assert_uint_eq(h.ev[h.n_ev - 2].done.reason, 0xA2);
+    ck_assert_ptr_eq(h.ev[h.n_ev - 1].done.req, REQ(2));
+    ck_assert_uint_eq(h.ev[h.n_ev - 1].done.reason, 0x9E);
+    ck_assert_int_eq(h.ev[h.n_ev - 1].done.result, -EPERM);
+    teardown(&h);
+}
+END_TEST
+
 static Suite *session5_suite(void)
 {
     Suite *s = suite_create("session5");
@@ -469,6 +503,7 @@ static Suite *session5_suite(void)
     tcase_add_test(tc, incoming_receive_maximum);
     tcase_add_test(tc, malformed_from_broker);
     tcase_add_test(tc, suback_reason);
+    tcase_add_test(tc, subscribe_limits);
     suite_add_tcase(s, tc);
     return s;
 }
