@@ -67,7 +67,13 @@ pub1 = b"\x32\x08\x00\x03a/b\x00\x07x"
 pub2 = b"\x34\x08\x00\x03a/b\x00\x08y"
 write("session", [b"\x06" + pub1 + b"\x03\x62\x02\x00\x08", b"\x09" + pub2,
                   b"\x04\x90\x03\x00\x01\x00", b"\x01\xd0\x00", b"\x03\x50\x02\x00\x01",
-                  b"\x03\x40\x02\x00\x01", b"\x00\x00"])
+                  b"\x03\x40\x02\x00\x01", b"\x00\x00",
+                  # MQTT 5 (a first byte 0x05): a PUBLISH setting alias 1, one using it, a
+                  # refusing PUBACK and SUBACK, the broker's DISCONNECT with a reason
+                  b"\x05\x0d" + bytes.fromhex("320c0003612f62000703230001 78".replace(" ", ""))
+                  + b"\x0a" + bytes.fromhex("3209000000080323000179"),
+                  b"\x05\x04" + bytes.fromhex("4003000187") + b"\x05" + bytes.fromhex("900400010087"),
+                  b"\x05\x03" + bytes.fromhex("e0028e00")])
 
 
 def record(body):
