@@ -23,6 +23,10 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 WAIT = float(os.environ.get("TEST_WAIT_SCALE", "1")) * 10  # default bound of a wait, s
 
 
+# [broker] protocol for daemons whose test does not choose one (meson option test_protocol).
+TEST_PROTOCOL = os.environ.get("MQTTBRIDGE_TEST_PROTOCOL") or "auto"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -468,11 +472,13 @@ class TestCase(unittest.TestCase):
         return m
 
     def daemon(self, broker_port, **kw):
-        if broker_port in self.fake_ports:
-            # A scripted broker speaks MQTT 3.1.1 (unless its test says otherwise).
-            sections = {k: dict(v) for k, v in (kw.get("sections") or {}).items()}
-            sections.setdefault("broker", {}).setdefault("protocol", "3.1.1")
-            kw["sections"] = sections
+        # The protocol a test does not choose: 3.1.1 toward a scripted broker (they speak
+        # 3.1.1), else the build's test_protocol (scripts/test runs the suite once with the
+        # default, auto, and once with 3.1.1).
+        protocol = "3.1.1" if broker_port in self.fake_ports else TEST_PROTOCOL
+        sections = {k: dict(v) for k, v in (kw.get("sections") or {}).items()}
+        sections.setdefault("broker", {}).setdefault("protocol", protocol)
+        kw["sections"] = sections
         d = Daemon(self.tmp, broker_port, **kw)
 
         def stop():

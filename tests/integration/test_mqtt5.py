@@ -92,6 +92,12 @@ def serve5(connack_props, on_packet=None):
 
 
 class RealBroker5(TestCase):
+    def daemon(self, broker_port, **kw):
+        """MQTT 5 whatever the build's test_protocol."""
+        sections = {k: dict(v) for k, v in (kw.get("sections") or {}).items()}
+        sections.setdefault("broker", {}).setdefault("protocol", "5")
+        return super().daemon(broker_port, **{**kw, "sections": sections})
+
     def test_round_trips_and_limits_in_status(self):
         m = self.broker()
         d = self.daemon(m.port)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from harness import MQTTCTL, WAIT, TestCase, main, wait_until
+from harness import MQTTCTL, TEST_PROTOCOL, WAIT, TestCase, main, wait_until
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../clients/examples")
 
@@ -40,7 +40,11 @@ class Mqttctl(TestCase):
         self.assertRegex(out, r"connected\s+yes, to 127\.0\.0\.1:%d" % self.m.port)
         self.assertRegex(out, r"last error\s+none")
         self.assertRegex(out, r"client id\s+mqttbridge-")
-        self.assertRegex(out, r"mqtt\s+5 \(broker: receive max \d+, max QoS 2, retain yes, \d+ aliases")
+        if TEST_PROTOCOL == "3.1.1":
+            self.assertRegex(out, r"mqtt\s+3\.1\.1\n")
+        else:
+            self.assertRegex(out, r"mqtt\s+5 \(broker: receive max \d+, max QoS 2, retain yes, "
+                                  r"\d+ aliases")
         for args in (["--json", "status"], ["status", "--json"]):
             reply = json.loads(self.ctl(*args, check=0).stdout)
             self.assertTrue(reply["ok"])
