@@ -267,8 +267,8 @@ long long mqtt_packet_size(const MqttPacket *pkt);
 
 /* Decode the packet at the start of `in`, of protocol `version` (a CONNECT says its own).
  * Returns 1 and fills *ret_pkt (whose Views point into `in`), 0 when more bytes are needed,
- * or -MQTT_E_* (*ret_pkt is then partly written: use none of it). `max_size` (0 = MQTT's own limit) is checked as soon as the length is known,
- * before the body arrives. */
+ * or -MQTT_E_* (*ret_pkt is then partly written: use none of it). `max_size` (0 = MQTT's own limit)
+ * is checked as soon as the length is known, before the body arrives. */
 int mqtt_decode(View in, uint8_t version, size_t max_size, MqttPacket *ret_pkt);
 
 /* Walk a decoded SUBSCRIBE/UNSUBSCRIBE list: returns 1 with the next entry, 0 at the end.
