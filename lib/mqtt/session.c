@@ -338,6 +338,7 @@ void session_free(Session *s)
     alias_out_free(&m->alias_out);
     alias_in_free(&m->alias_in);
     free(s->assigned_client_id);
+    free(s->response_information);
     free(m);
 }
 
@@ -846,6 +847,11 @@ static uint8_t unsupported(const Impl *m, const Pending *p)
     if (!l->wildcard_available && (memchr(f.p, '+', f.n) || memchr(f.p, '#', f.n))) {
         return 0xA2; /* Wildcard Subscriptions not supported */
     }
+    /* Fixed header (at most 5), id, properties (at most a 4-byte identifier), the filter with
+     * its length and options: never above the broker's Maximum Packet Size. */
+    if (l->maximum_packet_size && 5 + 2 + 6 + 2 + f.n + 1 > l->maximum_packet_size) {
+        return MQTT_RC_PACKET_TOO_LARGE;
+    }
     return 0;
 }
 
@@ -1173,6 +1179,13 @@ static int apply_connack(Impl *m, const MqttProps *p)
     if (MQTT_HAS(p, MQTT_PROP_SERVER_KEEP_ALIVE)) {
         l->server_keep_alive = p->server_keep_alive;
         m->keepalive = p->server_keep_alive;
+    }
+    free(s->response_information);
+    s->response_information = NULL;
+    if (MQTT_HAS(p, MQTT_PROP_RESPONSE_INFO) &&
+        !(s->response_information =
+              strndup((const char *)p->response_info.p, p->response_info.n))) {
+        return -ENOMEM;
     }
     if (MQTT_HAS(p, MQTT_PROP_ASSIGNED_CLIENT_ID)) {
         char *id = strndup((const char *)p->assigned_client_id.p, p->assigned_client_id.n);

@@ -197,6 +197,7 @@ struct Session {
     uint8_t protocol;           /* MQTT_V5 or MQTT_V311: of the current (or last) link */
     SessionLimits limits;       /* the current (or last) link's */
     char *assigned_client_id;   /* MQTT 5: the id the broker gave us, or NULL */
+    char *response_information; /* MQTT 5: the CONNACK\'s Response Information, or NULL */
     char server_reference[256]; /* MQTT 5: where the broker sent us (0x9C, 0x9D), or "" */
 };
 

@@ -486,6 +486,31 @@ START_TEST(subscribe_limits)
 }
 END_TEST
 
+/* A SUBSCRIBE that would pass the broker's Maximum Packet Size is answered 0x95, not sent;
+ * the CONNACK's Response Information is kept. */
+START_TEST(subscribe_too_large_and_response_info)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h,
+             &(MqttProps){.has = BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE) | BIT(MQTT_PROP_RESPONSE_INFO),
+                          .maximum_packet_size = 40,
+                          .response_info = VIEW_STR("resp/here")});
+    ck_assert_str_eq(h.s->response_information, "resp/here");
+    char f[40];
+    memset(f, 'f', sizeof(f) - 1);
+    f[sizeof(f) - 1] = 0;
+    ck_assert_int_eq(session_subscribe(h.s, &(SessionSubscribe){VIEW_STR(f), 0, 1}, REQ(1), h.now),
+                     0);
+    session_tick(h.s, h.now);
+    expect_no_packet(&h);
+    const SessionEvent *e = last_event(&h, SESSION_EV_SUBSCRIBE_DONE);
+    ck_assert_uint_eq(e->done.reason, MQTT_RC_PACKET_TOO_LARGE);
+    teardown(&h);
+}
+END_TEST
+
 static Suite *session5_suite(void)
 {
     Suite *s = suite_create("session5");
@@ -504,6 +529,7 @@ static Suite *session5_suite(void)
     tcase_add_test(tc, malformed_from_broker);
     tcase_add_test(tc, suback_reason);
     tcase_add_test(tc, subscribe_limits);
+    tcase_add_test(tc, subscribe_too_large_and_response_info);
     suite_add_tcase(s, tc);
     return s;
 }
