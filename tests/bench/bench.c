@@ -36,6 +36,7 @@ static struct {
     int runs;
     long soak;
     const char *daemon, *mqttctl;
+    const char *protocol; /* [broker] protocol for the daemon, NULL: its default */
     char dir[256], sock[300];
     int port;
     pid_t broker_pid, daemon_pid;
@@ -160,10 +161,11 @@ static void start_daemon(void)
     snprintf(conf, sizeof(conf), "%s/mqttbridged.conf", opt.dir);
     snprintf(log, sizeof(log), "%s/mqttbridged.log", opt.dir);
     snprintf(text, sizeof(text),
-             "[broker]\nhost = 127.0.0.1:%d\n[ipc]\nsocket = %s\nmax_clients = 4096\n"
+             "[broker]\nhost = 127.0.0.1:%d\n%s%s%s[ipc]\nsocket = %s\nmax_clients = 4096\n"
              "client_buffer = 64M\n[queue]\nmax_messages = 4000000\nmax_bytes = 2G\n"
              "[log]\nlevel = warning\n",
-             opt.port, opt.sock);
+             opt.port, opt.protocol ? "protocol = " : "", opt.protocol ? opt.protocol : "",
+             opt.protocol ? "\n" : "", opt.sock);
     write_file(conf, text);
     char *argv[] = {(char *)opt.daemon, "-c", conf, NULL};
     opt.daemon_pid = spawn(argv, log, NULL);
@@ -868,7 +870,7 @@ static void cleanup(void)
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: mqttbridge-bench [--quick] [--json] [--runs N] [--soak MESSAGES]\n"
-               "                        [--daemon PATH] [--mqttctl PATH]\n"
+               "                        [--daemon PATH] [--mqttctl PATH] [--protocol 5|3.1.1]\n"
                "Runs each workload through mqttbridged and directly with libmosquitto against\n"
                "the same loopback mosquitto (started here), and reports both and their ratio.\n");
 }
@@ -876,10 +878,15 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"quick", no_argument, NULL, 'q'},        {"json", no_argument, NULL, 'j'},
-        {"runs", required_argument, NULL, 'r'},   {"soak", required_argument, NULL, 's'},
-        {"daemon", required_argument, NULL, 'd'}, {"mqttctl", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},         {0},
+        {"quick", no_argument, NULL, 'q'},
+        {"json", no_argument, NULL, 'j'},
+        {"runs", required_argument, NULL, 'r'},
+        {"soak", required_argument, NULL, 's'},
+        {"daemon", required_argument, NULL, 'd'},
+        {"mqttctl", required_argument, NULL, 'm'},
+        {"protocol", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     opt.daemon = getenv("MQTTBRIDGED") ? getenv("MQTTBRIDGED") : "build/daemon/mqttbridged";
     opt.mqttctl = getenv("MQTTCTL") ? getenv("MQTTCTL") : "build/clients/mqttctl";
@@ -903,6 +910,9 @@ int main(int argc, char **argv)
             break;
         case 'm':
             opt.mqttctl = optarg;
+            break;
+        case 'p':
+            opt.protocol = optarg;
             break;
         case 'h':
             usage(stdout);
