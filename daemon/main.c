@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,6 +239,23 @@ static void stop(Daemon *d)
     answer_free();
 }
 
+/* The router, its subscription identifiers starting somewhere new each run: a persistent
+ * session may still hold the previous run's subscriptions, whose identifiers must not look
+ * like ours. */
+static int router_start(Router *r)
+{
+    uint32_t rnd;
+    int e = router_init(r);
+    if (e < 0) {
+        return e;
+    }
+    if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != sizeof(rnd)) {
+        rnd = (uint32_t)now_ms() ^ (uint32_t)getpid() << 8;
+    }
+    r->next_subid = 1 + rnd % ROUTER_SUBID_MAX;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static Daemon daemon;
@@ -277,7 +295,7 @@ int main(int argc, char **argv)
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
     subs_init(d);
-    if (!d->client_id || router_init(&d->router) < 0 ||
+    if (!d->client_id || router_start(&d->router) < 0 ||
         broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password,
                     bridge_on_event, d) < 0) {
         log_error("out of memory");

@@ -107,10 +107,19 @@ static void subscribe_timeout(Waiter *w)
 
 static const WaiterKind subscribe_kind = {subscribe_done, subscribe_timeout, forget_in_session};
 
+/* The UNSUBACK. MQTT 5 may refuse (the subscription then stays at the broker, but nobody here
+ * holds it: its messages are dropped) or say there was none (0x11, still a success). */
 static void unsubscribe_done(Waiter *w, int result)
 {
-    (void)result;
-    answer_ok(w->c, w->id, NULL);
+    if (result < 0) {
+        answer_error(w->c, w->id, IPC_REFUSED,
+                     "the broker refused to unsubscribe %s (UNSUBACK %s); it is unsubscribed "
+                     "locally",
+                     w->filter, w->reason_text);
+    } else {
+        answer_ok(w->c, w->id,
+                  w->reason ? json_pack("{s:i}", "reason_code", (int)w->reason) : NULL);
+    }
 }
 
 static void unsubscribe_timeout(Waiter *w)

@@ -562,6 +562,13 @@ int config_check(const Config *cfg, char *err, size_t errlen)
         fmt(err, errlen, "a broker password needs broker.username (MQTT 3.1.1 rule)");
         return -EINVAL;
     }
+    if (b->maximum_packet_size && b->maximum_packet_size < MIN_MAXIMUM_PACKET_SIZE) {
+        fmt(err, errlen,
+            "broker.maximum_packet_size must be 0 (no limit but MQTT's) or at least %u bytes, "
+            "not %zu: smaller, even the broker's CONNACK could be too large",
+            MIN_MAXIMUM_PACKET_SIZE, b->maximum_packet_size);
+        return -EINVAL;
+    }
     if (b->session_expiry == 0 && !b->clean_session && b->protocol != PROTOCOL_311) {
         fmt(err, errlen,
             "broker.session_expiry = 0 with clean_session = false: an MQTT 5 broker would end "

@@ -13,7 +13,8 @@
 #define DEFAULT_RECONNECT_MAX       60
 #define DEFAULT_MAX_INFLIGHT        20
 #define DEFAULT_PUBLISH_TIMEOUT     30
-#define DEFAULT_TOPIC_ALIAS_MAXIMUM 64 /* incoming aliases we accept (MQTT 5) */
+#define MIN_MAXIMUM_PACKET_SIZE     1024 /* [broker] maximum_packet_size, when not 0 */
+#define DEFAULT_TOPIC_ALIAS_MAXIMUM 64   /* incoming aliases we accept (MQTT 5) */
 #define MAX_BROKER_HOSTS            16
 
 #define DEFAULT_IPC_MODE       0660

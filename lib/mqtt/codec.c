@@ -732,7 +732,7 @@ static void start_packet(MqttPacket *p, int type, bool v5)
     } else {
         p->props.has = 0;
         p->props.n_user = p->props.n_subid = 0;
-        p->props.raw = VIEW_NULL;
+        p->props.raw = p->props.reason_string = VIEW_NULL; /* (the session reads these) */
     }
     if (type == MQTT_CONNECT) {
         p->connect = (MqttConnect){0};

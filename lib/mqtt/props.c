@@ -407,8 +407,9 @@ uint8_t mqtt_error_reason(int negative_code)
     case MQTT_E_PROPERTY_VALUE:
     case MQTT_E_REASON_CODE:
     case MQTT_E_PACKET_ID:
+    case MQTT_E_TYPE:        /* a packet that has no business here */
+    case MQTT_E_TOPIC_EMPTY: /* no topic and no alias */
         return MQTT_RC_PROTOCOL_ERROR;
-    case MQTT_E_TOPIC_EMPTY:
     case MQTT_E_TOPIC_LONG:
     case MQTT_E_TOPIC_WILDCARD:
         return 0x90; /* Topic Name invalid */

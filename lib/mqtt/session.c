@@ -86,9 +86,10 @@ struct SessionMsg {
     uint16_t id; /* 0 until it goes on the wire */
     uint8_t qos;
     bool retain;
-    bool got_pubrec; /* QoS 2: in the PUBREL phase */
-    bool counted;    /* already counted in pub_fail */
-    uint8_t data[];  /* topic, then payload */
+    bool got_pubrec;    /* QoS 2: in the PUBREL phase */
+    uint8_t rec_reason; /* MQTT 5: the PUBREC's reason (0x10 is reported at PUBCOMP) */
+    bool counted;       /* already counted in pub_fail */
+    uint8_t data[];     /* topic, then payload */
 };
 
 enum pending_kind { P_SUBSCRIBE, P_UNSUBSCRIBE, P_BARRIER };
@@ -832,6 +833,8 @@ static void pending_done(Impl *m, Pending *p, Outcome o)
 
 /* Put unsent requests on the wire (or settle them offline). A barrier waits until every
  * request before it is answered (see session_barrier). */
+static void suback(Impl *m, Pending *p, uint8_t code, View reason_string);
+
 /* MQTT 5: the reason code of what the broker's CONNACK says it would refuse in this SUBSCRIBE
  * (a shared or wildcard filter it does not support), or 0. */
 static uint8_t unsupported(const Impl *m, const Pending *p)
@@ -863,8 +866,8 @@ static void flush_pending(Impl *m, int64_t now)
     {
         Pending *p = container_of(l, Pending, link);
         uint8_t refuse = m->pub.state == SESSION_CONNECTED && !p->sent ? unsupported(m, p) : 0;
-        if (refuse) { /* answered as the broker would, without asking it */
-            pending_done(m, p, (Outcome){.result = -EPERM, .reason = refuse});
+        if (refuse) { /* answered as the broker would (a restore is lost), without asking */
+            suback(m, p, refuse, VIEW_NULL);
             continue;
         }
         bool blocked = p->kind == P_BARRIER && unanswered;
@@ -1257,6 +1260,12 @@ static void on_connack(Impl *m, const MqttPacket *pkt, int64_t now)
 /* MQTT 5: the broker ends the link and says why. */
 static void on_disconnect(Impl *m, const MqttPacket *pkt, int64_t now)
 {
+    /* A server may not change the session's expiry, nor send what only a client sends. */
+    if (MQTT_HAS(&pkt->props, MQTT_PROP_SESSION_EXPIRY) ||
+        pkt->ack.reason == MQTT_RC_DISCONNECT_WITH_WILL) {
+        protocol_error(m, now, MQTT_E_PROPERTY_VALUE, "a DISCONNECT only a client may send");
+        return;
+    }
     char reason[600], why[260];
     describe_reason(why, sizeof(why), pkt->ack.reason, pkt->props.reason_string);
     keep_reference(m, pkt->ack.reason, &pkt->props);
@@ -1365,6 +1374,7 @@ static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
         }
         if (msg && !msg->got_pubrec) {
             msg->got_pubrec = true;
+            msg->rec_reason = reason;
             if (msg->spool_id) {
                 emit(m, (SessionEvent){.type = SESSION_EV_PUBREC,
                                        .sent = {.spool_id = msg->spool_id, .packet_id = id}});
@@ -1375,6 +1385,9 @@ static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
         break;
     case MQTT_PUBCOMP:
         if (msg && msg->got_pubrec) {
+            if (!o.reason) { /* the PUBREC said more (No matching subscribers) */
+                o.reason = msg->rec_reason;
+            }
             msg_finish(m, msg, true, now, o);
         }
         break;
@@ -1391,6 +1404,11 @@ static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
 
 static void handle_sub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
 {
+    bool v5 = m->pub.protocol == MQTT_V5;
+    if (pkt->suback.codes.n > 1) { /* we ask for one filter at a time */
+        protocol_error(m, now, MQTT_E_LENGTH, "an answer for more filters than were asked");
+        return;
+    }
     if (pkt->type == MQTT_SUBACK) {
         Pending *p = find_pending(m, pkt->suback.id, P_SUBSCRIBE);
         if (p) {
@@ -1398,11 +1416,13 @@ static void handle_sub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
         }
     } else {
         Pending *p = find_pending(m, pkt->suback.id, P_UNSUBSCRIBE);
+        uint8_t code = v5 ? pkt->suback.codes.p[0] : 0; /* 0x11: there was none: fine too */
         if (p) {
             /* A SUBSCRIBE answered after this UNSUBSCRIBE was asked for remembered the
              * filter again; the broker has processed both, in order. */
             forget_sub(m, VIEW(p->filter, p->len));
-            pending_done(m, p, (Outcome){0});
+            pending_done(m, p,
+                         (Outcome){code >= 0x80 ? -EPERM : 0, code, pkt->props.reason_string});
         }
     }
     send_due_barriers(m, now);
