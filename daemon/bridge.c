@@ -181,8 +181,12 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_SUBSCRIPTION_LOST:
         subs_lost(d, ev->lost.filter, ev->lost.code);
         break;
+    case SESSION_EV_SUBSCRIBED:
+        subs_granted(d, ev->granted.filter, ev->granted.qos);
+        break;
     case SESSION_EV_CONNECTED:
         record_progress(d, ev);
+        subs_link_up(d, ev->connected.session_present);
         log_info("connected to %s as %s (session present: %s)", d->broker.peer, d->client_id,
                  ev->connected.session_present ? "yes" : "no");
         notify_status("connected to %s", d->broker.peer);

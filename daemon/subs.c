@@ -397,6 +397,20 @@ void subs_lost(Daemon *d, View filter, uint8_t code)
     }
 }
 
+void subs_granted(Daemon *d, View filter, uint8_t qos)
+{
+    RouterFilter *rf = router_filter(&d->router, filter);
+    if (rf) { /* NULL: nobody here holds it any more (an UNSUBSCRIBE follows) */
+        rf->active = true;
+        rf->granted = qos;
+    }
+}
+
+void subs_link_up(Daemon *d, bool session_present)
+{
+    router_reconfirm_all(&d->router, session_present);
+}
+
 void subs_link_down(Daemon *d)
 {
     router_unconfirm_all(&d->router);

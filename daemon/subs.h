@@ -36,6 +36,10 @@ size_t subs_of_uid(Daemon *d, uid_t uid);
  * c may be closed on the way (out of memory); false then. */
 bool subs_recheck(Client *c, bool (*keep)(Client *c, View filter, char *why, size_t n));
 
+/* The broker granted `filter` (a request's SUBACK or a restore's): it counts as held there. */
+void subs_granted(Daemon *d, View filter, uint8_t qos);
+/* A link is up: what a resumed session holds stays granted; a new one holds nothing yet. */
+void subs_link_up(Daemon *d, bool session_present);
 /* The broker refused a subscription the session restored after a reconnect: its holders are
  * told and stop holding it. */
 void subs_lost(Daemon *d, View filter, uint8_t code);

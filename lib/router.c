@@ -38,9 +38,9 @@ typedef struct Match {
     /* Restricted to the filters with these subscription identifiers (n_only > 0). */
     const uint32_t *only;
     size_t n_only;
-    /* Instead of collecting targets: the lowest identifier of a granted plain filter. */
-    bool find_min;
-    uint32_t min;
+    /* router_match_copy: groups are noted here, not picked, and targets rank their filters. */
+    bool copy;
+    Buf *groups; /* RouterFilter * of the matching shared filters */
 } Match;
 
 /* Edge key: the parent's address followed by the level text, built in r->key (only
@@ -104,6 +104,7 @@ void router_free(Router *r)
     free(r->matched);
     buf_free(&r->key);
     buf_free(&r->stack);
+    buf_free(&r->groups_scratch);
     *r = (Router){0};
 }
 
@@ -380,6 +381,7 @@ static void take(Router *r, const Holder *h)
         t->epoch = r->epoch;
         t->qos = h->qos;
         t->base64 = h->base64;
+        t->best_id = 0;
     } else {
         t->qos = h->qos > t->qos ? h->qos : t->qos;
         t->base64 |= h->base64;
@@ -415,18 +417,39 @@ static bool wanted(const Match *m, const RouterFilter *fc)
     return m->n_only == 0;
 }
 
+/* How good a copy of filter fc is for its holders: one the broker granted beats one still
+ * waiting for its SUBACK, then the higher granted (or asked) QoS. */
+static uint8_t rank_of(const RouterFilter *fc)
+{
+    return fc->active ? (uint8_t)(4 + fc->granted) : fc->broker_qos;
+}
+
+/* A plain holder's filter fc as a candidate for the copy it takes (router_match_copy). */
+static void consider(const Holder *h, const RouterFilter *fc)
+{
+    RouterTarget *t = h->t;
+    uint8_t rank = rank_of(fc);
+    if (!t->best_id || rank > t->best_rank || (rank == t->best_rank && fc->subid < t->best_id)) {
+        t->best_id = fc->subid;
+        t->best_rank = rank;
+    }
+}
+
 static void collect(Router *r, const RouterNode *n, Match *m)
 {
-    if (m->find_min) {
-        if (n->plain && n->plain->active && (!m->min || n->plain->subid < m->min)) {
-            m->min = n->plain->subid;
-        }
-        return;
-    }
     for (size_t i = 0; n->plain && wanted(m, n->plain) && i < n->n_holders; i++) {
         if (!m->retained || n->holders[i].fresh) {
             take(r, &n->holders[i]);
+            if (m->copy) {
+                consider(&n->holders[i], n->plain);
+            }
         }
+    }
+    if (m->copy) {
+        for (size_t i = 0; !m->retained && i < n->n_groups; i++) {
+            (void)buf_append(m->groups, &n->groups[i], sizeof(n->groups[i])); /* OOM: missed */
+        }
+        return;
     }
     /* Retained messages are not for shared subscriptions (see router.h). */
     for (size_t i = 0; !m->retained && i < n->n_groups; i++) {
@@ -499,29 +522,63 @@ size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready,
     return run_match(r, topic, &m, ret);
 }
 
+static bool names(const uint32_t *ids, size_t n, uint32_t id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] == id) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Of the targets a copy's walk found, keep the plain holders whose own choice it is, then let
+ * each group it names pick a member (see router.h). */
+static size_t choose_copy(Router *r, const uint32_t *ids, size_t n_ids, Match *m)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < r->n_matched; i++) {
+        RouterTarget *t = r->matched[i];
+        if (names(ids, n_ids, t->best_id)) {
+            r->matched[kept++] = t;
+        } /* else: another copy of this message is its own (it stays marked as matched) */
+    }
+    r->n_matched = kept;
+    size_t n_groups = buf_size(m->groups) / sizeof(RouterFilter *);
+    for (size_t g = 0; g < n_groups; g++) {
+        RouterFilter *fc;
+        memcpy(&fc, m->groups->data + m->groups->off + g * sizeof(fc), sizeof(fc));
+        if (!names(ids, n_ids, fc->subid)) {
+            continue; /* the broker gave this group's copy to another session, or sends it apart */
+        }
+        const Holder *h = pick(fc, m);
+        if (h->t->epoch == r->epoch && h->t->best_id) {
+            continue; /* it takes a plain copy of this message: the group has delivered */
+        }
+        take(r, h);
+    }
+    return r->n_matched;
+}
+
 size_t router_match_copy(Router *r, View topic, bool retained, const uint32_t *ids, size_t n_ids,
                          router_ready_fn ready, void *userdata, RouterTarget ***ret)
 {
     Match m = {.retained = retained, .ready = ready, .userdata = userdata};
-    if (n_ids && !retained) {
-        Match low = {.find_min = true};
-        match_all(r, topic, &low);
-        bool canonical = false;
-        for (size_t i = 0; low.min && i < n_ids; i++) {
-            canonical |= ids[i] == low.min;
-        }
-        if (low.min && !canonical) {
-            r->n_matched = 0;
-            *ret = r->matched;
-            return 0; /* another copy of this message is the one delivered */
-        }
-        if (low.min) {
-            return run_match(r, topic, &m, ret);
-        }
+    if (!n_ids) {
+        return run_match(r, topic, &m, ret);
     }
-    m.only = ids;
-    m.n_only = n_ids;
-    return run_match(r, topic, &m, ret);
+    if (retained) { /* for the new subscriptions it names */
+        m.only = ids;
+        m.n_only = n_ids;
+        return run_match(r, topic, &m, ret);
+    }
+    m.copy = true;
+    m.groups = &r->groups_scratch;
+    buf_clear(m.groups);
+    run_match(r, topic, &m, ret);
+    size_t n = choose_copy(r, ids, n_ids, &m);
+    *ret = r->matched;
+    return n;
 }
 
 void router_unconfirm_all(Router *r)
@@ -530,6 +587,20 @@ void router_unconfirm_all(Router *r)
     void *v;
     hashmap_iter(&r->filters, &it);
     while (hashmap_iter_next(&it, &v)) {
-        ((RouterFilter *)v)->active = false;
+        RouterFilter *fc = v;
+        fc->was_active |= fc->active;
+        fc->active = false;
+    }
+}
+
+void router_reconfirm_all(Router *r, bool session_present)
+{
+    HashIter it;
+    void *v;
+    hashmap_iter(&r->filters, &it);
+    while (hashmap_iter_next(&it, &v)) {
+        RouterFilter *fc = v;
+        fc->active = session_present && fc->was_active;
+        fc->was_active = false;
     }
 }

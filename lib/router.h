@@ -35,6 +35,10 @@ typedef struct RouterTarget {
     uint64_t epoch;
     uint8_t qos;
     bool base64;
+    /* router_match_copy: the target's own choice among its plain filters that match (the
+     * copy it takes), 0 when it matched none. */
+    uint32_t best_id;
+    uint8_t best_rank;
 } RouterTarget;
 
 typedef struct RouterNode RouterNode;
@@ -53,6 +57,7 @@ typedef struct Router {
     size_t subscriptions; /* (filter, target) pairs */
     Buf key;              /* scratch for edge keys */
     Buf stack;            /* scratch for router_match's walk */
+    Buf groups_scratch;   /* router_match_copy's matching groups */
     uint32_t next_subid;  /* for the next new filter; the caller may seed it (1 by default) */
 } Router;
 
@@ -61,6 +66,7 @@ typedef struct RouterFilter {
     size_t holders;
     uint8_t broker_qos; /* the highest QoS any holder asked for */
     bool active;        /* the broker granted it (the daemon sets this on SUBACK) */
+    bool was_active;    /* granted before the link went down (router_reconfirm_all) */
     uint32_t subid;     /* its MQTT 5 subscription identifier, unique among live filters */
     uint8_t granted;    /* the QoS it granted */
     /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
@@ -91,9 +97,11 @@ int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64
 /* Returns ROUTER_LAST or 0, or -ENOENT when the target did not hold the filter. A member
  * leaving a shared group keeps the others' turn order, and the turn where it was. */
 int router_remove(Router *r, View filter, RouterTarget *t);
-/* The broker link went down: no filter counts as granted until its next SUBACK (a restore
- * may be refused; a session that resumes keeps them, and the next SUBACK confirms). */
+/* The broker link went down: no filter counts as granted until the next link says so. */
 void router_unconfirm_all(Router *r);
+/* The next link is up: a session the broker resumed still holds what was granted; a new one
+ * holds nothing until each restore's SUBACK. */
+void router_reconfirm_all(Router *r, bool session_present);
 /* Whether target holds exactly this filter. */
 bool router_holds(Router *r, View filter, const RouterTarget *t);
 /* The exact filter's broker-side record, or NULL when nobody holds it. */
@@ -113,10 +121,13 @@ size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready,
                     RouterTarget ***ret);
 
 /* The same for one copy of a message from an MQTT 5 broker, which sends a copy per matching
- * subscription, each naming its subscription identifiers (`ids`). So that every target still
- * gets a message once: when a granted plain filter matches, only the copy naming the lowest
- * such identifier is delivered, to everyone router_match would give it to, and the others
- * match nothing; when none does, and for retained messages (sent for one new subscription),
- * a copy goes to the holders of the filters it names. Without ids: router_match. */
+ * subscription, each at that subscription's QoS and naming its identifier (`ids`). So that
+ * every target still gets a message once, at the highest QoS it can: a plain holder takes the
+ * copy of its own best matching filter (granted before pending, then the highest granted QoS,
+ * then the lowest identifier) and no other; a shared group takes the copy naming the group
+ * (the broker chose this session for it) and gives it to its member in turn, unless that
+ * member takes a plain copy of the message anyway (the group has delivered). Retained
+ * messages (sent for one new subscription) go to the fresh holders of the filters named.
+ * Without ids: router_match. */
 size_t router_match_copy(Router *r, View topic, bool retained, const uint32_t *ids, size_t n_ids,
                          router_ready_fn ready, void *userdata, RouterTarget ***ret);

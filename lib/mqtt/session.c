@@ -1319,6 +1319,8 @@ static void suback(Impl *m, Pending *p, uint8_t code, View reason_string)
     View filter = VIEW(p->filter, p->len);
     if (code < 0x80) { /* a granted QoS; 0x80 (3.1.1) and MQTT 5's codes above are refusals */
         remember_sub(m, filter, p->qos, p->subid);
+        emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIBED,
+                               .granted = {.filter = filter, .qos = code}});
         pending_done(m, p, (Outcome){.result = code});
         return;
     }

@@ -108,6 +108,8 @@ enum session_event_type {
     /* The broker refused a subscription the session restored after a reconnect; the session
      * has forgotten it. */
     SESSION_EV_SUBSCRIPTION_LOST, /* .lost */
+    /* Every SUBACK that grants a filter, restores included (before its SUBSCRIBE_DONE). */
+    SESSION_EV_SUBSCRIBED, /* .granted */
 };
 
 typedef struct SessionEvent {
@@ -147,6 +149,10 @@ typedef struct SessionEvent {
             View filter;  /* valid during the call */
             uint8_t code; /* the SUBACK return code */
         } lost;
+        struct {
+            View filter; /* valid during the call */
+            uint8_t qos; /* granted */
+        } granted;
     };
 } SessionEvent;
 

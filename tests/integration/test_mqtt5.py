@@ -141,6 +141,48 @@ class RealBroker5(TestCase):
             for c in (a, g):  # the next message each sees is the sentinel: no duplicates
                 self.assertEqual(c.event("message")["payload"], "end")
 
+    def test_copies_after_a_reconnect_and_at_the_best_qos(self):
+        # After a reconnect (restores, then a resumed session) still once per client; a
+        # client gets the copy of its best filter, not a lower QoS one meant for another.
+        m = self.broker(persistence=True)  # a broker restart resumes the session
+        d = self.daemon(m.port, sections={"broker": {"clean_session": "false",
+                                                     "client_id": "v5-copies"}})
+        with d.client() as a, d.client() as b, d.client() as pub:
+            a.ok("subscribe", filter="cp/#", qos=0)
+            a.ok("subscribe", filter="cp/+/x", qos=1)
+            b.ok("subscribe", filter="cp/+/x", qos=1)
+            for round_ in ("before", "after-reconnect", "after-resume"):
+                if round_ == "after-reconnect":
+                    pub.ok("reconnect")
+                    pub.wait_connected()
+                pub.ok("publish", topic="cp/a/x", payload=round_, qos=1)
+                for c in (a, b):
+                    e = c.event("message")
+                    self.assertEqual((e["payload"], e["qos"]), (round_, 1))
+                if round_ == "after-reconnect":
+                    m.stop()
+                    m.start()
+                    pub.wait_connected()
+                    self.assertTrue(pub.ok("status")["status"]["session_present"])
+            pub.ok("publish", topic="cp/end", payload="end", qos=1)
+            self.assertEqual(a.event("message")["payload"], "end")  # nothing twice before it
+
+    def test_copies_after_restores(self):
+        # A clean session: the subscriptions are restored after a reconnect, each granted
+        # again by its SUBACK; still once per client.
+        m = self.broker()
+        d = self.daemon(m.port)
+        with d.client() as a, d.client() as pub:
+            a.ok("subscribe", filter="rs/#", qos=1)
+            a.ok("subscribe", filter="rs/+/x", qos=1)
+            pub.ok("reconnect")
+            pub.wait_connected()
+            pub.ok("publish", topic="rs/probe", payload="probe", qos=1)  # the restores are in
+            self.assertEqual(a.event("message")["payload"], "probe")
+            pub.ok("publish", topic="rs/a/x", payload="once", qos=1)
+            pub.ok("publish", topic="rs/end", payload="end", qos=1)
+            self.assertEqual([e["payload"] for e in a.messages(2)], ["once", "end"])
+
     def test_refusals_carry_reason_codes(self):
         acl = os.path.join(self.tmp, "acl")
         with open(acl, "w") as f:

@@ -467,6 +467,103 @@ START_TEST(deep_topic)
 }
 END_TEST
 
+/* A granted filter, as the daemon marks one on its SUBACK; its subscription identifier. */
+static uint32_t grant(Router *r, const char *filter, uint8_t qos)
+{
+    RouterFilter *fc = router_filter(r, VIEW_STR(filter));
+    ck_assert_ptr_nonnull(fc);
+    fc->active = true;
+    fc->granted = qos;
+    return fc->subid;
+}
+
+static size_t copy(Router *r, const char *topic, bool retained, uint32_t id, RouterTarget ***m)
+{
+    return router_match_copy(r, VIEW_STR(topic), retained, &id, 1, NULL, NULL, m);
+}
+
+/* MQTT 5 sends a copy per subscription at its QoS: each holder takes the copy of its own best
+ * filter (the highest granted QoS), so it gets the message once and at the best QoS. */
+START_TEST(copies_once_at_the_best_qos)
+{
+    Router r;
+    RouterTarget a = {0}, b = {0};
+    RouterTarget **m;
+    ck_assert_int_eq(router_init(&r), 0);
+    router_add(&r, VIEW_STR("q/#"), &a, 0, false);
+    router_add(&r, VIEW_STR("q/+/x"), &b, 1, false);
+    router_add(&r, VIEW_STR("q/+/x"), &a, 1, false);
+    uint32_t low = grant(&r, "q/#", 0), high = grant(&r, "q/+/x", 1);
+    size_t n = copy(&r, "q/a/x", false, low, &m);
+    ck_assert_uint_eq(n, 0); /* a and b both take the QoS 1 copy */
+    n = copy(&r, "q/a/x", false, high, &m);
+    ck_assert_uint_eq(n, 2);
+    ck_assert(matched(m, n, &a) && matched(m, n, &b));
+    /* A topic only q/# matches: its copy goes to a. */
+    n = copy(&r, "q/other", false, low, &m);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_ptr_eq(m[0], &a);
+    /* A filter still waiting for its SUBACK ranks below a granted one. */
+    router_add(&r, VIEW_STR("q/a/x"), &a, 2, false);
+    uint32_t pending = router_filter(&r, VIEW_STR("q/a/x"))->subid;
+    ck_assert_uint_eq(copy(&r, "q/a/x", false, pending, &m), 0);
+    ck_assert_uint_eq(copy(&r, "q/a/x", false, high, &m), 2);
+    /* No identifiers: plain matching. */
+    ck_assert_uint_eq(router_match_copy(&r, VIEW_STR("q/a/x"), false, NULL, 0, NULL, NULL, &m), 2);
+    router_free(&r);
+}
+END_TEST
+
+/* A group takes only the copy naming it; a member that takes a plain copy anyway has had the
+ * message (the group delivered through it, its turn passes). Retained copies go to the fresh
+ * holders of the filter named. */
+START_TEST(copies_groups_and_retained)
+{
+    Router r;
+    RouterTarget a = {0}, b = {0}, both = {0};
+    RouterTarget **m;
+    ck_assert_int_eq(router_init(&r), 0);
+    router_add(&r, VIEW_STR("$share/g/j/+"), &both, 1, false);
+    router_add(&r, VIEW_STR("$share/g/j/+"), &a, 1, false);
+    router_add(&r, VIEW_STR("j/#"), &both, 1, false);
+    router_add(&r, VIEW_STR("j/#"), &b, 1, false);
+    uint32_t g = grant(&r, "$share/g/j/+", 1), plain = grant(&r, "j/#", 1);
+    size_t n = copy(&r, "j/1", false, g, &m); /* both's turn: it has the plain copy */
+    ck_assert_uint_eq(n, 0);
+    n = copy(&r, "j/1", false, plain, &m);
+    ck_assert_uint_eq(n, 2);
+    ck_assert(matched(m, n, &both) && matched(m, n, &b));
+    n = copy(&r, "j/2", false, g, &m); /* a's turn */
+    ck_assert_uint_eq(n, 1);
+    ck_assert_ptr_eq(m[0], &a);
+    /* Retained: only the fresh holders of the filter it names. */
+    router_settle(&r, VIEW_STR("j/#"), &both);
+    n = copy(&r, "j/1", true, plain, &m);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_ptr_eq(m[0], &b);
+    router_free(&r);
+}
+END_TEST
+
+/* A resumed session keeps what was granted; a new one holds nothing until its SUBACKs. */
+START_TEST(reconfirm_after_reconnect)
+{
+    Router r;
+    RouterTarget a = {0};
+    ck_assert_int_eq(router_init(&r), 0);
+    router_add(&r, VIEW_STR("k/#"), &a, 1, false);
+    grant(&r, "k/#", 1);
+    router_unconfirm_all(&r);
+    ck_assert(!router_filter(&r, VIEW_STR("k/#"))->active);
+    router_reconfirm_all(&r, true);
+    ck_assert(router_filter(&r, VIEW_STR("k/#"))->active);
+    router_unconfirm_all(&r);
+    router_reconfirm_all(&r, false);
+    ck_assert(!router_filter(&r, VIEW_STR("k/#"))->active);
+    router_free(&r);
+}
+END_TEST
+
 static Suite *router_suite(void)
 {
     Suite *s = suite_create("router");
@@ -488,6 +585,9 @@ static Suite *router_suite(void)
     tcase_add_test(tc, shared_member_leaves);
     tcase_add_test(tc, shared_holder_counts);
     tcase_add_test(tc, shared_root_wildcard_not_for_dollar);
+    tcase_add_test(tc, copies_once_at_the_best_qos);
+    tcase_add_test(tc, copies_groups_and_retained);
+    tcase_add_test(tc, reconfirm_after_reconnect);
     suite_add_tcase(s, tc);
     return s;
 }
