@@ -88,6 +88,7 @@ struct SessionMsg {
     bool retain;
     bool got_pubrec;    /* QoS 2: in the PUBREL phase */
     uint8_t rec_reason; /* MQTT 5: the PUBREC's reason (0x10 is reported at PUBCOMP) */
+    bool on_wire;       /* in flight and sent on this link (a resumed one waits its turn) */
     bool counted;       /* already counted in pub_fail */
     uint8_t data[];     /* topic, then payload */
 };
@@ -136,6 +137,7 @@ typedef struct Impl {
     size_t ids_in_use;
     uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
     size_t qos2_held;             /* how many (MQTT 5: at most our Receive Maximum) */
+    size_t on_wire;               /* in-flight messages sent on this link */
     uint16_t next_id;
     unsigned attempts;
     bool ever_connected;
@@ -456,6 +458,10 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
 
 static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)
 {
+    if (msg->on_wire) {
+        assert(m->on_wire > 0);
+        m->on_wire--;
+    }
     list_remove(&msg->link);
     id_release(m, &msg->id);
     if (was_inflight) {
@@ -545,11 +551,48 @@ static bool fits_link(Impl *m, SessionMsg *msg, int64_t now)
 }
 
 /* Send queued messages in order while the in-flight window allows. */
+/* A resumed session's in-flight messages go again first, oldest first, as far as the window
+ * allows; one the new link cannot carry (a smaller Maximum Packet Size) fails. */
+static void resend(Impl *m, size_t window, int64_t now)
+{
+    Link *l, *t;
+    list_for_each_safe(l, t, &m->inflight)
+    {
+        SessionMsg *msg = container_of(l, SessionMsg, link);
+        if (m->on_wire >= window) {
+            return;
+        }
+        if (msg->on_wire) {
+            continue;
+        }
+        if (!msg->got_pubrec && mqtt_publish_size(VIEW(msg->data, msg->topic_len), msg->payload_len,
+                                                  msg->qos) > publish_limit(&m->pub)) {
+            msg_finish(m, msg, true, now, (Outcome){.result = -EMSGSIZE});
+            continue;
+        }
+        if (msg->got_pubrec) {
+            send_ack(m, MQTT_PUBREL, msg->id, now);
+        } else if (send_publish(m, msg, true, now) < 0) {
+            return; /* out of memory: tried again at the next tick */
+        }
+        msg->on_wire = true;
+        m->on_wire++;
+    }
+}
+
+/* Our QoS 1/2 messages in flight at once: ours, and the broker's Receive Maximum. */
+static size_t window_of(const Impl *m)
+{
+    return m->cfg.max_inflight < m->pub.limits.receive_maximum ? m->cfg.max_inflight
+                                                               : m->pub.limits.receive_maximum;
+}
+
 static void pump(Impl *m, int64_t now)
 {
-    size_t window = m->cfg.max_inflight < m->pub.limits.receive_maximum
-                        ? m->cfg.max_inflight
-                        : m->pub.limits.receive_maximum;
+    size_t window = window_of(m);
+    if (m->pub.state == SESSION_CONNECTED && m->on_wire < m->pub.inflight) {
+        resend(m, window, now);
+    }
     while (m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue)) {
         SessionMsg *msg = container_of(m->queue.next, SessionMsg, link);
         if (!fits_link(m, msg, now)) {
@@ -580,6 +623,8 @@ static void pump(Impl *m, int64_t now)
         }
         list_remove(&msg->link);
         list_push_back(&m->inflight, &msg->link);
+        msg->on_wire = true;
+        m->on_wire++;
         m->pub.queued--;
         m->pub.inflight++;
     }
@@ -1073,16 +1118,14 @@ static void connected(Impl *m, bool session_present, int64_t now)
     m->ever_connected = true;
 
     Link *l, *t;
+    m->on_wire = 0;
+    for (l = m->inflight.next; l != &m->inflight; l = l->next) {
+        container_of(l, SessionMsg, link)->on_wire = false;
+    }
     if (session_present) {
-        /* [MQTT-4.4.0-1]: re-send unacknowledged PUBLISH and PUBREL with their ids. */
-        for (l = m->inflight.next; l != &m->inflight; l = l->next) {
-            SessionMsg *msg = container_of(l, SessionMsg, link);
-            if (msg->got_pubrec) {
-                send_ack(m, MQTT_PUBREL, msg->id, now);
-            } else {
-                send_publish(m, msg, true, now);
-            }
-        }
+        /* [MQTT-4.4.0-1]: unacknowledged PUBLISH and PUBREL go again with their ids, first,
+         * as far as the new link's window allows (pump sends the rest as acks come). */
+        resend(m, window_of(m), now);
     } else {
         memset(m->qos2_in, 0, sizeof(m->qos2_in));
         m->qos2_held = 0;

@@ -511,6 +511,58 @@ START_TEST(subscribe_too_large_and_response_info)
 }
 END_TEST
 
+/* A resumed session's in-flight messages go again within the new link's Receive Maximum, and
+ * one above its Maximum Packet Size fails instead of being sent. */
+START_TEST(resume_within_new_limits)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    c.max_inflight = 10;
+    c.clean_session = false;
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    char big[120];
+    memset(big, 'b', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    SessionPublish large = {.topic = VIEW_STR("r/big"), .payload = VIEW_STR(big), .qos = 1};
+    ck_assert_int_eq(session_publish(h.s, &large, REQ(1), h.now, NULL), 0);
+    publish(&h, "r/a", 1, false, REQ(2), 0);
+    publish(&h, "r/b", 1, false, REQ(3), 0);
+    publish(&h, "r/c", 1, false, REQ(4), 0);
+    session_tick(h.s, h.now);
+    for (int i = 0; i < 4; i++) {
+        expect_packet(&h, MQTT_PUBLISH);
+    }
+    session_reconnect_now(h.s, h.now);
+    expect_packet(&h, MQTT_DISCONNECT);
+    ck_assert(session_should_connect(h.s, h.now));
+    session_transport_up(h.s, h.now);
+    expect_packet(&h, MQTT_CONNECT);
+    MqttPacket ack = {
+        .type = MQTT_CONNACK,
+        .version = MQTT_V5,
+        .connack = {.session_present = true},
+        .props = {.has = BIT(MQTT_PROP_RECEIVE_MAXIMUM) | BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE),
+                  .receive_maximum = 2,
+                  .maximum_packet_size = 64}};
+    broker_sends(&h, &ack);
+    const SessionEvent *e = last_event(&h, SESSION_EV_PUBLISH_DONE);
+    ck_assert_ptr_eq(e->done.req, REQ(1));
+    ck_assert_int_eq(e->done.result, -EMSGSIZE);
+    MqttPacket a = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert(a.publish.dup);
+    ck_assert_view_str(a.publish.topic, "r/a");
+    ck_assert_view_str(expect_packet(&h, MQTT_PUBLISH).publish.topic, "r/b");
+    expect_no_packet(&h);
+    broker_ack(&h, MQTT_PUBACK, a.publish.id);
+    session_tick(h.s, h.now);
+    MqttPacket cc = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert(cc.publish.dup);
+    ck_assert_view_str(cc.publish.topic, "r/c");
+    teardown(&h);
+}
+END_TEST
+
 static Suite *session5_suite(void)
 {
     Suite *s = suite_create("session5");
@@ -530,6 +582,7 @@ static Suite *session5_suite(void)
     tcase_add_test(tc, suback_reason);
     tcase_add_test(tc, subscribe_limits);
     tcase_add_test(tc, subscribe_too_large_and_response_info);
+    tcase_add_test(tc, resume_within_new_limits);
     suite_add_tcase(s, tc);
     return s;
 }
