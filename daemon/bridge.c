@@ -210,6 +210,14 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         if (ev->done.spool_id) {
             spool_done(d->spool, ev->done.spool_id);
         }
+        if (ev->done.result < 0 && !ev->done.req) { /* nobody waits to be told */
+            log_warning("a queued message was not delivered: %s%s",
+                        ev->done.result == -EPERM ? "the broker refused it"
+                                                  : strerror(-ev->done.result),
+                        ev->done.result == -EMSGSIZE || ev->done.result == -ENOTSUP
+                            ? " (the broker's limits)"
+                            : "");
+        }
         /* fall through */
     case SESSION_EV_UNSUBSCRIBE_DONE:
     case SESSION_EV_SUBSCRIBE_DONE:

@@ -184,15 +184,18 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
         log_warning("reload: %s changed; that takes effect at the next start", diff.at_start);
     }
     bool reconnect = diff.reconnect || !str_eq(d->password, n.password);
+    char *old_client_id = d->cfg.broker.client_id ? strdup(d->cfg.broker.client_id) : NULL;
     config_free(&d->cfg);
     d->cfg = n.cfg; /* in place: the server and the broker keep pointing at d->cfg */
     free(d->password);
     d->password = n.password;
-    char *id = reconnect ? make_client_id(&d->cfg) : NULL;
+    /* A generated id stays for the life of the process; a configured one follows the file. */
+    char *id = str_eq(old_client_id, d->cfg.broker.client_id) ? NULL : make_client_id(&d->cfg);
     if (id) { /* out of memory: the old id stays */
         free(d->client_id);
         d->client_id = id;
     }
+    free(old_client_id);
     TlsContext *old_tls = d->tls;
     d->tls = n.tls;
     if (broker_configure(&d->broker, &d->cfg, d->tls, d->client_id, d->password) < 0) {

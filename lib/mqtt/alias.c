@@ -45,7 +45,10 @@ static uint16_t victim(AliasOut *a)
         return a->n++;
     }
     uint16_t v = 0;
-    for (uint16_t i = 1; i < a->n; i++) {
+    for (uint16_t i = 0; i < a->n; i++) {
+        if (!a->slots[i].topic) {
+            return i; /* left free by an allocation that failed */
+        }
         if (a->slots[i].used < a->slots[v].used) {
             v = i;
         }

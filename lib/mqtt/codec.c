@@ -781,6 +781,9 @@ int mqtt_decode(View in, uint8_t version, size_t max_size, MqttPacket *ret_pkt)
     if (r <= 0) {
         return r;
     }
+    if (v5 && hdr > 2 && in.p[hdr - 1] == 0) {
+        return -MQTT_E_VARINT; /* MQTT 5 (1.5.5): a variable byte integer in its shortest form */
+    }
     size_t total = hdr + len;
     if (total > (max_size ? max_size : MQTT_PACKET_MAX)) {
         return -MQTT_E_TOO_LARGE;
