@@ -41,7 +41,6 @@ static const char *const error_text[] = {
     [MQTT_E_TOPIC_ALIAS - MQTT_E_FIRST] = "Topic Alias 0",
     [MQTT_E_TOPIC_ALIAS_MAX - MQTT_E_FIRST] = "Topic Alias above the maximum",
     [MQTT_E_REASON_CODE - MQTT_E_FIRST] = "reason code not defined for this packet type",
-    [MQTT_E_RECEIVE_MAXIMUM - MQTT_E_FIRST] = "more QoS 2 messages in flight than Receive Maximum",
 };
 
 const char *mqtt_strerror(int negative_code)

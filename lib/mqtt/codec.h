@@ -72,7 +72,6 @@ enum mqtt_error {
     MQTT_E_TOPIC_ALIAS,           /* Topic Alias 0 */
     MQTT_E_TOPIC_ALIAS_MAX,       /* Topic Alias above the receiver's maximum (session) */
     MQTT_E_REASON_CODE,           /* a reason code this packet type does not define */
-    MQTT_E_RECEIVE_MAXIMUM,       /* more QoS 2 messages unreleased than our Receive Maximum */
     MQTT_E_LAST,
 };
 

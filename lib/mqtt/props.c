@@ -398,8 +398,6 @@ uint8_t mqtt_error_reason(int negative_code)
     switch (-negative_code) {
     case MQTT_E_TOO_LARGE:
         return MQTT_RC_PACKET_TOO_LARGE;
-    case MQTT_E_RECEIVE_MAXIMUM:
-        return MQTT_RC_RECEIVE_MAXIMUM_EXCEEDED;
     case MQTT_E_TOPIC_ALIAS:
     case MQTT_E_TOPIC_ALIAS_MAX:
         return MQTT_RC_TOPIC_ALIAS_INVALID;

@@ -136,7 +136,6 @@ typedef struct Impl {
     uint64_t ids_used[65536 / 64];
     size_t ids_in_use;
     uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
-    size_t qos2_held;             /* how many (MQTT 5: at most our Receive Maximum) */
     size_t on_wire;               /* in-flight messages sent on this link */
     uint16_t next_id;
     unsigned attempts;
@@ -818,12 +817,7 @@ int session_unsubscribe(Session *s, View filter, void *req, int64_t now)
 
 void session_restore_incoming(Session *s, const uint64_t *held)
 {
-    Impl *m = impl(s);
-    memcpy(m->qos2_in, held, sizeof(m->qos2_in));
-    m->qos2_held = 0;
-    for (size_t i = 0; i < 65536 / 64; i++) {
-        m->qos2_held += (size_t)__builtin_popcountll(held[i]);
-    }
+    memcpy(impl(s)->qos2_in, held, sizeof(impl(s)->qos2_in));
 }
 
 void session_forget_req(Session *s, void *req)
@@ -1128,7 +1122,6 @@ static void connected(Impl *m, bool session_present, int64_t now)
         resend(m, window_of(m), now);
     } else {
         memset(m->qos2_in, 0, sizeof(m->qos2_in));
-        m->qos2_held = 0;
         /* A new session knows none of our in-flight messages. A QoS 2 message past PUBREC
          * was already accepted by the broker; everything else goes out again, first. */
         list_for_each_safe(l, t, &m->inflight)
@@ -1333,11 +1326,6 @@ static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
     bool deliver = true;
     if (p->qos == 2) {
         deliver = !bit_get(m->qos2_in, p->id);
-        if (deliver && s->protocol == MQTT_V5 && m->qos2_held >= m->cfg.receive_maximum) {
-            protocol_error(m, now, MQTT_E_RECEIVE_MAXIMUM, mqtt_strerror(-MQTT_E_RECEIVE_MAXIMUM));
-            return;
-        }
-        m->qos2_held += deliver;
         bit_put(m->qos2_in, p->id, true);
         if (!deliver) {
             s->stats.duplicates_dropped++;
@@ -1439,7 +1427,6 @@ static void handle_pub_ack(Impl *m, const MqttPacket *pkt, int64_t now)
     default: /* MQTT_PUBREL */
         if (bit_get(m->qos2_in, id)) {
             bit_put(m->qos2_in, id, false);
-            m->qos2_held--;
             emit(m, (SessionEvent){.type = SESSION_EV_QOS2_RELEASED, .packet_id = id});
         }
         send_ack(m, MQTT_PUBCOMP, id, now);

@@ -383,30 +383,6 @@ static uint8_t disconnect_reason(Harness *h)
     return d.ack.reason;
 }
 
-/* More unreleased QoS 2 messages than our Receive Maximum: DISCONNECT 0x93. */
-START_TEST(incoming_receive_maximum)
-{
-    Harness h;
-    SessionConfig c = v5_config();
-    c.receive_maximum = 2;
-    setup_with(&h, &c);
-    connect5(&h, &(MqttProps){0});
-    for (uint16_t id = 1; id <= 3; id++) {
-        MqttPacket p = {.type = MQTT_PUBLISH,
-                        .version = MQTT_V5,
-                        .publish = {.topic = VIEW_STR("q2"), .qos = 2, .id = id}};
-        broker_sends(&h, &p);
-        if (id < 3) {
-            ck_assert_uint_eq(expect_packet(&h, MQTT_PUBREC).ack.id, id);
-        }
-    }
-    ck_assert_int_eq(h.s->state, SESSION_IDLE);
-    ck_assert_uint_eq(disconnect_reason(&h), MQTT_RC_RECEIVE_MAXIMUM_EXCEEDED);
-    ck_assert_uint_eq(count_events(&h, SESSION_EV_MESSAGE), 2);
-    teardown(&h);
-}
-END_TEST
-
 /* A broker that breaks the standard - a property twice - is told so (0x82) and the link is
  * made again with backoff. */
 START_TEST(malformed_from_broker)
@@ -577,7 +553,6 @@ static Suite *session5_suite(void)
     tcase_add_test(tc, ack_reason_codes);
     tcase_add_test(tc, disconnect_redirect_and_assigned_id);
     tcase_add_test(tc, subscription_identifiers);
-    tcase_add_test(tc, incoming_receive_maximum);
     tcase_add_test(tc, malformed_from_broker);
     tcase_add_test(tc, suback_reason);
     tcase_add_test(tc, subscribe_limits);
