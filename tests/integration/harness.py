@@ -497,6 +497,23 @@ class TestCase(unittest.TestCase):
         self.cleanups.append(s.close)
         return s
 
+    def broker_with_acl(self, rules):
+        """mosquitto with an acl_file holding `rules` (mosquitto's own syntax)."""
+        acl = os.path.join(self.tmp, f"acl-{free_port()}")
+        with open(acl, "w") as f:
+            f.write(rules)
+        os.chmod(acl, 0o644)  # mosquitto reads it as its own user
+        return self.broker(extra=f"acl_file {acl}")
+
+    def broker_with_password(self, user, password):
+        """mosquitto that admits only `user` with `password`."""
+        pwfile = os.path.join(self.tmp, f"passwd-{user}")
+        open(pwfile, "w").close()
+        subprocess.run(["mosquitto_passwd", "-b", pwfile, user, password], check=True,
+                       timeout=WAIT)
+        os.chmod(pwfile, 0o644)
+        return self.broker(extra=f"allow_anonymous false\npassword_file {pwfile}")
+
     def fake_broker(self, handler):
         f = FakeBroker(handler)
         self.fake_ports.add(f.port)

@@ -290,11 +290,7 @@ class Ops(TestCase):
             self.assertEqual(got, ["late", "0", "1", "2", "3"])
 
     def test_refused_subscription(self):
-        acl = os.path.join(self.tmp, "acl.txt")
-        with open(acl, "w") as f:
-            f.write("topic readwrite allowed/#\n")
-        os.chmod(acl, 0o644)
-        m = self.broker(extra=f"acl_file {acl}")
+        m = self.broker_with_acl("topic readwrite allowed/#\n")
         d = self.daemon(m.port, name="acl")
         with d.client() as c:
             r = c.request("subscribe", filter="forbidden/#", qos=1)

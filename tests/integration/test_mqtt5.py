@@ -3,7 +3,6 @@
 """MQTT 5 on the broker link: against a real mosquitto 2 in MQTT 5 (the default, auto), and
 a scripted MQTT 5 broker for the limits mosquitto cannot be made to set. The scripted
 broker's packets are written out by hand from the standard's layouts."""
-import os
 import signal
 import threading
 import time
@@ -184,11 +183,7 @@ class RealBroker5(TestCase):
             self.assertEqual([e["payload"] for e in a.messages(2)], ["once", "end"])
 
     def test_refusals_carry_reason_codes(self):
-        acl = os.path.join(self.tmp, "acl")
-        with open(acl, "w") as f:
-            f.write("topic readwrite open/#\n")
-        os.chmod(acl, 0o644)
-        m = self.broker(extra=f"acl_file {acl}")
+        m = self.broker_with_acl("topic readwrite open/#\n")
         d = self.daemon(m.port)
         with d.client() as c:
             c.ok("publish", topic="open/x", payload="fine", qos=1)
@@ -199,11 +194,7 @@ class RealBroker5(TestCase):
             self.assertGreaterEqual(c.ok("stats")["stats"]["pub_fail_count"], 1)
 
     def test_connack_refusal_reason(self):
-        pwfile = os.path.join(self.tmp, "passwd")
-        open(pwfile, "w").close()
-        os.system(f"mosquitto_passwd -b {pwfile} alice s3cret")
-        os.chmod(pwfile, 0o644)
-        m = self.broker(extra=f"allow_anonymous false\npassword_file {pwfile}")
+        m = self.broker_with_password("alice", "s3cret")
         d = self.daemon(m.port, sections={"broker": {"username": "alice", "password": "no"}},
                         start=False)
         d.start(wait_connected=False)

@@ -118,12 +118,7 @@ class RealBroker(TestCase):
             self.assertEqual(sub.event("message")["payload"], "direct")
 
     def test_connack_refusal_and_password(self):
-        pwfile = os.path.join(self.tmp, "passwd")
-        with open(pwfile, "w"):
-            pass
-        os.system(f"mosquitto_passwd -b {pwfile} alice s3cret")
-        os.chmod(pwfile, 0o644)
-        m = self.broker(extra=f"allow_anonymous false\npassword_file {pwfile}")
+        m = self.broker_with_password("alice", "s3cret")
         # MQTT 3.1.1's return codes here; MQTT 5's reason codes in test_mqtt5.py.
         d = self.daemon(m.port, sections={"broker": {"username": "alice", "password": "wrong",
                                                      "protocol": "3.1.1"}},
@@ -151,11 +146,7 @@ class RealBroker(TestCase):
             self.assertIsNone(st["last_error"])
 
     def test_packet_log_hides_the_password(self):
-        pwfile = os.path.join(self.tmp, "passwd")
-        open(pwfile, "w").close()
-        os.system(f"mosquitto_passwd -b {pwfile} bob hunter2")
-        os.chmod(pwfile, 0o644)
-        m = self.broker(extra=f"allow_anonymous false\npassword_file {pwfile}")
+        m = self.broker_with_password("bob", "hunter2")
         # The bytes asserted are MQTT 3.1.1's.
         d = self.daemon(m.port, sections={"broker": {"username": "bob", "password": "hunter2",
                                                      "protocol": "3.1.1"},
