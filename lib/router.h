@@ -128,6 +128,9 @@ size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready,
  * (the broker chose this session for it) and gives it to its member in turn, unless that
  * member takes a plain copy of the message anyway (the group has delivered). Retained
  * messages (sent for one new subscription) go to the fresh holders of the filters named.
- * Without ids: router_match. */
+ * Without ids: router_match.
+ * Known limit: each copy is judged against the target's filters as they are when it arrives;
+ * if they change between two copies of one message (an unsubscribe, a SUBACK raising another
+ * filter's QoS), that target can get the message twice or not at all. */
 size_t router_match_copy(Router *r, View topic, bool retained, const uint32_t *ids, size_t n_ids,
                          router_ready_fn ready, void *userdata, RouterTarget ***ret);
