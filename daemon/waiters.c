@@ -3,7 +3,6 @@
 #include "waiters.h"
 
 #include <assert.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,12 +118,9 @@ void waiters_client_gone(Client *c)
 
 void waiter_set_reason(Waiter *w, uint8_t reason, View text)
 {
-    const char *name = mqtt_reason_str(reason);
     w->reason = reason;
     w->reason_text[0] = '\0';
     if (reason) {
-        snprintf(w->reason_text, sizeof(w->reason_text), "%s (0x%02X)%s%.*s",
-                 name ? name : "reason", reason, text.n ? ": " : "",
-                 (int)(text.n < 100 ? text.n : 100), (const char *)text.p);
+        mqtt_reason_describe(w->reason_text, sizeof(w->reason_text), reason, text);
     }
 }

@@ -407,14 +407,19 @@ static const Holder *pick(RouterFilter *fc, const Match *m)
     return &fc->members[chosen];
 }
 
-static bool wanted(const Match *m, const RouterFilter *fc)
+static bool names(const uint32_t *ids, size_t n, uint32_t id)
 {
-    for (size_t i = 0; i < m->n_only; i++) {
-        if (m->only[i] == fc->subid) {
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] == id) {
             return true;
         }
     }
-    return m->n_only == 0;
+    return false;
+}
+
+static bool wanted(const Match *m, const RouterFilter *fc)
+{
+    return m->n_only == 0 || names(m->only, m->n_only, fc->subid);
 }
 
 /* How good a copy of filter fc is for its holders: one the broker granted beats one still
@@ -520,16 +525,6 @@ size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready,
 {
     Match m = {.retained = retained, .ready = ready, .userdata = userdata};
     return run_match(r, topic, &m, ret);
-}
-
-static bool names(const uint32_t *ids, size_t n, uint32_t id)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (ids[i] == id) {
-            return true;
-        }
-    }
-    return false;
 }
 
 /* Of the targets a copy's walk found, keep the plain holders whose own choice it is, then let

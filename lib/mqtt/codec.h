@@ -117,6 +117,9 @@ enum mqtt_reason {
 
 /* The standard's name of a reason code ("Not authorized"), or NULL for an undefined one. */
 const char *mqtt_reason_str(uint8_t code);
+/* "Not authorized (0x87): <text>" (": <text>" only when there is one) into out, truncated to
+ * n bytes. */
+void mqtt_reason_describe(char *out, size_t n, uint8_t code, View text);
 /* The reason code a DISCONNECT carries for an error a decoder returned (0x81 Malformed
  * Packet, 0x82 Protocol Error, 0x94 Topic Alias invalid, 0x95 Packet too large, ...). */
 uint8_t mqtt_error_reason(int negative_code);

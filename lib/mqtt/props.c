@@ -358,6 +358,13 @@ const char *mqtt_reason_str(uint8_t code)
     return reason_names[code];
 }
 
+void mqtt_reason_describe(char *out, size_t n, uint8_t code, View text)
+{
+    const char *name = reason_names[code];
+    snprintf(out, n, "%s (0x%02X)%s%.*s", name ? name : "reason", code, text.n ? ": " : "",
+             (int)(text.n < n ? text.n : n), (const char *)text.p);
+}
+
 /* The reason codes each packet type may carry (MQTT 5, 2.4 and each packet's section). */
 static const char connack_codes[] = "\x00\x80\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a\x8c\x90"
                                     "\x95\x97\x99\x9a\x9b\x9c\x9d\x9f";

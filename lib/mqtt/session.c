@@ -1165,14 +1165,6 @@ static void protocol_error(Impl *m, int64_t now, int code, const char *what)
     link_down(m, now, code, false, reason);
 }
 
-/* "Not authorized (0x87): <reason string>" into out. */
-static void describe_reason(char *out, size_t n, uint8_t code, View text)
-{
-    const char *name = mqtt_reason_str(code);
-    snprintf(out, n, "%s (0x%02X)%s%.*s", name ? name : "reason", code, text.n ? ": " : "",
-             (int)(text.n < 200 ? text.n : 200), (const char *)text.p);
-}
-
 /* A broker that named another server (0x9C Use another server, 0x9D Server moved). */
 static void keep_reference(Impl *m, uint8_t code, const MqttProps *props)
 {
@@ -1254,7 +1246,7 @@ static void refused(Impl *m, const MqttPacket *pkt, int64_t now)
     char reason[600], why[260];
     uint8_t rc = pkt->connack.rc;
     if (pkt->version == MQTT_V5) {
-        describe_reason(why, sizeof(why), rc, pkt->props.reason_string);
+        mqtt_reason_describe(why, sizeof(why), rc, pkt->props.reason_string);
         keep_reference(m, rc, &pkt->props);
     } else {
         snprintf(why, sizeof(why), "%s", mqtt_connack_str(rc));
@@ -1303,7 +1295,7 @@ static void on_disconnect(Impl *m, const MqttPacket *pkt, int64_t now)
         return;
     }
     char reason[600], why[260];
-    describe_reason(why, sizeof(why), pkt->ack.reason, pkt->props.reason_string);
+    mqtt_reason_describe(why, sizeof(why), pkt->ack.reason, pkt->props.reason_string);
     keep_reference(m, pkt->ack.reason, &pkt->props);
     snprintf(reason, sizeof(reason), "the broker disconnected: %s%s%s", why,
              m->pub.server_reference[0] ? "; redirected to " : "", m->pub.server_reference);
