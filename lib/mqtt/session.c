@@ -541,6 +541,9 @@ static int check_limits(const Session *s, View topic, size_t payload_len, uint8_
 /* A queued message this link cannot carry fails without being sent. */
 static bool fits_link(Impl *m, SessionMsg *msg, int64_t now)
 {
+    if (m->pub.protocol != MQTT_V5) {
+        return true; /* 3.1.1's only limit, MQTT's own, was checked by session_publish */
+    }
     int r = check_limits(&m->pub, VIEW(msg->data, msg->topic_len), msg->payload_len, msg->qos,
                          msg->retain);
     if (r < 0) {
