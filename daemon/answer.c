@@ -38,6 +38,18 @@ void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, .
     send_scratch(c, reply_error(&scratch, id, code, msg));
 }
 
+void answer_refused(Client *c, json_t *id, const Waiter *w, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    buf_clear(&scratch);
+    send_scratch(c, reply_refused(&scratch, id, IPC_REFUSED, msg, w->reason ? w->reason : -1,
+                                  w->reason_string));
+}
+
 void answer_cannot_wait(Client *c, json_t *id, size_t needed)
 {
     if (waiters_full(c, needed)) {

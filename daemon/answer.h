@@ -13,6 +13,10 @@ void answer_ok(Client *c, json_t *id, json_t *fields);
 /* {"id":..,"ok":false,"error":{"code":..,"message":..}}. */
 void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* `refused`, with the reason code and reason string the broker answered w's request with
+ * (MQTT 5; none with 3.1.1). */
+void answer_refused(Client *c, json_t *id, const Waiter *w, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* A request that cannot wait: c already has MAX_WAITERS_PER_CLIENT waiting (queue_full), or
  * no memory for one more (internal). `needed`: the waiters the request would make. */
 void answer_cannot_wait(Client *c, json_t *id, size_t needed);

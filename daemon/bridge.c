@@ -78,7 +78,8 @@ static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props)
         Client *c = container_of(t[i], Client, target);
         uint8_t qos = m->qos < t[i]->qos ? m->qos : t[i]->qos;
         Buf *v = &variants[qos][t[i]->base64];
-        if (!v->len && event_message(v, m->topic, m->payload, qos, m->retain, t[i]->base64) < 0) {
+        if (!v->len &&
+            event_message(v, m->topic, m->payload, qos, m->retain, t[i]->base64, props) < 0) {
             continue;
         }
         send_message(c, buf_view(v));

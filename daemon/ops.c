@@ -64,7 +64,7 @@ static void publish_done(Waiter *w, int result)
         answer_ok(w->c, w->id,
                   w->reason ? json_pack("{s:i}", "reason_code", (int)w->reason) : NULL);
     } else if (result == -EPERM) {
-        answer_error(w->c, w->id, IPC_REFUSED, "the broker refused: %s", w->reason_text);
+        answer_refused(w->c, w->id, w, "the broker refused: %s", w->reason_text);
     } else {
         answer_publish_failure(w->c, w->id, result, w->qos);
     }

@@ -112,10 +112,10 @@ static const WaiterKind subscribe_kind = {subscribe_done, subscribe_timeout, for
 static void unsubscribe_done(Waiter *w, int result)
 {
     if (result < 0) {
-        answer_error(w->c, w->id, IPC_REFUSED,
-                     "the broker refused to unsubscribe %s (UNSUBACK %s); it is unsubscribed "
-                     "locally",
-                     w->filter, w->reason_text);
+        answer_refused(w->c, w->id, w,
+                       "the broker refused to unsubscribe %s (UNSUBACK %s); it is unsubscribed "
+                       "locally",
+                       w->filter, w->reason_text);
     } else {
         answer_ok(w->c, w->id,
                   w->reason ? json_pack("{s:i}", "reason_code", (int)w->reason) : NULL);
@@ -314,8 +314,8 @@ static void subscribe_done(Waiter *w, int result)
         answer_ok(c, w->id, json_pack("{s:i}", "granted_qos", granted));
     } else {
         not_held(c, f);
-        answer_error(c, w->id, IPC_REFUSED, "the broker refused the subscription to %s (SUBACK %s)",
-                     w->filter, w->reason_text[0] ? w->reason_text : "0x80");
+        answer_refused(c, w->id, w, "the broker refused the subscription to %s (SUBACK %s)",
+                       w->filter, w->reason_text[0] ? w->reason_text : "0x80");
     }
 }
 

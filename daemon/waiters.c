@@ -123,4 +123,13 @@ void waiter_set_reason(Waiter *w, uint8_t reason, View text)
     if (reason) {
         mqtt_reason_describe(w->reason_text, sizeof(w->reason_text), reason, text);
     }
+    /* Cut at a character boundary, so a long reason string stays UTF-8. */
+    size_t n = text.n < sizeof(w->reason_string) ? text.n : sizeof(w->reason_string) - 1;
+    while (n < text.n && n > 0 && (text.p[n] & 0xC0) == 0x80) {
+        n--;
+    }
+    if (n) {
+        memcpy(w->reason_string, text.p, n);
+    }
+    w->reason_string[n] = '\0';
 }

@@ -28,13 +28,14 @@ struct Waiter {
     const WaiterKind *kind;
     json_t *id; /* the request's id (a reference), NULL for null */
     ev_timer timer;
-    bool ending;           /* its kind's callback runs: it is not ended a second time */
-    SessionMsg *msg;       /* publish with wait: the message the broker must confirm, else NULL */
-    SpoolWait durable;     /* publish with wait false: until the spool has it on disk */
-    uint8_t qos;           /* publish: its QoS; subscribe: the QoS asked for */
-    uint8_t reason;        /* MQTT 5: the reason code the broker answered with */
-    char reason_text[160]; /* "Not authorized (0x87): its reason string", or "" */
-    char filter[];         /* subscribe / unsubscribe / barrier */
+    bool ending;             /* its kind's callback runs: it is not ended a second time */
+    SessionMsg *msg;         /* publish with wait: the message the broker must confirm, else NULL */
+    SpoolWait durable;       /* publish with wait false: until the spool has it on disk */
+    uint8_t qos;             /* publish: its QoS; subscribe: the QoS asked for */
+    uint8_t reason;          /* MQTT 5: the reason code the broker answered with */
+    char reason_text[160];   /* "Not authorized (0x87): its reason string", or "" */
+    char reason_string[128]; /* the broker's reason string alone (truncated), or "" */
+    char filter[];           /* subscribe / unsubscribe / barrier */
 };
 
 /* A waiter for c's request `id`, with a timer when timeout_ms > 0; NULL when c already has

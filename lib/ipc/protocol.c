@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "base64.h"
 #include "mqtt/codec.h"
@@ -18,7 +19,7 @@ static const char *const op_names[OP_COUNT] = {
     [OP_PUBLISH] = "publish", [OP_SUBSCRIBE] = "subscribe", [OP_UNSUBSCRIBE] = "unsubscribe",
     [OP_STATUS] = "status",   [OP_STATS] = "stats",         [OP_PING] = "ping",
     [OP_EVENTS] = "events",   [OP_RECONNECT] = "reconnect", [OP_STATS_RESET] = "stats_reset",
-    [OP_RELOAD] = "reload",
+    [OP_RELOAD] = "reload",   [OP_REQUEST] = "request",
 };
 
 static const char *const error_codes[] = {
@@ -106,6 +107,162 @@ static int topic_error(IpcError *err, const char *what, int r)
     return fail(err, IPC_BAD_REQUEST, "invalid %s: %s", what, mqtt_strerror(r));
 }
 
+/* ---- MQTT 5 fields ---- */
+
+/* A string MQTT can carry (UTF-8 without U+0000, at most 65535 bytes), or absent. */
+static int get_mqtt_string(json_t *v, const char *name, View *ret, IpcError *err)
+{
+    if (!json_is_string(v)) {
+        return fail(err, IPC_BAD_REQUEST, "%s must be a string", name);
+    }
+    View s = VIEW(json_string_value(v), json_string_length(v));
+    if (s.n > 65535) {
+        return fail(err, IPC_BAD_REQUEST, "%s is longer than 65535 bytes", name);
+    }
+    if (!utf8_valid(s, false)) {
+        return fail(err, IPC_BAD_REQUEST, "%s must not contain U+0000", name);
+    }
+    *ret = s;
+    return 0;
+}
+
+/* user_properties: [[name, value], ...], into *ret (allocated; the Views borrow from it). */
+static int get_user_props(json_t *arr, MqttUserProp **ret, size_t *n, IpcError *err)
+{
+    if (!json_is_array(arr)) {
+        return fail(err, IPC_BAD_REQUEST, "user_properties must be an array of [name, value]");
+    }
+    *n = json_array_size(arr);
+    *ret = *n ? calloc(*n, sizeof(**ret)) : NULL;
+    if (*n && !*ret) {
+        return fail(err, IPC_INTERNAL, "out of memory");
+    }
+    for (size_t i = 0; i < *n; i++) {
+        json_t *pair = json_array_get(arr, i);
+        if (!json_is_array(pair) || json_array_size(pair) != 2 ||
+            !json_is_string(json_array_get(pair, 0)) || !json_is_string(json_array_get(pair, 1))) {
+            return fail(err, IPC_BAD_REQUEST,
+                        "user_properties[%zu] must be a pair of strings [name, value]", i);
+        }
+        int r;
+        if ((r = get_mqtt_string(json_array_get(pair, 0), "a user property name", &(*ret)[i].name,
+                                 err)) < 0 ||
+            (r = get_mqtt_string(json_array_get(pair, 1), "a user property value", &(*ret)[i].value,
+                                 err)) < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+static int get_correlation(Request *req, MqttProps *p, Buf *scratch, IpcError *err)
+{
+    json_t *text = json_object_get(req->root, "correlation_data");
+    json_t *b64 = json_object_get(req->root, "correlation_data_b64");
+    if (text && b64) {
+        return fail(err, IPC_BAD_REQUEST,
+                    "give correlation_data or correlation_data_b64, not both");
+    }
+    View v;
+    if (text) {
+        if (!json_is_string(text)) {
+            return fail(err, IPC_BAD_REQUEST, "correlation_data must be a string");
+        }
+        v = VIEW(json_string_value(text), json_string_length(text));
+    } else if (b64) {
+        if (!json_is_string(b64) ||
+            base64_decode(scratch, VIEW(json_string_value(b64), json_string_length(b64))) < 0) {
+            return fail(err, IPC_BAD_REQUEST, "correlation_data_b64 is not valid base64");
+        }
+        v = buf_view(scratch);
+    } else {
+        return 0;
+    }
+    if (v.n > 65535) {
+        return fail(err, IPC_BAD_REQUEST, "correlation_data is longer than 65535 bytes");
+    }
+    p->correlation_data = v;
+    MQTT_SET(p, MQTT_PROP_CORRELATION_DATA);
+    req->v5_field = req->v5_field ? req->v5_field
+                    : text        ? "correlation_data"
+                                  : "correlation_data_b64";
+    return 0;
+}
+
+static int get_expiry(Request *req, IpcError *err)
+{
+    json_t *v = json_object_get(req->root, "message_expiry");
+    if (!v) {
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 4294967295) {
+        return fail(err, IPC_BAD_REQUEST,
+                    "message_expiry must be an integer from 1 to 4294967295 (seconds)");
+    }
+    req->message_expiry = (uint32_t)json_integer_value(v);
+    req->v5_field = req->v5_field ? req->v5_field : "message_expiry";
+    return 0;
+}
+
+/* The single-valued string and byte properties of a message. */
+static int get_message_singles(Request *req, MqttProps *p, IpcError *err)
+{
+    json_t *v;
+    int r;
+    if ((v = json_object_get(req->root, "content_type"))) {
+        if ((r = get_mqtt_string(v, "content_type", &p->content_type, err)) < 0) {
+            return r;
+        }
+        MQTT_SET(p, MQTT_PROP_CONTENT_TYPE);
+        req->v5_field = req->v5_field ? req->v5_field : "content_type";
+    }
+    if ((v = json_object_get(req->root, "response_topic"))) {
+        if ((r = get_mqtt_string(v, "response_topic", &p->response_topic, err)) < 0) {
+            return r;
+        }
+        if ((r = mqtt_topic_check(p->response_topic)) < 0) {
+            return topic_error(err, "response_topic", r);
+        }
+        MQTT_SET(p, MQTT_PROP_RESPONSE_TOPIC);
+        req->v5_field = req->v5_field ? req->v5_field : "response_topic";
+    }
+    if ((v = json_object_get(req->root, "payload_format"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1) {
+            return fail(err, IPC_BAD_REQUEST, "payload_format must be 0 or 1");
+        }
+        if (json_integer_value(v) == 1 && !utf8_valid(req->payload, true)) {
+            return fail(err, IPC_BAD_REQUEST,
+                        "payload_format 1 says UTF-8, but the payload is not");
+        }
+        p->payload_format = (uint8_t)json_integer_value(v);
+        MQTT_SET(p, MQTT_PROP_PAYLOAD_FORMAT);
+        req->v5_field = req->v5_field ? req->v5_field : "payload_format";
+    }
+    return 0;
+}
+
+/* publish and request: the MQTT 5 fields into req->props and req->message_expiry. */
+static int parse_message_props(Request *req, IpcError *err)
+{
+    MqttProps p = {0};
+    MqttUserProp *user = NULL;
+    Buf correlation = {0};
+    json_t *up = json_object_get(req->root, "user_properties");
+    int r = up ? get_user_props(up, &user, &p.n_user, err) : 0;
+    if (r == 0 && p.n_user) {
+        p.user = user;
+        req->v5_field = "user_properties";
+    }
+    if (r == 0 && (r = get_message_singles(req, &p, err)) == 0 &&
+        (r = get_correlation(req, &p, &correlation, err)) == 0 && (r = get_expiry(req, err)) == 0 &&
+        (p.has || p.n_user) && mqtt_props_encode(&req->props, &p, MQTT_PUBLISH) < 0) {
+        r = fail(err, IPC_BAD_REQUEST, "the properties do not fit in one MQTT packet");
+    }
+    free(user);
+    buf_free(&correlation);
+    return r;
+}
+
 static int parse_publish(Request *req, IpcError *err)
 {
     json_t *root = req->root;
@@ -138,10 +295,11 @@ static int parse_publish(Request *req, IpcError *err)
         req->payload = buf_view(&req->decoded);
     }
     if ((r = get_qos(root, &req->qos, err)) < 0 ||
-        (r = get_bool(root, "retain", &req->retain, err)) < 0) {
+        (r = get_bool(root, "retain", &req->retain, err)) < 0 ||
+        (r = get_bool(root, "wait", &req->wait, err)) < 0) {
         return r;
     }
-    return get_bool(root, "wait", &req->wait, err);
+    return parse_message_props(req, err);
 }
 
 /* How long publish, subscribe and unsubscribe wait for the broker. */
@@ -169,6 +327,31 @@ static int parse_filter(Request *req, IpcError *err)
     return 0;
 }
 
+/* subscribe's MQTT 5 options. */
+static int parse_sub_options(Request *req, IpcError *err)
+{
+    int r;
+    if ((r = get_bool(req->root, "no_local", &req->no_local, err)) < 0 ||
+        (r = get_bool(req->root, "retain_as_published", &req->retain_as_published, err)) < 0) {
+        return r;
+    }
+    json_t *v = json_object_get(req->root, "retain_handling");
+    if (v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 2) {
+            return fail(err, IPC_BAD_REQUEST, "retain_handling must be 0, 1 or 2");
+        }
+        req->retain_handling = (uint8_t)json_integer_value(v);
+    }
+    if (req->no_local && mqtt_filter_target(req->topic).n != req->topic.n) {
+        return fail(err, IPC_BAD_REQUEST, "no_local cannot be used with a shared subscription");
+    }
+    req->v5_field = req->no_local              ? "no_local"
+                    : req->retain_as_published ? "retain_as_published"
+                    : req->retain_handling     ? "retain_handling"
+                                               : NULL;
+    return 0;
+}
+
 static int parse_subscribe(Request *req, IpcError *err)
 {
     int r;
@@ -186,7 +369,7 @@ static int parse_subscribe(Request *req, IpcError *err)
             return fail(err, IPC_BAD_REQUEST, "encoding must be \"auto\" or \"base64\"");
         }
     }
-    return 0;
+    return parse_sub_options(req, err);
 }
 
 static int parse_events(Request *req, IpcError *err)
@@ -237,6 +420,7 @@ int request_parse(View line, Request *req, IpcError *err)
     int r;
     switch (req->op) {
     case OP_PUBLISH:
+    case OP_REQUEST:
         return (r = parse_publish(req, err)) < 0 ? r : get_timeout(req, err);
     case OP_SUBSCRIBE:
         return (r = parse_subscribe(req, err)) < 0 ? r : get_timeout(req, err);
@@ -253,6 +437,7 @@ void request_free(Request *req)
 {
     json_decref(req->root);
     buf_free(&req->decoded);
+    buf_free(&req->props);
     req->root = req->id = NULL;
 }
 
@@ -274,24 +459,27 @@ int write_json_line(Buf *out, json_t *obj)
     return r;
 }
 
+/* A request's id as JSON (null when absent). */
+static int put_id(Buf *out, json_t *id)
+{
+    char num[32];
+    if (json_is_integer(id)) {
+        int n = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
+        return buf_append(out, num, (size_t)n);
+    }
+    if (!id || json_is_null(id)) {
+        return buf_append(out, "null", 4);
+    }
+    return json_dump_callback(id, dump_cb, out, JSON_COMPACT | JSON_ENCODE_ANY) < 0 ? -ENOBUFS : 0;
+}
+
 /* `{"id":ID,"ok":true}` without building a tree: the reply to nearly every publish. */
 static int reply_ok_plain(Buf *out, json_t *id)
 {
-    char num[32];
     size_t before = buf_mark(out);
-    int r = buf_append(out, "{\"id\":", 6);
-    if (r == 0 && json_is_integer(id)) {
-        int n = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
-        r = buf_append(out, num, (size_t)n);
-    } else if (r == 0 && (!id || json_is_null(id))) {
-        r = buf_append(out, "null", 4);
-    } else if (r == 0 && json_dump_callback(id, dump_cb, out, JSON_COMPACT | JSON_ENCODE_ANY) < 0) {
-        r = -ENOBUFS;
-    }
-    if (r == 0) {
-        r = buf_append(out, ",\"ok\":true}\n", 12);
-    }
-    if (r < 0) {
+    int r;
+    if ((r = buf_append(out, "{\"id\":", 6)) < 0 || (r = put_id(out, id)) < 0 ||
+        (r = buf_append(out, ",\"ok\":true}\n", 12)) < 0) {
         buf_rollback(out, before);
     }
     return r;
@@ -319,22 +507,43 @@ int reply_ok(Buf *out, json_t *id, json_t *fields)
     return write_json_line(out, reply);
 }
 
-int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message)
+/* Messages may quote the client's own bytes (jansson's "near '...'"), which need not be
+ * UTF-8: those bytes become '?', so the reply can always be written. */
+static void make_safe(char *s)
 {
-    /* Messages may quote the client's own bytes (jansson's "near '...'"), which need not be
-     * UTF-8: those bytes become '?', so the reply can always be written. */
-    char safe[512];
-    snprintf(safe, sizeof(safe), "%s", message);
-    if (!utf8_valid(VIEW_STR(safe), false)) {
-        for (char *p = safe; *p; p++) {
+    if (!utf8_valid(VIEW_STR(s), false)) {
+        for (char *p = s; *p; p++) {
             if ((unsigned char)*p >= 0x80) {
                 *p = '?';
             }
         }
     }
-    json_t *reply = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
-                              "error", "code", ipc_error_code(code), "message", safe);
+}
+
+int reply_refused(Buf *out, json_t *id, enum ipc_error code, const char *message, int reason_code,
+                  const char *reason)
+{
+    char safe[512], safe_reason[512];
+    snprintf(safe, sizeof(safe), "%s", message);
+    make_safe(safe);
+    json_t *error = json_pack("{s:s, s:s}", "code", ipc_error_code(code), "message", safe);
+    if (error && reason_code >= 0) {
+        json_object_set_new(error, "reason_code", json_integer(reason_code));
+        if (reason && reason[0]) {
+            snprintf(safe_reason, sizeof(safe_reason), "%s", reason);
+            make_safe(safe_reason);
+            json_object_set_new(error, "reason", json_string(safe_reason));
+        }
+    }
+    json_t *reply =
+        error ? json_pack("{s:O, s:b, s:o}", "id", id ? id : json_null(), "ok", 0, "error", error)
+              : NULL;
     return write_json_line(out, reply);
+}
+
+int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message)
+{
+    return reply_refused(out, id, code, message, -1, NULL);
 }
 
 /* Append `s` as a JSON string body (no quotes): valid UTF-8 in, escapes as needed. */
@@ -398,20 +607,122 @@ int json_write_string(Buf *out, View s)
     return r;
 }
 
-int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64)
+/* `"name":` then `v` as a JSON string, text or (when `b64` or not UTF-8) "name_b64". */
+static int put_bytes_field(Buf *out, const char *name, View v, bool b64)
 {
-    size_t before = buf_mark(out);
+    bool text = !b64 && utf8_valid(v, true);
+    int r;
+    if ((r = buf_append(out, ",\"", 2)) < 0 || (r = buf_append(out, name, strlen(name))) < 0 ||
+        (r = buf_append(out, text ? "\":\"" : "_b64\":\"", text ? 3 : 7)) < 0 ||
+        (r = text ? put_escaped(out, v) : base64_encode(out, v)) < 0) {
+        return r;
+    }
+    return buf_put_u8(out, '"');
+}
+
+static int put_string_field(Buf *out, const char *name, View v)
+{
+    int r;
+    if ((r = buf_append(out, ",\"", 2)) < 0 || (r = buf_append(out, name, strlen(name))) < 0 ||
+        (r = buf_append(out, "\":", 2)) < 0) {
+        return r;
+    }
+    return json_write_string(out, v);
+}
+
+static int put_int_field(Buf *out, const char *name, uint32_t v)
+{
+    char num[48];
+    int n = snprintf(num, sizeof(num), ",\"%s\":%u", name, v);
+    return buf_append(out, num, (size_t)n);
+}
+
+static int put_user_props(Buf *out, View raw)
+{
+    bool first = true;
+    MqttPropItem it;
+    int r = buf_append(out, ",\"user_properties\":[", 20);
+    while (r == 0 && mqtt_props_next(&raw, &it) == 1) {
+        if (it.id != MQTT_PROP_USER) {
+            continue;
+        }
+        if ((r = buf_append(out, first ? "[" : ",[", first ? 1 : 2)) < 0 ||
+            (r = json_write_string(out, it.user.name)) < 0 || (r = buf_put_u8(out, ',')) < 0 ||
+            (r = json_write_string(out, it.user.value)) < 0) {
+            return r;
+        }
+        r = buf_put_u8(out, ']');
+        first = false;
+    }
+    return r < 0 ? r : buf_put_u8(out, ']');
+}
+
+/* The MQTT 5 properties of a message as the fields publish takes. */
+static int put_props(Buf *out, const MqttProps *p, bool b64)
+{
+    int r = 0;
+    if (p->n_user) {
+        r = put_user_props(out, p->raw);
+    }
+    if (r == 0 && MQTT_HAS(p, MQTT_PROP_CONTENT_TYPE)) {
+        r = put_string_field(out, "content_type", p->content_type);
+    }
+    if (r == 0 && MQTT_HAS(p, MQTT_PROP_PAYLOAD_FORMAT)) {
+        r = put_int_field(out, "payload_format", p->payload_format);
+    }
+    if (r == 0 && MQTT_HAS(p, MQTT_PROP_MESSAGE_EXPIRY)) {
+        r = put_int_field(out, "message_expiry", p->message_expiry);
+    }
+    if (r == 0 && MQTT_HAS(p, MQTT_PROP_RESPONSE_TOPIC)) {
+        r = put_string_field(out, "response_topic", p->response_topic);
+    }
+    if (r == 0 && MQTT_HAS(p, MQTT_PROP_CORRELATION_DATA)) {
+        r = put_bytes_field(out, "correlation_data", p->correlation_data, b64);
+    }
+    return r;
+}
+
+/* "topic":..., "payload" or "payload_b64":..., then the properties. */
+static int put_message(Buf *out, View topic, View payload, bool base64, const MqttProps *props)
+{
     bool text = !base64 && utf8_valid(payload, true);
     int r;
-    char tail[40];
-    int tn = snprintf(tail, sizeof(tail), "\",\"qos\":%u,\"retain\":%s}\n", qos,
-                      retain ? "true" : "false");
-    if ((r = buf_append(out, "{\"event\":\"message\",\"topic\":\"", 28)) < 0 ||
-        (r = put_escaped(out, topic)) < 0 ||
+    if ((r = buf_append(out, "\"topic\":\"", 9)) < 0 || (r = put_escaped(out, topic)) < 0 ||
         (r = buf_append(out, text ? "\",\"payload\":\"" : "\",\"payload_b64\":\"",
                         text ? 13 : 17)) < 0 ||
         (r = text ? put_escaped(out, payload) : base64_encode(out, payload)) < 0 ||
+        (r = buf_put_u8(out, '"')) < 0) {
+        return r;
+    }
+    return props && (props->has || props->n_user) ? put_props(out, props, base64) : 0;
+}
+
+int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64,
+                  const MqttProps *props)
+{
+    size_t before = buf_mark(out);
+    char tail[40];
+    int tn = snprintf(tail, sizeof(tail), ",\"qos\":%u,\"retain\":%s}\n", qos,
+                      retain ? "true" : "false");
+    int r;
+    if ((r = buf_append(out, "{\"event\":\"message\",", 19)) < 0 ||
+        (r = put_message(out, topic, payload, base64, props)) < 0 ||
         (r = buf_append(out, tail, (size_t)tn)) < 0) {
+        buf_rollback(out, before);
+        return r;
+    }
+    return 0;
+}
+
+int reply_response(Buf *out, json_t *id, View topic, View payload, bool base64,
+                   const MqttProps *props)
+{
+    size_t before = buf_mark(out);
+    int r;
+    if ((r = buf_append(out, "{\"id\":", 6)) < 0 || (r = put_id(out, id)) < 0 ||
+        (r = buf_append(out, ",\"ok\":true,\"response\":{", 23)) < 0 ||
+        (r = put_message(out, topic, payload, base64, props)) < 0 ||
+        (r = buf_append(out, "}}\n", 3)) < 0) {
         buf_rollback(out, before);
         return r;
     }

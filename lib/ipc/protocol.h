@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "buf.h"
+#include "mqtt/codec.h"
 
 enum ipc_op {
     OP_PUBLISH,
@@ -21,6 +22,7 @@ enum ipc_op {
     OP_RECONNECT,
     OP_STATS_RESET,
     OP_RELOAD,
+    OP_REQUEST,
     OP_COUNT,
 };
 
@@ -56,6 +58,15 @@ typedef struct Request {
     int64_t timeout_ms; /* -1: the daemon's default */
     enum ipc_encoding encoding;
     int events_connection, events_ping; /* -1 absent, else 0/1 */
+    /* MQTT 5. publish and request: the message's properties but Message Expiry, encoded
+     * (mqtt_props_encode, PUBLISH), and its expiry in seconds (0: none). subscribe: the
+     * subscription options. v5_field names the first field given that only MQTT 5 can carry
+     * (NULL: none), for a link that speaks 3.1.1. */
+    Buf props;
+    uint32_t message_expiry;
+    bool no_local, retain_as_published;
+    uint8_t retain_handling;
+    const char *v5_field;
 } Request;
 
 typedef struct IpcError {
@@ -73,6 +84,10 @@ void request_free(Request *req);
  * op-specific members of a success reply. */
 int reply_ok(Buf *out, json_t *id, json_t *fields);
 int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message);
+/* The same with the broker's MQTT 5 answer in the error object: "reason_code" (when >= 0)
+ * and "reason", its reason string (when not empty). */
+int reply_refused(Buf *out, json_t *id, enum ipc_error code, const char *message, int reason_code,
+                  const char *reason);
 /* Any object as one line (events other than message). Steals `obj`. */
 int write_json_line(Buf *out, json_t *obj);
 
@@ -80,5 +95,12 @@ int write_json_line(Buf *out, json_t *obj);
 int json_write_string(Buf *out, View s);
 
 /* The message event, written directly (it is the hot path): `payload` as text when the
- * encoding is auto and the bytes are valid UTF-8, else `payload_b64`. */
-int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64);
+ * encoding is auto and the bytes are valid UTF-8, else `payload_b64`; the MQTT 5 properties
+ * the message had (`props`, decoded; NULL or empty: none) as the fields publish takes, the
+ * Correlation Data as `correlation_data` by the payload's rule, else `correlation_data_b64`. */
+int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64,
+                  const MqttProps *props);
+/* The reply to a request op: {"id":ID,"ok":true,"response":{the message event's topic,
+ * payload and property fields}}. */
+int reply_response(Buf *out, json_t *id, View topic, View payload, bool base64,
+                   const MqttProps *props);

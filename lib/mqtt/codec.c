@@ -96,7 +96,7 @@ static int check_ack_id(uint16_t id)
 
 static bool props_empty(const MqttProps *p)
 {
-    return !p->has && !p->n_user && !p->n_subid;
+    return !p->has && !p->n_user && !p->n_subid && !p->block.n;
 }
 
 /* Measuring: validates what the encoder will write and sizes it. `Sizes` carries the
@@ -731,7 +731,7 @@ static void start_packet(MqttPacket *p, int type, bool v5)
     } else {
         p->props.has = 0;
         p->props.n_user = p->props.n_subid = 0;
-        p->props.raw = p->props.reason_string = VIEW_NULL; /* (the session reads these) */
+        p->props.raw = p->props.reason_string = p->props.block = VIEW_NULL; /* (read by some) */
     }
     if (type == MQTT_CONNECT) {
         p->connect = (MqttConnect){0};

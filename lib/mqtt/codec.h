@@ -174,7 +174,9 @@ typedef struct MqttProps {
     const MqttUserProp *user; /* encode */
     const uint32_t *subid;    /* encode */
     size_t n_user, n_subid;
-    View raw; /* decode: the property bytes, after their length */
+    View raw;   /* decode: the property bytes, after their length */
+    View block; /* encode: properties already encoded (mqtt_props_encode), written after the
+                   others; checked as a decoder would, and none may repeat one in `has` */
 } MqttProps;
 
 #define MQTT_PROP_BIT(id)   ((uint64_t)1 << (id))
@@ -190,6 +192,13 @@ typedef struct MqttPropItem {
     uint32_t subid;
 } MqttPropItem;
 int mqtt_props_next(View *raw, MqttPropItem *ret);
+
+/* Encode the properties of p (as packet `type` carries them) as a block, without the length
+ * that precedes it in a packet: appended to `out`, untouched on failure. */
+int mqtt_props_encode(Buf *out, const MqttProps *p, int type);
+/* Check a block as a decoder does (`type` 0: a will's) and fill *ret from it (its Views
+ * borrow from `block`): 0 or -MQTT_E_*. */
+int mqtt_props_check(View block, int type, MqttProps *ret);
 
 /* One entry of a SUBSCRIBE (qos and, in MQTT 5, the options used) or UNSUBSCRIBE (only the
  * filter) topic list. */

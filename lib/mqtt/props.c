@@ -4,6 +4,7 @@
  * where its value lives in MqttProps, which packets may carry it and whether it may repeat;
  * measuring, writing, reading and walking all follow it, so they cannot disagree.
  */
+#include <assert.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -159,6 +160,17 @@ int props_measure(const MqttProps *p, int type, size_t *ret_len)
         n += 1 + one;
     }
     TRY(repeated_size(p, type, &n));
+    if (p->block.n) {
+        MqttProps inner;
+        TRY(mqtt_props_check(p->block, type, &inner));
+        if (inner.has & p->has) {
+            return -MQTT_E_PROPERTY_DUP;
+        }
+        if (inner.n_subid && p->n_subid && type != MQTT_PUBLISH) {
+            return -MQTT_E_PROPERTY_DUP;
+        }
+        n += p->block.n;
+    }
     if (n > MQTT_VARINT_MAX) {
         return -MQTT_E_TOO_LARGE;
     }
@@ -199,7 +211,21 @@ uint8_t *props_put(uint8_t *w, const MqttProps *p, size_t len)
         *w++ = MQTT_PROP_USER;
         w = put_string(put_string(w, p->user[i].name), p->user[i].value);
     }
-    return w;
+    return put_bytes(w, p->block);
+}
+
+int mqtt_props_encode(Buf *out, const MqttProps *p, int type)
+{
+    size_t len;
+    TRY(props_measure(p, type, &len));
+    TRY(buf_reserve(out, len + 4));
+    uint8_t *start = out->data + out->len;
+    uint8_t *w = props_put(start, p, len);
+    size_t prefix = varint_len(len);
+    memmove(start, start + prefix, len);
+    assert((size_t)(w - start) == prefix + len);
+    out->len += len;
+    return 0;
 }
 
 /* One property's value into *item (repeatable ones) or its field in *p. */
@@ -258,9 +284,15 @@ int props_get(Reader *r, int type, MqttProps *ret)
     if (len > reader_left(r)) {
         return -MQTT_E_LENGTH;
     }
-    MqttProps p = {.raw = VIEW(r->p, len)};
-    Reader in = {r->p, r->p + len};
+    View block = VIEW(r->p, len);
     r->p += len;
+    return mqtt_props_check(block, type, ret);
+}
+
+int mqtt_props_check(View block, int type, MqttProps *ret)
+{
+    MqttProps p = {.raw = block};
+    Reader in = {block.p, block.p + block.n};
     while (in.p < in.end) {
         uint32_t id;
         TRY(get_varint(&in, &id));

@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     } else if (req.op == OP_PUBLISH) {
         /* What parsed must also be writable as a message event. */
-        if (event_message(&out, req.topic, req.payload, req.qos, req.retain, false) != 0) {
+        if (event_message(&out, req.topic, req.payload, req.qos, req.retain, false, NULL) != 0) {
             abort();
         }
     }

@@ -50,6 +50,12 @@ void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, .
     say(c, "error %lld %s", id ? (long long)json_integer_value(id) : -1LL, ipc_error_code(code));
 }
 
+void answer_refused(Client *c, json_t *id, const Waiter *w, const char *fmt, ...)
+{
+    (void)fmt;
+    say(c, "error %lld refused %d", id ? (long long)json_integer_value(id) : -1LL, (int)w->reason);
+}
+
 void answer_cannot_wait(Client *c, json_t *id, size_t needed)
 {
     say(c, "cannot_wait %lld %zu", id ? (long long)json_integer_value(id) : -1LL, needed);
@@ -270,7 +276,7 @@ START_TEST(refused_subscribe_is_not_held)
     MqttPacket ack = {.type = MQTT_SUBACK,
                       .suback = {.id = sub.subscribe.id, .codes = VIEW("\x80", 1)}};
     broker_sends(&ack);
-    ck_assert_str_eq(last_said(), "error -1 refused");
+    ck_assert_str_eq(last_said(), "error -1 refused 0");
     ck_assert_uint_eq(subs_count(a), 0);
     ck_assert_uint_eq(subs_of_uid(&d, 5), 0);
     ck_assert_ptr_null(router_filter(&d.router, VIEW_STR("no/#")));

@@ -125,6 +125,49 @@ START_TEST(parse_publish)
 }
 END_TEST
 
+/* MQTT 5 fields become one property block (MQTT 5.0 table 2-4 identifiers: 0x01 Payload
+ * Format, 0x03 Content Type, 0x08 Response Topic, 0x09 Correlation Data, 0x26 User Property),
+ * the single ones in identifier order, then the user properties in the order given. */
+START_TEST(parse_publish_v5)
+{
+    Request r;
+    IpcError err;
+    View line = VIEW_STR(
+        "{\"op\":\"request\",\"topic\":\"a\",\"payload\":\"x\",\"user_properties\":"
+        "[[\"k\",\"1\"],[\"k\",\"2\"]],\"content_type\":\"t\",\"payload_format\":1,"
+        "\"response_topic\":\"r/s\",\"correlation_data_b64\":\"AP8=\",\"message_expiry\":60}");
+    ck_assert_int_eq(request_parse(line, &r, &err), 0);
+    ck_assert_int_eq(r.op, OP_REQUEST);
+    ck_assert_str_eq(r.v5_field, "user_properties");
+    ck_assert_uint_eq(r.message_expiry, 60);
+    static const uint8_t want[] = {0x01, 1,    0x03, 0, 1, 't',  0x08, 0, 3,  'r', '/',
+                                   's',  0x09, 0,    2, 0, 0xff, 0x26, 0, 1,  'k', 0,
+                                   1,    '1',  0x26, 0, 1, 'k',  0,    1, '2'};
+    ck_assert_view_eq(buf_view(&r.props), VIEW(want, sizeof(want)));
+    request_free(&r);
+
+    line = VIEW_STR("{\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\",\"message_expiry\":5}");
+    ck_assert_int_eq(request_parse(line, &r, &err), 0);
+    ck_assert_str_eq(r.v5_field, "message_expiry");
+    ck_assert_uint_eq(buf_size(&r.props), 0);
+    request_free(&r);
+
+    line =
+        VIEW_STR("{\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\",\"user_properties\":[]}");
+    ck_assert_int_eq(request_parse(line, &r, &err), 0);
+    ck_assert_ptr_null(r.v5_field); /* nothing only MQTT 5 can carry */
+    request_free(&r);
+
+    line = VIEW_STR("{\"op\":\"subscribe\",\"filter\":\"a/#\",\"no_local\":true,"
+                    "\"retain_as_published\":true,\"retain_handling\":2}");
+    ck_assert_int_eq(request_parse(line, &r, &err), 0);
+    ck_assert(r.no_local && r.retain_as_published);
+    ck_assert_uint_eq(r.retain_handling, 2);
+    ck_assert_str_eq(r.v5_field, "no_local");
+    request_free(&r);
+}
+END_TEST
+
 START_TEST(parse_other_ops)
 {
     Request r;
@@ -200,6 +243,38 @@ static const struct {
      "invalid filter: empty topic", true},
     {"{\"id\":1,\"op\":\"events\",\"ping\":\"yes\"}", IPC_BAD_REQUEST, "ping must be true or false",
      true},
+#define PUB "{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload\":\"x\","
+    {PUB "\"user_properties\":{}}", IPC_BAD_REQUEST,
+     "user_properties must be an array of [name, value]", true},
+    {PUB "\"user_properties\":[[\"a\",\"b\"],[\"a\"]]}", IPC_BAD_REQUEST,
+     "user_properties[1] must be a pair of strings [name, value]", true},
+    {PUB "\"user_properties\":[[\"a\",2]]}", IPC_BAD_REQUEST,
+     "user_properties[0] must be a pair of strings [name, value]", true},
+    {PUB "\"user_properties\":[[\"a\\u0000\",\"b\"]]}", IPC_BAD_REQUEST,
+     "a user property name must not contain U+0000", true},
+    {PUB "\"content_type\":7}", IPC_BAD_REQUEST, "content_type must be a string", true},
+    {PUB "\"payload_format\":2}", IPC_BAD_REQUEST, "payload_format must be 0 or 1", true},
+    {"{\"id\":1,\"op\":\"publish\",\"topic\":\"a\",\"payload_b64\":\"/w==\",\"payload_format\":1}",
+     IPC_BAD_REQUEST, "payload_format 1 says UTF-8, but the payload is not", true},
+    {PUB "\"message_expiry\":0}", IPC_BAD_REQUEST,
+     "message_expiry must be an integer from 1 to 4294967295 (seconds)", true},
+    {PUB "\"message_expiry\":4294967296}", IPC_BAD_REQUEST,
+     "message_expiry must be an integer from 1 to 4294967295 (seconds)", true},
+    {PUB "\"response_topic\":\"r/#\"}", IPC_BAD_REQUEST,
+     "response_topic must not contain wildcards", true},
+    {PUB "\"correlation_data\":\"a\",\"correlation_data_b64\":\"YQ==\"}", IPC_BAD_REQUEST,
+     "give correlation_data or correlation_data_b64, not both", true},
+    {PUB "\"correlation_data_b64\":\"!\"}", IPC_BAD_REQUEST,
+     "correlation_data_b64 is not valid base64", true},
+#undef PUB
+    {"{\"id\":1,\"op\":\"subscribe\",\"filter\":\"a\",\"retain_handling\":3}", IPC_BAD_REQUEST,
+     "retain_handling must be 0, 1 or 2", true},
+    {"{\"id\":1,\"op\":\"subscribe\",\"filter\":\"a\",\"no_local\":1}", IPC_BAD_REQUEST,
+     "no_local must be true or false", true},
+    {"{\"id\":1,\"op\":\"subscribe\",\"filter\":\"$share/g/a\",\"no_local\":true}", IPC_BAD_REQUEST,
+     "no_local cannot be used with a shared subscription", true},
+    {"{\"id\":1,\"op\":\"request\",\"topic\":\"a/+\",\"payload\":\"x\"}", IPC_BAD_REQUEST,
+     "topic must not contain wildcards", true},
 };
 
 START_TEST(parse_errors)
@@ -270,8 +345,8 @@ END_TEST
 START_TEST(message_event)
 {
     Buf b = {0};
-    ck_assert_int_eq(event_message(&b, VIEW_STR("a/\"b\""), VIEW_STR("x\n\\y\x01"), 1, true, false),
-                     0);
+    ck_assert_int_eq(
+        event_message(&b, VIEW_STR("a/\"b\""), VIEW_STR("x\n\\y\x01"), 1, true, false, NULL), 0);
     ck_assert_view_str(buf_view(&b), "{\"event\":\"message\",\"topic\":\"a/\\\"b\\\"\",\"payload\":"
                                      "\"x\\n\\\\y\\u0001\",\"qos\":1,\"retain\":true}\n");
     /* What we write, jansson reads back to the same bytes. */
@@ -280,13 +355,55 @@ START_TEST(message_event)
     ck_assert_str_eq(json_string_value(json_object_get(j, "payload")), "x\n\\y\x01");
     json_decref(j);
     buf_clear(&b);
-    ck_assert_int_eq(event_message(&b, VIEW_STR("t"), VIEW("\xff\x00", 2), 0, false, false), 0);
+    ck_assert_int_eq(event_message(&b, VIEW_STR("t"), VIEW("\xff\x00", 2), 0, false, false, NULL),
+                     0);
     ck_assert_view_str(buf_view(&b), "{\"event\":\"message\",\"topic\":\"t\",\"payload_b64\":"
                                      "\"/wA=\",\"qos\":0,\"retain\":false}\n");
     buf_clear(&b);
-    ck_assert_int_eq(event_message(&b, VIEW_STR("t"), VIEW_STR("ok"), 2, false, true), 0);
+    ck_assert_int_eq(event_message(&b, VIEW_STR("t"), VIEW_STR("ok"), 2, false, true, NULL), 0);
     ck_assert_view_str(buf_view(&b), "{\"event\":\"message\",\"topic\":\"t\",\"payload_b64\":"
                                      "\"b2s=\",\"qos\":2,\"retain\":false}\n");
+    buf_free(&b);
+}
+END_TEST
+
+/* A message's MQTT 5 properties in its event, from a block as a broker sends it. */
+START_TEST(message_event_props)
+{
+    static const uint8_t block[] = {0x02, 0,   0,    0, 9, 0x09, 0,    2, 0, 0xff, 0x26,
+                                    0,    1,   'k',  0, 1, '1',  0x26, 0, 1, 'k',  0,
+                                    1,    '2', 0x03, 0, 1, 't',  0x08, 0, 1, 'r'};
+    MqttProps p;
+    ck_assert_int_eq(mqtt_props_check(VIEW(block, sizeof(block)), MQTT_PUBLISH, &p), 0);
+    Buf b = {0};
+    ck_assert_int_eq(event_message(&b, VIEW_STR("t"), VIEW_STR("x"), 1, false, false, &p), 0);
+    ck_assert_view_str(buf_view(&b),
+                       "{\"event\":\"message\",\"topic\":\"t\",\"payload\":\"x\","
+                       "\"user_properties\":[[\"k\",\"1\"],[\"k\",\"2\"]],\"content_type\":\"t\","
+                       "\"message_expiry\":9,\"response_topic\":\"r\",\"correlation_data_b64\":"
+                       "\"AP8=\",\"qos\":1,\"retain\":false}\n");
+    buf_clear(&b);
+    json_t *id = json_integer(4);
+    ck_assert_int_eq(reply_response(&b, id, VIEW_STR("t"), VIEW_STR("x"), true, &p), 0);
+    json_t *j = json_loadb((const char *)buf_view(&b).p, buf_size(&b), 0, NULL);
+    ck_assert_ptr_nonnull(j);
+    json_t *resp = json_object_get(j, "response");
+    ck_assert_str_eq(json_string_value(json_object_get(resp, "payload_b64")), "eA==");
+    ck_assert_str_eq(json_string_value(json_object_get(resp, "correlation_data_b64")), "AP8=");
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "id")), 4);
+    json_decref(j);
+    json_decref(id);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(refused_reply)
+{
+    Buf b = {0};
+    ck_assert_int_eq(reply_refused(&b, NULL, IPC_REFUSED, "no", 135, "acl"), 0);
+    ck_assert_view_str(buf_view(&b),
+                       "{\"id\":null,\"ok\":false,\"error\":{\"code\":\"refused\","
+                       "\"message\":\"no\",\"reason_code\":135,\"reason\":\"acl\"}}\n");
     buf_free(&b);
 }
 END_TEST
@@ -296,6 +413,9 @@ static Suite *protocol_suite(void)
     Suite *s = suite_create("protocol");
     TCase *tc = tcase_create("protocol");
     tcase_add_test(tc, framing);
+    tcase_add_test(tc, parse_publish_v5);
+    tcase_add_test(tc, message_event_props);
+    tcase_add_test(tc, refused_reply);
     tcase_add_test(tc, framing_too_long);
     tcase_add_test(tc, base64_round_trip);
     tcase_add_test(tc, parse_publish);
