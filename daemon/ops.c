@@ -222,7 +222,8 @@ static void op_publish(Client *c, Request *r)
 static void op_subscribe(Client *c, Request *r)
 {
     if (permitted(c, r, ACL_SUBSCRIBE)) {
-        subs_subscribe(c, r->id, r->topic, r->qos, r->encoding == ENC_BASE64, timeout_of(c, r));
+        SubOptions o = {r->no_local, r->retain_as_published, r->retain_handling};
+        subs_subscribe(c, r->id, r->topic, r->qos, r->encoding == ENC_BASE64, timeout_of(c, r), &o);
     }
 }
 

@@ -243,11 +243,46 @@ static bool may_subscribe(Client *c, json_t *id, bool held)
     return true;
 }
 
-void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int64_t timeout_ms)
+/* Options a broker subscription cannot take for one more holder: its other holders asked for
+ * different ones. Answered here. */
+static bool options_conflict(Client *c, json_t *id, View f, bool held, const SubOptions *o)
 {
+    RouterFilter *rf = router_filter(&c->d->router, f);
+    if (!rf || rf->holders <= (held ? 1u : 0u) ||
+        (rf->no_local == o->no_local && rf->retain_as_published == o->retain_as_published)) {
+        return false;
+    }
+    answer_error(c, id, IPC_BAD_REQUEST,
+                 "%.*s is held by other clients with no_local %s and retain_as_published %s "
+                 "(one broker subscription serves them all): subscribe with the same",
+                 (int)f.n, (const char *)f.p, rf->no_local ? "true" : "false",
+                 rf->retain_as_published ? "true" : "false");
+    return true;
+}
+
+/* Ask the broker (again): for a first holder, a higher QoS, or the retained messages of a
+ * fresh one. 0, or -errno when it cannot be asked (then nothing is held). */
+static int ask_broker(Client *c, View f, Waiter *w, bool retained)
+{
+    RouterFilter *rf = router_filter(&c->d->router, f);
+    assert(rf);
+    SessionSubscribe ss = {.filter = f,
+                           .qos = rf->broker_qos,
+                           .subid = rf->subid,
+                           .no_local = rf->no_local,
+                           .retain_as_published = rf->retain_as_published,
+                           .retain_handling = retained ? 0 : 2};
+    return session_subscribe(c->d->broker.session, &ss, w, now_ms());
+}
+
+void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int64_t timeout_ms,
+                    const SubOptions *opts)
+{
+    static const SubOptions none = {0};
+    const SubOptions *o = opts ? opts : &none;
     Daemon *d = c->d;
     ClientSub *held = find_sub(c, f);
-    if (!may_subscribe(c, id, held != NULL)) {
+    if (!may_subscribe(c, id, held != NULL) || options_conflict(c, id, f, held != NULL, o)) {
         return;
     }
     ClientSub *sub = held ? held : add_sub(c, f);
@@ -264,18 +299,24 @@ void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int
     sub->base64 = base64;
     RouterFilter *rf = router_filter(&d->router, f);
     assert(rf);
-    /* The broker is asked again even when it already holds the filter: a SUBSCRIBE makes it
-     * send the retained messages, which go to this (fresh) holder only. The barrier after it
-     * says when they have all arrived. */
-    bool immediate = rf->active && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
+    bool changed = rf->no_local != o->no_local || rf->retain_as_published != o->retain_as_published;
+    rf->no_local = o->no_local;
+    rf->retain_as_published = o->retain_as_published;
+    /* Retained messages for this holder (retain_handling): then the broker is asked again
+     * even when it already holds the filter, since a SUBSCRIBE makes it send them; they go
+     * to this (fresh) holder only, and the barrier after it says when all have arrived. */
+    bool retained = o->retain_handling == 0 || (o->retain_handling == 1 && !held);
+    if (!retained) {
+        router_settle(&d->router, f, &c->target);
+    }
+    bool immediate = rf->active && !changed && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
     Waiter *w = immediate ? NULL : waiter_new(c, &subscribe_kind, id, f, timeout_ms);
     if (w) {
         w->qos = qos;
     }
-    int e = immediate || w
-                ? session_subscribe(d->broker.session,
-                                    &(SessionSubscribe){f, rf->broker_qos, rf->subid}, w, now_ms())
-                : -ENOMEM;
+    int e = !immediate && !w           ? -ENOMEM
+            : (immediate && !retained) ? 0
+                                       : ask_broker(c, f, w, retained);
     if (e < 0 && !immediate) {
         if (w) {
             waiter_cancel(w);
@@ -284,7 +325,9 @@ void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int
         answer_error(c, id, IPC_INTERNAL, "cannot ask the broker: %s", strerror(-e));
         return;
     }
-    add_barrier(c, f, timeout_ms);
+    if (retained) {
+        add_barrier(c, f, timeout_ms);
+    }
     if (immediate) {
         uint8_t granted = qos < rf->granted ? qos : rf->granted;
         answer_ok(c, id, json_pack("{s:i}", "granted_qos", granted));

@@ -25,8 +25,17 @@ void subs_client_gone(Client *c);
 
 /* The subscribe / unsubscribe ops (after the [acl] check): answered here, at once or when
  * the broker confirms. */
+/* MQTT 5 subscription options. no_local and retain_as_published belong to the broker's
+ * subscription, which all local holders of a filter share: the first holder sets them and
+ * another may join only with the same. retain_handling is this holder's own: 0 the retained
+ * messages at every subscribe, 1 only when the filter is new for this connection, 2 none. */
+typedef struct SubOptions {
+    bool no_local, retain_as_published;
+    uint8_t retain_handling;
+} SubOptions;
+
 void subs_subscribe(Client *c, json_t *id, View filter, uint8_t qos, bool base64,
-                    int64_t timeout_ms);
+                    int64_t timeout_ms, const SubOptions *opts /* NULL: all 0 */);
 void subs_unsubscribe(Client *c, json_t *id, View filter, int64_t timeout_ms);
 
 size_t subs_count(const Client *c);

@@ -69,6 +69,8 @@ typedef struct RouterFilter {
     bool was_active;    /* granted before the link went down (router_reconfirm_all) */
     uint32_t subid;     /* its MQTT 5 subscription identifier, unique among live filters */
     uint8_t granted;    /* the QoS it granted */
+    bool no_local, retain_as_published; /* MQTT 5 options of the broker subscription (the
+                                           daemon's: the router only keeps them) */
     /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
      * (`holders` of them), rather than in the trie node; `next` is the index of the member
      * whose turn it is. The router owns these fields. */

@@ -90,10 +90,40 @@ struct SessionMsg {
     uint8_t rec_reason; /* MQTT 5: the PUBREC's reason (0x10 is reported at PUBCOMP) */
     bool on_wire;       /* in flight and sent on this link (a resumed one waits its turn) */
     bool counted;       /* already counted in pub_fail */
-    uint8_t data[];     /* topic, then payload */
+    bool props_dropped; /* MQTT 5 properties left out on a 3.1.1 link (counted once) */
+    int64_t expires_at; /* MQTT 5 Message Expiry, on the session's clock; 0 = none */
+    uint32_t props_len; /* its properties but Message Expiry, encoded, after the payload */
+    uint8_t data[];     /* topic, then payload, then properties */
 };
 
+static View msg_topic(const SessionMsg *msg)
+{
+    return VIEW(msg->data, msg->topic_len);
+}
+
+static View msg_props(const SessionMsg *msg)
+{
+    return VIEW(msg->data + msg->topic_len + msg->payload_len, msg->props_len);
+}
+
+/* What the message's MQTT 5 properties add to its payload when measuring its PUBLISH: their
+ * bytes, Message Expiry's 5, and up to 3 more for a longer property length. */
+static size_t props_extra(uint32_t props_len, bool expires)
+{
+    size_t n = props_len + (expires ? 5 : 0);
+    return n ? n + 3 : 0;
+}
+
 enum pending_kind { P_SUBSCRIBE, P_UNSUBSCRIBE, P_BARRIER };
+
+/* MQTT 5 subscription options as SessionSubscribe gives them, kept in one byte. */
+enum { SUB_NO_LOCAL = 1, SUB_RAP = 2, SUB_RH_SHIFT = 2 };
+
+static uint8_t sub_opts(const SessionSubscribe *s)
+{
+    return (uint8_t)((s->no_local ? SUB_NO_LOCAL : 0) | (s->retain_as_published ? SUB_RAP : 0) |
+                     (s->retain_handling & 3) << SUB_RH_SHIFT);
+}
 
 typedef struct Pending { /* a request waiting for SUBACK / UNSUBACK / PINGRESP, in order */
     Link link;
@@ -101,6 +131,7 @@ typedef struct Pending { /* a request waiting for SUBACK / UNSUBACK / PINGRESP, 
     uint16_t id; /* subscribe/unsubscribe: packet id while on the wire */
     uint8_t qos;
     uint32_t subid; /* subscribe: MQTT 5 subscription identifier, 0 = none */
+    uint8_t opts;   /* subscribe: MQTT 5 options (SUB_*) */
     enum pending_kind kind;
     bool sent;
     uint16_t len;
@@ -115,7 +146,7 @@ typedef struct Ping { /* a PINGREQ on the wire; PINGRESPs come back in order */
 
 typedef struct Sub { /* a subscription the broker granted, restored after reconnects */
     Link link;
-    uint8_t qos;
+    uint8_t qos, opts;
     uint32_t subid;
     uint16_t len;
     uint8_t filter[];
@@ -149,6 +180,7 @@ typedef struct Impl {
     uint16_t keepalive; /* of this link: ours, or the broker's Server Keep Alive */
     AliasOut alias_out;
     AliasIn alias_in;
+    int64_t next_expiry; /* the earliest expires_at in the queue (maybe passed), 0 = none */
 } Impl;
 
 static Impl *impl(Session *s)
@@ -391,6 +423,17 @@ static int send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
                                 .dup = dup,
                                 .retain = msg->retain}};
     msg->sent_at = now;
+    if (m->pub.protocol == MQTT_V5) {
+        p.props.block = msg_props(msg);
+        if (msg->expires_at) { /* what remains, rounded up: at least a second */
+            int64_t left = msg->expires_at - now;
+            MQTT_SET(&p.props, MQTT_PROP_MESSAGE_EXPIRY);
+            p.props.message_expiry = left > 1000 ? (uint32_t)((left + 999) / 1000) : 1;
+        }
+    } else if ((msg->props_len || msg->expires_at) && !msg->props_dropped) {
+        msg->props_dropped = true;
+        m->pub.stats.properties_dropped++;
+    }
     uint16_t alias;
     int known =
         m->pub.protocol == MQTT_V5 ? alias_out_get(&m->alias_out, p.publish.topic, &alias) : -1;
@@ -435,6 +478,11 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
         return;
     }
     MqttTopicReq t = {.filter = VIEW(p->filter, p->len), .qos = p->qos};
+    if (m->pub.protocol == MQTT_V5) {
+        t.no_local = p->opts & SUB_NO_LOCAL;
+        t.retain_as_published = p->opts & SUB_RAP;
+        t.retain_handling = p->opts >> SUB_RH_SHIFT & 3;
+    }
     p->id = id_alloc(m);
     if (!p->id) {
         p->sent = false; /* every id is in use: tried again once one is freed */
@@ -468,7 +516,7 @@ static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)
     } else {
         m->pub.queued--;
     }
-    m->pub.queued_bytes -= msg->topic_len + msg->payload_len;
+    m->pub.queued_bytes -= msg->topic_len + msg->payload_len + msg->props_len;
     free(msg);
 }
 
@@ -538,13 +586,28 @@ static int check_limits(const Session *s, View topic, size_t payload_len, uint8_
     return 0;
 }
 
+/* A queued message whose Message Expiry has passed fails without being sent. */
+static bool expired(Impl *m, SessionMsg *msg, int64_t now)
+{
+    if (!msg->expires_at || now < msg->expires_at) {
+        return false;
+    }
+    m->pub.stats.messages_expired++;
+    msg_finish(m, msg, false, now, (Outcome){.result = -ETIME});
+    return true;
+}
+
 /* A queued message this link cannot carry fails without being sent. */
 static bool fits_link(Impl *m, SessionMsg *msg, int64_t now)
 {
+    if (expired(m, msg, now)) {
+        return false;
+    }
     if (m->pub.protocol != MQTT_V5) {
         return true; /* 3.1.1's only limit, MQTT's own, was checked by session_publish */
     }
-    int r = check_limits(&m->pub, VIEW(msg->data, msg->topic_len), msg->payload_len, msg->qos,
+    int r = check_limits(&m->pub, msg_topic(msg),
+                         msg->payload_len + props_extra(msg->props_len, msg->expires_at), msg->qos,
                          msg->retain);
     if (r < 0) {
         msg_finish(m, msg, false, now, (Outcome){.result = r});
@@ -567,7 +630,9 @@ static void resend(Impl *m, size_t window, int64_t now)
         if (msg->on_wire) {
             continue;
         }
-        if (!msg->got_pubrec && mqtt_publish_size(VIEW(msg->data, msg->topic_len), msg->payload_len,
+        size_t extra =
+            m->pub.protocol == MQTT_V5 ? props_extra(msg->props_len, msg->expires_at) : 0;
+        if (!msg->got_pubrec && mqtt_publish_size(msg_topic(msg), msg->payload_len + extra,
                                                   msg->qos) > publish_limit(&m->pub)) {
             msg_finish(m, msg, true, now, (Outcome){.result = -EMSGSIZE});
             continue;
@@ -666,21 +731,39 @@ static int resume_inflight(Impl *m, SessionMsg *msg, const SessionPublish *p, in
     return 0;
 }
 
+/* The properties a caller may give a message: a valid PUBLISH block, without those the
+ * session writes itself (Topic Alias, Message Expiry) or a client never sends. */
+static bool props_valid(View block)
+{
+    MqttProps pp;
+    uint64_t ours = MQTT_PROP_BIT(MQTT_PROP_TOPIC_ALIAS) | MQTT_PROP_BIT(MQTT_PROP_MESSAGE_EXPIRY) |
+                    MQTT_PROP_BIT(MQTT_PROP_SUBSCRIPTION_ID);
+    return block.n <= UINT32_MAX && mqtt_props_check(block, MQTT_PUBLISH, &pp) == 0 &&
+           !(pp.has & ours);
+}
+
 int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
                     SessionMsg **ret_msg)
 {
     Impl *m = impl(s);
-    if (p->qos > 2 || mqtt_topic_check(p->topic) < 0) {
+    if (p->qos > 2 || mqtt_topic_check(p->topic) < 0 || !props_valid(p->props)) {
         return -EINVAL;
+    }
+    if (p->expires_at && p->expires_at <= now && !p->packet_id) {
+        s->stats.pub_fail++;
+        s->stats.messages_expired++;
+        return -ETIME;
     }
     /* What the current link is known to refuse is refused now (a queued message is checked
      * again when it goes out). */
-    int r = check_limits(s, p->topic, p->payload.n, p->qos, p->retain);
+    bool v5 = s->state != SESSION_CONNECTED || s->protocol == MQTT_V5;
+    size_t extra = v5 ? props_extra((uint32_t)p->props.n, p->expires_at) : 0;
+    int r = check_limits(s, p->topic, p->payload.n + extra, p->qos, p->retain);
     if (r < 0) {
         s->stats.pub_fail++;
         return r;
     }
-    size_t bytes = p->topic.n + p->payload.n;
+    size_t bytes = p->topic.n + p->payload.n + p->props.n;
     if (s->queued + s->inflight >= m->cfg.max_messages ||
         bytes > m->cfg.max_bytes -
                     (s->queued_bytes < m->cfg.max_bytes ? s->queued_bytes : m->cfg.max_bytes)) {
@@ -696,10 +779,19 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
                         .payload_len = p->payload.n,
                         .topic_len = (uint16_t)p->topic.n,
                         .qos = p->qos,
-                        .retain = p->retain};
+                        .retain = p->retain,
+                        .expires_at = p->expires_at,
+                        .props_len = (uint32_t)p->props.n};
     memcpy(msg->data, p->topic.p, p->topic.n);
     if (p->payload.n) {
         memcpy(msg->data + p->topic.n, p->payload.p, p->payload.n);
+    }
+    if (p->props.n) {
+        memcpy(msg->data + p->topic.n + p->payload.n, p->props.p, p->props.n);
+    }
+    if (p->expires_at && !p->packet_id) {
+        m->next_expiry =
+            m->next_expiry && m->next_expiry < p->expires_at ? m->next_expiry : p->expires_at;
     }
     if (p->packet_id) {
         if ((r = resume_inflight(m, msg, p, now)) < 0) {
@@ -750,6 +842,7 @@ static int add_pending(Impl *m, const SessionSubscribe *what, enum pending_kind 
     *p = (Pending){.req = req,
                    .qos = what->qos,
                    .subid = what->subid,
+                   .opts = sub_opts(what),
                    .kind = kind,
                    .len = (uint16_t)filter.n};
     if (filter.n) {
@@ -778,7 +871,8 @@ static Pending *find_unsent(Impl *m, View filter, enum pending_kind kind)
 int session_subscribe(Session *s, const SessionSubscribe *sub, void *req, int64_t now)
 {
     (void)now;
-    if (sub->qos > 2 || mqtt_filter_check(sub->filter) < 0 || sub->subid > 268435455u) {
+    if (sub->qos > 2 || mqtt_filter_check(sub->filter) < 0 || sub->subid > 268435455u ||
+        sub->retain_handling > 2) {
         return -EINVAL;
     }
     /* Nobody waits for this one: an identical request not yet sent does the same job, so
@@ -787,6 +881,7 @@ int session_subscribe(Session *s, const SessionSubscribe *sub, void *req, int64_
     if (twin) {
         twin->qos = sub->qos > twin->qos ? sub->qos : twin->qos;
         twin->subid = sub->subid;
+        twin->opts = sub_opts(sub);
         return 0;
     }
     return add_pending(impl(s), sub, P_SUBSCRIBE, req);
@@ -834,19 +929,22 @@ void session_forget_req(Session *s, void *req)
     }
 }
 
-static void remember_sub(Impl *m, View filter, uint8_t qos, uint32_t subid)
+static void remember_sub(Impl *m, View filter, const Pending *p)
 {
+    uint8_t qos = p->qos, opts = p->opts;
+    uint32_t subid = p->subid;
     Sub *sub = find_sub(m, filter);
     if (sub) {
         sub->qos = qos;
         sub->subid = subid;
+        sub->opts = opts;
         return;
     }
     sub = malloc(sizeof(*sub) + filter.n);
     if (!sub) {
         return; /* not restored after a reconnect; the subscription itself stands */
     }
-    *sub = (Sub){.qos = qos, .subid = subid, .len = (uint16_t)filter.n};
+    *sub = (Sub){.qos = qos, .opts = opts, .subid = subid, .len = (uint16_t)filter.n};
     memcpy(sub->filter, filter.p, filter.n);
     list_push_back(&m->subs, &sub->link);
     m->pub.subscriptions++;
@@ -1142,8 +1240,10 @@ static void connected(Impl *m, bool session_present, int64_t now)
         /* Restore the subscriptions, ahead of any request made meanwhile. */
         for (l = m->subs.prev; l != &m->subs; l = l->prev) {
             Sub *sub = container_of(l, Sub, link);
-            SessionSubscribe again = {VIEW(sub->filter, sub->len), sub->qos, sub->subid};
+            SessionSubscribe again = {
+                .filter = VIEW(sub->filter, sub->len), .qos = sub->qos, .subid = sub->subid};
             if (add_pending(m, &again, P_SUBSCRIBE, NULL) == 0) {
+                container_of(m->pending.prev, Pending, link)->opts = sub->opts;
                 Link *p = m->pending.prev;
                 list_remove(p);
                 list_insert_before(m->pending.next, p);
@@ -1344,7 +1444,7 @@ static void suback(Impl *m, Pending *p, uint8_t code, View reason_string)
 {
     View filter = VIEW(p->filter, p->len);
     if (code < 0x80) { /* a granted QoS; 0x80 (3.1.1) and MQTT 5's codes above are refusals */
-        remember_sub(m, filter, p->qos, p->subid);
+        remember_sub(m, filter, p);
         emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIBED,
                                .granted = {.filter = filter, .qos = code}});
         pending_done(m, p, (Outcome){.result = code});
@@ -1554,9 +1654,37 @@ static int64_t min64(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
+/* Fail the queued messages that have expired; note when the next one does. */
+static void expire_queue(Impl *m, int64_t now)
+{
+    if (!m->next_expiry || now < m->next_expiry) {
+        return;
+    }
+    m->next_expiry = 0;
+    Link *l, *t;
+    list_for_each_safe(l, t, &m->queue)
+    {
+        SessionMsg *msg = container_of(l, SessionMsg, link);
+        if (msg->expires_at && !expired(m, msg, now) &&
+            (!m->next_expiry || msg->expires_at < m->next_expiry)) {
+            m->next_expiry = msg->expires_at;
+        }
+    }
+}
+
+static int64_t link_tick(Impl *m, int64_t now);
+
 int64_t session_tick(Session *s, int64_t now)
 {
     Impl *m = impl(s);
+    expire_queue(m, now);
+    int64_t next = link_tick(m, now);
+    return m->next_expiry && m->next_expiry < next ? m->next_expiry : next;
+}
+
+static int64_t link_tick(Impl *m, int64_t now)
+{
+    Session *s = &m->pub;
     switch (s->state) {
     case SESSION_IDLE:
         flush_pending(m, now);

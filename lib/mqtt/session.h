@@ -175,6 +175,8 @@ typedef struct SessionStats {
     uint64_t messages_received, duplicates_dropped;
     uint64_t subscriptions_lost; /* restored subscriptions the broker refused */
     uint64_t topic_aliases_used; /* PUBLISH packets sent with an alias instead of the topic */
+    uint64_t messages_expired;   /* outgoing messages whose Message Expiry passed in the queue */
+    uint64_t properties_dropped; /* outgoing messages whose MQTT 5 properties a 3.1.1 link lost */
 } SessionStats;
 
 typedef struct SessionPublish {
@@ -186,6 +188,12 @@ typedef struct SessionPublish {
      * whether its PUBREC came. It goes in flight with that id, DUP or PUBREL next. */
     uint16_t packet_id;
     bool pubrec;
+    /* MQTT 5 (left out, and counted in properties_dropped, on a 3.1.1 link): the message's
+     * properties as a PUBLISH block (mqtt_props_encode) without Topic Alias or Message Expiry,
+     * and when it expires (session clock; 0 = never). Not yet sent by then, it never is:
+     * PUBLISH_DONE -ETIME, counted in messages_expired; sent, it carries what remains. */
+    View props;
+    int64_t expires_at;
 } SessionPublish;
 
 /* The whole session's public state; the rest is private to session.c. */
@@ -263,6 +271,9 @@ typedef struct SessionSubscribe {
     /* MQTT 5: its subscription identifier (1..268435455; 0 = none), sent when the broker
      * has them; messages for it then name it (SESSION_EV_MESSAGE). */
     uint32_t subid;
+    /* MQTT 5 subscription options (ignored by a 3.1.1 link), kept for restores. */
+    bool no_local, retain_as_published;
+    uint8_t retain_handling; /* 0, 1 or 2 */
 } SessionSubscribe;
 
 /* Ask the broker for a subscription (sent now, or when connected). Remembered and restored

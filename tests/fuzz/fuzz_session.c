@@ -50,7 +50,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     session_should_connect(s, now);
     session_transport_up(s, now);
     session_input(s, connack, connack_n, now);
-    session_subscribe(s, &(SessionSubscribe){VIEW_STR("a/#"), 1, 0}, NULL, now);
+    session_subscribe(s, &(SessionSubscribe){.filter = VIEW_STR("a/#"), .qos = 1, .subid = 0}, NULL,
+                      now);
     SessionPublish p = {.topic = VIEW_STR("t/a"), .payload = VIEW_STR("x"), .qos = 2};
     for (int k = 0; k < 3; k++) {
         session_publish(s, &p, NULL, now, NULL); /* the same topic: by alias after the first */

@@ -218,7 +218,7 @@ START_TEST(subscribe_first_and_second_holder)
 {
     Client *a = client(1000), *b = client(1000);
     json_t *id = json_integer(7);
-    subs_subscribe(a, id, VIEW_STR("t/#"), 1, false, 5000);
+    subs_subscribe(a, id, VIEW_STR("t/#"), 1, false, 5000, NULL);
     MqttPacket sub = next_packet(MQTT_SUBSCRIBE);
     ck_assert_uint_eq(n_said, 0);
     ck_assert_uint_eq(a->n_waiters, 2); /* the reply and the barrier */
@@ -227,7 +227,7 @@ START_TEST(subscribe_first_and_second_holder)
     broker_sends(&ack);
     ck_assert_str_eq(last_said(), "ok 7 {\"granted_qos\":1}");
     next_packet(MQTT_PINGREQ); /* the barrier, after the SUBACK */
-    subs_subscribe(b, id, VIEW_STR("t/#"), 0, false, 5000);
+    subs_subscribe(b, id, VIEW_STR("t/#"), 0, false, 5000, NULL);
     ck_assert_str_eq(last_said(), "ok 7 {\"granted_qos\":0}");
     ck_assert_uint_eq(subs_of_uid(&d, 1000), 2);
     ck_assert_uint_eq(subs_count(a), 1);
@@ -246,7 +246,7 @@ END_TEST
 START_TEST(last_holder_waits_for_unsuback)
 {
     Client *a = client(1);
-    subs_subscribe(a, NULL, VIEW_STR("x"), 0, false, 5000);
+    subs_subscribe(a, NULL, VIEW_STR("x"), 0, false, 5000, NULL);
     MqttPacket sub = next_packet(MQTT_SUBSCRIBE);
     MqttPacket ack = {.type = MQTT_SUBACK,
                       .suback = {.id = sub.subscribe.id, .codes = VIEW("\x00", 1)}};
@@ -271,7 +271,7 @@ END_TEST
 START_TEST(refused_subscribe_is_not_held)
 {
     Client *a = client(5);
-    subs_subscribe(a, NULL, VIEW_STR("no/#"), 1, false, 5000);
+    subs_subscribe(a, NULL, VIEW_STR("no/#"), 1, false, 5000, NULL);
     MqttPacket sub = next_packet(MQTT_SUBSCRIBE);
     MqttPacket ack = {.type = MQTT_SUBACK,
                       .suback = {.id = sub.subscribe.id, .codes = VIEW("\x80", 1)}};
@@ -289,7 +289,7 @@ END_TEST
 START_TEST(client_gone_while_waiting)
 {
     Client *a = client(5);
-    subs_subscribe(a, NULL, VIEW_STR("g"), 1, false, 5000);
+    subs_subscribe(a, NULL, VIEW_STR("g"), 1, false, 5000, NULL);
     MqttPacket sub = next_packet(MQTT_SUBSCRIBE);
     client_done(a);
     MqttPacket ack = {.type = MQTT_SUBACK,
@@ -304,13 +304,13 @@ END_TEST
 START_TEST(lost_restore_tells_every_holder)
 {
     Client *a = client(1), *b = client(2);
-    subs_subscribe(a, NULL, VIEW_STR("s/#"), 1, false, 5000);
+    subs_subscribe(a, NULL, VIEW_STR("s/#"), 1, false, 5000, NULL);
     MqttPacket sub = next_packet(MQTT_SUBSCRIBE);
     MqttPacket ack = {.type = MQTT_SUBACK,
                       .suback = {.id = sub.subscribe.id, .codes = VIEW("\x01", 1)}};
     broker_sends(&ack);
     next_packet(MQTT_PINGREQ);
-    subs_subscribe(b, NULL, VIEW_STR("s/#"), 1, false, 5000);
+    subs_subscribe(b, NULL, VIEW_STR("s/#"), 1, false, 5000, NULL);
     n_said = 0;
     Session *s = d.broker.session;
     session_transport_down(s, now_ms(), ECONNRESET, "gone");
@@ -326,7 +326,7 @@ START_TEST(lost_restore_tells_every_holder)
     ck_assert_uint_eq(told, 2);
     ck_assert_uint_eq(subs_count(a) + subs_count(b), 0);
     ck_assert_uint_eq(subs_of_uid(&d, 1) + subs_of_uid(&d, 2), 0);
-    subs_subscribe(a, NULL, VIEW_STR("s/#"), 1, false, 5000);
+    subs_subscribe(a, NULL, VIEW_STR("s/#"), 1, false, 5000, NULL);
     next_packet(MQTT_SUBSCRIBE);
     client_done(a);
     client_done(b);
@@ -338,14 +338,14 @@ START_TEST(per_uid_limit)
 {
     d.cfg.acl.max_subscriptions_per_uid = 2;
     Client *a = client(9), *b = client(9), *other = client(10);
-    subs_subscribe(a, NULL, VIEW_STR("a"), 0, false, 5000);
-    subs_subscribe(b, NULL, VIEW_STR("b"), 0, false, 5000);
+    subs_subscribe(a, NULL, VIEW_STR("a"), 0, false, 5000, NULL);
+    subs_subscribe(b, NULL, VIEW_STR("b"), 0, false, 5000, NULL);
     n_said = 0;
-    subs_subscribe(b, NULL, VIEW_STR("c"), 0, false, 5000);
+    subs_subscribe(b, NULL, VIEW_STR("c"), 0, false, 5000, NULL);
     ck_assert_str_eq(last_said(), "error -1 forbidden");
-    subs_subscribe(b, NULL, VIEW_STR("b"), 1, false, 5000); /* held already: not counted */
+    subs_subscribe(b, NULL, VIEW_STR("b"), 1, false, 5000, NULL); /* held already: not counted */
     ck_assert_uint_eq(n_said, 1);
-    subs_subscribe(other, NULL, VIEW_STR("c"), 0, false, 5000);
+    subs_subscribe(other, NULL, VIEW_STR("c"), 0, false, 5000, NULL);
     ck_assert_uint_eq(n_said, 1);
     ck_assert_uint_eq(subs_of_uid(&d, 9), 2);
     client_done(a);
@@ -368,7 +368,7 @@ START_TEST(recheck_drops_what_is_refused)
     Client *a = client(1);
     const char *filters[] = {"secret/a", "open/a", "secret/b", "open/b"};
     for (int i = 0; i < 4; i++) {
-        subs_subscribe(a, NULL, VIEW_STR(filters[i]), 0, false, 5000);
+        subs_subscribe(a, NULL, VIEW_STR(filters[i]), 0, false, 5000, NULL);
     }
     n_said = 0;
     ck_assert(subs_recheck(a, keep_nothing_under_secret));
@@ -384,7 +384,7 @@ START_TEST(waiter_times_out_once)
 {
     Client *a = client(1);
     json_t *id = json_integer(4);
-    subs_subscribe(a, id, VIEW_STR("slow"), 1, false, 1);
+    subs_subscribe(a, id, VIEW_STR("slow"), 1, false, 1, NULL);
     MqttPacket sub = next_packet(MQTT_SUBSCRIBE);
     for (int i = 0; i < 200 && n_said == 0; i++) {
         ev_run(d.loop, EVRUN_ONCE);

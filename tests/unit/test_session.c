@@ -445,12 +445,18 @@ START_TEST(subscribe_and_restore)
     Harness h;
     setup_connected(&h);
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("s/+"), 1, 0}, REQ(1), h.now), 0);
+        session_subscribe(h.s, &(SessionSubscribe){.filter = VIEW_STR("s/+"), .qos = 1, .subid = 0},
+                          REQ(1), h.now),
+        0);
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("deny/#"), 0, 0}, REQ(2), h.now), 0);
-    ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("bad#"), 0, 0}, REQ(3), h.now),
-        -EINVAL);
+        session_subscribe(h.s,
+                          &(SessionSubscribe){.filter = VIEW_STR("deny/#"), .qos = 0, .subid = 0},
+                          REQ(2), h.now),
+        0);
+    ck_assert_int_eq(session_subscribe(
+                         h.s, &(SessionSubscribe){.filter = VIEW_STR("bad#"), .qos = 0, .subid = 0},
+                         REQ(3), h.now),
+                     -EINVAL);
     session_tick(h.s, h.now);
     MqttPacket s1 = expect_packet(&h, MQTT_SUBSCRIBE);
     MqttPacket s2 = expect_packet(&h, MQTT_SUBSCRIBE);
@@ -500,7 +506,9 @@ START_TEST(unsubscribe_flows)
     Harness h;
     setup_connected(&h);
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("u/1"), 0, 0}, NULL, h.now), 0);
+        session_subscribe(h.s, &(SessionSubscribe){.filter = VIEW_STR("u/1"), .qos = 0, .subid = 0},
+                          NULL, h.now),
+        0);
     session_tick(h.s, h.now);
     MqttPacket s1 = expect_packet(&h, MQTT_SUBSCRIBE);
     MqttPacket ack = {.type = MQTT_SUBACK,
@@ -597,7 +605,10 @@ START_TEST(barrier_follows_subscribe)
     Harness h;
     setup_connected(&h);
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("ret/#"), 0, 0}, REQ(1), h.now), 0);
+        session_subscribe(h.s,
+                          &(SessionSubscribe){.filter = VIEW_STR("ret/#"), .qos = 0, .subid = 0},
+                          REQ(1), h.now),
+        0);
     ck_assert_int_eq(session_barrier(h.s, REQ(2)), 0);
     session_tick(h.s, h.now);
     MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
@@ -647,7 +658,9 @@ START_TEST(barrier_waits_for_every_earlier_answer)
     session_tick(h.s, h.now);
     expect_packet(&h, MQTT_PINGREQ);
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("a/#"), 1, 0}, REQ(2), h.now), 0);
+        session_subscribe(h.s, &(SessionSubscribe){.filter = VIEW_STR("a/#"), .qos = 1, .subid = 0},
+                          REQ(2), h.now),
+        0);
     ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("b"), REQ(3), h.now), 0);
     ck_assert_int_eq(session_barrier(h.s, REQ(4)), 0);
     session_tick(h.s, h.now);
@@ -679,7 +692,10 @@ START_TEST(refused_restore_is_announced)
     Harness h;
     setup_connected(&h);
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("gone/#"), 1, 0}, REQ(1), h.now), 0);
+        session_subscribe(h.s,
+                          &(SessionSubscribe){.filter = VIEW_STR("gone/#"), .qos = 1, .subid = 0},
+                          REQ(1), h.now),
+        0);
     session_tick(h.s, h.now);
     MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
     MqttPacket ack = {.type = MQTT_SUBACK,
@@ -799,7 +815,9 @@ START_TEST(packet_ids_run_out)
     enum { N = 65535 + 100 };
     for (int i = 0; i < N; i++) {
         ck_assert_int_eq(
-            session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("same/#"), 0, 0}, REQ(1), h.now),
+            session_subscribe(
+                h.s, &(SessionSubscribe){.filter = VIEW_STR("same/#"), .qos = 0, .subid = 0},
+                REQ(1), h.now),
             0);
     }
     session_tick(h.s, h.now);
@@ -830,7 +848,9 @@ START_TEST(offline_subscribe_then_unsubscribe)
     setup_connected(&h);
     session_transport_down(h.s, h.now, ECONNRESET, "gone");
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("t/#"), 1, 0}, REQ(1), h.now), 0);
+        session_subscribe(h.s, &(SessionSubscribe){.filter = VIEW_STR("t/#"), .qos = 1, .subid = 0},
+                          REQ(1), h.now),
+        0);
     ck_assert_int_eq(session_unsubscribe(h.s, VIEW_STR("t/#"), REQ(2), h.now), 0);
     session_tick(h.s, h.now);
     ck_assert_uint_eq(count_events(&h, SESSION_EV_UNSUBSCRIBE_DONE), 0); /* must follow it */

@@ -348,7 +348,7 @@ START_TEST(subscription_identifiers)
     SessionConfig c = v5_config();
     setup_with(&h, &c);
     connect5(&h, &(MqttProps){0});
-    SessionSubscribe sub = {VIEW_STR("s/#"), 1, 42};
+    SessionSubscribe sub = {.filter = VIEW_STR("s/#"), .qos = 1, .subid = 42};
     ck_assert_int_eq(session_subscribe(h.s, &sub, REQ(1), h.now), 0);
     session_tick(h.s, h.now);
     MqttPacket p = expect_packet(&h, MQTT_SUBSCRIBE);
@@ -364,8 +364,10 @@ START_TEST(subscription_identifiers)
     mqtt_decoder_init(&h.wire, 0);
     connect5(&h, &(MqttProps){.has = BIT(MQTT_PROP_SUBSCRIPTION_ID_AVAILABLE),
                               .subscription_id_available = 0});
-    ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("t/#"), 0, 43}, NULL, h.now), 0);
+    ck_assert_int_eq(session_subscribe(
+                         h.s, &(SessionSubscribe){.filter = VIEW_STR("t/#"), .qos = 0, .subid = 43},
+                         NULL, h.now),
+                     0);
     session_tick(h.s, h.now);
     MqttPacket q = expect_packet(&h, MQTT_SUBSCRIBE);
     ck_assert_uint_eq(q.props.n_subid, 0);
@@ -409,8 +411,10 @@ START_TEST(suback_reason)
     SessionConfig c = v5_config();
     setup_with(&h, &c);
     connect5(&h, &(MqttProps){0});
-    ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("no/#"), 1, 1}, REQ(1), h.now), 0);
+    ck_assert_int_eq(session_subscribe(
+                         h.s, &(SessionSubscribe){.filter = VIEW_STR("no/#"), .qos = 1, .subid = 1},
+                         REQ(1), h.now),
+                     0);
     session_tick(h.s, h.now);
     uint16_t id = expect_packet(&h, MQTT_SUBSCRIBE).subscribe.id;
     MqttPacket no = {
@@ -440,12 +444,19 @@ START_TEST(subscribe_limits)
                          .wildcard_available = 0,
                          .shared_available = 0});
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("a/+"), 0, 1}, REQ(1), h.now), 0);
-    ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("$share/g/x"), 0, 2}, REQ(2), h.now),
+        session_subscribe(h.s, &(SessionSubscribe){.filter = VIEW_STR("a/+"), .qos = 0, .subid = 1},
+                          REQ(1), h.now),
         0);
     ck_assert_int_eq(
-        session_subscribe(h.s, &(SessionSubscribe){VIEW_STR("plain/t"), 0, 3}, REQ(3), h.now), 0);
+        session_subscribe(
+            h.s, &(SessionSubscribe){.filter = VIEW_STR("$share/g/x"), .qos = 0, .subid = 2},
+            REQ(2), h.now),
+        0);
+    ck_assert_int_eq(
+        session_subscribe(h.s,
+                          &(SessionSubscribe){.filter = VIEW_STR("plain/t"), .qos = 0, .subid = 3},
+                          REQ(3), h.now),
+        0);
     session_tick(h.s, h.now);
     View list = expect_packet(&h, MQTT_SUBSCRIBE).subscribe.list;
     MqttTopicReq t;
@@ -477,8 +488,10 @@ START_TEST(subscribe_too_large_and_response_info)
     char f[40];
     memset(f, 'f', sizeof(f) - 1);
     f[sizeof(f) - 1] = 0;
-    ck_assert_int_eq(session_subscribe(h.s, &(SessionSubscribe){VIEW_STR(f), 0, 1}, REQ(1), h.now),
-                     0);
+    ck_assert_int_eq(
+        session_subscribe(h.s, &(SessionSubscribe){.filter = VIEW_STR(f), .qos = 0, .subid = 1},
+                          REQ(1), h.now),
+        0);
     session_tick(h.s, h.now);
     expect_no_packet(&h);
     const SessionEvent *e = last_event(&h, SESSION_EV_SUBSCRIBE_DONE);
@@ -539,6 +552,116 @@ START_TEST(resume_within_new_limits)
 }
 END_TEST
 
+/* A message's own properties go out in its PUBLISH, with what remains of its Message Expiry
+ * (MQTT 5.0 3.3.2.3.3: the interval the receiver sees is the lifetime left). */
+START_TEST(message_properties_and_expiry)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    static const uint8_t block[] = {0x03, 0, 1, 't', 0x26, 0, 1, 'k', 0, 1, 'v'};
+    SessionPublish p = {.topic = VIEW_STR("e/1"),
+                        .payload = VIEW_STR("x"),
+                        .qos = 1,
+                        .props = VIEW(block, sizeof(block)),
+                        .expires_at = h.now + 10000};
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, NULL), 0);
+    h.now += 3500; /* the broker is away for 3.5 s */
+    connect5(&h, &(MqttProps){0});
+    MqttPacket out = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert(MQTT_HAS(&out.props, MQTT_PROP_MESSAGE_EXPIRY));
+    ck_assert_uint_eq(out.props.message_expiry, 7); /* 6.5 s left, rounded up */
+    ck_assert_view_str(out.props.content_type, "t");
+    ck_assert_uint_eq(out.props.n_user, 1);
+    /* Properties a caller may not give: the session's own. */
+    static const uint8_t alias[] = {0x23, 0, 1};
+    p.props = VIEW(alias, sizeof(alias));
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), -EINVAL);
+    static const uint8_t broken[] = {0x03, 0, 5, 't'};
+    p.props = VIEW(broken, sizeof(broken));
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), -EINVAL);
+    teardown(&h);
+}
+END_TEST
+
+/* A queued message whose expiry passes while the broker is away is never sent: its request
+ * hears -ETIME at that moment, not at the next connect. */
+START_TEST(expiry_in_the_queue)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    SessionPublish p = {
+        .topic = VIEW_STR("e/2"), .payload = VIEW_STR("x"), .qos = 1, .expires_at = h.now + 2000};
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, NULL), 0);
+    p.expires_at = 0;
+    p.topic = VIEW_STR("e/3");
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(2), h.now, NULL), 0);
+    int64_t next = session_tick(h.s, h.now);
+    ck_assert_int_le(next, h.now + 2000);
+    h.now += 2000;
+    session_tick(h.s, h.now);
+    const SessionEvent *done = last_event(&h, SESSION_EV_PUBLISH_DONE);
+    ck_assert_ptr_nonnull(done);
+    ck_assert_ptr_eq(done->done.req, REQ(1));
+    ck_assert_int_eq(done->done.result, -ETIME);
+    ck_assert_uint_eq(h.s->stats.messages_expired, 1);
+    ck_assert_uint_eq(h.s->queued, 1);
+    connect5(&h, &(MqttProps){0});
+    MqttPacket out = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_view_str(out.publish.topic, "e/3"); /* only the other one */
+    ck_assert(!MQTT_HAS(&out.props, MQTT_PROP_MESSAGE_EXPIRY));
+    /* Already past: refused at once. */
+    p.expires_at = h.now;
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), -ETIME);
+    ck_assert_uint_eq(h.s->stats.messages_expired, 2);
+    teardown(&h);
+}
+END_TEST
+
+/* On a 3.1.1 link the properties stay out of the PUBLISH, counted once per message. */
+START_TEST(properties_dropped_on_311)
+{
+    Harness h;
+    setup_connected(&h);
+    static const uint8_t block[] = {0x03, 0, 1, 't'};
+    SessionPublish p = {.topic = VIEW_STR("d/1"),
+                        .payload = VIEW_STR("x"),
+                        .props = VIEW(block, sizeof(block)),
+                        .expires_at = h.now + 60000};
+    ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, NULL), 0);
+    session_tick(h.s, h.now);
+    MqttPacket out = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_uint_eq(out.props.has, 0);
+    ck_assert_uint_eq(h.s->stats.properties_dropped, 1);
+    teardown(&h);
+}
+END_TEST
+
+/* Subscription options on the wire (MQTT 5.0 3.8.3.1: bit 2 No Local, bit 3 Retain As
+ * Published, bits 4-5 Retain Handling), and again when restored. */
+START_TEST(subscription_options)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    setup_with(&h, &c);
+    connect5(&h, &(MqttProps){0});
+    SessionSubscribe sub = {.filter = VIEW_STR("o/#"),
+                            .qos = 1,
+                            .no_local = true,
+                            .retain_as_published = true,
+                            .retain_handling = 2};
+    ck_assert_int_eq(session_subscribe(h.s, &sub, REQ(1), h.now), 0);
+    session_tick(h.s, h.now);
+    MqttPacket p = expect_packet(&h, MQTT_SUBSCRIBE);
+    ck_assert_uint_eq(p.subscribe.list.n, 2 + 3 + 1);
+    ck_assert_uint_eq(p.subscribe.list.p[5], 0x01 | 0x04 | 0x08 | 0x20);
+    sub.retain_handling = 3;
+    ck_assert_int_eq(session_subscribe(h.s, &sub, NULL, h.now), -EINVAL);
+    teardown(&h);
+}
+END_TEST
+
 static Suite *session5_suite(void)
 {
     Suite *s = suite_create("session5");
@@ -558,6 +681,10 @@ static Suite *session5_suite(void)
     tcase_add_test(tc, subscribe_limits);
     tcase_add_test(tc, subscribe_too_large_and_response_info);
     tcase_add_test(tc, resume_within_new_limits);
+    tcase_add_test(tc, message_properties_and_expiry);
+    tcase_add_test(tc, expiry_in_the_queue);
+    tcase_add_test(tc, properties_dropped_on_311);
+    tcase_add_test(tc, subscription_options);
     suite_add_tcase(s, tc);
     return s;
 }
