@@ -32,6 +32,13 @@ int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 _Static_assert((int)PROTOCOL_311 == (int)SESSION_PROTOCOL_311 &&
                    (int)PROTOCOL_5 == (int)SESSION_PROTOCOL_5 &&
                    (int)PROTOCOL_AUTO == (int)SESSION_PROTOCOL_AUTO,

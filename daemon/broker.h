@@ -62,4 +62,5 @@ void broker_reconnect(Broker *b);
 /* Graceful stop: DISCONNECT written (best effort) and the socket closed. */
 void broker_stop(Broker *b);
 
-int64_t now_ms(void);
+int64_t now_ms(void);  /* the session's clock (monotonic) */
+int64_t wall_ms(void); /* Unix time, for what outlives the process (the spool's expiries) */

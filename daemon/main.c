@@ -70,7 +70,19 @@ static void on_recovered(void *ud, const SpoolMessage *m)
                         .retain = m->retain,
                         .spool_id = m->seq,
                         .packet_id = m->superseded ? 0 : m->packet_id,
-                        .pubrec = m->pubrec && !m->superseded};
+                        .pubrec = m->pubrec && !m->superseded,
+                        .props = m->props};
+    int64_t left = m->expires_at ? m->expires_at - wall_ms() : 0;
+    if (m->expires_at && left <= 0 && !p.packet_id) {
+        log_info("spool: message %llu to %.*s expired while the daemon was down; dropped",
+                 (unsigned long long)m->seq, (int)m->topic.n, (const char *)m->topic.p);
+        rc->d->broker.session->stats.messages_expired++;
+        rc->d->broker.session->stats.pub_fail++;
+        if (buf_append(&rc->done, &m->seq, sizeof(m->seq)) == 0) {
+            return;
+        } /* out of memory: queued, and the session drops it at once */
+    }
+    p.expires_at = m->expires_at ? now_ms() + (left > 0 ? left : 0) : 0;
     int r = session_publish(rc->d->broker.session, &p, NULL, now_ms(), NULL);
     if (r < 0) {
         log_error("spool: message %llu to %.*s could not be queued again (%s); it stays in the "

@@ -44,6 +44,10 @@ static void answer_publish_failure(Client *c, json_t *id, int e, uint8_t qos)
     } else if (e == -ENOTSUP) {
         answer_error(c, id, IPC_REFUSED,
                      "the broker does not accept retained messages (Retain Available 0)");
+    } else if (e == -ETIME) {
+        answer_error(c, id, IPC_TIMEOUT,
+                     "the message expired (message_expiry) in the daemon's queue before the "
+                     "broker could take it: it was not sent");
     } else if (e == -ENOBUFS) {
         answer_error(c, id, IPC_QUEUE_FULL,
                      "queue full: %zu messages, %zu bytes held ([queue] max_messages = %zu, "
@@ -147,24 +151,52 @@ static void cancel(Waiter *w)
     }
 }
 
-static void op_publish(Client *c, Request *r)
+/* A field only MQTT 5 carries, on a link that speaks 3.1.1 (configured so, or auto fell
+ * back): refused, naming both. With auto before the first CONNACK it is accepted; should the
+ * link turn out 3.1.1, the session leaves it out (properties_dropped). */
+static bool v5_refused(Client *c, const Request *r)
+{
+    const Session *s = c->d->broker.session;
+    enum mqtt_protocol p = c->d->cfg.broker.protocol;
+    if (!r->v5_field || p == PROTOCOL_5 || (p == PROTOCOL_AUTO && s->protocol != MQTT_V311)) {
+        return false;
+    }
+    answer_error(c, r->id, IPC_BAD_REQUEST,
+                 "%s needs MQTT 5, and the broker link speaks 3.1.1 ([broker] protocol = %s)",
+                 r->v5_field, p == PROTOCOL_AUTO ? "auto, and the broker refused 5" : "3.1.1");
+    return true;
+}
+
+/* The checks publish and request share; answered when one fails. */
+static bool may_publish(Client *c, const Request *r)
 {
     Daemon *d = c->d;
     if (d->stopping) {
         answer_error(c, r->id, IPC_SHUTTING_DOWN, "the daemon is shutting down");
-        return;
+        return false;
     }
-    if (!permitted(c, r, ACL_PUBLISH)) {
-        return;
+    if (!permitted(c, r, ACL_PUBLISH) || v5_refused(c, r)) {
+        return false;
     }
     Session *s = d->broker.session;
-    size_t size = mqtt_publish_size(r->topic, r->payload.n, r->qos);
+    size_t props = buf_size(&r->props) + (r->message_expiry ? 5 : 0);
+    size_t size = mqtt_publish_size(r->topic, r->payload.n + props, r->qos);
     if (size > session_max_publish(s)) {
         answer_error(c, r->id, IPC_TOO_LARGE,
                      "the message would be a %zu-byte PUBLISH; the link carries at most %zu", size,
                      session_max_publish(s));
+        return false;
+    }
+    return true;
+}
+
+static void op_publish(Client *c, Request *r)
+{
+    Daemon *d = c->d;
+    if (!may_publish(c, r)) {
         return;
     }
+    Session *s = d->broker.session;
     /* QoS 1/2 with a spool: on disk before anyone is told it was accepted. The waiter of a
      * publish with `wait` names its message (to abandon it at a timeout); one without only
      * waits for the disk and never touches the message, which may be gone before the disk
@@ -180,12 +212,24 @@ static void op_publish(Client *c, Request *r)
         }
         w->qos = r->qos;
     }
-    SessionPublish p = {
-        .topic = r->topic, .payload = r->payload, .qos = r->qos, .retain = r->retain};
+    int64_t now = now_ms();
+    SessionPublish p = {.topic = r->topic,
+                        .payload = r->payload,
+                        .qos = r->qos,
+                        .retain = r->retain,
+                        .props = buf_view(&r->props),
+                        .expires_at = r->message_expiry ? now + r->message_expiry * 1000LL : 0};
     uint64_t mark = 0;
     int e = 0;
     if (spooled) {
-        e = spool_add(d->spool, r->qos, r->retain, r->topic, r->payload, &p.spool_id, &mark);
+        SpoolMessage sm = {.qos = r->qos,
+                           .retain = r->retain,
+                           .topic = r->topic,
+                           .payload = r->payload,
+                           .props = p.props,
+                           .expires_at =
+                               r->message_expiry ? wall_ms() + r->message_expiry * 1000LL : 0};
+        e = spool_add(d->spool, &sm, &p.spool_id, &mark);
         if (e == -E2BIG) {
             cancel(w);
             answer_error(c, r->id, IPC_TOO_LARGE,
@@ -203,7 +247,7 @@ static void op_publish(Client *c, Request *r)
             return;
         }
     }
-    e = session_publish(s, &p, r->wait ? w : NULL, now_ms(), r->wait ? &w->msg : NULL);
+    e = session_publish(s, &p, r->wait ? w : NULL, now, r->wait ? &w->msg : NULL);
     if (e < 0) {
         if (p.spool_id) {
             spool_done(d->spool, p.spool_id);
@@ -221,7 +265,7 @@ static void op_publish(Client *c, Request *r)
 
 static void op_subscribe(Client *c, Request *r)
 {
-    if (permitted(c, r, ACL_SUBSCRIBE)) {
+    if (permitted(c, r, ACL_SUBSCRIBE) && !v5_refused(c, r)) {
         SubOptions o = {r->no_local, r->retain_as_published, r->retain_handling};
         subs_subscribe(c, r->id, r->topic, r->qos, r->encoding == ENC_BASE64, timeout_of(c, r), &o);
     }

@@ -417,8 +417,8 @@ static int read_add(int fd, uint32_t salt, uint64_t seq, uint64_t off, uint32_t 
         return n < 0 ? -errno : -EIO;
     }
     SpoolRecord rec;
-    if (spool_record_parse(VIEW(out->data, len), salt, &rec) != 1 || rec.type != SPOOL_ADD ||
-        rec.seq != seq) {
+    if (spool_record_parse(VIEW(out->data, len), salt, &rec) != 1 ||
+        (rec.type != SPOOL_ADD && rec.type != SPOOL_ADD5) || rec.seq != seq) {
         return -EBADMSG;
     }
     spool_record_reseal(out->data, len, new_salt);
@@ -1277,9 +1277,9 @@ static int writable(Spool *s, bool rotate)
     return 0;
 }
 
-int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint64_t *ret_seq,
-              uint64_t *ret_mark)
+int spool_add(Spool *s, const SpoolMessage *m, uint64_t *ret_seq, uint64_t *ret_mark)
 {
+    uint8_t qos = m->qos;
     int r = writable(s, true);
     if (r < 0) {
         return r;
@@ -1290,7 +1290,8 @@ int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint
     }
     *l = (Live){.seq = s->next_seq, .qos = qos, .first_seg = cur_seg(s)->id};
     buf_clear(&s->rec);
-    r = spool_record_add(&s->rec, cur_seg(s)->salt, l->seq, qos, retain, topic, payload);
+    r = spool_record_add(&s->rec, cur_seg(s)->salt, l->seq, qos, m->retain, m->topic, m->payload,
+                         m->props, m->expires_at);
     if (r == 0) {
         r = hashmap_put(&s->live, seq_key(&l->seq), l);
     }
@@ -1612,6 +1613,11 @@ static int recover_add(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t of
     return 0;
 }
 
+static bool is_add(const SpoolRecord *rec)
+{
+    return rec->type == SPOOL_ADD || rec->type == SPOOL_ADD5;
+}
+
 static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
 {
     Live *l;
@@ -1623,6 +1629,7 @@ static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
         spool_record_held(rec, s->held); /* the set when this segment was started */
         break;
     case SPOOL_ADD:
+    case SPOOL_ADD5:
         return recover_add(s, seg, rec, off);
     case SPOOL_DONE:
         if ((l = hashmap_remove(&s->live, seq_key(&rec->seq)))) {
@@ -1660,7 +1667,7 @@ static void report_damage(Spool *s, const char *path, const SpoolReader *rd, siz
     int k;
     uint64_t next_add = 0;
     while (!next_add && (k = spool_reader_next(&peek, &rec, &o, &n)) != SPOOL_READ_END) {
-        if (k == SPOOL_READ_RECORD && rec.type == SPOOL_ADD && rec.seq > top_add) {
+        if (k == SPOOL_READ_RECORD && is_add(&rec) && rec.seq > top_add) {
             next_add = rec.seq;
         }
     }
@@ -1701,7 +1708,7 @@ static int scan_segment(Spool *s, size_t i, View data, const char *path)
             if (r < 0) {
                 return r;
             }
-            if (rec.type == SPOOL_ADD && rec.seq > top_add) {
+            if (is_add(&rec) && rec.seq > top_add) {
                 top_add = rec.seq;
             }
         } else if (k == SPOOL_READ_DAMAGED || (off == 0 && rd.version >= 2)) {
@@ -1763,6 +1770,8 @@ static int hand_back(Spool *s, const Buf *files, spool_recovered_cb each, void *
                           .retain = rec.retain,
                           .topic = rec.topic,
                           .payload = rec.payload,
+                          .props = rec.props,
+                          .expires_at = rec.expires_at,
                           .packet_id = l->packet_id,
                           .pubrec = l->pubrec,
                           .superseded = superseded[i]};
@@ -1808,7 +1817,7 @@ static int load(Spool *s, const uint64_t *ids, size_t n, Buf *files)
         SpoolReader rd;
         if (spool_reader_init(&rd, buf_view(&files[i])) < 0) {
             log_error("spool: %s was written by a newer mqttbridged (spool format %" PRIu32
-                      "); this version reads formats 1 and %d: refusing to start rather than "
+                      "); this version reads formats 1 to %d: refusing to start rather than "
                       "misread it",
                       path, rd.version, SPOOL_FORMAT);
             return -EPROTONOSUPPORT;

@@ -35,6 +35,8 @@ typedef struct SpoolMessage {
     uint8_t qos;
     bool retain;
     View topic, payload;
+    View props;         /* MQTT 5: its properties but Message Expiry (a PUBLISH block) */
+    int64_t expires_at; /* MQTT 5: when its Message Expiry ends (Unix time, ms); 0 = never */
     uint16_t packet_id; /* 0: never sent (or written by format 1, which did not record ids) */
     bool pubrec;        /* QoS 2: PUBREC received; only PUBREL/PUBCOMP remain */
     /* A newer message holds the same packet id. Ids are reused only once the broker has
@@ -75,7 +77,7 @@ void spool_close(Spool *s);
 
 /* Append a message; *ret_seq names it, *ret_mark is what spool_wait needs. -errno (ENOSPC,
  * EIO, E2BIG...) when it cannot be written: nothing was added. */
-int spool_add(Spool *s, uint8_t qos, bool retain, View topic, View payload, uint64_t *ret_seq,
+int spool_add(Spool *s, const SpoolMessage *m /* its message fields */, uint64_t *ret_seq,
               uint64_t *ret_mark);
 /* The broker has message `seq`: forget it (deleting segments as they empty). A DONE record
  * that cannot be written is retried at the next write. */

@@ -104,14 +104,25 @@ int spool_record_header(Buf *out, uint32_t salt, const uint64_t *held)
     return 0;
 }
 
-int spool_record_add(Buf *out, uint32_t salt, uint64_t seq, uint8_t qos, bool retain, View topic,
-                     View payload)
+static uint8_t *put_view(uint8_t *w, View v)
 {
-    if (topic.n > 65535 || payload.n > SPOOL_RECORD_MAX - BODY_MIN - 8 - topic.n) {
+    if (v.n) {
+        memcpy(w, v.p, v.n);
+    }
+    return w + v.n;
+}
+
+int spool_record_add(Buf *out, uint32_t salt, uint64_t seq, uint8_t qos, bool retain, View topic,
+                     View payload, View props, int64_t expires_at)
+{
+    bool v5 = props.n || expires_at;
+    size_t fixed = v5 ? 20 : 8;
+    if (topic.n > 65535 || expires_at < 0 || props.n > SPOOL_RECORD_MAX ||
+        payload.n + props.n > SPOOL_RECORD_MAX - BODY_MIN - fixed - topic.n) {
         return -E2BIG;
     }
     uint8_t *h;
-    int r = begin(out, SPOOL_ADD, seq, 8 + topic.n + payload.n, &h);
+    int r = begin(out, v5 ? SPOOL_ADD5 : SPOOL_ADD, seq, fixed + topic.n + payload.n + props.n, &h);
     if (r < 0) {
         return r;
     }
@@ -120,12 +131,11 @@ int spool_record_add(Buf *out, uint32_t salt, uint64_t seq, uint8_t qos, bool re
     w[1] = retain;
     put_le(w + 2, topic.n, 2);
     put_le(w + 4, payload.n, 4);
-    if (topic.n) {
-        memcpy(w + 8, topic.p, topic.n);
+    if (v5) {
+        put_le(w + 8, (uint64_t)expires_at, 8);
+        put_le(w + 16, props.n, 4);
     }
-    if (payload.n) {
-        memcpy(w + 8 + topic.n, payload.p, payload.n);
-    }
+    put_view(put_view(put_view(w + fixed, topic), payload), props);
     finish(out, h, salt);
     return 0;
 }
@@ -176,7 +186,8 @@ static int parse_header(const uint8_t *b, size_t len, SpoolRecord *rec)
     rec->version = (uint32_t)get_le(w, 4);
     rec->salt = (uint32_t)get_le(w + 4, 4);
     size_t n = (size_t)get_le(w + 8, 4);
-    if (rec->version != SPOOL_FORMAT || n > 65536 || len != SPOOL_HEADER_MIN - 8 + 2 * n) {
+    if (rec->version < 2 || rec->version > SPOOL_FORMAT || n > 65536 ||
+        len != SPOOL_HEADER_MIN - 8 + 2 * n) {
         return -EBADMSG;
     }
     rec->held_ids = VIEW(w + 12, 2 * n);
@@ -192,18 +203,26 @@ static int parse_header(const uint8_t *b, size_t len, SpoolRecord *rec)
 static int parse_body(const uint8_t *b, size_t len, SpoolRecord *rec)
 {
     switch (rec->type) {
-    case SPOOL_ADD: {
-        if (len < BODY_MIN + 8) {
+    case SPOOL_ADD:
+    case SPOOL_ADD5: {
+        size_t fixed = rec->type == SPOOL_ADD5 ? 20 : 8;
+        if (len < BODY_MIN + fixed) {
             return -EBADMSG;
         }
         rec->qos = b[9];
         rec->retain = b[10] & 1;
-        size_t tn = (size_t)get_le(b + 11, 2), pn = (size_t)get_le(b + 13, 4);
-        if (rec->qos > 2 || b[10] > 1 || BODY_MIN + 8 + tn + pn != len) {
+        size_t tn = (size_t)get_le(b + 11, 2), pn = (size_t)get_le(b + 13, 4), xn = 0;
+        if (fixed == 20) {
+            rec->expires_at = (int64_t)get_le(b + 17, 8);
+            xn = (size_t)get_le(b + 25, 4);
+        }
+        if (rec->qos > 2 || b[10] > 1 || rec->expires_at < 0 || tn > len || pn > len || xn > len ||
+            BODY_MIN + fixed + tn + pn + xn != len) {
             return -EBADMSG;
         }
-        rec->topic = VIEW(b + 17, tn);
-        rec->payload = VIEW(b + 17 + tn, pn);
+        rec->topic = VIEW(b + BODY_MIN + fixed, tn);
+        rec->payload = VIEW(b + BODY_MIN + fixed + tn, pn);
+        rec->props = VIEW(b + BODY_MIN + fixed + tn + pn, xn);
         return 0;
     }
     case SPOOL_DONE:
@@ -276,7 +295,8 @@ int spool_reader_init(SpoolReader *r, View segment)
         r->version = version;
         return -EPROTONOSUPPORT;
     }
-    r->version = SPOOL_FORMAT; /* a smaller number here is damage, found by the parse */
+    /* Below 2 here is damage, found by the parse. */
+    r->version = version >= 2 ? version : SPOOL_FORMAT;
     if (segment.n >= SPOOL_HEADER_VERSION + 8) {
         r->salt = (uint32_t)get_le(p + SPOOL_HEADER_VERSION + 4, 4);
     }
@@ -292,6 +312,9 @@ static bool good_at(const SpoolReader *r, size_t off, SpoolRecord *ret)
     }
     if (ret->type == SPOOL_HEADER) {
         return off == 0;
+    }
+    if (ret->type == SPOOL_ADD5) {
+        return r->version >= 3;
     }
     return r->version >= 2 || ret->type == SPOOL_ADD || ret->type == SPOOL_DONE;
 }

@@ -19,8 +19,13 @@
  *                                 the whole send state of message `seq`, latest wins
  *                 INCOMING:       u16 packet_id (not 0), u8 held (0 or 1); seq is 0
  *                 INCOMING_CLEAR: nothing; seq is 0 (no incoming id is held any more)
+ *                 ADD5 (format 3): u8 qos, u8 flags, u16 topic_len, u32 payload_len,
+ *                                 u64 expires_at (Unix time in ms, 0 = never), u32 props_len,
+ *                                 topic, payload, props (an MQTT 5 PUBLISH property block):
+ *                                 a message with MQTT 5 properties or an expiry
  *
  * Format 1 (mqttbridged up to 0.1.0): no header, ADD and DONE only, salt 0 (a plain CRC-32).
+ * Format 3 is format 2 plus ADD5; this code writes 3 and reads 1, 2 and 3.
  * Format 2: every segment starts with a HEADER whose checksum is a plain CRC-32 (salt 0); the
  * records after it are checksummed from the random salt it names, so a record embedded in a
  * payload (or copied from another segment) never passes for a record of this one when the
@@ -41,9 +46,10 @@ enum spool_record_type {
     SPOOL_STATE = 4,
     SPOOL_INCOMING = 5,
     SPOOL_INCOMING_CLEAR = 6,
+    SPOOL_ADD5 = 7, /* format 3 and later */
 };
 
-#define SPOOL_FORMAT         2 /* what this code writes; it reads 1 and 2 */
+#define SPOOL_FORMAT         3 /* what this code writes; it reads 1 to 3 */
 #define SPOOL_MAGIC          "MQBSPOOL"
 #define SPOOL_RECORD_MAX     (16u << 20) /* larger `len` means a corrupt record */
 #define SPOOL_HELD_WORDS     1024        /* bitmap of the 65536 packet ids */
@@ -54,9 +60,11 @@ enum spool_record_type {
 typedef struct SpoolRecord {
     enum spool_record_type type;
     uint64_t seq;
-    uint8_t qos;         /* ADD */
-    bool retain;         /* ADD */
-    View topic, payload; /* ADD; borrowed from the input */
+    uint8_t qos;         /* ADD, ADD5 */
+    bool retain;         /* ADD, ADD5 */
+    View topic, payload; /* ADD, ADD5; borrowed from the input */
+    View props;          /* ADD5 (empty for ADD) */
+    int64_t expires_at;  /* ADD5: Unix time in ms, 0 = never (ADD: 0) */
     uint16_t packet_id;  /* STATE, INCOMING */
     bool pubrec;         /* STATE */
     bool held;           /* INCOMING */
@@ -71,8 +79,9 @@ uint32_t crc32_update(uint32_t crc, View data);
 /* Encoders: append one record to `out` (untouched on failure: -E2BIG, -ENOMEM). `salt` is the
  * segment's (0 for format 1). */
 int spool_record_header(Buf *out, uint32_t salt, const uint64_t *held /* NULL: none */);
+/* An ADD, or an ADD5 when the message has properties or expires. */
 int spool_record_add(Buf *out, uint32_t salt, uint64_t seq, uint8_t qos, bool retain, View topic,
-                     View payload);
+                     View payload, View props, int64_t expires_at);
 int spool_record_done(Buf *out, uint32_t salt, uint64_t seq);
 int spool_record_state(Buf *out, uint32_t salt, uint64_t seq, uint16_t packet_id, bool pubrec);
 int spool_record_incoming(Buf *out, uint32_t salt, uint16_t packet_id, bool held);

@@ -16,7 +16,9 @@ static int encode(Buf *out, uint32_t salt, const SpoolRecord *r)
     static uint64_t held[SPOOL_HELD_WORDS];
     switch (r->type) {
     case SPOOL_ADD:
-        return spool_record_add(out, salt, r->seq, r->qos, r->retain, r->topic, r->payload);
+    case SPOOL_ADD5:
+        return spool_record_add(out, salt, r->seq, r->qos, r->retain, r->topic, r->payload,
+                                r->props, r->expires_at);
     case SPOOL_DONE:
         return spool_record_done(out, salt, r->seq);
     case SPOOL_HEADER:

@@ -286,7 +286,11 @@ static Spool *open_spool(const char *dir, enum fsync_mode mode, Got *g)
 static uint64_t add(Spool *s, uint8_t qos, const char *topic, const char *payload)
 {
     uint64_t seq, mark;
-    int r = spool_add(s, qos, false, VIEW_STR(topic), VIEW_STR(payload), &seq, &mark);
+    int r = spool_add(
+        s,
+        &(SpoolMessage){
+            .qos = qos, .retain = false, .topic = VIEW_STR(topic), .payload = VIEW_STR(payload)},
+        &seq, &mark);
     ck_assert_msg(r == 0, "spool_add: %s", strerror(-r));
     return seq;
 }
@@ -373,9 +377,11 @@ END_TEST
 START_TEST(round_trip)
 {
     Buf b = {0};
-    ck_assert_int_eq(spool_record_add(&b, 0, 7, 1, true, VIEW_STR("a/b"), VIEW("\0\1\2", 3)), 0);
+    ck_assert_int_eq(
+        spool_record_add(&b, 0, 7, 1, true, VIEW_STR("a/b"), VIEW("\0\1\2", 3), VIEW_NULL, 0), 0);
     ck_assert_int_eq(spool_record_done(&b, 0, 7), 0);
-    ck_assert_int_eq(spool_record_add(&b, 0, 8, 2, false, VIEW_STR("t"), VIEW_NULL), 0);
+    ck_assert_int_eq(spool_record_add(&b, 0, 8, 2, false, VIEW_STR("t"), VIEW_NULL, VIEW_NULL, 0),
+                     0);
     SpoolRecord r;
     View in = buf_view(&b);
     ck_assert_int_eq(spool_record_parse(in, 0, &r), 1);
@@ -415,7 +421,7 @@ START_TEST(format2_round_trip)
     View in = buf_view(&b);
     ck_assert_int_eq(spool_record_parse(in, 12345, &r), 1); /* a header ignores the salt */
     ck_assert_int_eq(r.type, SPOOL_HEADER);
-    ck_assert_uint_eq(r.version, 2);
+    ck_assert_uint_eq(r.version, SPOOL_FORMAT);
     ck_assert_uint_eq(r.salt, 77);
     spool_record_held(&r, back);
     ck_assert_mem_eq(back, held, sizeof(held));
@@ -443,7 +449,9 @@ END_TEST
 START_TEST(torn_at_every_length)
 {
     Buf b = {0};
-    ck_assert_int_eq(spool_record_add(&b, 9, 1, 1, false, VIEW_STR("x/y"), VIEW_STR("payload")), 0);
+    ck_assert_int_eq(
+        spool_record_add(&b, 9, 1, 1, false, VIEW_STR("x/y"), VIEW_STR("payload"), VIEW_NULL, 0),
+        0);
     SpoolRecord r;
     for (size_t k = 0; k < b.len; k++) {
         ck_assert_int_eq(spool_record_parse(VIEW(b.data, k), 9, &r), 0);
@@ -456,7 +464,8 @@ END_TEST
 START_TEST(every_flipped_bit_is_caught)
 {
     Buf b = {0};
-    ck_assert_int_eq(spool_record_add(&b, 0, 99, 1, false, VIEW_STR("t"), VIEW_STR("data")), 0);
+    ck_assert_int_eq(
+        spool_record_add(&b, 0, 99, 1, false, VIEW_STR("t"), VIEW_STR("data"), VIEW_NULL, 0), 0);
     ck_assert_int_eq(spool_record_state(&b, 0, 99, 7, false), 0);
     for (size_t i = 0; i < b.len * 8; i++) {
         b.data[i / 8] ^= (uint8_t)(1u << (i % 8));
@@ -482,7 +491,7 @@ static Buf segment(uint32_t salt, int n)
     ck_assert_int_eq(spool_record_header(&b, salt, NULL), 0);
     for (int i = 1; i <= n; i++) {
         ck_assert_int_eq(spool_record_add(&b, salt, (uint64_t)i, 1, false, VIEW_STR("topic"),
-                                          VIEW_STR("a payload of some bytes")),
+                                          VIEW_STR("a payload of some bytes"), VIEW_NULL, 0),
                          0);
     }
     return b;
@@ -498,7 +507,7 @@ START_TEST(reader_skips_damage_and_finds_torn_tails)
     /* Damage inside record 4: exactly that one record is skipped. */
     memset(b.data + SPOOL_HEADER_MIN + 3 * rec + 20, 0xee, 8);
     ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), 0);
-    ck_assert_uint_eq(rd.version, 2);
+    ck_assert_uint_eq(rd.version, SPOOL_FORMAT);
     int seen = 0;
     int k;
     while ((k = spool_reader_next(&rd, &r, &off, &len)) == SPOOL_READ_RECORD) {
@@ -535,7 +544,8 @@ START_TEST(reader_never_takes_a_foreign_record)
     ck_assert_int_eq(spool_record_done(&inner, 0, 2), 0);
     Buf b = {0};
     ck_assert_int_eq(spool_record_header(&b, 6, NULL), 0);
-    ck_assert_int_eq(spool_record_add(&b, 6, 1, 1, false, VIEW_STR("t"), buf_view(&inner)), 0);
+    ck_assert_int_eq(
+        spool_record_add(&b, 6, 1, 1, false, VIEW_STR("t"), buf_view(&inner), VIEW_NULL, 0), 0);
     b.data[SPOOL_HEADER_MIN + 10] ^= 1; /* the ADD's seq */
     SpoolReader rd;
     SpoolRecord r;
@@ -549,13 +559,51 @@ START_TEST(reader_never_takes_a_foreign_record)
 }
 END_TEST
 
+/* ADD5 (format 3) carries a message's MQTT 5 properties and its expiry; a segment of
+ * format 2 (header version 2) still reads, but an ADD5 cannot stand in one. */
+START_TEST(add5_and_format2_segments)
+{
+    static const uint8_t props[] = {0x03, 0, 1, 't'};
+    Buf b = segment(1, 0);
+    ck_assert_int_eq(spool_record_add(&b, 1, 7, 1, false, VIEW_STR("a/b"), VIEW_STR("pay"),
+                                      VIEW(props, sizeof(props)), 1700000000123),
+                     0);
+    SpoolReader rd;
+    SpoolRecord r;
+    size_t off, len;
+    ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), 0);
+    ck_assert_int_eq(spool_reader_next(&rd, &r, &off, &len), SPOOL_READ_RECORD); /* header */
+    ck_assert_int_eq(spool_reader_next(&rd, &r, &off, &len), SPOOL_READ_RECORD);
+    ck_assert_int_eq(r.type, SPOOL_ADD5);
+    ck_assert_view_str(r.topic, "a/b");
+    ck_assert_view_str(r.payload, "pay");
+    ck_assert_view_eq(r.props, VIEW(props, sizeof(props)));
+    ck_assert_int_eq(r.expires_at, 1700000000123);
+    /* The same bytes under a format 2 header: the header reads, the ADD5 is damage. */
+    b.data[SPOOL_HEADER_VERSION] = 2;
+    spool_record_reseal(b.data, SPOOL_HEADER_MIN, 0);
+    ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), 0);
+    ck_assert_uint_eq(rd.version, 2);
+    ck_assert_int_eq(spool_reader_next(&rd, &r, &off, &len), SPOOL_READ_RECORD);
+    ck_assert_uint_eq(r.version, 2);
+    ck_assert_int_ne(spool_reader_next(&rd, &r, &off, &len), SPOOL_READ_RECORD);
+    /* A plain message stays an ADD, byte for byte what format 2 wrote. */
+    buf_clear(&b);
+    ck_assert_int_eq(spool_record_add(&b, 0, 8, 0, true, VIEW_STR("t"), VIEW_NULL, VIEW_NULL, 0),
+                     0);
+    ck_assert_uint_eq(b.data[8], SPOOL_ADD);
+    ck_assert_uint_eq(b.len, 8 + 9 + 8 + 1);
+    buf_free(&b);
+}
+END_TEST
+
 START_TEST(reader_refuses_a_newer_format)
 {
     Buf b = segment(1, 2);
-    b.data[SPOOL_HEADER_VERSION] = 3;
+    b.data[SPOOL_HEADER_VERSION] = SPOOL_FORMAT + 1;
     SpoolReader rd;
     ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), -EPROTONOSUPPORT);
-    ck_assert_uint_eq(rd.version, 3);
+    ck_assert_uint_eq(rd.version, SPOOL_FORMAT + 1);
     /* With its checksum made good again, or broken further: the same. */
     spool_record_reseal(b.data, SPOOL_HEADER_MIN, 0);
     ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), -EPROTONOSUPPORT);
@@ -563,7 +611,8 @@ START_TEST(reader_refuses_a_newer_format)
     ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), -EPROTONOSUPPORT);
     /* A format 1 segment has no header. */
     Buf v1 = {0};
-    ck_assert_int_eq(spool_record_add(&v1, 0, 1, 1, false, VIEW_STR("t"), VIEW_STR("p")), 0);
+    ck_assert_int_eq(
+        spool_record_add(&v1, 0, 1, 1, false, VIEW_STR("t"), VIEW_STR("p"), VIEW_NULL, 0), 0);
     ck_assert_int_eq(spool_reader_init(&rd, buf_view(&v1)), 0);
     ck_assert_uint_eq(rd.version, 1);
     buf_free(&v1);
@@ -638,12 +687,13 @@ START_TEST(newer_format_is_refused)
     ck_assert_int_eq(mkdir(dir, 0700), 0);
     /* Segment 1: format 1 with a torn tail (must stay untouched: refusing comes first). */
     Buf v1 = {0};
-    ck_assert_int_eq(spool_record_add(&v1, 0, 1, 1, false, VIEW_STR("t"), VIEW_STR("p")), 0);
+    ck_assert_int_eq(
+        spool_record_add(&v1, 0, 1, 1, false, VIEW_STR("t"), VIEW_STR("p"), VIEW_NULL, 0), 0);
     ck_assert_int_eq(buf_append(&v1, "xyz", 3), 0);
     write_file(path_in(dir, "seg-0000000000000001.log"), buf_view(&v1));
-    /* Segment 2: what a format 3 daemon might write. */
+    /* Segment 2: what a format 4 daemon might write. */
     Buf v3 = segment(42, 3);
-    v3.data[SPOOL_HEADER_VERSION] = 3;
+    v3.data[SPOOL_HEADER_VERSION] = 4;
     spool_record_reseal(v3.data, SPOOL_HEADER_MIN, 0);
     write_file(path_in(dir, "seg-0000000000000002.log"), buf_view(&v3));
     Spool *s = NULL;
@@ -656,8 +706,8 @@ START_TEST(newer_format_is_refused)
     ck_assert_uint_eq(g.n, 0);
     char want[600];
     snprintf(want, sizeof(want),
-             "spool: %s was written by a newer mqttbridged (spool format 3); this version reads "
-             "formats 1 and 2: refusing to start rather than misread it",
+             "spool: %s was written by a newer mqttbridged (spool format 4); this version reads "
+             "formats 1 to 3: refusing to start rather than misread it",
              path_in(dir, "seg-0000000000000002.log"));
     ck_assert_msg(strstr((char *)log.data, want), "log: %s", log.data);
     Buf after1 = read_all(path_in(dir, "seg-0000000000000001.log"));
@@ -684,7 +734,7 @@ START_TEST(new_segments_have_a_header)
     SpoolRecord r;
     size_t off, len;
     ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), 0);
-    ck_assert_uint_eq(rd.version, 2);
+    ck_assert_uint_eq(rd.version, SPOOL_FORMAT);
     ck_assert_int_eq(spool_reader_next(&rd, &r, &off, &len), SPOOL_READ_RECORD);
     ck_assert_int_eq(r.type, SPOOL_HEADER);
     ck_assert_uint_ne(r.salt, 0);
@@ -1314,12 +1364,24 @@ START_TEST(waits_complete_in_order)
         Durable d = {0};
         for (int i = 0; i < 40; i++) {
             uint64_t seq, mark;
-            ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("w"), VIEW_STR("x"), &seq, &mark), 0);
+            ck_assert_int_eq(spool_add(s,
+                                       &(SpoolMessage){.qos = 1,
+                                                       .retain = false,
+                                                       .topic = VIEW_STR("w"),
+                                                       .payload = VIEW_STR("x")},
+                                       &seq, &mark),
+                             0);
             spool_wait(s, &w[i], mark, on_durable, &d);
         }
         run_until(&d.calls, 30);
         uint64_t seq, mark;
-        ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("w"), VIEW_STR("x"), &seq, &mark), 0);
+        ck_assert_int_eq(spool_add(s,
+                                   &(SpoolMessage){.qos = 1,
+                                                   .retain = false,
+                                                   .topic = VIEW_STR("w"),
+                                                   .payload = VIEW_STR("x")},
+                                   &seq, &mark),
+                         0);
         SpoolWait last;
         spool_wait(s, &last, mark, on_durable, &d);
         spool_close(s); /* completes what is left */
@@ -1338,7 +1400,12 @@ START_TEST(sync_failure_fails_the_waits)
     uint64_t seq, mark;
     atomic_store(&fail_fdatasync, 1);
     capture_begin();
-    ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("w"), VIEW_STR("x"), &seq, &mark), 0);
+    ck_assert_int_eq(
+        spool_add(s,
+                  &(SpoolMessage){
+                      .qos = 1, .retain = false, .topic = VIEW_STR("w"), .payload = VIEW_STR("x")},
+                  &seq, &mark),
+        0);
     spool_wait(s, &w1, mark, on_durable, &d);
     run_until(&d.calls, 1);
     ck_assert_int_eq(d.last_error, -EIO);
@@ -1346,7 +1413,12 @@ START_TEST(sync_failure_fails_the_waits)
     spool_health(s, &h);
     ck_assert_int_eq(h.write_error, EIO);
     atomic_store(&fail_fdatasync, 0);
-    ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("w"), VIEW_STR("y"), &seq, &mark), 0);
+    ck_assert_int_eq(
+        spool_add(s,
+                  &(SpoolMessage){
+                      .qos = 1, .retain = false, .topic = VIEW_STR("w"), .payload = VIEW_STR("y")},
+                  &seq, &mark),
+        0);
     spool_wait(s, &w2, mark, on_durable, &d);
     run_until(&d.calls, 2);
     Buf log = capture_end();
@@ -1371,8 +1443,18 @@ START_TEST(failed_write_leaves_the_segment_as_it_was)
     fail_write = 2; /* half a record written, then EIO */
     uint64_t seq, mark;
     capture_begin();
-    ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("b"), VIEW_STR("2"), &seq, &mark), -EIO);
-    ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("b"), VIEW_STR("2"), &seq, &mark), -EIO);
+    ck_assert_int_eq(
+        spool_add(s,
+                  &(SpoolMessage){
+                      .qos = 1, .retain = false, .topic = VIEW_STR("b"), .payload = VIEW_STR("2")},
+                  &seq, &mark),
+        -EIO);
+    ck_assert_int_eq(
+        spool_add(s,
+                  &(SpoolMessage){
+                      .qos = 1, .retain = false, .topic = VIEW_STR("b"), .payload = VIEW_STR("2")},
+                  &seq, &mark),
+        -EIO);
     SpoolHealth h;
     spool_health(s, &h);
     ck_assert_int_eq(h.write_error, EIO);
@@ -1406,7 +1488,12 @@ START_TEST(segment_that_cannot_be_cut_back_is_retired)
     fail_write = 2;
     fail_ftruncate = 1;
     uint64_t seq, mark;
-    ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("b"), VIEW_STR("2"), &seq, &mark), -EIO);
+    ck_assert_int_eq(
+        spool_add(s,
+                  &(SpoolMessage){
+                      .qos = 1, .retain = false, .topic = VIEW_STR("b"), .payload = VIEW_STR("2")},
+                  &seq, &mark),
+        -EIO);
     spool_done(s, a); /* its DONE cannot be written now: owed */
     fail_write = fail_ftruncate = 0;
     add(s, 1, "c", "3"); /* in segment 2, after the owed DONE */
@@ -1446,13 +1533,23 @@ START_TEST(no_space_left)
     uint64_t seq, mark, first = 0;
     int r, ok = 0;
     capture_begin();
-    while ((r = spool_add(s, 1, false, VIEW_STR("full"), VIEW_STR(payload), &seq, &mark)) == 0) {
+    while ((r = spool_add(s,
+                          &(SpoolMessage){.qos = 1,
+                                          .retain = false,
+                                          .topic = VIEW_STR("full"),
+                                          .payload = VIEW_STR(payload)},
+                          &seq, &mark)) == 0) {
         first = first ? first : seq;
         ok++;
         ck_assert_int_lt(ok, 200);
     }
     ck_assert_int_eq(r, -ENOSPC);
-    ck_assert_int_eq(spool_add(s, 1, false, VIEW_STR("full"), VIEW_STR(payload), &seq, &mark),
+    ck_assert_int_eq(spool_add(s,
+                               &(SpoolMessage){.qos = 1,
+                                               .retain = false,
+                                               .topic = VIEW_STR("full"),
+                                               .payload = VIEW_STR(payload)},
+                               &seq, &mark),
                      -ENOSPC);
     SpoolHealth h;
     spool_health(s, &h);
@@ -1508,6 +1605,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, reader_skips_damage_and_finds_torn_tails);
     tcase_add_test(tc, reader_never_takes_a_foreign_record);
     tcase_add_test(tc, reader_refuses_a_newer_format);
+    tcase_add_test(tc, add5_and_format2_segments);
     suite_add_tcase(s, tc);
     tc = tcase_create("spool");
     tcase_add_checked_fixture(tc, setup, teardown);
