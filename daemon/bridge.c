@@ -12,6 +12,7 @@
 #include "bridge.h"
 #include "log.h"
 #include "notify.h"
+#include "rpc.h"
 #include "subs.h"
 #include "waiters.h"
 
@@ -75,6 +76,10 @@ static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props)
     size_t n_ids = copy_ids(props, ids);
     size_t n = router_match_copy(&d->router, m->topic, m->retain, ids, n_ids, has_room, &need, &t);
     for (size_t i = 0; i < n; i++) {
+        if (t[i]->internal) {
+            rpc_response(d, m, props);
+            continue;
+        }
         Client *c = container_of(t[i], Client, target);
         uint8_t qos = m->qos < t[i]->qos ? m->qos : t[i]->qos;
         Buf *v = &variants[qos][t[i]->base64];
@@ -169,6 +174,22 @@ static void record_progress(Daemon *d, const SessionEvent *ev)
     (void)r; /* the spool logs write failures once per episode */
 }
 
+/* A message has left the queue: sent, refused, expired or too large for the link. */
+static void publish_ended(Daemon *d, const SessionEvent *ev)
+{
+    int e = ev->done.result;
+    if (ev->done.spool_id) {
+        spool_done(d->spool, ev->done.spool_id);
+    }
+    if (e < 0 && !ev->done.req) { /* nobody waits to be told */
+        log_warning("a queued message was not delivered: %s%s",
+                    e == -EPERM   ? "the broker refused it"
+                    : e == -ETIME ? "its message_expiry passed in the queue"
+                                  : strerror(-e),
+                    e == -EMSGSIZE || e == -ENOTSUP ? " (the broker's limits)" : "");
+    }
+}
+
 void bridge_on_event(void *userdata, const SessionEvent *ev)
 {
     Daemon *d = userdata;
@@ -181,6 +202,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         break;
     case SESSION_EV_SUBSCRIPTION_LOST:
         subs_lost(d, ev->lost.filter, ev->lost.code);
+        rpc_lost(d, ev->lost.filter);
         break;
     case SESSION_EV_SUBSCRIBED:
         subs_granted(d, ev->granted.filter, ev->granted.qos);
@@ -203,22 +225,20 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         break;
     case SESSION_EV_PING_SENT:
         break;
+    case SESSION_EV_PROPERTIES_DROPPED:
+        if (!d->props_drop_logged) {
+            d->props_drop_logged = true;
+            log_warning("the broker speaks MQTT 3.1.1: the MQTT 5 properties of messages taken "
+                        "before it said so are left out (counted in properties_dropped; logged "
+                        "once)");
+        }
+        break;
     case SESSION_EV_PING_ANSWERED:
         broadcast(d, false,
                   json_pack("{s:s, s:I}", "event", "ping", "rtt_ms", (json_int_t)ev->ping.rtt_ms));
         break;
     case SESSION_EV_PUBLISH_DONE:
-        if (ev->done.spool_id) {
-            spool_done(d->spool, ev->done.spool_id);
-        }
-        if (ev->done.result < 0 && !ev->done.req) { /* nobody waits to be told */
-            log_warning("a queued message was not delivered: %s%s",
-                        ev->done.result == -EPERM ? "the broker refused it"
-                                                  : strerror(-ev->done.result),
-                        ev->done.result == -EMSGSIZE || ev->done.result == -ENOTSUP
-                            ? " (the broker's limits)"
-                            : "");
-        }
+        publish_ended(d, ev);
         /* fall through */
     case SESSION_EV_UNSUBSCRIBE_DONE:
     case SESSION_EV_SUBSCRIBE_DONE:

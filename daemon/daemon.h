@@ -58,6 +58,16 @@ static inline Client *client_at(DList *l)
     return client_of(container_of(l, Conn, link));
 }
 
+/* The request op's state (rpc.c owns it). */
+typedef struct Rpc {
+    char *topic;         /* where responses arrive, once chosen */
+    RouterTarget target; /* the daemon's own holding of it (internal) */
+    bool held;
+    HashMap waiting; /* correlation data -> Waiter */
+    uint64_t nonce, next;
+    uint64_t unmatched; /* responses that named no waiting request */
+} Rpc;
+
 typedef struct DaemonStats {
     uint64_t messages_delivered, messages_dropped;
 } DaemonStats;
@@ -78,6 +88,8 @@ struct Daemon {
     HashMap uid_subs;            /* uid -> subscriptions held by its clients (subs.c) */
     HashMap uid_conns;           /* uid -> its connections (access.c) */
     Names names;                 /* peers' user names (names.c, for access.c) */
+    Rpc rpc;                     /* the request op (rpc.c) */
+    bool props_drop_logged;      /* MQTT 5 fields lost to a 3.1.1 link: logged once (bridge.c) */
     char lost_subscription[400]; /* the last restored subscription the broker refused */
     int64_t started_at;
     bool stopping;

@@ -22,6 +22,7 @@
 #include "notify.h"
 #include "ops.h"
 #include "reload.h"
+#include "rpc.h"
 #include "subs.h"
 #include "tls.h"
 
@@ -246,6 +247,7 @@ static void stop(Daemon *d)
     d->spool = NULL;
     broker_free(&d->broker);
     router_free(&d->router);
+    rpc_free(d);
     subs_free(d);
     hashmap_free(&d->uid_conns, free);
     answer_free();
@@ -307,6 +309,7 @@ int main(int argc, char **argv)
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
     subs_init(d);
+    rpc_init(d);
     if (!d->client_id || router_start(&d->router) < 0 ||
         broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password,
                     bridge_on_event, d) < 0) {

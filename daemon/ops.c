@@ -16,6 +16,7 @@
 #include "ops.h"
 #include "log.h"
 #include "reload.h"
+#include "rpc.h"
 #include "spool/record.h"
 #include "subs.h"
 #include "waiters.h"
@@ -91,7 +92,7 @@ static void publish_gone(Waiter *w)
 }
 
 /* A publish with wait: the broker's PUBACK / PUBCOMP (or QoS 0 written). */
-static const WaiterKind publish_kind = {publish_done, publish_timeout, publish_gone};
+static const WaiterKind publish_kind = {publish_done, publish_timeout, publish_gone, NULL};
 
 static void durable_done(Waiter *w, int error)
 {
@@ -112,7 +113,7 @@ static void nothing(Waiter *w)
 
 /* A spooled publish with wait false: its record on disk. It never names the message, which
  * the broker may have acknowledged (and the session freed) before the disk answers. */
-static const WaiterKind durable_kind = {durable_done, NULL, nothing};
+static const WaiterKind durable_kind = {durable_done, NULL, nothing, NULL};
 
 static void on_durable(void *ud, int error)
 {
@@ -263,6 +264,18 @@ static void op_publish(Client *c, Request *r)
     }
 }
 
+static void op_request(Client *c, Request *r)
+{
+    r->v5_field = r->v5_field ? r->v5_field : "request"; /* Response Topic, Correlation Data */
+    if (!may_publish(c, r)) {
+        return;
+    }
+    int e = rpc_request(c, r, timeout_of(c, r));
+    if (e < 0) {
+        answer_publish_failure(c, r->id, e, r->qos);
+    }
+}
+
 static void op_subscribe(Client *c, Request *r)
 {
     if (permitted(c, r, ACL_SUBSCRIBE) && !v5_refused(c, r)) {
@@ -395,6 +408,9 @@ static void op_stats(Client *c, Request *r)
         (json_int_t)t->duplicates_dropped, "clients_rejected", (json_int_t)d->server.rejected);
     json_object_set_new(st, "subscriptions_lost", json_integer((json_int_t)t->subscriptions_lost));
     json_object_set_new(st, "topic_aliases_used", json_integer((json_int_t)t->topic_aliases_used));
+    json_object_set_new(st, "messages_expired", json_integer((json_int_t)t->messages_expired));
+    json_object_set_new(st, "properties_dropped", json_integer((json_int_t)t->properties_dropped));
+    json_object_set_new(st, "responses_unmatched", json_integer((json_int_t)d->rpc.unmatched));
     if (d->spool) {
         SpoolHealth h;
         spool_health(d->spool, &h);
@@ -471,7 +487,7 @@ static void ops_handle_line(Client *c, View line)
         [OP_PUBLISH] = op_publish, [OP_SUBSCRIBE] = op_subscribe, [OP_UNSUBSCRIBE] = op_unsubscribe,
         [OP_STATUS] = op_status,   [OP_STATS] = op_stats,         [OP_PING] = op_ping,
         [OP_EVENTS] = op_events,   [OP_RECONNECT] = op_reconnect, [OP_STATS_RESET] = op_stats_reset,
-        [OP_RELOAD] = op_reload,
+        [OP_RELOAD] = op_reload,   [OP_REQUEST] = op_request,
     };
     Request req;
     IpcError err;

@@ -92,7 +92,7 @@ static void barrier_timeout(Waiter *w)
 }
 
 /* The retained messages of a new subscription: in once the barrier completes. No reply. */
-static const WaiterKind barrier_kind = {barrier_done, barrier_timeout, forget_in_session};
+static const WaiterKind barrier_kind = {barrier_done, barrier_timeout, forget_in_session, NULL};
 
 static void subscribe_done(Waiter *w, int result);
 
@@ -105,7 +105,8 @@ static void subscribe_timeout(Waiter *w)
                  w->filter);
 }
 
-static const WaiterKind subscribe_kind = {subscribe_done, subscribe_timeout, forget_in_session};
+static const WaiterKind subscribe_kind = {subscribe_done, subscribe_timeout, forget_in_session,
+                                          NULL};
 
 /* The UNSUBACK. MQTT 5 may refuse (the subscription then stays at the broker, but nobody here
  * holds it: its messages are dropped) or say there was none (0x11, still a success). */
@@ -130,7 +131,7 @@ static void unsubscribe_timeout(Waiter *w)
 }
 
 static const WaiterKind unsubscribe_kind = {unsubscribe_done, unsubscribe_timeout,
-                                            forget_in_session};
+                                            forget_in_session, NULL};
 
 /* ---- holding and letting go ---- */
 

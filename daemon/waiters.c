@@ -77,6 +77,10 @@ static void end(Waiter *w, void (*fn)(Waiter *, int), int result)
 
 void waiter_complete(Waiter *w, int result)
 {
+    assert(!w->ending);
+    if (w->kind->progress && w->kind->progress(w, result)) {
+        return;
+    }
     end(w, w->kind->done, result);
 }
 

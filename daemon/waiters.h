@@ -20,6 +20,9 @@ typedef struct WaiterKind {
     void (*timeout)(Waiter *w);
     /* The client left: forget the request in the session; there is nobody to reply to. */
     void (*gone)(Waiter *w);
+    /* Optional: called first with an answer; true when it was only a step (a request's
+     * PUBLISH confirmed, its response still to come): the waiter then goes on waiting. */
+    bool (*progress)(Waiter *w, int result);
 } WaiterKind;
 
 struct Waiter {

@@ -98,6 +98,7 @@ static const Key keys[] = {
     KEY("queue", "spool_dir", K_STRING, queue.spool_dir, 0, 4096, START),
     KEY("queue", "fsync", K_FSYNC, queue.fsync, 0, 0, START),
     KEY("log", "level", K_LEVEL, log.level, 0, 0, NOW),
+    KEY("rpc", "response_prefix", K_STRING, rpc.response_prefix, 0, 65535, START),
 };
 
 static const char *const level_names[] = {"error", "warning", "info", "debug", "packet"};
@@ -578,6 +579,13 @@ int config_check(const Config *cfg, char *err, size_t errlen)
     }
     if (cfg->will.topic && *cfg->will.topic && mqtt_topic_check(VIEW_STR(cfg->will.topic)) < 0) {
         fmt(err, errlen, "will.topic '%s' is not a valid topic name", cfg->will.topic);
+        return -EINVAL;
+    }
+    const char *rp = cfg->rpc.response_prefix;
+    if (rp && *rp && (mqtt_topic_check(VIEW_STR(rp)) < 0 || rp[0] == '$')) {
+        fmt(err, errlen,
+            "rpc.response_prefix '%s' must be a topic name (no wildcards, not starting with $)",
+            rp);
         return -EINVAL;
     }
     if ((cfg->tls.cert_file && *cfg->tls.cert_file) != (cfg->tls.key_file && *cfg->tls.key_file)) {

@@ -80,6 +80,9 @@ typedef struct Config {
     struct {
         enum log_level level;
     } log;
+    struct {
+        char *response_prefix; /* where request replies arrive; NULL/"": see daemon/rpc.c */
+    } rpc;
     Acl acl;
 } Config;
 

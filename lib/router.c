@@ -2,6 +2,7 @@
 /* Router: see router.h. */
 #include "router.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 
@@ -285,6 +286,7 @@ int router_add(Router *r, View filter, RouterTarget *t, uint8_t qos, bool base64
     }
     h->qos = qos;
     h->base64 = base64;
+    fc->fresh += !h->fresh;
     h->fresh = true;
     int result = created ? ROUTER_FIRST : qos > fc->broker_qos ? ROUTER_UPGRADE : 0;
     if (created || qos > fc->broker_qos) {
@@ -315,6 +317,7 @@ int router_remove(Router *r, View filter, RouterTarget *t)
     if (!h) {
         return -ENOENT;
     }
+    fc->fresh -= h->fresh;
     if (fc->shared) {
         member_remove(fc, (size_t)(h - fc->members));
     } else {
@@ -350,8 +353,11 @@ RouterFilter *router_filter(Router *r, View filter)
 void router_settle(Router *r, View filter, const RouterTarget *t)
 {
     Holder *h = lookup(r, filter, t);
-    if (h) {
+    if (h && h->fresh) {
         h->fresh = false;
+        RouterFilter *fc = hashmap_get(&r->filters, filter);
+        assert(fc && fc->fresh > 0);
+        fc->fresh--;
     }
 }
 
@@ -440,10 +446,18 @@ static void consider(const Holder *h, const RouterFilter *fc)
     }
 }
 
+/* A message with the retain flag that is not for fresh holders only: with Retain As
+ * Published, the flag stays on live messages too, so while no holder of the filter waits for
+ * its retained messages, one is live (see RouterFilter.retain_as_published). */
+static bool live_retained(const RouterFilter *fc)
+{
+    return fc->retain_as_published && fc->fresh == 0;
+}
+
 static void collect(Router *r, const RouterNode *n, Match *m)
 {
     for (size_t i = 0; n->plain && wanted(m, n->plain) && i < n->n_holders; i++) {
-        if (!m->retained || n->holders[i].fresh) {
+        if (!m->retained || n->holders[i].fresh || live_retained(n->plain)) {
             take(r, &n->holders[i]);
             if (m->copy) {
                 consider(&n->holders[i], n->plain);

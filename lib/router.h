@@ -39,6 +39,7 @@ typedef struct RouterTarget {
      * copy it takes), 0 when it matched none. */
     uint32_t best_id;
     uint8_t best_rank;
+    bool internal; /* the caller's own (the daemon's request op), not a local client */
 } RouterTarget;
 
 typedef struct RouterNode RouterNode;
@@ -69,8 +70,13 @@ typedef struct RouterFilter {
     bool was_active;    /* granted before the link went down (router_reconfirm_all) */
     uint32_t subid;     /* its MQTT 5 subscription identifier, unique among live filters */
     uint8_t granted;    /* the QoS it granted */
-    bool no_local, retain_as_published; /* MQTT 5 options of the broker subscription (the
-                                           daemon's: the router only keeps them) */
+    /* MQTT 5 options of the broker subscription (the daemon sets them). With Retain As
+     * Published the broker keeps the retain flag on live messages, so one with the flag goes
+     * to every holder while none is fresh (`fresh` counts those that are); while one is, it
+     * is taken for a retained message of that holder's subscribe, and goes to the fresh ones
+     * only. */
+    bool no_local, retain_as_published;
+    size_t fresh;
     /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
      * (`holders` of them), rather than in the trie node; `next` is the index of the member
      * whose turn it is. The router owns these fields. */

@@ -433,6 +433,7 @@ static int send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
     } else if ((msg->props_len || msg->expires_at) && !msg->props_dropped) {
         msg->props_dropped = true;
         m->pub.stats.properties_dropped++;
+        emit(m, (SessionEvent){.type = SESSION_EV_PROPERTIES_DROPPED});
     }
     uint16_t alias;
     int known =

@@ -110,6 +110,9 @@ enum session_event_type {
     SESSION_EV_SUBSCRIPTION_LOST, /* .lost */
     /* Every SUBACK that grants a filter, restores included (before its SUBSCRIBE_DONE). */
     SESSION_EV_SUBSCRIBED, /* .granted */
+    /* A message's MQTT 5 properties were left out: the link speaks 3.1.1 (auto fell back
+     * after the message was taken). No payload; see stats.properties_dropped. */
+    SESSION_EV_PROPERTIES_DROPPED,
 };
 
 typedef struct SessionEvent {

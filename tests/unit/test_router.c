@@ -564,6 +564,30 @@ START_TEST(reconfirm_after_reconnect)
 }
 END_TEST
 
+/* With Retain As Published a live message keeps its retain flag: it goes to every holder,
+ * except while one waits for its subscribe's retained messages (then only to that one). */
+START_TEST(retain_as_published_live)
+{
+    Router r;
+    ck_assert_int_eq(router_init(&r), 0);
+    RouterTarget a = {0}, b = {0};
+    RouterTarget **m;
+    ck_assert_int_eq(router_add(&r, VIEW_STR("rap/#"), &a, 1, false), ROUTER_FIRST);
+    router_filter(&r, VIEW_STR("rap/#"))->retain_as_published = true;
+    ck_assert_uint_eq(router_match(&r, VIEW_STR("rap/x"), true, NULL, NULL, &m), 1); /* a fresh */
+    router_settle(&r, VIEW_STR("rap/#"), &a);
+    ck_assert_uint_eq(router_match(&r, VIEW_STR("rap/x"), true, NULL, NULL, &m), 1); /* live */
+    ck_assert_int_eq(router_add(&r, VIEW_STR("rap/#"), &b, 1, false), 0);
+    ck_assert_uint_eq(router_match(&r, VIEW_STR("rap/x"), true, NULL, NULL, &m), 1);
+    ck_assert_ptr_eq(m[0], &b);
+    router_settle(&r, VIEW_STR("rap/#"), &b);
+    ck_assert_uint_eq(router_match(&r, VIEW_STR("rap/x"), true, NULL, NULL, &m), 2);
+    ck_assert_int_eq(router_remove(&r, VIEW_STR("rap/#"), &b), 0);
+    ck_assert_uint_eq(router_filter(&r, VIEW_STR("rap/#"))->fresh, 0);
+    router_free(&r);
+}
+END_TEST
+
 static Suite *router_suite(void)
 {
     Suite *s = suite_create("router");
@@ -580,6 +604,7 @@ static Suite *router_suite(void)
     tcase_add_test(tc, shared_skips_a_member_not_ready);
     tcase_add_test(tc, shared_none_ready_still_one);
     tcase_add_test(tc, shared_groups_each_one_copy);
+    tcase_add_test(tc, retain_as_published_live);
     tcase_add_test(tc, shared_with_plain_holders);
     tcase_add_test(tc, shared_and_plain_one_client);
     tcase_add_test(tc, shared_member_leaves);
