@@ -22,6 +22,7 @@
 #include "ipc/protocol.h"
 #include "ipcclient.h"
 #include "utf8.h"
+#include "v5opts.h"
 
 enum { EXIT_DAEMON_ERROR = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 
@@ -32,29 +33,33 @@ static volatile sig_atomic_t interrupted;
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: mqttctl [-s SOCKET] [--json] [--timeout SECONDS] COMMAND [ARGS]\n"
-            "\n"
-            "Commands:\n"
-            "  status                      the broker session and the daemon, summarised\n"
-            "  stats [--reset]             every counter; --reset zeroes them (admin)\n"
-            "  pub -t TOPIC (-m MSG | -f FILE | -l | -n) [-q QOS] [-r]\n"
-            "                              publish a message, a file, each stdin line, or nothing\n"
-            "  sub -t FILTER [-t FILTER...] [-q QOS] [-C COUNT] [-W SECONDS] [-v]\n"
-            "                              print messages (-v: with their topic)\n"
-            "  ping                        round trip to the daemon and the broker\n"
-            "  reconnect                   drop and re-establish the broker session (admin)\n"
-            "  reload                      re-read the daemon's configuration (admin)\n"
-            "  version                     versions of mqttctl and the daemon\n"
-            "\n"
-            "Options:\n"
-            "  -s, --socket PATH   the daemon socket (else $MQTTBRIDGE_SOCKET, else\n"
-            "                      " DEFAULT_SOCKET ")\n"
-            "      --json          print the daemon's JSON replies and events\n"
-            "      --timeout SECS  how long to wait for the daemon (default 10)\n"
-            "  -h, --help          this help\n"
-            "\n"
-            "Exit status: 0 ok, 1 the daemon answered an error, 2 usage, 3 daemon unreachable.\n");
+    fprintf(
+        f, "Usage: mqttctl [-s SOCKET] [--json] [--timeout SECONDS] COMMAND [ARGS]\n"
+           "\n"
+           "Commands:\n"
+           "  status                      the broker session and the daemon, summarised\n"
+           "  stats [--reset]             every counter; --reset zeroes them (admin)\n"
+           "  pub -t TOPIC (-m MSG | -f FILE | -l | -n) [-q QOS] [-r]\n"
+           "                              publish a message, a file, each stdin line, or nothing\n"
+           "                              [-D publish PROPERTY VALUE...]\n"
+           "  sub -t FILTER [-t FILTER...] [-q QOS] [-C COUNT] [-W SECONDS] [-v] [-F FORMAT]\n"
+           "      [--nl] [--rap] [--retain-handling N]\n"
+           "                              print messages (-v: with their topic)\n"
+           "  rr -t TOPIC (-m MSG | -f FILE) [-q QOS] [-W SECONDS] [-D publish PROPERTY VALUE...]\n"
+           "                              send a request, print its response (MQTT 5)\n"
+           "  ping                        round trip to the daemon and the broker\n"
+           "  reconnect                   drop and re-establish the broker session (admin)\n"
+           "  reload                      re-read the daemon's configuration (admin)\n"
+           "  version                     versions of mqttctl and the daemon\n"
+           "\n"
+           "Options:\n"
+           "  -s, --socket PATH   the daemon socket (else $MQTTBRIDGE_SOCKET, else\n"
+           "                      " DEFAULT_SOCKET ")\n"
+           "      --json          print the daemon's JSON replies and events\n"
+           "      --timeout SECS  how long to wait for the daemon (default 10)\n"
+           "  -h, --help          this help\n"
+           "\n"
+           "Exit status: 0 ok, 1 the daemon answered an error, 2 usage, 3 daemon unreachable.\n");
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -338,7 +343,7 @@ static int parse_qos(const char *cmd, const char *arg, int *ret)
 /* One publish request line, written straight into the client's output (no JSON tree:
  * `pub -l` sends one per input line). On failure (-ENOMEM) the output is left as it was. */
 static int queue_publish(IpcClient *c, const char *topic, View payload, int qos, bool retain,
-                         bool wait)
+                         bool wait, const char *extra)
 {
     char head[128];
     int n = snprintf(head, sizeof(head),
@@ -362,6 +367,9 @@ static int queue_publish(IpcClient *c, const char *topic, View payload, int qos,
             (r = base64_encode(&c->out, payload)) == 0) {
             r = buf_put_u8(&c->out, '"');
         }
+    }
+    if (r == 0) {
+        r = buf_append(&c->out, extra, strlen(extra));
     }
     if (r == 0) {
         r = buf_append(&c->out, "}\n", 2);
@@ -440,17 +448,24 @@ typedef struct PubArgs {
     const char *topic, *message, *file;
     bool lines, null_msg, retain;
     int qos;
+    json_t *props; /* -D publish: MQTT 5 fields */
+    char *extra;   /* the same as request text */
 } PubArgs;
 
 /* 0, or the exit status of a usage error (reported). */
 static int parse_pub_args(int argc, char **argv, PubArgs *ret)
 {
-    PubArgs a = {0};
+    PubArgs a = *ret;
     int o;
     static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
     optind = 1;
-    while ((o = getopt_long(argc, argv, "+t:m:f:lnq:r", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "+t:m:f:lnq:rD:", opts, NULL)) != -1) {
         switch (o) {
+        case 'D':
+            if (v5_define(a.props, optarg, argc, argv, &optind)) {
+                return EXIT_USAGE;
+            }
+            break;
         case 't':
             a.topic = optarg;
             break;
@@ -490,6 +505,9 @@ static int parse_pub_args(int argc, char **argv, PubArgs *ret)
     if ((a.message != NULL) + (a.file != NULL) + a.lines + a.null_msg != 1) {
         return usage_error("pub: give exactly one of -m MSG, -f FILE, -l, -n");
     }
+    if (!(a.extra = v5_fragment(a.props))) {
+        return usage_error("pub: out of memory");
+    }
     *ret = a;
     return 0;
 }
@@ -514,7 +532,7 @@ static int pub_one(IpcClient *c, const PubArgs *a, int *failures, int *ret_statu
     }
     View p = a->message ? VIEW_STR(a->message) : buf_view(&payload);
     json_int_t first = c->next_id;
-    r = queue_publish(c, a->topic, p, a->qos, a->retain, true);
+    r = queue_publish(c, a->topic, p, a->qos, a->retain, true, a->extra);
     buf_free(&payload);
     if (r < 0) {
         *ret_status = queue_failed(r);
@@ -542,7 +560,8 @@ static int pub_lines(IpcClient *c, const PubArgs *a, int *failures, int *ret_sta
         }
         /* A QoS 0 stream is confirmed as queued (as mosquitto_pub confirms nothing);
          * QoS 1/2 lines wait for the broker's acknowledgement. */
-        int q = queue_publish(c, a->topic, VIEW(line, (size_t)n), a->qos, a->retain, a->qos > 0);
+        int q = queue_publish(c, a->topic, VIEW(line, (size_t)n), a->qos, a->retain, a->qos > 0,
+                              a->extra);
         if (q < 0) {
             *ret_status = queue_failed(q);
             break;
@@ -568,10 +587,9 @@ static int pub_lines(IpcClient *c, const PubArgs *a, int *failures, int *ret_sta
     return r < 0 ? r : 0;
 }
 
-static int cmd_pub(int argc, char **argv)
+static int pub_with(PubArgs *a, int argc, char **argv)
 {
-    PubArgs a = {0};
-    int r = parse_pub_args(argc, argv, &a);
+    int r = parse_pub_args(argc, argv, a);
     if (r) {
         return r;
     }
@@ -580,12 +598,21 @@ static int cmd_pub(int argc, char **argv)
         return r;
     }
     int failures = 0, status = 0;
-    r = a.lines ? pub_lines(&c, &a, &failures, &status) : pub_one(&c, &a, &failures, &status);
+    r = a->lines ? pub_lines(&c, a, &failures, &status) : pub_one(&c, a, &failures, &status);
     ipc_close(&c);
     if (r < 0) {
         return lost(r);
     }
     return status ? status : failures ? EXIT_DAEMON_ERROR : 0;
+}
+
+static int cmd_pub(int argc, char **argv)
+{
+    PubArgs a = {.props = json_object()};
+    int r = a.props ? pub_with(&a, argc, argv) : usage_error("pub: out of memory");
+    json_decref(a.props);
+    free(a.extra);
+    return r;
 }
 
 /* ---- sub ---- */
@@ -618,18 +645,40 @@ typedef struct SubArgs {
     int n_filters, qos;
     long count, wait_s; /* 0: no limit */
     bool verbose;
+    const char *format;                 /* -F */
+    bool no_local, retain_as_published; /* --nl, --rap */
+    int retain_handling;                /* --retain-handling, -1: not given */
 } SubArgs;
 
 /* 0, or the exit status of a usage error (reported). */
 static int parse_sub_args(int argc, char **argv, SubArgs *ret)
 {
-    SubArgs a = {0};
+    SubArgs a = {.retain_handling = -1};
     int o;
-    static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
+    static const struct option opts[] = {{"json", no_argument, NULL, 'J'},
+                                         {"nl", no_argument, NULL, 'L'},
+                                         {"rap", no_argument, NULL, 'R'},
+                                         {"retain-handling", required_argument, NULL, 'H'},
+                                         {0}};
     optind = 1;
-    while ((o = getopt_long(argc, argv, "+t:q:C:W:v", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "+t:q:C:W:vF:", opts, NULL)) != -1) {
         char *end;
         switch (o) {
+        case 'F':
+            a.format = optarg;
+            break;
+        case 'L':
+            a.no_local = true;
+            break;
+        case 'R':
+            a.retain_as_published = true;
+            break;
+        case 'H':
+            if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '2') {
+                return usage_error("sub: --retain-handling must be 0, 1 or 2, not '%s'", optarg);
+            }
+            a.retain_handling = optarg[0] - '0';
+            break;
         case 't':
             if (a.n_filters == 64) {
                 return usage_error("sub: at most 64 -t filters");
@@ -679,11 +728,18 @@ static int subscribe_all(IpcClient *c, const SubArgs *a)
     /* Binary-safe output: ask for base64 unless the JSON lines are what we print. */
     for (int i = 0; i < a->n_filters; i++) {
         json_t *reply;
-        int r =
-            ipc_call(c,
-                     json_pack("{s:s, s:s, s:i, s:s}", "op", "subscribe", "filter", a->filters[i],
-                               "qos", a->qos, "encoding", json_out ? "auto" : "base64"),
-                     &reply, timeout_ms);
+        json_t *req = json_pack("{s:s, s:s, s:i, s:s}", "op", "subscribe", "filter", a->filters[i],
+                                "qos", a->qos, "encoding", json_out ? "auto" : "base64");
+        if (req && a->no_local) {
+            json_object_set_new(req, "no_local", json_true());
+        }
+        if (req && a->retain_as_published) {
+            json_object_set_new(req, "retain_as_published", json_true());
+        }
+        if (req && a->retain_handling >= 0) {
+            json_object_set_new(req, "retain_handling", json_integer(a->retain_handling));
+        }
+        int r = ipc_call(c, req, &reply, timeout_ms);
         if (r < 0) {
             return lost(r);
         }
@@ -716,9 +772,13 @@ static int print_message(json_t *m, bool verbose)
 }
 
 /* Print one message from the daemon: -1 when stdout is closed, else 0. */
-static int print_event(json_t *m, bool verbose)
+static int print_event(json_t *m, const SubArgs *a)
 {
     const char *ev = json_string_value(json_object_get(m, "event"));
+    bool verbose = a->verbose;
+    if (!json_out && a->format && ev && strcmp(ev, "message") == 0) {
+        return v5_print_format(m, a->format);
+    }
     if (json_out) {
         char *s = json_dumps(m, JSON_COMPACT);
         int w = s ? write_all(s, strlen(s)) | write_all("\n", 1) : 0;
@@ -763,7 +823,7 @@ static int receive(IpcClient *c, const SubArgs *a)
         if (ev && strcmp(ev, "message") == 0) {
             got++;
         }
-        int w = print_event(m, a->verbose);
+        int w = print_event(m, a);
         json_decref(m);
         if (w) {
             break; /* stdout closed (SIGPIPE ignored): nothing left to do */
@@ -793,6 +853,142 @@ static int cmd_sub(int argc, char **argv)
         r = receive(&c, &a);
     }
     ipc_close(&c);
+    return r;
+}
+
+/* ---- rr ---- */
+
+typedef struct RrArgs {
+    const char *topic, *message, *file;
+    int qos;
+    long wait_s;
+    json_t *props;
+} RrArgs;
+
+static int parse_rr_args(int argc, char **argv, RrArgs *a)
+{
+    int o;
+    static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "+t:m:f:q:W:D:", opts, NULL)) != -1) {
+        char *end;
+        switch (o) {
+        case 't':
+            a->topic = optarg;
+            break;
+        case 'm':
+            a->message = optarg;
+            break;
+        case 'f':
+            a->file = optarg;
+            break;
+        case 'q':
+            if (parse_qos("rr", optarg, &a->qos)) {
+                return EXIT_USAGE;
+            }
+            break;
+        case 'W':
+            a->wait_s = strtol(optarg, &end, 10);
+            if (*end || a->wait_s <= 0 || a->wait_s > 86400) {
+                return usage_error("rr: -W needs seconds from 1 to 86400, not '%s'", optarg);
+            }
+            break;
+        case 'D':
+            if (v5_define(a->props, optarg, argc, argv, &optind)) {
+                return EXIT_USAGE;
+            }
+            break;
+        case 'J':
+            json_out = true;
+            break;
+        default:
+            return usage_error("rr: bad option");
+        }
+    }
+    if (optind < argc) {
+        return usage_error("rr: unexpected argument '%s'", argv[optind]);
+    }
+    if (!a->topic || (a->message != NULL) + (a->file != NULL) != 1) {
+        return usage_error("rr: give -t TOPIC and one of -m MSG, -f FILE");
+    }
+    return 0;
+}
+
+/* The response's payload on stdout, as mosquitto_rr prints it. */
+static int print_response(json_t *reply)
+{
+    json_t *resp = json_object_get(reply, "response");
+    Buf b = {0};
+    json_t *b64 = json_object_get(resp, "payload_b64");
+    json_t *text = json_object_get(resp, "payload");
+    int r = b64 ? base64_decode(&b, VIEW(json_string_value(b64), json_string_length(b64)))
+                : buf_append(&b, json_string_value(text), json_string_length(text));
+    if (r == 0) {
+        r = write_all(b.data, b.len) | write_all("\n", 1);
+    }
+    buf_free(&b);
+    return r ? EXIT_DAEMON_ERROR : 0;
+}
+
+static int rr_with(RrArgs *a)
+{
+    Buf payload = {0};
+    int r;
+    if (a->file && (r = read_all(a->file, &payload)) < 0) {
+        fprintf(stderr, "mqttctl: cannot read %s: %s\n", a->file, strerror(-r));
+        buf_free(&payload);
+        return EXIT_USAGE;
+    }
+    View p = a->message ? VIEW_STR(a->message) : buf_view(&payload);
+    json_t *req = a->props;
+    long wait_ms = (a->wait_s ? a->wait_s : 10) * 1000;
+    json_object_set_new(req, "op", json_string("request"));
+    json_object_set_new(req, "topic", json_string(a->topic));
+    json_object_set_new(req, "qos", json_integer(a->qos));
+    json_object_set_new(req, "timeout_ms", json_integer(wait_ms));
+    if (utf8_valid(p, true)) {
+        json_object_set_new(req, "payload", json_stringn((const char *)p.p, p.n));
+    } else {
+        Buf enc = {0};
+        if (base64_encode(&enc, p) == 0) {
+            json_object_set_new(req, "payload_b64", json_stringn((const char *)enc.data, enc.len));
+        }
+        buf_free(&enc);
+    }
+    buf_free(&payload);
+    IpcClient c;
+    if ((r = connect_daemon(&c))) {
+        return r;
+    }
+    json_t *reply;
+    r = ipc_call(&c, json_incref(req), &reply, (int)wait_ms + 5000);
+    ipc_close(&c);
+    if (r < 0) {
+        return lost(r);
+    }
+    if (json_out) {
+        print_json(reply);
+    }
+    if (!json_is_true(json_object_get(reply, "ok"))) {
+        r = json_out ? EXIT_DAEMON_ERROR : reply_failed(reply, "rr");
+    } else {
+        r = json_out ? 0 : print_response(reply);
+    }
+    json_decref(reply);
+    return r;
+}
+
+static int cmd_rr(int argc, char **argv)
+{
+    RrArgs a = {.props = json_object()};
+    if (!a.props) {
+        return usage_error("rr: out of memory");
+    }
+    int r = parse_rr_args(argc, argv, &a);
+    if (r == 0) {
+        r = rr_with(&a);
+    }
+    json_decref(a.props);
     return r;
 }
 
@@ -854,6 +1050,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "sub") == 0) {
         return cmd_sub(n, args);
+    }
+    if (strcmp(cmd, "rr") == 0) {
+        return cmd_rr(n, args);
     }
     if (strcmp(cmd, "stats") == 0) {
         int m = 0;

@@ -292,6 +292,10 @@ int props_get(Reader *r, int type, MqttProps *ret)
 int mqtt_props_check(View block, int type, MqttProps *ret)
 {
     MqttProps p = {.raw = block};
+    if (block.n == 0) { /* (an empty view may have no pointer) */
+        *ret = p;
+        return 0;
+    }
     Reader in = {block.p, block.p + block.n};
     while (in.p < in.end) {
         uint32_t id;

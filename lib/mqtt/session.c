@@ -739,8 +739,8 @@ static bool props_valid(View block)
     MqttProps pp;
     uint64_t ours = MQTT_PROP_BIT(MQTT_PROP_TOPIC_ALIAS) | MQTT_PROP_BIT(MQTT_PROP_MESSAGE_EXPIRY) |
                     MQTT_PROP_BIT(MQTT_PROP_SUBSCRIPTION_ID);
-    return block.n <= UINT32_MAX && mqtt_props_check(block, MQTT_PUBLISH, &pp) == 0 &&
-           !(pp.has & ours);
+    return block.n == 0 || (block.n <= UINT32_MAX &&
+                            mqtt_props_check(block, MQTT_PUBLISH, &pp) == 0 && !(pp.has & ours));
 }
 
 int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,

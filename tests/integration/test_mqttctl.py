@@ -12,12 +12,8 @@ from harness import MQTTCTL, TEST_PROTOCOL, WAIT, TestCase, main, wait_until
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../clients/examples")
 
 
-class Mqttctl(TestCase):
-    def setUp(self):
-        super().setUp()
-        self.m = self.broker()
-        self.d = self.daemon(self.m.port)
-        self.env = dict(os.environ, MQTTBRIDGE_SOCKET=self.d.socket)
+class Ctl(TestCase):
+    """mqttctl against a daemon (self.d), run as a program."""
 
     def ctl(self, *args, input=None, check=None):
         r = subprocess.run([MQTTCTL, *args], input=input, capture_output=True, env=self.env,
@@ -34,6 +30,14 @@ class Mqttctl(TestCase):
             wait_until(lambda: c.ok("status")["status"]["subscriptions"] >= 1,
                        what="mqttctl sub to subscribe")
         return p
+
+
+class Mqttctl(Ctl):
+    def setUp(self):
+        super().setUp()
+        self.m = self.broker()
+        self.d = self.daemon(self.m.port)
+        self.env = dict(os.environ, MQTTBRIDGE_SOCKET=self.d.socket)
 
     def test_status_and_json(self):
         out = self.ctl("status", check=0).stdout.decode()
@@ -205,6 +209,61 @@ class Mqttctl(TestCase):
         self.assertTrue(out[0].startswith("subscribed to examples/python/"))
         self.assertEqual([l.split(": ")[1] for l in out[1:]],
                          ["message 0", "message 1", "message 2"])
+
+
+
+class Mqttctl5(Ctl):
+    """The MQTT 5 options, as mosquitto_pub, mosquitto_sub and mosquitto_rr spell them."""
+
+    def setUp(self):
+        super().setUp()
+        self.m = self.broker()
+        self.d = self.daemon(self.m.port, sections={"broker": {"protocol": "5"}})
+        self.env = dict(os.environ, MQTTBRIDGE_SOCKET=self.d.socket)
+
+    def test_properties_and_format(self):
+        p = self.sub_bg("-t", "f/#", "-q", "1", "-C", "2", "-F", "%t|%p|%q|%r|%P|%%")
+        self.ctl("pub", "-t", "f/1", "-m", "one", "-q", "1", "-D", "publish", "user-property",
+                 "a", "1", "-D", "publish", "user-property", "a", "2", "-D", "publish",
+                 "content-type", "text/plain", "-D", "publish", "message-expiry-interval", "60",
+                 check=0)
+        self.ctl("pub", "-t", "f/2", "-m", "two", check=0)
+        out, _ = p.communicate(timeout=WAIT)
+        self.assertEqual(out.decode().splitlines(), ["f/1|one|1|0|a:1 a:2|%", "f/2|two|0|0||%"])
+        r = self.ctl("pub", "-t", "f", "-m", "x", "-D", "publish", "message-expiry-interval",
+                     "soon")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("'soon' is not a valid value", r.stderr.decode())
+        r = self.ctl("pub", "-t", "f", "-m", "x", "-D", "connect", "user-property", "a", "b")
+        self.assertEqual(r.returncode, 2)
+
+    def test_sub_options(self):
+        self.m.pub("o/r", "kept", qos=1, retain=True)
+        p = self.sub_bg("-t", "o/#", "-C", "1", "-v", "--nl", "--retain-handling", "2")
+        self.ctl("pub", "-t", "o/mine", "-m", "not for --nl", "-q", "1", check=0)
+        self.m.pub("o/theirs", "theirs", qos=1)
+        out, _ = p.communicate(timeout=WAIT)
+        self.assertEqual(out.decode().splitlines(), ["o/theirs theirs"])
+        r = self.ctl("sub", "-t", "o/#", "--retain-handling", "3")
+        self.assertEqual(r.returncode, 2)
+
+    def test_rr(self):
+        with self.d.client() as responder:
+            responder.ok("subscribe", filter="svc/upper", qos=1)
+            rr = subprocess.Popen([MQTTCTL, "rr", "-t", "svc/upper", "-m", "shout", "-q", "1",
+                                   "-W", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=self.env)
+            e = responder.event("message")
+            responder.ok("publish", topic=e["response_topic"], payload=e["payload"].upper(),
+                         correlation_data=e["correlation_data"])
+            out, err = rr.communicate(timeout=WAIT)
+        self.assertEqual(rr.returncode, 0, err)
+        self.assertEqual(out, b"SHOUT\n")
+        with self.d.client() as c:
+            c.ok("subscribe", filter="svc/silent")
+            r = self.ctl("rr", "-t", "svc/silent", "-m", "x", "-W", "1")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("timeout", r.stderr.decode())
 
 
 if __name__ == "__main__":
