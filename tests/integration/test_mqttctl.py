@@ -266,5 +266,15 @@ class Mqttctl5(Ctl):
         self.assertIn("timeout", r.stderr.decode())
 
 
+    def test_rr_examples(self):
+        r = subprocess.run(["sh", os.path.join(EXAMPLES, "rr.sh"), self.d.socket],
+                           capture_output=True, timeout=WAIT * 2,
+                           env=dict(self.env, MQTTCTL=MQTTCTL))
+        self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
+        out = r.stdout.decode().splitlines()
+        self.assertEqual(out[0], "HELLO FROM MQTTCTL")
+        self.assertEqual(json.loads(out[1])["response"]["payload"], "HELLO FROM SOCAT")
+
+
 if __name__ == "__main__":
     main()
