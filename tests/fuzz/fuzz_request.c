@@ -19,9 +19,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     } else if (req.op >= OP_COUNT) {
         abort();
-    } else if (req.op == OP_PUBLISH) {
-        /* What parsed must also be writable as a message event. */
-        if (event_message(&out, req.topic, req.payload, req.qos, req.retain, false, NULL) != 0) {
+    } else if (req.op == OP_PUBLISH || req.op == OP_REQUEST) {
+        /* What parsed must also be writable as a message event, its properties included: the
+         * block the parser encoded must read back as a PUBLISH's. */
+        MqttProps props;
+        if (mqtt_props_check(buf_view(&req.props), MQTT_PUBLISH, &props) != 0 ||
+            event_message(&out, req.topic, req.payload, req.qos, req.retain, false, &props) != 0 ||
+            reply_response(&out, req.id, req.topic, req.payload, true, &props) != 0) {
             abort();
         }
     }

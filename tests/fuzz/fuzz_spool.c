@@ -60,8 +60,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         uint32_t salt = r.type == SPOOL_HEADER ? r.salt : rd.salt;
         buf_clear(&b);
-        if (r.size != len || encode(&b, salt, &r) < 0 || b.len != len ||
-            memcmp(b.data, data + off, len) != 0) {
+        if (r.size != len || encode(&b, salt, &r) < 0 || b.len != len) {
+            abort();
+        }
+        if (r.type == SPOOL_HEADER && r.version != SPOOL_FORMAT) {
+            /* An older format's header (we write only ours): its version, sealed again. */
+            for (int i = 0; i < 4; i++) {
+                b.data[SPOOL_HEADER_VERSION + i] = (uint8_t)(r.version >> (8 * i));
+            }
+            spool_record_reseal(b.data, b.len, 0);
+        }
+        if (memcmp(b.data, data + off, len) != 0) {
             abort();
         }
     }

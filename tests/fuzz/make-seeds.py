@@ -59,6 +59,13 @@ requests = [
     '{"op":"ping"}', '{"op":"events","connection":true,"ping":false}', '{"op":"reconnect"}',
     '{"op":"stats_reset"}', '{"op":"reload"}', 'not json', '[1]', '{"op":5}',
     '{"op":"publish","topic":"a","payload":"a\\u0000b"}',
+    # MQTT 5 fields
+    '{"id":2,"op":"request","topic":"s","payload":"x","qos":1,"user_properties":[["a","b"],'
+    '["a","c"]],"content_type":"t","payload_format":1,"message_expiry":5,"timeout_ms":100}',
+    '{"op":"publish","topic":"a","payload":"x","response_topic":"r/s","correlation_data_b64":'
+    '"AP8="}',
+    '{"op":"subscribe","filter":"a/#","no_local":true,"retain_as_published":true,'
+    '"retain_handling":1}',
 ]
 write("request", requests)
 write("ndjson", ["\n".join(requests) + "\n", "a\r\nb\n\n" + "x" * 200 + "\nc", "\n\n\n"])
@@ -84,4 +91,7 @@ def record(body):
 add = record(bytes([1]) + struct.pack("<Q", 7) + bytes([1, 1]) + struct.pack("<HI", 3, 2)
              + b"a/bhi")
 done = record(bytes([2]) + struct.pack("<Q", 7))
-write("spool", [add + done, add, add[:-3], done * 3])
+# ADD5 (format 3): qos 1, retain, topic "a/b", payload "hi", expiry, a Content Type property
+add5 = record(bytes([7]) + struct.pack("<Q", 8) + bytes([1, 1]) + struct.pack("<HI", 3, 2)
+              + struct.pack("<QI", 1700000000000, 4) + b"a/bhi" + b"\x03\x00\x01t")
+write("spool", [add + done, add, add[:-3], done * 3, add5 + done, add5[:-2]])
