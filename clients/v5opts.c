@@ -11,6 +11,7 @@
 
 #include "base64.h"
 #include "buf.h"
+#include "utf8.h"
 
 static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int bad(const char *fmt, ...)
@@ -58,14 +59,18 @@ int v5_define(json_t *fields, const char *command, int argc, char **argv, int *n
         if (*next + 1 >= argc) {
             return bad("-D publish user-property: needs NAME and VALUE");
         }
-        json_t *list = json_object_get(fields, "user_properties");
-        if (!list) {
-            list = json_array();
-            json_object_set_new(fields, "user_properties", list);
-        }
-        json_array_append_new(list, json_pack("[s, s]", argv[*next], argv[*next + 1]));
+        const char *k = argv[*next], *v = argv[*next + 1];
         *next += 2;
-        return 0;
+        if (!utf8_valid(VIEW_STR(k), false) || !utf8_valid(VIEW_STR(v), false)) {
+            return bad("-D publish user-property: '%s' '%s' is not UTF-8", k, v);
+        }
+        json_t *list = json_object_get(fields, "user_properties");
+        if (!list &&
+            (!(list = json_array()) || json_object_set_new(fields, "user_properties", list) < 0)) {
+            return bad("out of memory");
+        }
+        return json_array_append_new(list, json_pack("[s, s]", k, v)) < 0 ? bad("out of memory")
+                                                                          : 0;
     }
     for (size_t i = 0; i < sizeof(singles) / sizeof(singles[0]); i++) {
         if (strcmp(name, singles[i].name) != 0) {
@@ -79,9 +84,23 @@ int v5_define(json_t *fields, const char *command, int argc, char **argv, int *n
         if (singles[i].max && n < 0) {
             return bad("-D publish: '%s' is not a valid value", v);
         }
-        json_object_set_new(fields, singles[i].field,
-                            singles[i].max ? json_integer(n) : json_string(v));
-        return 0;
+        json_t *value;
+        const char *field = singles[i].field;
+        if (singles[i].max) {
+            value = json_integer(n);
+        } else if (utf8_valid(VIEW_STR(v), false)) {
+            value = json_string(v);
+        } else if (strcmp(field, "correlation_data") == 0) { /* bytes: as base64 */
+            Buf b64 = {0};
+            value = base64_encode(&b64, VIEW_STR(v)) == 0
+                        ? json_stringn((const char *)b64.data, b64.len)
+                        : NULL;
+            buf_free(&b64);
+            field = "correlation_data_b64";
+        } else {
+            return bad("-D publish %s: '%s' is not UTF-8", name, v);
+        }
+        return json_object_set_new(fields, field, value) < 0 ? bad("out of memory") : 0;
     }
     return bad("-D publish %s: unknown property (user-property, content-type, "
                "message-expiry-interval, payload-format-indicator, response-topic, "

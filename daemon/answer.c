@@ -2,8 +2,10 @@
 /* Replies and subscription events to local clients: see answer.h. */
 #include "answer.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "defaults.h"
 #include "waiters.h"
@@ -48,6 +50,39 @@ void answer_refused(Client *c, json_t *id, const Waiter *w, const char *fmt, ...
     buf_clear(&scratch);
     send_scratch(c, reply_refused(&scratch, id, IPC_REFUSED, msg, w->reason ? w->reason : -1,
                                   w->reason_string));
+}
+
+/* Why the session would not take a message, or failed it before sending (-errno). */
+void answer_publish_failure(Client *c, json_t *id, int e, uint8_t qos)
+{
+    const Session *s = c->d->broker.session;
+    const Config *cfg = &c->d->cfg;
+    if (e == -EMSGSIZE) {
+        answer_error(c, id, IPC_TOO_LARGE,
+                     "the message is too large for the link (its PUBLISH may be at most %zu "
+                     "bytes%s)",
+                     session_max_publish(s),
+                     s->limits.maximum_packet_size ? ": the broker's Maximum Packet Size" : "");
+    } else if (e == -ENOTSUP && qos > s->limits.maximum_qos) {
+        answer_error(c, id, IPC_REFUSED, "the broker accepts at most QoS %u (Maximum QoS)",
+                     (unsigned)s->limits.maximum_qos);
+    } else if (e == -ENOTSUP) {
+        answer_error(c, id, IPC_REFUSED,
+                     "the broker does not accept retained messages (Retain Available 0)");
+    } else if (e == -ETIME) {
+        answer_error(c, id, IPC_TIMEOUT,
+                     "the message expired (message_expiry) in the daemon's queue before the "
+                     "broker could take it: it was not sent");
+    } else if (e == -ENOBUFS) {
+        answer_error(c, id, IPC_QUEUE_FULL,
+                     "queue full: %zu messages, %zu bytes held ([queue] max_messages = %zu, "
+                     "max_bytes = %zu)",
+                     s->queued + s->inflight, s->queued_bytes, cfg->queue.max_messages,
+                     cfg->queue.max_bytes);
+    } else {
+        answer_error(c, id, e == -EINVAL ? IPC_BAD_REQUEST : IPC_INTERNAL,
+                     "cannot queue the message: %s", strerror(-e));
+    }
 }
 
 void answer_cannot_wait(Client *c, json_t *id, size_t needed)

@@ -17,6 +17,10 @@ void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, .
  * (MQTT 5; none with 3.1.1). */
 void answer_refused(Client *c, json_t *id, const Waiter *w, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Why the session would not take a message (session_publish's -errno), or failed it before
+ * sending (PUBLISH_DONE): too large for the link, above the broker's limits, expired, queue
+ * full, invalid. */
+void answer_publish_failure(Client *c, json_t *id, int e, uint8_t qos);
 /* A request that cannot wait: c already has MAX_WAITERS_PER_CLIENT waiting (queue_full), or
  * no memory for one more (internal). `needed`: the waiters the request would make. */
 void answer_cannot_wait(Client *c, json_t *id, size_t needed);

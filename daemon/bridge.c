@@ -181,7 +181,9 @@ static void publish_ended(Daemon *d, const SessionEvent *ev)
     if (ev->done.spool_id) {
         spool_done(d->spool, ev->done.spool_id);
     }
-    if (e < 0 && !ev->done.req) { /* nobody waits to be told */
+    if (e == -ETIME && !ev->done.req) { /* asked for, and counted: not worth a warning each */
+        log_debug("a queued message expired (message_expiry) before it could be sent");
+    } else if (e < 0 && !ev->done.req) { /* nobody waits to be told */
         log_warning("a queued message was not delivered: %s%s",
                     e == -EPERM   ? "the broker refused it"
                     : e == -ETIME ? "its message_expiry passed in the queue"
@@ -243,7 +245,9 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_UNSUBSCRIBE_DONE:
     case SESSION_EV_SUBSCRIBE_DONE:
     case SESSION_EV_BARRIER_DONE:
-        if (ev->done.req) { /* NULL: nobody waits (any more) */
+        if (ev->done.req == &d->rpc) { /* the request op's own subscription */
+            rpc_subscribed(d, ev->done.result, ev->done.reason, ev->done.reason_string);
+        } else if (ev->done.req) { /* NULL: nobody waits (any more) */
             waiter_set_reason(ev->done.req, ev->done.reason, ev->done.reason_string);
             waiter_complete(ev->done.req, ev->done.result);
         }

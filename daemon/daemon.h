@@ -63,8 +63,8 @@ typedef struct Rpc {
     char *topic;         /* where responses arrive, once chosen */
     RouterTarget target; /* the daemon's own holding of it (internal) */
     bool held;
-    HashMap waiting; /* correlation data -> Waiter */
-    uint64_t nonce, next;
+    HashMap waiting;    /* correlation data -> Waiter */
+    uint64_t nonce;     /* random per run: names the fallback response topic */
     uint64_t unmatched; /* responses that named no waiting request */
 } Rpc;
 

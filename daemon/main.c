@@ -73,19 +73,24 @@ static void on_recovered(void *ud, const SpoolMessage *m)
                         .packet_id = m->superseded ? 0 : m->packet_id,
                         .pubrec = m->pubrec && !m->superseded,
                         .props = m->props};
-    int64_t left = m->expires_at ? m->expires_at - wall_ms() : 0;
-    if (m->expires_at && left <= 0 && !p.packet_id) {
-        log_info("spool: message %llu to %.*s expired while the daemon was down; dropped",
-                 (unsigned long long)m->seq, (int)m->topic.n, (const char *)m->topic.p);
-        rc->d->broker.session->stats.messages_expired++;
-        rc->d->broker.session->stats.pub_fail++;
-        if (buf_append(&rc->done, &m->seq, sizeof(m->seq)) == 0) {
-            return;
-        } /* out of memory: queued, and the session drops it at once */
-    }
-    p.expires_at = m->expires_at ? now_ms() + (left > 0 ? left : 0) : 0;
-    int r = session_publish(rc->d->broker.session, &p, NULL, now_ms(), NULL);
-    if (r < 0) {
+    /* The expiry is kept as Unix time; the session's clock is monotonic. One that has passed
+     * makes session_publish refuse the message (-ETIME, counted) unless it was on the wire. */
+    int64_t now = now_ms(), left = m->expires_at ? m->expires_at - wall_ms() : 0;
+    p.expires_at = m->expires_at ? (left > 0 ? now + left : now) : 0;
+    int r = session_publish(rc->d->broker.session, &p, NULL, now, NULL);
+    if (r == -ETIME || r == -EINVAL) {
+        if (r == -ETIME) {
+            log_info("spool: message %llu to %.*s expired while the daemon was down; dropped",
+                     (unsigned long long)m->seq, (int)m->topic.n, (const char *)m->topic.p);
+        } else {
+            log_error("spool: message %llu is not a valid message (a damaged record?); dropped",
+                      (unsigned long long)m->seq);
+        }
+        if (buf_append(&rc->done, &m->seq, sizeof(m->seq)) < 0) {
+            log_error("spool: out of memory: message %llu is dropped again at the next start",
+                      (unsigned long long)m->seq);
+        }
+    } else if (r < 0) {
         log_error("spool: message %llu to %.*s could not be queued again (%s); it stays in the "
                   "spool for the next start",
                   (unsigned long long)m->seq, (int)m->topic.n, (const char *)m->topic.p,

@@ -28,39 +28,6 @@ static int64_t timeout_of(const Client *c, const Request *r)
 
 /* ---- what each kind of waiting request does when it ends (waiters.h) ---- */
 
-/* Why the session would not take a message, or failed it before sending (-errno). */
-static void answer_publish_failure(Client *c, json_t *id, int e, uint8_t qos)
-{
-    const Session *s = c->d->broker.session;
-    const Config *cfg = &c->d->cfg;
-    if (e == -EMSGSIZE) {
-        answer_error(c, id, IPC_TOO_LARGE,
-                     "the message is too large for the link (its PUBLISH may be at most %zu "
-                     "bytes%s)",
-                     session_max_publish(s),
-                     s->limits.maximum_packet_size ? ": the broker's Maximum Packet Size" : "");
-    } else if (e == -ENOTSUP && qos > s->limits.maximum_qos) {
-        answer_error(c, id, IPC_REFUSED, "the broker accepts at most QoS %u (Maximum QoS)",
-                     (unsigned)s->limits.maximum_qos);
-    } else if (e == -ENOTSUP) {
-        answer_error(c, id, IPC_REFUSED,
-                     "the broker does not accept retained messages (Retain Available 0)");
-    } else if (e == -ETIME) {
-        answer_error(c, id, IPC_TIMEOUT,
-                     "the message expired (message_expiry) in the daemon's queue before the "
-                     "broker could take it: it was not sent");
-    } else if (e == -ENOBUFS) {
-        answer_error(c, id, IPC_QUEUE_FULL,
-                     "queue full: %zu messages, %zu bytes held ([queue] max_messages = %zu, "
-                     "max_bytes = %zu)",
-                     s->queued + s->inflight, s->queued_bytes, cfg->queue.max_messages,
-                     cfg->queue.max_bytes);
-    } else {
-        answer_error(c, id, e == -EINVAL ? IPC_BAD_REQUEST : IPC_INTERNAL,
-                     "cannot queue the message: %s", strerror(-e));
-    }
-}
-
 /* A publish the broker has (result >= 0; MQTT 5's 0x10 No matching subscribers is said), or
  * that it refused or the link could not carry. */
 static void publish_done(Waiter *w, int result)
@@ -459,6 +426,7 @@ static void op_stats_reset(Client *c, Request *r)
     }
     memset(&c->d->broker.session->stats, 0, sizeof(c->d->broker.session->stats));
     memset(&c->d->stats, 0, sizeof(c->d->stats));
+    c->d->rpc.unmatched = 0;
     answer_ok(c, r->id, NULL);
 }
 

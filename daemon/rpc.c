@@ -34,10 +34,12 @@ void rpc_free(Daemon *d)
 
 /* ---- the waiting request ---- */
 
-/* The response being answered, for request_done (set around waiter_complete). */
+/* Why request_done runs, when it is not the session's answer to the request's PUBLISH: the
+ * response (set around waiter_complete), or the broker refusing the response subscription. */
 static struct {
     const MqttPublish *m;
     const MqttProps *props;
+    bool subscription_refused;
 } answering;
 
 static View correlation_of(const Waiter *w)
@@ -57,20 +59,17 @@ static void forget(Waiter *w)
  * failed, or the broker said nobody is subscribed (then nobody can answer). */
 static bool request_progress(Waiter *w, int result)
 {
-    if (answering.m) {
-        return false; /* the response itself */
+    if (answering.m || answering.subscription_refused) {
+        return false;
     }
     w->msg = NULL; /* the session is done with it */
-    return result >= 0 && w->reason != MQTT_RC_NO_MATCHING_SUBSCRIBERS;
+    return result >= 0 && w->reason != MQTT_RC_NO_MATCHING_SUBSCRIBERS &&
+           w->c->d->broker.session->protocol == MQTT_V5;
 }
 
 static void send_response(Waiter *w)
 {
     Buf out = {0};
-    if (w->msg) { /* the response came before the broker confirmed the request */
-        session_abandon(w->c->d->broker.session, w->msg, false);
-        w->msg = NULL;
-    }
     if (reply_response(&out, w->id, answering.m->topic, answering.m->payload, false,
                        answering.props) < 0) {
         conn_close(&w->c->conn, "out of memory");
@@ -84,8 +83,21 @@ static void send_response(Waiter *w)
 static void request_done(Waiter *w, int result)
 {
     forget(w);
+    if (w->msg && (answering.m || answering.subscription_refused)) {
+        /* (the broker has not confirmed the request yet: it is still sent) */
+        session_abandon(w->c->d->broker.session, w->msg, false);
+        w->msg = NULL;
+    }
     if (answering.m) {
         send_response(w);
+    } else if (answering.subscription_refused) {
+        answer_refused(w->c, w->id, w,
+                       "the broker refused the subscription to the responses (%s): %s",
+                       w->c->d->rpc.topic, w->reason_text);
+    } else if (result >= 0 && w->c->d->broker.session->protocol != MQTT_V5) {
+        answer_error(w->c, w->id, IPC_BAD_REQUEST,
+                     "request needs MQTT 5, and the broker turned out to speak 3.1.1: the request "
+                     "went out without its response topic, so no response can come");
     } else if (result >= 0) {
         answer_refused(w->c, w->id, w,
                        "nobody is subscribed to the request's topic (the broker said No matching "
@@ -93,10 +105,7 @@ static void request_done(Waiter *w, int result)
     } else if (result == -EPERM) {
         answer_refused(w->c, w->id, w, "the broker refused the request: %s", w->reason_text);
     } else {
-        answer_error(w->c, w->id, result == -ETIME ? IPC_TIMEOUT : IPC_INTERNAL,
-                     "the request could not be sent: %s",
-                     result == -ETIME ? "it expired (message_expiry) in the daemon's queue"
-                                      : strerror(-result));
+        answer_publish_failure(w->c, w->id, result, w->qos);
     }
 }
 
@@ -106,8 +115,7 @@ static void request_timeout(Waiter *w)
     if (w->msg) {
         session_abandon(w->c->d->broker.session, w->msg, false); /* still sent */
     }
-    answer_error(w->c, w->id, IPC_TIMEOUT, "no response in time (correlation data %s on %s)%s",
-                 w->filter, w->c->d->rpc.topic,
+    answer_error(w->c, w->id, IPC_TIMEOUT, "no response in time on %s%s", w->c->d->rpc.topic,
                  w->msg ? "; the broker has not confirmed the request either" : "");
 }
 
@@ -175,7 +183,7 @@ static int hold_responses(Daemon *d)
                                .no_local = rf->no_local,
                                .retain_as_published = rf->retain_as_published,
                                .retain_handling = 2};
-        if ((r = session_subscribe(d->broker.session, &ss, NULL, now_ms())) < 0) {
+        if ((r = session_subscribe(d->broker.session, &ss, rpc, now_ms())) < 0) {
             (void)router_remove(&d->router, f, &rpc->target);
             return r;
         }
@@ -185,13 +193,52 @@ static int hold_responses(Daemon *d)
     return 0;
 }
 
-void rpc_lost(Daemon *d, View filter)
+/* Stop holding the response topic (made again at the next request). */
+static void let_go(Daemon *d)
 {
     Rpc *rpc = &d->rpc;
-    if (rpc->held && view_eq_str(filter, rpc->topic)) {
-        (void)router_remove(&d->router, filter, &rpc->target);
+    if (rpc->held) {
+        (void)router_remove(&d->router, VIEW_STR(rpc->topic), &rpc->target);
         rpc->held = false;
     }
+}
+
+void rpc_lost(Daemon *d, View filter)
+{
+    if (d->rpc.held && view_eq_str(filter, d->rpc.topic)) {
+        let_go(d);
+    }
+}
+
+void rpc_subscribed(Daemon *d, int result, uint8_t reason, View reason_string)
+{
+    Rpc *rpc = &d->rpc;
+    if (result >= 0) {
+        return; /* granted: SESSION_EV_SUBSCRIBED marked it so */
+    }
+    char why[160] = "0x80";
+    if (reason) {
+        mqtt_reason_describe(why, sizeof(why), reason, reason_string);
+    }
+    log_warning("requests: the broker refused the subscription to the responses (%s): %s; "
+                "waiting requests fail, the next one asks again",
+                rpc->topic, why);
+    let_go(d);
+    /* Every waiting request fails: none can get its response. */
+    size_t n = rpc->waiting.count, k = 0;
+    Waiter **all = n ? calloc(n, sizeof(*all)) : NULL;
+    HashIter it;
+    void *v;
+    for (hashmap_iter(&rpc->waiting, &it); all && hashmap_iter_next(&it, &v);) {
+        all[k++] = v;
+    }
+    answering.subscription_refused = true;
+    for (size_t i = 0; i < k; i++) {
+        waiter_set_reason(all[i], reason ? reason : MQTT_RC_UNSPECIFIED, reason_string);
+        waiter_complete(all[i], -EPERM);
+    }
+    answering.subscription_refused = false;
+    free(all); /* out of memory: they time out instead */
 }
 
 /* ---- the op ---- */
@@ -213,14 +260,23 @@ int rpc_request(Client *c, Request *r, int64_t timeout_ms)
     Rpc *rpc = &d->rpc;
     if (json_object_get(r->root, "response_topic") ||
         json_object_get(r->root, "correlation_data") ||
-        json_object_get(r->root, "correlation_data_b64")) {
-        answer_error(c, r->id, IPC_BAD_REQUEST,
-                     "request sets response_topic and correlation_data itself: use publish to "
-                     "give your own");
+        json_object_get(r->root, "correlation_data_b64") || r->retain) {
+        answer_error(c, r->id, IPC_BAD_REQUEST, "%s",
+                     r->retain ? "a request cannot be retained (every later responder would "
+                                 "answer it)"
+                               : "request sets response_topic and correlation_data itself: use "
+                                 "publish to give your own");
         return 0;
     }
-    char corr[40];
-    snprintf(corr, sizeof(corr), "%016" PRIx64 "-%" PRIu64, rpc->nonce, ++rpc->next);
+    /* 128 random bits: no other client of the broker can guess a request it has not seen. */
+    char corr[RPC_CORRELATION_LEN + 1];
+    uint8_t rnd[RPC_CORRELATION_LEN / 2];
+    if (getrandom(rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t)sizeof(rnd)) {
+        return -EAGAIN;
+    }
+    for (size_t i = 0; i < sizeof(rnd); i++) {
+        snprintf(corr + 2 * i, 3, "%02x", rnd[i]);
+    }
     int e = hold_responses(d);
     if (e < 0) {
         return e;
@@ -233,11 +289,13 @@ int rpc_request(Client *c, Request *r, int64_t timeout_ms)
     w->qos = r->qos;
     Buf props = {0};
     int64_t now = now_ms();
+    /* A request nobody waits for any more is not worth sending, nor answering: its expiry is
+     * at most the wait. */
+    int64_t life = r->message_expiry ? r->message_expiry * 1000LL : timeout_ms;
     SessionPublish p = {.topic = r->topic,
                         .payload = r->payload,
                         .qos = r->qos,
-                        .retain = r->retain,
-                        .expires_at = r->message_expiry ? now + r->message_expiry * 1000LL : 0};
+                        .expires_at = now + (life < timeout_ms ? life : timeout_ms)};
     if ((e = hashmap_put(&rpc->waiting, VIEW_STR(corr), w)) == 0 &&
         (e = request_props(r, rpc->topic, VIEW_STR(corr), &props)) == 0) {
         p.props = buf_view(&props);
@@ -256,8 +314,9 @@ void rpc_response(Daemon *d, const MqttPublish *m, const MqttProps *props)
 {
     Rpc *rpc = &d->rpc;
     Waiter *w = NULL;
-    if (MQTT_HAS(props, MQTT_PROP_CORRELATION_DATA) && props->correlation_data.n < 40) {
-        char key[40];
+    if (MQTT_HAS(props, MQTT_PROP_CORRELATION_DATA) &&
+        props->correlation_data.n == RPC_CORRELATION_LEN) {
+        char key[RPC_CORRELATION_LEN + 1];
         memcpy(key, props->correlation_data.p, props->correlation_data.n);
         key[props->correlation_data.n] = '\0';
         if (strlen(key) == props->correlation_data.n) {

@@ -30,3 +30,9 @@ void rpc_response(Daemon *d, const MqttPublish *m, const MqttProps *props);
 /* The broker refused the response subscription when it was restored: made again at the next
  * request. */
 void rpc_lost(Daemon *d, View filter);
+/* The broker's answer to the response subscription (its SUBSCRIBE names Daemon.rpc as the
+ * request): on a refusal every waiting request fails with the reason, and the next request
+ * asks again. */
+void rpc_subscribed(Daemon *d, int result, uint8_t reason, View reason_string);
+
+#define RPC_CORRELATION_LEN 32 /* hex digits of a request's correlation data */

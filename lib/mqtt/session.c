@@ -1244,7 +1244,10 @@ static void connected(Impl *m, bool session_present, int64_t now)
             SessionSubscribe again = {
                 .filter = VIEW(sub->filter, sub->len), .qos = sub->qos, .subid = sub->subid};
             if (add_pending(m, &again, P_SUBSCRIBE, NULL) == 0) {
-                container_of(m->pending.prev, Pending, link)->opts = sub->opts;
+                /* Without the retained messages: its holders had them (they would be taken
+                 * for live ones with Retain As Published). */
+                container_of(m->pending.prev, Pending, link)->opts =
+                    (uint8_t)((sub->opts & ~(3 << SUB_RH_SHIFT)) | 2 << SUB_RH_SHIFT);
                 Link *p = m->pending.prev;
                 list_remove(p);
                 list_insert_before(m->pending.next, p);

@@ -10,6 +10,7 @@ import threading
 import time
 
 from harness import WAIT, Background, TestCase, main, wait_until
+from test_mqtt5 import packet
 
 V5 = {"broker": {"protocol": "5"}}
 
@@ -114,6 +115,23 @@ class SubscriptionOptions(TestCase):
                 cl.ok("ping")
                 self.assertEqual([x for x in cl.events if x.get("event") == "message"], [])
 
+    def test_retained_not_again_after_a_reconnect(self):
+        """A new broker session: the daemon restores its subscriptions without asking for the
+        retained messages, which Retain As Published would make look live."""
+        m = self.broker(persistence=True)
+        m.pub("rr/t", "kept", qos=1, retain=True)
+        d = self.daemon(m.port, sections=sections(broker={"reconnect_min": "1"}))
+        with d.client() as a:
+            a.ok("subscribe", filter="rr/#", qos=1, retain_as_published=True)
+            self.assertEqual(a.event("message")["payload"], "kept")
+            m.stop()
+            m.start()
+            wait_until(lambda: a.ok("status")["status"]["reconnects"] >= 1, what="reconnect")
+            wait_until(lambda: a.ok("status")["status"]["connected"], what="connected")
+            # The restore's SUBACK is in before this publish's copy can come back.
+            a.ok("publish", topic="rr/live", payload="after", qos=1)
+            self.assertEqual(a.event("message")["payload"], "after")
+
 
 class Expiry(TestCase):
     def test_expires_in_the_queue_while_the_broker_is_down(self):
@@ -200,6 +218,10 @@ class Requests(TestCase):
             self.assertEqual(r["payload"], "olleh")
             self.assertEqual(r["user_properties"], [["served-by", "local"]])
             self.assertTrue(r["topic"].startswith("mqttbridge/"))
+            self.assertRegex(r["correlation_data"], "^[0-9a-f]{32}$")  # 128 random bits
+            r = c.request("request", topic="svc/echo", payload="x", retain=True)
+            self.assertEqual(r["error"]["code"], "bad_request")
+            self.assertIn("cannot be retained", r["error"]["message"])
 
     def test_many_concurrent_requests(self):
         m = self.broker()
@@ -250,6 +272,8 @@ class Requests(TestCase):
                             "nobody"], check=True, timeout=WAIT)
             wait_until(lambda: c.ok("stats")["stats"]["responses_unmatched"] == 1,
                        what="the unmatched response counted")
+            c.ok("stats_reset")
+            self.assertEqual(c.ok("stats")["stats"]["responses_unmatched"], 0)
             c.ok("subscribe", filter="ext/silent", qos=0)  # someone is subscribed
             r = c.request("request", topic="ext/silent", payload="x", qos=1, timeout_ms=300)
             self.assertEqual(r["error"]["code"], "timeout")
@@ -272,6 +296,34 @@ class Requests(TestCase):
             r = c.request("request", topic="nobody/home", payload="x", qos=1)
             self.assertEqual(r["error"]["code"], "refused")
             self.assertEqual(r["error"]["reason_code"], 16)
+
+
+class RefusedResponses(TestCase):
+    def test_broker_refuses_the_response_subscription(self):
+        """A scripted MQTT 5 broker (mosquitto's ACLs refuse a SUBSCRIBE with a SUBACK the
+        session takes for a restore's): SUBACK 0x87 for every SUBSCRIBE."""
+        subscribes = []
+
+        def handler(conn, fb):
+            fb.read_connect(conn)
+            conn.sendall(packet(0x20, b"\x00\x00\x00"))
+            while True:
+                first, body = fb.read_packet(conn)
+                if first >> 4 == 8:
+                    subscribes.append(body)
+                    conn.sendall(packet(0x90, body[:2] + b"\x00\x87"))
+                elif first >> 4 == 12:
+                    conn.sendall(b"\xd0\x00")
+        fb = self.fake_broker(handler)
+        d = self.daemon(fb.port, sections=V5)
+        with d.client() as c:
+            for i in range(2):
+                r = c.request("request", topic="svc/x", payload="x", timeout_ms=5000)
+                self.assertEqual(r["error"]["code"], "refused", r)
+                self.assertEqual(r["error"]["reason_code"], 0x87)
+                self.assertIn("subscription to the responses", r["error"]["message"])
+            self.assertEqual(len(subscribes), 2)  # the next request asked again
+        self.assertIn("refused the subscription to the responses", d.logtext())
 
 
 class ReasonCodes(TestCase):
@@ -332,11 +384,15 @@ class Protocol311(TestCase):
             fb.wait_connects(1)
             for i in range(2):
                 c.ok("publish", topic="t", payload=f"x{i}", content_type="a", wait=False)
+            c.send({"id": "rq", "op": "request", "topic": "svc", "payload": "x"})
             release.set()
-            wait_until(lambda: len(published) == 2, what="both messages at the broker")
+            wait_until(lambda: len(published) >= 2, what="both messages at the broker")
             self.assertEqual(published[0], b"\x00\x01tx0")  # topic and payload only
-            wait_until(lambda: c.ok("stats")["stats"]["properties_dropped"] == 2,
+            wait_until(lambda: c.ok("stats")["stats"]["properties_dropped"] == 3,
                        what="properties_dropped")
+            r = c.next(lambda x: x.get("id") == "rq")
+            self.assertEqual(r["error"]["code"], "bad_request")
+            self.assertIn("request needs MQTT 5", r["error"]["message"])
             r = c.request("publish", topic="t", payload="x", content_type="a")
             self.assertEqual(r["error"]["code"], "bad_request")
             self.assertIn("content_type needs MQTT 5", r["error"]["message"])

@@ -236,6 +236,14 @@ class Mqttctl5(Ctl):
         self.assertIn("'soon' is not a valid value", r.stderr.decode())
         r = self.ctl("pub", "-t", "f", "-m", "x", "-D", "connect", "user-property", "a", "b")
         self.assertEqual(r.returncode, 2)
+        r = self.ctl("pub", "-t", "f", "-m", "x", "-D", "publish", "user-property", b"\xff", "b")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("is not UTF-8", r.stderr.decode(errors="replace"))
+        with self.d.client() as c:
+            c.ok("subscribe", filter="cd", qos=1)
+            self.ctl("pub", "-t", "cd", "-m", "x", "-q", "1", "-D", "publish", "correlation-data",
+                     b"\xff\x00"[:1] + b"k", check=0)
+            self.assertEqual(c.event("message")["correlation_data_b64"], "/2s=")
 
     def test_sub_options(self):
         self.m.pub("o/r", "kept", qos=1, retain=True)
