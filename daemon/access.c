@@ -266,6 +266,11 @@ static bool still_allowed(Client *c, View filter, char *why, size_t n)
     return acl_allows(&c->acl, ACL_SUBSCRIBE, filter, why, n);
 }
 
+bool access_recheck_subs(Client *c)
+{
+    return subs_recheck(c, still_allowed);
+}
+
 /* One open client under the reloaded rules: its view rebuilt, and each subscription it may
  * no longer hold dropped at once, with an event. It may be closed on the way. */
 static void reload_client(Client *c)

@@ -21,3 +21,7 @@ void access_client_gone(Client *c);
 /* After a reload: every admitted client's view rebuilt, subscriptions no longer allowed
  * dropped (with an event), clients that can no longer be placed closed. */
 void access_reload(Daemon *d);
+
+/* Drop each of c's subscriptions the [acl] rules no longer allow (a named session resumed
+ * after a rule changed), telling c. false when c was closed on the way. */
+bool access_recheck_subs(Client *c);

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "notify.h"
 #include "rpc.h"
+#include "sessions.h"
 #include "subs.h"
 #include "waiters.h"
 
@@ -42,7 +43,10 @@ static void send_message(Client *c, View bytes)
  * rule: an empty buffer takes any message). */
 static bool has_room(const RouterTarget *t, void *userdata)
 {
-    const Client *c = container_of(t, Client, target);
+    if (t->kind != TARGET_CLIENT) {
+        return true; /* a session keeps what it is sent */
+    }
+    const Client *c = container_of(t, Client, own.target);
     size_t queued = conn_queued(&c->conn);
     return !queued || queued + *(const size_t *)userdata <= c->d->cfg.ipc.client_buffer;
 }
@@ -76,11 +80,15 @@ static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props)
     size_t n_ids = copy_ids(props, ids);
     size_t n = router_match_copy(&d->router, m->topic, m->retain, ids, n_ids, has_room, &need, &t);
     for (size_t i = 0; i < n; i++) {
-        if (t[i]->internal) {
+        if (t[i]->kind == TARGET_RPC) {
             rpc_response(d, m, props);
             continue;
         }
-        Client *c = container_of(t[i], Client, target);
+        if (t[i]->kind == TARGET_SESSION) {
+            sessions_deliver(d, t[i], m, props);
+            continue;
+        }
+        Client *c = container_of(t[i], Client, own.target);
         uint8_t qos = m->qos < t[i]->qos ? m->qos : t[i]->qos;
         Buf *v = &variants[qos][t[i]->base64];
         if (!v->len &&

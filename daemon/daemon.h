@@ -20,6 +20,7 @@
 #include "spool.h"
 
 typedef struct Daemon Daemon;
+typedef struct LocalSession LocalSession; /* sessions.c */
 typedef struct Client Client;
 typedef struct Waiter Waiter;
 
@@ -28,6 +29,17 @@ static inline View uid_key(const uid_t *uid)
 {
     return VIEW(uid, sizeof(*uid));
 }
+
+/* What a RouterTarget is (RouterTarget.kind): whose messages bridge.c delivers. */
+enum { TARGET_CLIENT, TARGET_RPC, TARGET_SESSION };
+
+/* What holds subscriptions: a client, or a named local session, which outlives its
+ * connections. subs.c owns the table. */
+typedef struct SubHolder {
+    RouterTarget target;
+    HashMap subs; /* filter -> ClientSub (subs.c) */
+    uid_t uid;    /* whose per-uid count its subscriptions are in */
+} SubHolder;
 
 /* A local client as the request layer sees it: a connection (server.h) and what its
  * requests made. */
@@ -40,9 +52,10 @@ struct Client {
     AclView acl;        /* the [acl] rules that apply to this peer, %u substituted */
     bool counted;       /* in Daemon.uid_conns (access.c) */
     bool events_connection, events_ping;
-    RouterTarget target;
-    HashMap subs;  /* filter -> ClientSub (subs.c) */
-    DList waiters; /* Waiter.link */
+    SubHolder own;         /* its subscriptions, outside a session */
+    SubHolder *holder;     /* &own, or its named session's (sessions.c) */
+    LocalSession *session; /* the named session it is in, or NULL (sessions.c) */
+    DList waiters;         /* Waiter.link */
     size_t n_waiters;
 };
 
@@ -89,6 +102,7 @@ struct Daemon {
     HashMap uid_conns;           /* uid -> its connections (access.c) */
     Names names;                 /* peers' user names (names.c, for access.c) */
     Rpc rpc;                     /* the request op (rpc.c) */
+    HashMap sessions;            /* name -> LocalSession (sessions.c) */
     bool props_drop_logged;      /* MQTT 5 fields lost to a 3.1.1 link: logged once (bridge.c) */
     char lost_subscription[400]; /* the last restored subscription the broker refused */
     int64_t started_at;

@@ -23,6 +23,7 @@
 #include "ops.h"
 #include "reload.h"
 #include "rpc.h"
+#include "sessions.h"
 #include "subs.h"
 #include "tls.h"
 
@@ -251,6 +252,7 @@ static void stop(Daemon *d)
     spool_close(d->spool);
     d->spool = NULL;
     broker_free(&d->broker);
+    sessions_free(d);
     router_free(&d->router);
     rpc_free(d);
     subs_free(d);
@@ -315,6 +317,7 @@ int main(int argc, char **argv)
     d->client_id = make_client_id(&d->cfg);
     subs_init(d);
     rpc_init(d);
+    sessions_init(d);
     if (!d->client_id || router_start(&d->router) < 0 ||
         broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password,
                     bridge_on_event, d) < 0) {

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "reload.h"
 #include "rpc.h"
+#include "sessions.h"
 #include "spool/record.h"
 #include "subs.h"
 #include "waiters.h"
@@ -452,10 +453,21 @@ static void ops_handle_line(Client *c, View line)
 {
     typedef void (*op_fn)(Client *, Request *);
     static const op_fn ops[OP_COUNT] = {
-        [OP_PUBLISH] = op_publish, [OP_SUBSCRIBE] = op_subscribe, [OP_UNSUBSCRIBE] = op_unsubscribe,
-        [OP_STATUS] = op_status,   [OP_STATS] = op_stats,         [OP_PING] = op_ping,
-        [OP_EVENTS] = op_events,   [OP_RECONNECT] = op_reconnect, [OP_STATS_RESET] = op_stats_reset,
-        [OP_RELOAD] = op_reload,   [OP_REQUEST] = op_request,
+        [OP_PUBLISH] = op_publish,
+        [OP_SUBSCRIBE] = op_subscribe,
+        [OP_UNSUBSCRIBE] = op_unsubscribe,
+        [OP_STATUS] = op_status,
+        [OP_STATS] = op_stats,
+        [OP_PING] = op_ping,
+        [OP_EVENTS] = op_events,
+        [OP_RECONNECT] = op_reconnect,
+        [OP_STATS_RESET] = op_stats_reset,
+        [OP_RELOAD] = op_reload,
+        [OP_REQUEST] = op_request,
+        [OP_SESSION] = sessions_op_session,
+        [OP_ACK] = sessions_op_ack,
+        [OP_SESSION_END] = sessions_op_end,
+        [OP_SESSIONS] = sessions_op_list,
     };
     Request req;
     IpcError err;
@@ -499,6 +511,7 @@ static void gone(Conn *k)
 {
     Client *c = client_of(k);
     access_client_gone(c);
+    sessions_client_gone(c); /* first: its session keeps its subscriptions */
     subs_client_gone(c);
     waiters_client_gone(c);
 }

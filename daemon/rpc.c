@@ -18,7 +18,7 @@
 void rpc_init(Daemon *d)
 {
     Rpc *rpc = &d->rpc;
-    *rpc = (Rpc){.target = {.internal = true}};
+    *rpc = (Rpc){.target = {.kind = TARGET_RPC}};
     hashmap_init(&rpc->waiting);
     if (getrandom(&rpc->nonce, sizeof(rpc->nonce), GRND_NONBLOCK) != sizeof(rpc->nonce)) {
         rpc->nonce = (uint64_t)now_ms() ^ (uint64_t)getpid() << 32; /* unique enough per run */

@@ -205,6 +205,23 @@ static void reject(Server *s, int fd, enum ipc_error code, const char *msg)
     log_warning("refused a client: %s", msg);
 }
 
+void conn_close_after(Conn *c, View last, const char *why)
+{
+    if (c->closed) {
+        return;
+    }
+    conn_send(c, last);
+    View v = buf_view(&c->out);
+    while (v.n) {
+        ssize_t n = send(c->fd, v.p, v.n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n <= 0) {
+            break; /* best effort: a full or broken socket loses the rest */
+        }
+        v = VIEW(v.p + n, v.n - (size_t)n);
+    }
+    conn_close(c, why);
+}
+
 void conn_admit(Conn *c)
 {
     assert(!c->admitted);

@@ -92,6 +92,9 @@ void conn_send(Conn *c, View bytes);
 size_t conn_queued(const Conn *c);
 /* Close c now (its fd, its watcher); it is freed later. Idempotent. */
 void conn_close(Conn *c, const char *why);
+/* Queue `last`, write what is queued as far as the socket takes it now (never waiting), and
+ * close c: a last word before closing (e.g. a session taken over). */
+void conn_close_after(Conn *c, View last, const char *why);
 /* Admission (ServerCallbacks.admit returned 1) ended: c's requests are read from now. */
 void conn_admit(Conn *c);
 /* Admission ended in a refusal: c is told why and closed. */

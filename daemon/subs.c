@@ -16,10 +16,15 @@
 /* ---- per-uid counts ---- */
 
 /* Count one subscription more (+1) or less (-1) for c's uid. */
-static void count_uid(Client *c, int delta)
+static void count_holder(Daemon *d, SubHolder *h, int delta)
 {
     /* Out of memory: uncounted, so the limit is a little lenient. */
-    (void)hashmap_count_add(&c->d->uid_subs, uid_key(&c->conn.uid), delta);
+    (void)hashmap_count_add(&d->uid_subs, uid_key(&h->uid), delta);
+}
+
+static void count_uid(Client *c, int delta)
+{
+    count_holder(c->d, c->holder, delta);
 }
 
 size_t subs_of_uid(Daemon *d, uid_t uid)
@@ -39,19 +44,21 @@ void subs_free(Daemon *d)
 
 void subs_client_init(Client *c)
 {
-    hashmap_init(&c->subs);
+    c->own = (SubHolder){.target = {.kind = TARGET_CLIENT}, .uid = c->conn.uid};
+    hashmap_init(&c->own.subs);
+    c->holder = &c->own;
 }
 
 size_t subs_count(const Client *c)
 {
-    return c->subs.count;
+    return c->holder->subs.count;
 }
 
 /* ---- the client's own table ---- */
 
 static ClientSub *find_sub(Client *c, View filter)
 {
-    return hashmap_get(&c->subs, filter);
+    return hashmap_get(&c->holder->subs, filter);
 }
 
 static ClientSub *add_sub(Client *c, View filter)
@@ -63,7 +70,7 @@ static ClientSub *add_sub(Client *c, View filter)
     *s = (ClientSub){.len = (uint16_t)filter.n};
     memcpy(s->filter, filter.p, filter.n);
     s->filter[filter.n] = 0;
-    if (hashmap_put(&c->subs, filter, s) < 0) {
+    if (hashmap_put(&c->holder->subs, filter, s) < 0) {
         free(s);
         return NULL;
     }
@@ -81,7 +88,7 @@ static void forget_in_session(Waiter *w)
 static void barrier_done(Waiter *w, int result)
 {
     (void)result;
-    router_settle(&w->c->d->router, VIEW_STR(w->filter), &w->c->target);
+    router_settle(&w->c->d->router, VIEW_STR(w->filter), &w->c->holder->target);
 }
 
 static void barrier_timeout(Waiter *w)
@@ -149,23 +156,37 @@ static void drop_barrier(Client *c, View filter)
 /* c stops holding `filter`. With `at_broker`, the last local holder takes the broker
  * subscription away (req: who waits for the UNSUBACK); without, the broker does not hold
  * it. Returns ROUTER_LAST when c was the last holder. */
-static int drop(Client *c, ClientSub *s, bool at_broker, void *req)
+static int release_sub(Daemon *d, SubHolder *h, ClientSub *s, bool at_broker, void *req)
 {
-    Daemon *d = c->d;
     View f = VIEW(s->filter, s->len);
-    drop_barrier(c, f);
-    int r = router_remove(&d->router, f, &c->target);
-    assert(r != -ENOENT); /* the client's table and the router agree */
+    int r = router_remove(&d->router, f, &h->target);
+    assert(r != -ENOENT); /* the holder's table and the router agree */
     if (r == ROUTER_LAST && at_broker && session_unsubscribe(d->broker.session, f, req, now_ms())) {
         /* Out of memory (f is valid): the broker keeps the subscription, which now routes to
          * nobody; nobody waits for an UNSUBACK. */
         r = 0;
     }
-    ClientSub *gone = hashmap_remove(&c->subs, f);
+    ClientSub *gone = hashmap_remove(&h->subs, f);
     assert(gone == s);
-    count_uid(c, -1);
+    count_holder(d, h, -1);
     free(gone);
     return r;
+}
+
+static int drop(Client *c, ClientSub *s, bool at_broker, void *req)
+{
+    drop_barrier(c, VIEW(s->filter, s->len));
+    return release_sub(c->d, c->holder, s, at_broker, req);
+}
+
+void subs_holder_clear(Daemon *d, SubHolder *h)
+{
+    HashIter it;
+    void *v;
+    for (hashmap_iter(&h->subs, &it); hashmap_iter_next(&it, &v); hashmap_iter(&h->subs, &it)) {
+        (void)release_sub(d, h, v, true, NULL);
+    }
+    hashmap_free(&h->subs, free);
 }
 
 void subs_client_gone(Client *c)
@@ -177,17 +198,18 @@ void subs_client_gone(Client *c)
      * at a time from a fresh iteration). */
     size_t n = subs_count(c), k = 0;
     ClientSub **all = malloc((n ? n : 1) * sizeof(*all));
-    for (hashmap_iter(&c->subs, &it); all && hashmap_iter_next(&it, &v);) {
+    for (hashmap_iter(&c->holder->subs, &it); all && hashmap_iter_next(&it, &v);) {
         all[k++] = v;
     }
     for (size_t i = 0; i < k; i++) {
         drop(c, all[i], true, NULL);
     }
     free(all);
-    for (hashmap_iter(&c->subs, &it); hashmap_iter_next(&it, &v); hashmap_iter(&c->subs, &it)) {
+    for (hashmap_iter(&c->holder->subs, &it); hashmap_iter_next(&it, &v);
+         hashmap_iter(&c->holder->subs, &it)) {
         drop(c, v, true, NULL);
     }
-    hashmap_free(&c->subs, free);
+    hashmap_free(&c->holder->subs, free);
 }
 
 /* The broker did not take c's subscription to `filter`: c does not hold it after all. */
@@ -210,11 +232,11 @@ static void add_barrier(Client *c, View f, int64_t timeout_ms)
     if (!b) {
         /* No barrier: the holder settles now, so a retained message may be missed, never
          * delivered twice. */
-        router_settle(&c->d->router, f, &c->target);
+        router_settle(&c->d->router, f, &c->holder->target);
         return;
     }
     if (session_barrier(c->d->broker.session, b) < 0) {
-        router_settle(&c->d->router, f, &c->target);
+        router_settle(&c->d->router, f, &c->holder->target);
         waiter_cancel(b);
     }
 }
@@ -287,10 +309,10 @@ void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int
         return;
     }
     ClientSub *sub = held ? held : add_sub(c, f);
-    int res = sub ? router_add(&d->router, f, &c->target, qos, base64) : -ENOMEM;
+    int res = sub ? router_add(&d->router, f, &c->holder->target, qos, base64) : -ENOMEM;
     if (res < 0) {
         if (sub && !held) {
-            free(hashmap_remove(&c->subs, f));
+            free(hashmap_remove(&c->holder->subs, f));
             count_uid(c, -1);
         }
         answer_error(c, id, IPC_INTERNAL, "out of memory");
@@ -308,7 +330,7 @@ void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int
      * to this (fresh) holder only, and the barrier after it says when all have arrived. */
     bool retained = o->retain_handling == 0 || (o->retain_handling == 1 && !held);
     if (!retained) {
-        router_settle(&d->router, f, &c->target);
+        router_settle(&d->router, f, &c->holder->target);
     }
     bool immediate = rf->active && !changed && !(res & (ROUTER_FIRST | ROUTER_UPGRADE));
     Waiter *w = immediate ? NULL : waiter_new(c, &subscribe_kind, id, f, timeout_ms);
@@ -397,7 +419,7 @@ bool subs_recheck(Client *c, bool (*keep)(Client *c, View filter, char *why, siz
     char why[300];
     HashIter it;
     void *v;
-    hashmap_iter(&c->subs, &it);
+    hashmap_iter(&c->holder->subs, &it);
     while (hashmap_iter_next(&it, &v)) {
         ClientSub *s = v;
         if (!keep(c, VIEW(s->filter, s->len), why, sizeof(why))) {

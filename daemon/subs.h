@@ -39,6 +39,9 @@ void subs_subscribe(Client *c, json_t *id, View filter, uint8_t qos, bool base64
 void subs_unsubscribe(Client *c, json_t *id, View filter, int64_t timeout_ms);
 
 size_t subs_count(const Client *c);
+/* Drop every subscription of a holder that has no client (a named session that ends): the
+ * broker's go with their last holder. */
+void subs_holder_clear(Daemon *d, SubHolder *h);
 size_t subs_of_uid(Daemon *d, uid_t uid);
 
 /* Drop each of c's subscriptions that `keep` refuses, telling c why (an "unsubscribed" event).

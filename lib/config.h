@@ -83,6 +83,11 @@ typedef struct Config {
     struct {
         char *response_prefix; /* where request replies arrive; NULL/"": see daemon/rpc.c */
     } rpc;
+    struct {
+        unsigned max;                   /* named sessions held at once */
+        size_t max_messages, max_bytes; /* kept for one session */
+        unsigned default_expiry;        /* seconds */
+    } sessions;
     Acl acl;
 } Config;
 

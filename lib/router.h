@@ -39,7 +39,7 @@ typedef struct RouterTarget {
      * copy it takes), 0 when it matched none. */
     uint32_t best_id;
     uint8_t best_rank;
-    bool internal; /* the caller's own (the daemon's request op), not a local client */
+    uint8_t kind; /* the caller's: what the target is (the router does not look) */
 } RouterTarget;
 
 typedef struct RouterNode RouterNode;

@@ -16,10 +16,21 @@
 #include "utf8.h"
 
 static const char *const op_names[OP_COUNT] = {
-    [OP_PUBLISH] = "publish", [OP_SUBSCRIBE] = "subscribe", [OP_UNSUBSCRIBE] = "unsubscribe",
-    [OP_STATUS] = "status",   [OP_STATS] = "stats",         [OP_PING] = "ping",
-    [OP_EVENTS] = "events",   [OP_RECONNECT] = "reconnect", [OP_STATS_RESET] = "stats_reset",
-    [OP_RELOAD] = "reload",   [OP_REQUEST] = "request",
+    [OP_PUBLISH] = "publish",
+    [OP_SUBSCRIBE] = "subscribe",
+    [OP_UNSUBSCRIBE] = "unsubscribe",
+    [OP_STATUS] = "status",
+    [OP_STATS] = "stats",
+    [OP_PING] = "ping",
+    [OP_EVENTS] = "events",
+    [OP_RECONNECT] = "reconnect",
+    [OP_STATS_RESET] = "stats_reset",
+    [OP_RELOAD] = "reload",
+    [OP_REQUEST] = "request",
+    [OP_SESSION] = "session",
+    [OP_ACK] = "ack",
+    [OP_SESSION_END] = "session_end",
+    [OP_SESSIONS] = "sessions",
 };
 
 static const char *const error_codes[] = {
@@ -389,9 +400,41 @@ static int parse_events(Request *req, IpcError *err)
     return 0;
 }
 
+/* session and session_end: the name; session: its expiry. */
+static int parse_session(Request *req, IpcError *err)
+{
+    int r = get_string(req->root, "name", &req->name, err);
+    if (r < 0) {
+        return r;
+    }
+    if (req->name.n == 0 || req->name.n > 128 || !utf8_valid(req->name, false)) {
+        return fail(err, IPC_BAD_REQUEST, "name must be 1 to 128 bytes of UTF-8 without U+0000");
+    }
+    json_t *v = json_object_get(req->root, "expiry");
+    if (v && req->op == OP_SESSION) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > 4294967295) {
+            return fail(err, IPC_BAD_REQUEST, "expiry must be an integer from 0 to 4294967295");
+        }
+        req->expiry = json_integer_value(v);
+    }
+    return 0;
+}
+
+static int parse_ack(Request *req, IpcError *err)
+{
+    json_t *v = json_object_get(req->root, "seq");
+    if (!v || !json_is_integer(v) || json_integer_value(v) < 1) {
+        return fail(err, IPC_BAD_REQUEST, "seq must be a message's sequence number (1 or more)");
+    }
+    req->seq = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
 int request_parse(View line, Request *req, IpcError *err)
 {
-    *req = (Request){.wait = true, .timeout_ms = -1, .events_connection = -1, .events_ping = -1};
+    *req = (Request){
+        .wait = true, .timeout_ms = -1, .events_connection = -1, .events_ping = -1, .expiry = -1};
     json_error_t jerr;
     req->root = json_loadb((const char *)line.p, line.n, JSON_ALLOW_NUL, &jerr);
     if (!req->root) {
@@ -428,6 +471,11 @@ int request_parse(View line, Request *req, IpcError *err)
         return (r = parse_filter(req, err)) < 0 ? r : get_timeout(req, err);
     case OP_EVENTS:
         return parse_events(req, err);
+    case OP_SESSION:
+    case OP_SESSION_END:
+        return parse_session(req, err);
+    case OP_ACK:
+        return parse_ack(req, err);
     default:
         return 0;
     }
@@ -700,10 +748,21 @@ static int put_message(Buf *out, View topic, View payload, bool base64, const Mq
 int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64,
                   const MqttProps *props)
 {
+    return event_message_seq(out, topic, payload, qos, retain, base64, props, 0, false);
+}
+
+int event_message_seq(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64,
+                      const MqttProps *props, uint64_t seq, bool redelivered)
+{
     size_t before = buf_mark(out);
-    char tail[40];
-    int tn = snprintf(tail, sizeof(tail), ",\"qos\":%u,\"retain\":%s}\n", qos,
-                      retain ? "true" : "false");
+    char tail[96];
+    int tn = 0;
+    if (seq) {
+        tn = snprintf(tail, sizeof(tail), ",\"seq\":%llu%s", (unsigned long long)seq,
+                      redelivered ? ",\"redelivered\":true" : "");
+    }
+    tn += snprintf(tail + tn, sizeof(tail) - (size_t)tn, ",\"qos\":%u,\"retain\":%s}\n", qos,
+                   retain ? "true" : "false");
     int r;
     if ((r = buf_append(out, "{\"event\":\"message\",", 19)) < 0 ||
         (r = put_message(out, topic, payload, base64, props)) < 0 ||

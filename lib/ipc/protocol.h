@@ -23,6 +23,10 @@ enum ipc_op {
     OP_STATS_RESET,
     OP_RELOAD,
     OP_REQUEST,
+    OP_SESSION,
+    OP_ACK,
+    OP_SESSION_END,
+    OP_SESSIONS,
     OP_COUNT,
 };
 
@@ -67,6 +71,11 @@ typedef struct Request {
     bool no_local, retain_as_published;
     uint8_t retain_handling;
     const char *v5_field;
+    /* Named sessions: session and session_end's name (UTF-8, 1 to 128 bytes), session's expiry
+     * in seconds (-1: the default), ack's seq (>= 1). */
+    View name;
+    int64_t expiry;
+    uint64_t seq;
 } Request;
 
 typedef struct IpcError {
@@ -100,6 +109,9 @@ int json_write_string(Buf *out, View s);
  * Correlation Data as `correlation_data` by the payload's rule, else `correlation_data_b64`. */
 int event_message(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64,
                   const MqttProps *props);
+/* The same in a named session: with "seq" (when not 0) and "redelivered": true (when set). */
+int event_message_seq(Buf *out, View topic, View payload, uint8_t qos, bool retain, bool base64,
+                      const MqttProps *props, uint64_t seq, bool redelivered);
 /* The reply to a request op: {"id":ID,"ok":true,"response":{the message event's topic,
  * payload and property fields}}. */
 int reply_response(Buf *out, json_t *id, View topic, View payload, bool base64,

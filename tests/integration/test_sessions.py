@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Named local sessions (spec/sessions.md) with the real daemon and mosquitto: a program that
+goes away misses nothing, acknowledges what it processed, and gets again what it did not."""
+from harness import WAIT, TestCase, main, wait_until
+from test_acl import as_peer
+
+
+def publish_many(c, topic, n, qos=1):
+    """n messages, pipelined, each confirmed by the broker."""
+    for i in range(n):
+        c.send({"id": f"p{i}", "op": "publish", "topic": topic, "payload": f"m{i}", "qos": qos})
+    for i in range(n):
+        r = c.next(lambda x, i=i: x.get("id") == f"p{i}", timeout=WAIT * 3)
+        assert r["ok"], r
+
+
+class Sessions(TestCase):
+    def setUp(self):
+        super().setUp()
+        self.m = self.broker()
+
+    def start(self, **sessions):
+        secs = {"ipc": {"mode": "0666"}}
+        if sessions:
+            secs["sessions"] = {k: str(v) for k, v in sessions.items()}
+        return self.daemon(self.m.port, sections=secs)
+
+    def test_resume_gets_everything_in_order_then_redelivery(self):
+        d = self.start()
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="worker", expiry=60),
+                             {"id": 1, "ok": True, "resumed": False, "pending": 0})
+            w.ok("subscribe", filter="jobs/#", qos=1)
+        with d.client() as p:
+            publish_many(p, "jobs/a", 1000)
+        with d.client() as w:
+            r = w.ok("session", name="worker")
+            self.assertEqual((r["resumed"], r["pending"]), (True, 1000))
+            got = w.messages(1000)
+            self.assertEqual([e["payload"] for e in got], [f"m{i}" for i in range(1000)])
+            self.assertEqual([e["seq"] for e in got], list(range(1, 1001)))
+            self.assertFalse(any(e.get("redelivered") for e in got))
+            w.send({"op": "ack", "seq": 900})  # the last 100 read, not processed
+            w.ok("ping")  # no reply to ack: the ping's says it was read
+        with d.client() as w:
+            r = w.ok("session", name="worker")
+            self.assertEqual(r["pending"], 100)
+            got = w.messages(100)
+            self.assertEqual([e["seq"] for e in got], list(range(901, 1001)))
+            self.assertTrue(all(e["redelivered"] for e in got))
+            w.send({"op": "ack", "seq": 1000})
+            with d.client() as p:
+                p.ok("publish", topic="jobs/b", payload="live", qos=1)
+            e = w.event("message")
+            self.assertEqual((e["payload"], e["seq"]), ("live", 1001))
+            self.assertNotIn("redelivered", e)
+            # QoS 0 carries no seq and is not kept.
+            with d.client() as p:
+                p.ok("publish", topic="jobs/c", payload="q0", qos=0)
+            w.ok("subscribe", filter="q0/#", qos=0)
+
+    def test_bad_acks_and_names(self):
+        d = self.start()
+        with d.client() as c:
+            r = c.request("ack", seq=1)
+            self.assertEqual(r["error"]["code"], "bad_request")
+            for name in ["", "x" * 129]:
+                r = c.request("session", name=name)
+                self.assertEqual(r["error"]["code"], "bad_request", name)
+            c.ok("session", name="a")
+            c.ok("subscribe", filter="t", qos=1)
+            with d.client() as p:
+                publish_many(p, "t", 3)
+            c.messages(3)
+            r = c.request("ack", seq=4)
+            self.assertIn("never sent", r["error"]["message"])
+            c.send({"op": "ack", "seq": 2})
+            r = c.request("ack", seq=1)
+            self.assertIn("behind the last acknowledgement", r["error"]["message"])
+            r = c.request("session", name="b")
+            self.assertIn("already in session a", r["error"]["message"])
+        with d.client() as c:
+            c.ok("subscribe", filter="x")
+            r = c.request("session", name="late")
+            self.assertEqual(r["error"]["code"], "bad_request")
+            self.assertIn("subscribed outside a session", r["error"]["message"])
+
+    def test_takeover_and_foreign_uid(self):
+        d = self.start()
+        first = d.client()
+        self.cleanups.append(first.close)
+        first.ok("session", name="svc")
+        first.ok("subscribe", filter="svc/#", qos=1)
+        with d.client() as second:
+            self.assertTrue(second.ok("session", name="svc")["resumed"])
+            first.event("session_taken_over")
+            with self.assertRaises(EOFError):
+                first.next(timeout=WAIT)
+            with d.client() as p:
+                p.ok("publish", topic="svc/x", payload="to the new one", qos=1)
+            self.assertEqual(second.event("message")["payload"], "to the new one")
+            out = as_peer(d.socket, 65534, 65534, [], [("session", {"name": "svc"}),
+                                                      ("session_end", {"name": "svc"})])
+            self.assertEqual(out[0]["error"]["code"], "forbidden")
+            self.assertEqual(out[1]["error"]["code"], "forbidden")
+
+    def test_bounds_drop_the_oldest_and_say_so(self):
+        d = self.start(max_messages=10)
+        with d.client() as w:
+            w.ok("session", name="small")
+            w.ok("subscribe", filter="b/#", qos=1)
+        with d.client() as p:
+            publish_many(p, "b/x", 25)
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="small")["pending"], 10)
+            self.assertEqual(w.event("dropped")["count"], 15)
+            got = w.messages(10)
+            self.assertEqual([e["seq"] for e in got], list(range(16, 26)))
+            self.assertEqual(got[0]["payload"], "m15")
+
+    def test_expiry_ends_the_session_and_its_broker_subscription(self):
+        d = self.start()
+        with d.client() as w:
+            w.ok("session", name="short", expiry=1)
+            w.ok("subscribe", filter="e/#", qos=1)
+        with d.client() as a:
+            self.assertEqual(a.ok("status")["status"]["subscriptions"], 1)
+            self.assertEqual([s["name"] for s in a.ok("sessions")["sessions"]], ["short"])
+            wait_until(lambda: a.ok("sessions")["sessions"] == [], what="the session to expire")
+            self.assertEqual(a.ok("status")["status"]["subscriptions"], 0)
+        self.assertIn("session short (uid 0) ends: its expiry passed", d.logtext())
+
+    def test_many_sessions_resume_at_once(self):
+        d = self.start()
+        clients = [d.client() for _ in range(200)]
+        try:
+            for i, c in enumerate(clients):
+                c.send({"id": 1, "op": "session", "name": f"s{i}"})
+                c.send({"id": 2, "op": "subscribe", "filter": "all", "qos": 1})
+            for c in clients:
+                c.next(lambda x: x.get("id") == 2)
+        finally:
+            for c in clients:
+                c.close()
+        with d.client() as p:
+            publish_many(p, "all", 5)
+        clients = [d.client() for _ in range(200)]
+        try:
+            for i, c in enumerate(clients):
+                c.send({"id": 1, "op": "session", "name": f"s{i}"})
+            for c in clients:
+                self.assertEqual(c.next(lambda x: x.get("id") == 1)["pending"], 5)
+                self.assertEqual([e["seq"] for e in c.messages(5)], [1, 2, 3, 4, 5])
+        finally:
+            for c in clients:
+                c.close()
+
+
+if __name__ == "__main__":
+    main()
