@@ -43,10 +43,11 @@ static void usage(FILE *f)
            "                              publish a message, a file, each stdin line, or nothing\n"
            "                              [-D publish PROPERTY VALUE...]\n"
            "  sub -t FILTER [-t FILTER...] [-q QOS] [-C COUNT] [-W SECONDS] [-v] [-F FORMAT]\n"
-           "      [--nl] [--rap] [--retain-handling N]\n"
+           "      [--nl] [--rap] [--retain-handling N] [--session NAME]\n"
            "                              print messages (-v: with their topic)\n"
            "  rr -t TOPIC (-m MSG | -f FILE) [-q QOS] [-W SECONDS] [-D publish PROPERTY VALUE...]\n"
            "                              send a request, print its response (MQTT 5)\n"
+           "  sessions                    the named sessions (admin)\n"
            "  ping                        round trip to the daemon and the broker\n"
            "  reconnect                   drop and re-establish the broker session (admin)\n"
            "  reload                      re-read the daemon's configuration (admin)\n"
@@ -267,6 +268,40 @@ static int cmd_stats(int argc, char **argv)
     json_object_foreach(st, key, v)
     {
         printf("%-*s %12lld\n", (int)width, key, (long long)json_integer_value(v));
+    }
+    json_decref(reply);
+    return 0;
+}
+
+/* The named sessions, one per line, aligned (an admin op). */
+static int cmd_sessions(void)
+{
+    json_t *reply;
+    int r = simple("sessions", &reply);
+    if (r || json_out) {
+        if (!r) {
+            json_decref(reply); /* printed already */
+        }
+        return r;
+    }
+    json_t *list = json_object_get(reply, "sessions");
+    size_t width = 4;
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        size_t n = strlen(json_string_value(json_object_get(json_array_get(list, i), "name")));
+        width = n > width ? n : width;
+    }
+    printf("%-*s %8s %9s %13s %8s %10s %8s\n", (int)width, "NAME", "UID", "CONNECTED",
+           "SUBSCRIPTIONS", "PENDING", "OLDEST(s)", "DROPPED");
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *s = json_array_get(list, i);
+        printf("%-*s %8lld %9s %13lld %8lld %10lld %8lld\n", (int)width,
+               json_string_value(json_object_get(s, "name")),
+               (long long)json_integer_value(json_object_get(s, "uid")),
+               json_is_true(json_object_get(s, "connected")) ? "yes" : "no",
+               (long long)json_integer_value(json_object_get(s, "subscriptions")),
+               (long long)json_integer_value(json_object_get(s, "pending")),
+               (long long)json_integer_value(json_object_get(s, "oldest_pending_s")),
+               (long long)json_integer_value(json_object_get(s, "dropped")));
     }
     json_decref(reply);
     return 0;
@@ -646,6 +681,7 @@ typedef struct SubArgs {
     long count, wait_s; /* 0: no limit */
     bool verbose;
     const char *format;                 /* -F */
+    const char *session;                /* --session: named, each message acknowledged */
     bool no_local, retain_as_published; /* --nl, --rap */
     int retain_handling;                /* --retain-handling, -1: not given */
 } SubArgs;
@@ -659,6 +695,7 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
                                          {"nl", no_argument, NULL, 'L'},
                                          {"rap", no_argument, NULL, 'R'},
                                          {"retain-handling", required_argument, NULL, 'H'},
+                                         {"session", required_argument, NULL, 'S'},
                                          {0}};
     optind = 1;
     while ((o = getopt_long(argc, argv, "+t:q:C:W:vF:", opts, NULL)) != -1) {
@@ -666,6 +703,9 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
         switch (o) {
         case 'F':
             a.format = optarg;
+            break;
+        case 'S':
+            a.session = optarg;
             break;
         case 'L':
             a.no_local = true;
@@ -725,6 +765,19 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
 /* Subscribe to each filter in turn: 0, or the exit status of the first failure (reported). */
 static int subscribe_all(IpcClient *c, const SubArgs *a)
 {
+    if (a->session) { /* first: the subscriptions are then the session's */
+        json_t *reply;
+        int r = ipc_call(c, json_pack("{s:s, s:s}", "op", "session", "name", a->session), &reply,
+                         timeout_ms);
+        if (r < 0) {
+            return lost(r);
+        }
+        r = json_is_true(json_object_get(reply, "ok")) ? 0 : reply_failed(reply, a->session);
+        json_decref(reply);
+        if (r) {
+            return r;
+        }
+    }
     /* Binary-safe output: ask for base64 unless the JSON lines are what we print. */
     for (int i = 0; i < a->n_filters; i++) {
         json_t *reply;
@@ -736,8 +789,10 @@ static int subscribe_all(IpcClient *c, const SubArgs *a)
         if (req && a->retain_as_published) {
             json_object_set_new(req, "retain_as_published", json_true());
         }
-        if (req && a->retain_handling >= 0) {
-            json_object_set_new(req, "retain_handling", json_integer(a->retain_handling));
+        /* In a session that already holds the filter, not the retained messages again. */
+        int rh = a->retain_handling >= 0 ? a->retain_handling : a->session ? 1 : -1;
+        if (req && rh >= 0) {
+            json_object_set_new(req, "retain_handling", json_integer(rh));
         }
         int r = ipc_call(c, req, &reply, timeout_ms);
         if (r < 0) {
@@ -757,10 +812,13 @@ static int subscribe_all(IpcClient *c, const SubArgs *a)
 static int print_message(json_t *m, bool verbose)
 {
     const char *topic = json_string_value(json_object_get(m, "topic"));
-    json_t *b64 = json_object_get(m, "payload_b64");
+    json_t *b64 = json_object_get(m, "payload_b64"), *text = json_object_get(m, "payload");
     Buf payload = {0};
-    if (base64_decode(&payload, VIEW(json_string_value(b64), json_string_length(b64))) < 0) {
-        fprintf(stderr, "mqttctl: a message from the daemon has no valid payload_b64\n");
+    /* Text when a session's earlier subscription asked for it (the daemon sends a message as
+     * its holder's encoding was when it came). */
+    if (text ? buf_append(&payload, json_string_value(text), json_string_length(text)) < 0
+             : base64_decode(&payload, VIEW(json_string_value(b64), json_string_length(b64))) < 0) {
+        fprintf(stderr, "mqttctl: a message from the daemon has no valid payload\n");
     }
     int w = 0;
     if (verbose) {
@@ -824,6 +882,16 @@ static int receive(IpcClient *c, const SubArgs *a)
             got++;
         }
         int w = print_event(m, a);
+        json_t *seq = json_object_get(m, "seq");
+        if (!w && a->session && seq) { /* printed: processed, as far as we are concerned */
+            char ack[64];
+            int n = snprintf(ack, sizeof(ack), "{\"op\":\"ack\",\"seq\":%lld}\n",
+                             (long long)json_integer_value(seq));
+            if (buf_append(&c->out, ack, (size_t)n) < 0 || ipc_flush(c, timeout_ms) < 0) {
+                json_decref(m);
+                return lost(-EPIPE);
+            }
+        }
         json_decref(m);
         if (w) {
             break; /* stdout closed (SIGPIPE ignored): nothing left to do */
@@ -1079,6 +1147,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "version") == 0) {
         return cmd_version();
+    }
+    if (strcmp(cmd, "sessions") == 0) {
+        return cmd_sessions();
     }
     return usage_error("unknown command '%s'", cmd);
 }

@@ -19,7 +19,7 @@ typedef struct Kept { /* a QoS 1/2 message kept for a session until acknowledged
     int64_t at; /* when it came (ms), for the oldest pending age */
     bool sent;  /* written to a connection of the session: the next is a redelivery */
     uint8_t qos;
-    bool retain;
+    bool retain, base64; /* base64: the encoding its holder asked for when it came */
     uint32_t topic_len, payload_len, props_len;
     uint8_t data[]; /* topic, payload, the MQTT 5 property block as it came */
 } Kept;
@@ -150,7 +150,7 @@ static void send_kept(LocalSession *s, Kept *k)
     }
     if (event_message_seq(&scratch, VIEW(k->data, k->topic_len),
                           VIEW(k->data + k->topic_len, k->payload_len), k->qos, k->retain,
-                          s->holder.target.base64, &props, k->seq, redelivered) < 0) {
+                          k->base64, &props, k->seq, redelivered) < 0) {
         conn_close(&s->client->conn, "out of memory");
         return;
     }
@@ -209,6 +209,7 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
                 .at = now_ms(),
                 .qos = qos,
                 .retain = m->retain,
+                .base64 = t->base64,
                 .topic_len = (uint32_t)m->topic.n,
                 .payload_len = (uint32_t)m->payload.n,
                 .props_len = (uint32_t)props->raw.n};

@@ -2,7 +2,10 @@
 # SPDX-License-Identifier: MIT
 """Named local sessions (spec/sessions.md) with the real daemon and mosquitto: a program that
 goes away misses nothing, acknowledges what it processed, and gets again what it did not."""
-from harness import WAIT, TestCase, main, wait_until
+import os
+import subprocess
+
+from harness import MQTTCTL, WAIT, TestCase, main, wait_until
 from test_acl import as_peer
 
 
@@ -155,6 +158,28 @@ class Sessions(TestCase):
         finally:
             for c in clients:
                 c.close()
+
+    def test_mqttctl(self):
+        d = self.start()
+        env = dict(os.environ, MQTTBRIDGE_SOCKET=d.socket)
+
+        def sub():
+            r = subprocess.run([MQTTCTL, "sub", "--session", "cli", "-t", "c/#", "-q", "1",
+                                "-C", "10", "-W", str(int(WAIT))], capture_output=True, env=env,
+                               timeout=WAIT * 2)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout.decode().splitlines()
+        with d.client() as w:  # the session and its subscription, made once
+            w.ok("session", name="cli")
+            w.ok("subscribe", filter="c/#", qos=1)
+        with d.client() as p:
+            publish_many(p, "c/x", 25)
+        first, second = sub(), sub()
+        self.assertEqual(first + second, [f"m{i}" for i in range(20)])
+        r = subprocess.run([MQTTCTL, "sessions"], capture_output=True, env=env, timeout=WAIT)
+        lines = r.stdout.decode().splitlines()
+        self.assertEqual(lines[0].split()[:3], ["NAME", "UID", "CONNECTED"])
+        self.assertEqual(lines[1].split()[:5], ["cli", "0", "no", "1", "5"])
 
 
 if __name__ == "__main__":
