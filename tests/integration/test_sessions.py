@@ -181,6 +181,25 @@ class Sessions(TestCase):
         self.assertEqual(lines[0].split()[:3], ["NAME", "UID", "CONNECTED"])
         self.assertEqual(lines[1].split()[:5], ["cli", "0", "no", "1", "5"])
 
+    def test_worker_examples(self):
+        d = self.start()
+        env = dict(os.environ, MQTTBRIDGE_SOCKET=d.socket, MQTTCTL=MQTTCTL)
+        examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../clients/examples")
+
+        def run(*args):
+            r = subprocess.run(args, capture_output=True, env=env, timeout=WAIT * 2)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout.decode().splitlines()
+        with d.client() as w:  # the jobs' session exists before they come
+            w.ok("session", name="jobs")
+            w.ok("subscribe", filter="job/#", qos=1)
+        with d.client() as p:
+            publish_many(p, "job/x", 6)
+        self.assertEqual(run("/usr/bin/python3", os.path.join(examples, "worker.py"), "jobs",
+                             "job/#", "3"), ["1 m0", "2 m1", "3 m2"])
+        self.assertEqual(run("sh", os.path.join(examples, "worker.sh"), "jobs", "job/#", "3"),
+                         ["done: m3", "done: m4", "done: m5"])
+
 
 if __name__ == "__main__":
     main()
