@@ -379,6 +379,7 @@ static void op_stats(Client *c, Request *r)
     json_object_set_new(st, "messages_expired", json_integer((json_int_t)t->messages_expired));
     json_object_set_new(st, "properties_dropped", json_integer((json_int_t)t->properties_dropped));
     json_object_set_new(st, "responses_unmatched", json_integer((json_int_t)d->rpc.unmatched));
+    json_object_set_new(st, "sessions", json_integer((json_int_t)d->sessions.count));
     if (d->spool) {
         SpoolHealth h;
         spool_health(d->spool, &h);
