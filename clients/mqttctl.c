@@ -146,6 +146,18 @@ static int simple(const char *op, json_t **ret)
     return 0;
 }
 
+/* simple(), for a command that prints the reply itself: 0 with *ret to print, -1 when
+ * --json printed it already, else the exit status of a failure. */
+static int fetch(const char *op, json_t **ret)
+{
+    int r = simple(op, ret);
+    if (r == 0 && json_out) {
+        json_decref(*ret);
+        return -1;
+    }
+    return r;
+}
+
 static void duration(char *out, size_t n, json_int_t s)
 {
     if (s >= 86400) {
@@ -185,12 +197,9 @@ static void print_protocol(json_t *st)
 static int cmd_status(void)
 {
     json_t *reply;
-    int r = simple("status", &reply);
-    if (r || json_out) {
-        if (!r) {
-            json_decref(reply); /* printed already */
-        }
-        return r;
+    int r = fetch("status", &reply);
+    if (r) {
+        return r < 0 ? 0 : r;
     }
     json_t *s = json_object_get(reply, "status");
 #define I(k) ((long long)json_integer_value(json_object_get(s, k)))
@@ -250,12 +259,9 @@ static int cmd_stats(int argc, char **argv)
         return r;
     }
     json_t *reply;
-    int r = simple("stats", &reply);
-    if (r || json_out) {
-        if (!r) {
-            json_decref(reply); /* printed already */
-        }
-        return r;
+    int r = fetch("stats", &reply);
+    if (r) {
+        return r < 0 ? 0 : r;
     }
     json_t *st = json_object_get(reply, "stats");
     const char *key;
@@ -277,12 +283,9 @@ static int cmd_stats(int argc, char **argv)
 static int cmd_sessions(void)
 {
     json_t *reply;
-    int r = simple("sessions", &reply);
-    if (r || json_out) {
-        if (!r) {
-            json_decref(reply); /* printed already */
-        }
-        return r;
+    int r = fetch("sessions", &reply);
+    if (r) {
+        return r < 0 ? 0 : r;
     }
     json_t *list = json_object_get(reply, "sessions");
     size_t width = 4;
@@ -491,14 +494,15 @@ typedef struct PubArgs {
 static int parse_pub_args(int argc, char **argv, PubArgs *ret)
 {
     PubArgs a = *ret;
+    char err[256];
     int o;
     static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
     optind = 1;
     while ((o = getopt_long(argc, argv, "+t:m:f:lnq:rD:", opts, NULL)) != -1) {
         switch (o) {
         case 'D':
-            if (v5_define(a.props, optarg, argc, argv, &optind)) {
-                return EXIT_USAGE;
+            if (v5_define(a.props, optarg, argc, argv, &optind, err, sizeof(err)) < 0) {
+                return usage_error("%s", err);
             }
             break;
         case 't':
@@ -935,6 +939,7 @@ typedef struct RrArgs {
 
 static int parse_rr_args(int argc, char **argv, RrArgs *a)
 {
+    char err[256];
     int o;
     static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
     optind = 1;
@@ -962,8 +967,8 @@ static int parse_rr_args(int argc, char **argv, RrArgs *a)
             }
             break;
         case 'D':
-            if (v5_define(a->props, optarg, argc, argv, &optind)) {
-                return EXIT_USAGE;
+            if (v5_define(a->props, optarg, argc, argv, &optind, err, sizeof(err)) < 0) {
+                return usage_error("%s", err);
             }
             break;
         case 'J':

@@ -13,16 +13,18 @@
 #include "buf.h"
 #include "utf8.h"
 
+static char *err_out;
+static size_t err_n;
+
+/* The usage error, into the caller's buffer: -1. */
 static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int bad(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "mqttctl: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\nTry 'mqttctl --help'.\n");
+    vsnprintf(err_out, err_n, fmt, ap);
     va_end(ap);
-    return 2; /* EXIT_USAGE */
+    return -1;
 }
 
 /* A whole number from `s` within [lo, hi], or -1. */
@@ -46,8 +48,11 @@ static const struct {
     {"payload-format-indicator", "payload_format", 1},
 };
 
-int v5_define(json_t *fields, const char *command, int argc, char **argv, int *next)
+int v5_define(json_t *fields, const char *command, int argc, char **argv, int *next, char *err,
+              size_t err_size)
 {
+    err_out = err;
+    err_n = err_size;
     if (strcmp(command, "publish") != 0) {
         return bad("-D %s: only 'publish' properties are supported", command);
     }

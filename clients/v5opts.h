@@ -7,11 +7,13 @@
 #pragma once
 
 #include <jansson.h>
+#include <stddef.h>
 
 /* After getopt returned -D with `command` (optarg): read PROPERTY and its value(s) from
- * argv[*next...], advancing *next, into `fields` (the request's MQTT 5 fields). 0, or the
- * exit status of a usage error (reported). */
-int v5_define(json_t *fields, const char *command, int argc, char **argv, int *next);
+ * argv[*next...], advancing *next, into `fields` (the request's MQTT 5 fields). 0, or -1 with
+ * what is wrong in err (n bytes). */
+int v5_define(json_t *fields, const char *command, int argc, char **argv, int *next, char *err,
+              size_t n);
 
 /* `fields` as the text to add inside a request object: "" or ",\"k\":v,..." (malloc'd). */
 char *v5_fragment(json_t *fields);

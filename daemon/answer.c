@@ -29,27 +29,32 @@ void answer_ok(Client *c, json_t *id, json_t *fields)
     send_scratch(c, reply_ok(&scratch, id, fields));
 }
 
-void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
+/* An error reply, with the broker's reason when there is one (reason -1: none). */
+static void verror(Client *c, json_t *id, enum ipc_error code, int reason, const char *rs,
+                   const char *fmt, va_list ap) __attribute__((format(printf, 6, 0)));
+static void verror(Client *c, json_t *id, enum ipc_error code, int reason, const char *rs,
+                   const char *fmt, va_list ap)
 {
     char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    buf_clear(&scratch);
+    send_scratch(c, reply_refused(&scratch, id, code, msg, reason, rs));
+}
+
+void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    verror(c, id, code, -1, NULL, fmt, ap);
     va_end(ap);
-    buf_clear(&scratch);
-    send_scratch(c, reply_error(&scratch, id, code, msg));
 }
 
 void answer_refused(Client *c, json_t *id, const Waiter *w, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    verror(c, id, IPC_REFUSED, w->reason ? w->reason : -1, w->reason_string, fmt, ap);
     va_end(ap);
-    buf_clear(&scratch);
-    send_scratch(c, reply_refused(&scratch, id, IPC_REFUSED, msg, w->reason ? w->reason : -1,
-                                  w->reason_string));
 }
 
 /* Why the session would not take a message, or failed it before sending (-errno). */
