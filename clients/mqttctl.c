@@ -684,8 +684,9 @@ typedef struct SubArgs {
     int n_filters, qos;
     long count, wait_s; /* 0: no limit */
     bool verbose;
-    const char *format;                 /* -F */
-    const char *session;                /* --session: named, each message acknowledged */
+    const char *format;  /* -F */
+    const char *session; /* --session: named, each message acknowledged */
+    bool qos_given;
     bool no_local, retain_as_published; /* --nl, --rap */
     int retain_handling;                /* --retain-handling, -1: not given */
 } SubArgs;
@@ -710,6 +711,7 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
             break;
         case 'S':
             a.session = optarg;
+            a.qos = a.qos_given ? a.qos : 1; /* QoS 0 is not kept for a session */
             break;
         case 'L':
             a.no_local = true;
@@ -733,6 +735,7 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
             if (parse_qos("sub", optarg, &a.qos)) {
                 return EXIT_USAGE;
             }
+            a.qos_given = true;
             break;
         case 'C':
             a.count = strtol(optarg, &end, 10);

@@ -43,8 +43,8 @@ static void send_message(Client *c, View bytes)
  * rule: an empty buffer takes any message). */
 static bool has_room(const RouterTarget *t, void *userdata)
 {
-    if (t->kind != TARGET_CLIENT) {
-        return true; /* a session keeps what it is sent */
+    if (t->kind == TARGET_SESSION) {
+        return sessions_ready(t);
     }
     const Client *c = container_of(t, Client, own.target);
     size_t queued = conn_queued(&c->conn);
@@ -213,6 +213,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
     case SESSION_EV_SUBSCRIPTION_LOST:
         subs_lost(d, ev->lost.filter, ev->lost.code);
         rpc_lost(d, ev->lost.filter);
+        sessions_lost(d, ev->lost.filter);
         break;
     case SESSION_EV_SUBSCRIBED:
         subs_granted(d, ev->granted.filter, ev->granted.qos);

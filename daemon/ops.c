@@ -517,6 +517,11 @@ static void gone(Conn *k)
     waiters_client_gone(c);
 }
 
+static void drained(Conn *k)
+{
+    sessions_drained(client_of(k));
+}
+
 static void release(Conn *k)
 {
     Client *c = client_of(k);
@@ -532,4 +537,5 @@ const ServerCallbacks ops_server_callbacks = {
     .owes = owes,
     .gone = gone,
     .release = release,
+    .drained = drained,
 };

@@ -120,6 +120,12 @@ static void on_writable(Conn *c)
         buf_consume(&c->out, (size_t)n);
         report_dropped(c);
     }
+    if (c->srv->cb->drained && buf_size(&c->out) < c->srv->cfg->ipc.client_buffer / 2) {
+        c->srv->cb->drained(c); /* may queue more (written at the next readiness) */
+        if (c->closed) {
+            return;
+        }
+    }
     if (!buf_size(&c->out)) {
         buf_shrink(&c->out, 16384);
     }

@@ -57,6 +57,9 @@ typedef struct ServerCallbacks {
     bool (*owes)(const Conn *c);           /* whether an answer is still owed to c */
     void (*gone)(Conn *c);                 /* c is closed: nothing more is sent to it */
     void (*release)(Conn *c);              /* c is about to be freed */
+    /* Optional: c's output fell below half of [ipc] client_buffer after a write: room for
+     * what was held back. */
+    void (*drained)(Conn *c);
 } ServerCallbacks;
 
 struct Server {

@@ -11,13 +11,15 @@
 #include "access.h"
 #include "answer.h"
 #include "log.h"
+#include "mqtt/topic.h"
 #include "subs.h"
 
 typedef struct Kept { /* a QoS 1/2 message kept for a session until acknowledged */
     DList link;
     uint64_t seq;
-    int64_t at; /* when it came (ms), for the oldest pending age */
-    bool sent;  /* written to a connection of the session: the next is a redelivery */
+    int64_t at;   /* when it came (ms), for the oldest pending age */
+    bool sent;    /* written to a connection of the session: the next is a redelivery */
+    unsigned gen; /* the connection it was last written to (LocalSession.gen) */
     uint8_t qos;
     bool retain, base64; /* base64: the encoding its holder asked for when it came */
     uint32_t topic_len, payload_len, props_len;
@@ -35,6 +37,8 @@ struct LocalSession {
     size_t n_kept, kept_bytes;
     uint64_t next_seq;  /* the next message's */
     uint64_t sent_upto; /* the highest seq written to a connection */
+    uint64_t acked;     /* the last acknowledgement */
+    unsigned gen;       /* counts its connections */
     uint64_t dropped;   /* since it was last announced */
     uint64_t dropped_total;
 };
@@ -111,10 +115,7 @@ static void detach(LocalSession *s)
         const ClientSub *cs = v;
         router_settle(&s->d->router, VIEW(cs->filter, cs->len), &s->holder.target);
     }
-    if (s->expiry == 0) {
-        end_session(s, "its connection closed (expiry 0)");
-        return;
-    }
+    /* Ended by the timer, never here: this runs inside the connection's closing. */
     ev_timer_set(&s->expire, (double)s->expiry, 0.0);
     ev_timer_start(s->d->loop, &s->expire);
 }
@@ -143,6 +144,7 @@ static void send_kept(LocalSession *s, Kept *k)
     View raw = VIEW(k->data + k->topic_len + k->payload_len, k->props_len);
     bool redelivered = k->sent;
     k->sent = true;
+    k->gen = s->gen;
     s->sent_upto = k->seq > s->sent_upto ? k->seq : s->sent_upto;
     buf_clear(&scratch);
     if (mqtt_props_check(raw, MQTT_PUBLISH, &props) < 0) {
@@ -154,9 +156,42 @@ static void send_kept(LocalSession *s, Kept *k)
         conn_close(&s->client->conn, "out of memory");
         return;
     }
-    /* Not bounded by [ipc] client_buffer: the session's own bounds hold these. */
     s->d->stats.messages_delivered++;
     conn_send(&s->client->conn, buf_view(&scratch));
+}
+
+/* Write the kept messages its connection has not had, as far as [ipc] client_buffer allows;
+ * the rest go when it drains (sessions_drained). */
+static void pump(LocalSession *s)
+{
+    size_t limit = s->d->cfg.ipc.client_buffer;
+    for (DList *l = s->kept.next, *next; l != &s->kept; l = next) {
+        next = l->next;
+        Kept *k = container_of(l, Kept, link);
+        if (!s->client || s->client->conn.closed) {
+            return;
+        }
+        size_t queued = conn_queued(&s->client->conn);
+        if (queued && queued >= limit) {
+            return;
+        }
+        if (k->gen != s->gen) {
+            send_kept(s, k);
+        }
+    }
+}
+
+void sessions_drained(Client *c)
+{
+    if (c->session) {
+        pump(c->session);
+    }
+}
+
+bool sessions_ready(const RouterTarget *t)
+{
+    const LocalSession *s = container_of(t, LocalSession, holder.target);
+    return s->client != NULL;
 }
 
 /* Make room for `bytes` more by dropping the oldest kept messages. */
@@ -180,22 +215,29 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
 {
     LocalSession *s = container_of(t, LocalSession, holder.target);
     uint8_t qos = m->qos < t->qos ? m->qos : t->qos;
-    if (qos == 0) {
-        if (s->client) {
-            buf_clear(&scratch);
-            if (event_message(&scratch, m->topic, m->payload, 0, m->retain, t->base64, props) ==
-                0) {
+    if (qos == 0) { /* not kept: as to any client, within its buffer */
+        buf_clear(&scratch);
+        if (s->client &&
+            event_message(&scratch, m->topic, m->payload, 0, m->retain, t->base64, props) == 0) {
+            Conn *k = &s->client->conn;
+            if (conn_queued(k) && conn_queued(k) + scratch.len > d->cfg.ipc.client_buffer) {
+                k->dropped++;
+                d->stats.messages_dropped++;
+            } else {
                 d->stats.messages_delivered++;
-                conn_send(&s->client->conn, buf_view(&scratch));
+                conn_send(k, buf_view(&scratch));
             }
         }
         return;
     }
     size_t bytes = m->topic.n + m->payload.n + props->raw.n;
-    if (bytes > d->cfg.sessions.max_bytes) {
+    if (bytes > d->cfg.sessions.max_bytes) { /* cannot be kept: counted, announced */
         s->dropped++;
         s->dropped_total++;
         d->stats.messages_dropped++;
+        log_warning("session %s: a %zu-byte message is larger than [sessions] max_bytes: "
+                    "dropped",
+                    s->name, bytes);
         return;
     }
     bound(s, bytes);
@@ -224,9 +266,7 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
     dlist_push(&s->kept, &k->link);
     s->n_kept++;
     s->kept_bytes += bytes;
-    if (s->client) {
-        send_kept(s, k);
-    }
+    pump(s);
 }
 
 /* ---- the ops ---- */
@@ -250,6 +290,47 @@ static LocalSession *create(Client *c, Request *r)
     ev_timer_init(&s->expire, on_expire, 0.0, 0.0);
     log_info("session %s made by uid %u", name, (unsigned)c->conn.uid);
     return s;
+}
+
+static void drop_kept(LocalSession *s, Kept *k)
+{
+    s->kept_bytes -= k->topic_len + k->payload_len + k->props_len;
+    s->n_kept--;
+    dlist_remove(&k->link);
+    free(k);
+}
+
+/* Kept messages that no filter of the session matches any more (the rules changed while the
+ * program was away) are not for it. */
+static void forget_unheld(LocalSession *s)
+{
+    for (DList *l = s->kept.next, *next; l != &s->kept; l = next) {
+        next = l->next;
+        Kept *k = container_of(l, Kept, link);
+        bool held = false;
+        HashIter it;
+        void *v;
+        for (hashmap_iter(&s->holder.subs, &it); !held && hashmap_iter_next(&it, &v);) {
+            const ClientSub *cs = v;
+            held = mqtt_topic_matches(VIEW(cs->filter, cs->len), VIEW(k->data, k->topic_len));
+        }
+        if (!held) {
+            drop_kept(s, k);
+        }
+    }
+}
+
+void sessions_lost(Daemon *d, View filter)
+{
+    HashIter it;
+    void *v;
+    for (hashmap_iter(&d->sessions, &it); hashmap_iter_next(&it, &v);) {
+        LocalSession *s = v;
+        if (!s->client && subs_holder_forget(d, &s->holder, filter)) {
+            log_warning("session %s loses %.*s (the broker refused it at a reconnect)", s->name,
+                        (int)filter.n, (const char *)filter.p);
+        }
+    }
 }
 
 /* Why c may not name session s (answered), or NULL when it may. */
@@ -303,14 +384,18 @@ void sessions_op_session(Client *c, Request *r)
         return;
     }
     ev_timer_stop(d->loop, &s->expire);
-    s->expiry = r->expiry >= 0 ? (uint32_t)r->expiry : d->cfg.sessions.default_expiry;
+    if (r->expiry >= 0 || !resumed) { /* a resume without one keeps its expiry */
+        s->expiry = r->expiry >= 0 ? (uint32_t)r->expiry : d->cfg.sessions.default_expiry;
+    }
     s->client = c;
+    s->gen++;
     c->session = s;
     c->holder = &s->holder;
-    /* A rule changed while the program was away applies now. */
-    if (resumed && !access_recheck_subs(c)) {
+    /* A rule changed while the program was away applies now, to what was kept too. */
+    if (resumed && (!access_recheck_subs(c) || c->conn.closed)) {
         return; /* c was closed (out of memory): the session goes on without it */
     }
+    forget_unheld(s);
     answer_ok(c, r->id,
               json_pack("{s:b, s:I}", "resumed", resumed, "pending", (json_int_t)s->n_kept));
     if (s->dropped && !c->conn.closed) {
@@ -321,9 +406,7 @@ void sessions_op_session(Client *c, Request *r)
         }
         s->dropped = 0;
     }
-    for (DList *l = s->kept.next; l != &s->kept && !c->conn.closed; l = l->next) {
-        send_kept(s, container_of(l, Kept, link));
-    }
+    pump(s);
 }
 
 void sessions_op_ack(Client *c, Request *r)
@@ -333,8 +416,7 @@ void sessions_op_ack(Client *c, Request *r)
         answer_error(c, r->id, IPC_BAD_REQUEST, "ack is for a connection in a session");
         return;
     }
-    uint64_t acked = s->kept.next != &s->kept ? container_of(s->kept.next, Kept, link)->seq - 1
-                                              : s->next_seq - 1;
+    uint64_t acked = s->acked;
     if (r->seq > s->sent_upto) {
         answer_error(c, r->id, IPC_BAD_REQUEST, "seq %llu was never sent (the last is %llu)",
                      (unsigned long long)r->seq, (unsigned long long)s->sent_upto);
@@ -351,11 +433,9 @@ void sessions_op_ack(Client *c, Request *r)
         if (k->seq > r->seq) {
             break;
         }
-        s->kept_bytes -= k->topic_len + k->payload_len + k->props_len;
-        s->n_kept--;
-        dlist_remove(&k->link);
-        free(k);
+        drop_kept(s, k);
     }
+    s->acked = r->seq;
     /* No success reply (the contract): acknowledging is a stream. */
 }
 

@@ -27,6 +27,15 @@ void sessions_op_ack(Client *c, Request *r);
 void sessions_op_end(Client *c, Request *r);
 void sessions_op_list(Client *c, Request *r);
 
+/* c's output has room again: the kept messages held back go (ServerCallbacks.drained). */
+void sessions_drained(Client *c);
+/* Whether a session can take a message now (its program is connected), for shared groups:
+ * a turn goes to a member that is there. */
+bool sessions_ready(const RouterTarget *t);
+/* The broker refused `filter` when it was restored: sessions that are away forget it (a
+ * connected one hears it as any client, from subs_lost). */
+void sessions_lost(Daemon *d, View filter);
+
 /* c is closing: its session (if any) goes on without it. Before subs_client_gone. */
 void sessions_client_gone(Client *c);
 

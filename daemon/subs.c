@@ -179,6 +179,15 @@ static int drop(Client *c, ClientSub *s, bool at_broker, void *req)
     return release_sub(c->d, c->holder, s, at_broker, req);
 }
 
+bool subs_holder_forget(Daemon *d, SubHolder *h, View filter)
+{
+    ClientSub *s = hashmap_get(&h->subs, filter);
+    if (s) {
+        (void)release_sub(d, h, s, false, NULL);
+    }
+    return s != NULL;
+}
+
 void subs_holder_clear(Daemon *d, SubHolder *h)
 {
     HashIter it;

@@ -42,6 +42,8 @@ size_t subs_count(const Client *c);
 /* Drop every subscription of a holder that has no client (a named session that ends): the
  * broker's go with their last holder. */
 void subs_holder_clear(Daemon *d, SubHolder *h);
+/* The holder stops holding `filter` (the broker refused it): true when it did hold it. */
+bool subs_holder_forget(Daemon *d, SubHolder *h, View filter);
 size_t subs_of_uid(Daemon *d, uid_t uid);
 
 /* Drop each of c's subscriptions that `keep` refuses, telling c why (an "unsubscribed" event).

@@ -407,8 +407,13 @@ static int parse_session(Request *req, IpcError *err)
     if (r < 0) {
         return r;
     }
-    if (req->name.n == 0 || req->name.n > 128 || !utf8_valid(req->name, false)) {
-        return fail(err, IPC_BAD_REQUEST, "name must be 1 to 128 bytes of UTF-8 without U+0000");
+    bool control = false;
+    for (size_t i = 0; i < req->name.n; i++) {
+        control |= req->name.p[i] < 0x20 || req->name.p[i] == 0x7f;
+    }
+    if (req->name.n == 0 || req->name.n > 128 || !utf8_valid(req->name, false) || control) {
+        return fail(err, IPC_BAD_REQUEST,
+                    "name must be 1 to 128 bytes of UTF-8 without control characters");
     }
     json_t *v = json_object_get(req->root, "expiry");
     if (v && req->op == OP_SESSION) {

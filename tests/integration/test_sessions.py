@@ -121,6 +121,48 @@ class Sessions(TestCase):
             got = w.messages(10)
             self.assertEqual([e["seq"] for e in got], list(range(16, 26)))
             self.assertEqual(got[0]["payload"], "m15")
+            w.send({"op": "ack", "seq": 3})  # dropped ones: acknowledging them is no error
+            w.ok("ping")
+            self.assertEqual([x for x in w.events if "error" in x], [])
+
+    def test_a_reader_that_lags_gets_everything_as_it_drains(self):
+        """Kept messages go as far as [ipc] client_buffer allows, the rest as it reads."""
+        d = self.daemon(self.m.port, sections={"ipc": {"client_buffer": "4096"}})
+        with d.client() as w:
+            w.ok("session", name="slow")
+            w.ok("subscribe", filter="s/#", qos=1)
+        with d.client() as p:
+            for i in range(200):
+                p.send({"id": i, "op": "publish", "topic": "s/x", "payload": f"{i:04d}" + "x" * 1000,
+                        "qos": 1})
+            for i in range(200):
+                self.assertTrue(p.next(lambda x, i=i: x.get("id") == i)["ok"])
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="slow")["pending"], 200)
+            got = w.messages(200)
+            self.assertEqual([e["seq"] for e in got], list(range(1, 201)))
+
+    def test_expiry_zero_and_rules_changed_while_away(self):
+        d = self.daemon(self.m.port, sections={"acl": {"allow all": "pubsub room/#"}})
+        with d.client() as w:
+            w.ok("session", name="gone", expiry=0)
+            w.ok("subscribe", filter="room/#", qos=1)
+        with d.client() as a:
+            wait_until(lambda: a.ok("sessions")["sessions"] == [], what="the session to end")
+        with d.client() as w:
+            w.ok("session", name="strict")
+            w.ok("subscribe", filter="room/#", qos=1)
+        with d.client() as p:
+            p.ok("publish", topic="room/secret", payload="s", qos=1)
+        with open(d.conf, "a") as f:
+            f.write("\n[acl]\ndeny all = subscribe room/#\n")
+        with d.client() as a:
+            a.ok("reload")
+        with d.client() as w:
+            w.ok("session", name="strict")
+            self.assertEqual(w.event("unsubscribed")["filter"], "room/#")
+            w.ok("ping")
+            self.assertEqual([x for x in w.events if x.get("event") == "message"], [])
 
     def test_expiry_ends_the_session_and_its_broker_subscription(self):
         d = self.start()
