@@ -356,9 +356,9 @@ static int parse_sub_options(Request *req, IpcError *err)
     if (req->no_local && mqtt_filter_target(req->topic).n != req->topic.n) {
         return fail(err, IPC_BAD_REQUEST, "no_local cannot be used with a shared subscription");
     }
+    /* retain_handling is the daemon's own to apply (see docs/protocol.md): any protocol. */
     req->v5_field = req->no_local              ? "no_local"
                     : req->retain_as_published ? "retain_as_published"
-                    : req->retain_handling     ? "retain_handling"
                                                : NULL;
     return 0;
 }
