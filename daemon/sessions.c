@@ -333,6 +333,17 @@ void sessions_lost(Daemon *d, View filter)
     }
 }
 
+static unsigned of_uid(Daemon *d, uid_t uid)
+{
+    unsigned n = 0;
+    HashIter it;
+    void *v;
+    for (hashmap_iter(&d->sessions, &it); hashmap_iter_next(&it, &v);) {
+        n += ((LocalSession *)v)->holder.uid == uid;
+    }
+    return n;
+}
+
 /* Why c may not name session s (answered), or NULL when it may. */
 static bool refuse(Client *c, const Request *r, LocalSession *s)
 {
@@ -349,6 +360,11 @@ static bool refuse(Client *c, const Request *r, LocalSession *s)
     } else if (!s && c->d->sessions.count >= c->d->cfg.sessions.max) {
         answer_error(c, r->id, IPC_QUEUE_FULL, "%zu sessions exist ([sessions] max = %u)",
                      c->d->sessions.count, c->d->cfg.sessions.max);
+    } else if (!s && c->d->cfg.sessions.max_per_uid &&
+               of_uid(c->d, c->conn.uid) >= c->d->cfg.sessions.max_per_uid) {
+        answer_error(c, r->id, IPC_FORBIDDEN,
+                     "uid %u holds %u sessions already ([sessions] max_per_uid)",
+                     (unsigned)c->conn.uid, c->d->cfg.sessions.max_per_uid);
     } else {
         return false;
     }

@@ -100,6 +100,7 @@ static const Key keys[] = {
     KEY("log", "level", K_LEVEL, log.level, 0, 0, NOW),
     KEY("rpc", "response_prefix", K_STRING, rpc.response_prefix, 0, 65535, START),
     KEY("sessions", "max", K_UINT, sessions.max, 0, 1000000, NOW),
+    KEY("sessions", "max_per_uid", K_UINT, sessions.max_per_uid, 0, 1000000, NOW),
     KEY("sessions", "max_messages", K_SIZE, sessions.max_messages, 1, 100000000, NOW),
     KEY("sessions", "max_bytes", K_SIZE, sessions.max_bytes, 1024, 1ull << 40, NOW),
     KEY("sessions", "default_expiry", K_UINT, sessions.default_expiry, 0, 4294967295ull, NOW),
@@ -138,6 +139,7 @@ int config_init(Config *cfg)
 {
     *cfg = (Config){
         .sessions = {.max = 256,
+                     .max_per_uid = 64,
                      .max_messages = 10000,
                      .max_bytes = 16u << 20,
                      .default_expiry = 3600},

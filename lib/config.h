@@ -85,6 +85,7 @@ typedef struct Config {
     } rpc;
     struct {
         unsigned max;                   /* named sessions held at once */
+        unsigned max_per_uid;           /* of those, made by one uid (0: no limit but max) */
         size_t max_messages, max_bytes; /* kept for one session */
         unsigned default_expiry;        /* seconds */
     } sessions;

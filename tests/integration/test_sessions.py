@@ -108,6 +108,18 @@ class Sessions(TestCase):
             self.assertEqual(out[0]["error"]["code"], "forbidden")
             self.assertEqual(out[1]["error"]["code"], "forbidden")
 
+    def test_sessions_per_uid(self):
+        d = self.start(max_per_uid=2)
+        for name in ("a", "b"):
+            with d.client() as c:
+                c.ok("session", name=name)
+        with d.client() as c:
+            r = c.request("session", name="c")
+            self.assertEqual(r["error"]["code"], "forbidden")
+            self.assertIn("max_per_uid", r["error"]["message"])
+        with d.client() as c:
+            self.assertTrue(c.ok("session", name="a")["resumed"])  # its own: still fine
+
     def test_bounds_drop_the_oldest_and_say_so(self):
         d = self.start(max_messages=10)
         with d.client() as w:
@@ -177,7 +189,7 @@ class Sessions(TestCase):
         self.assertIn("session short (uid 0) ends: its expiry passed", d.logtext())
 
     def test_many_sessions_resume_at_once(self):
-        d = self.start()
+        d = self.start(max_per_uid=0)  # all of one uid here
         clients = [d.client() for _ in range(200)]
         try:
             for i, c in enumerate(clients):
