@@ -13,6 +13,7 @@
 #include "access.h"
 #include "log.h"
 #include "notify.h"
+#include "sessions.h"
 
 #define MAX_CONFIG_FILE (1 << 20)
 
@@ -206,6 +207,7 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     log_set_level(d->cfg.log.level);
     server_limits_changed(&d->server);
     access_reload(d);
+    sessions_reload(d);
     log_info("configuration reloaded from %s%s", d->config_path,
              reconnect ? "; reconnecting to apply the broker settings" : "");
     if (reconnect) {

@@ -194,11 +194,11 @@ bool sessions_ready(const RouterTarget *t)
     return s->client != NULL;
 }
 
-/* Make room for `bytes` more by dropping the oldest kept messages. */
-static void bound(LocalSession *s, size_t bytes)
+/* Make room for `more` messages of `bytes` by dropping the oldest kept ones. */
+static void bound(LocalSession *s, size_t more, size_t bytes)
 {
     const Config *cfg = &s->d->cfg;
-    while (s->n_kept && (s->n_kept + 1 > cfg->sessions.max_messages ||
+    while (s->n_kept && (s->n_kept + more > cfg->sessions.max_messages ||
                          s->kept_bytes + bytes > cfg->sessions.max_bytes)) {
         Kept *k = container_of(s->kept.next, Kept, link);
         s->kept_bytes -= k->topic_len + k->payload_len + k->props_len;
@@ -208,6 +208,15 @@ static void bound(LocalSession *s, size_t bytes)
         s->d->stats.messages_dropped++;
         dlist_remove(&k->link);
         free(k);
+    }
+}
+
+void sessions_reload(Daemon *d)
+{
+    HashIter it;
+    void *v;
+    for (hashmap_iter(&d->sessions, &it); hashmap_iter_next(&it, &v);) {
+        bound(v, 0, 0); /* lowered bounds apply now */
     }
 }
 
@@ -240,7 +249,7 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
                     s->name, bytes);
         return;
     }
-    bound(s, bytes);
+    bound(s, 1, bytes);
     Kept *k = malloc(sizeof(*k) + bytes);
     if (!k) {
         s->dropped++;

@@ -27,6 +27,8 @@ void sessions_op_ack(Client *c, Request *r);
 void sessions_op_end(Client *c, Request *r);
 void sessions_op_list(Client *c, Request *r);
 
+/* The configuration was reloaded: lowered bounds apply to what sessions keep now. */
+void sessions_reload(Daemon *d);
 /* c's output has room again: the kept messages held back go (ServerCallbacks.drained). */
 void sessions_drained(Client *c);
 /* Whether a session can take a message now (its program is connected), for shared groups:

@@ -136,6 +136,18 @@ class Sessions(TestCase):
             w.send({"op": "ack", "seq": 3})  # dropped ones: acknowledging them is no error
             w.ok("ping")
             self.assertEqual([x for x in w.events if "error" in x], [])
+        # A lowered bound applies at the reload, not at the session's next message.
+        with d.client() as w:
+            w.ok("session", name="small2")
+            w.ok("subscribe", filter="b2/#", qos=1)
+        with d.client() as p:
+            publish_many(p, "b2/x", 8)
+        with open(d.conf, "a") as f:
+            f.write("\n[sessions]\nmax_messages = 3\n")
+        with d.client() as a:
+            a.ok("reload")
+            pending = {s["name"]: s["pending"] for s in a.ok("sessions")["sessions"]}
+            self.assertEqual(pending["small2"], 3)
 
     def test_a_reader_that_lags_gets_everything_as_it_drains(self):
         """Kept messages go as far as [ipc] client_buffer allows, the rest as it reads."""
