@@ -13,6 +13,7 @@
 #include "answer.h"
 #include "log.h"
 #include "mqtt/topic.h"
+#include "subs.h"
 #include "waiters.h"
 
 void rpc_init(Daemon *d)
@@ -175,18 +176,9 @@ static int hold_responses(Daemon *d)
         return r;
     }
     router_settle(&d->router, f, &rpc->target); /* no retained message is a response */
-    RouterFilter *rf = router_filter(&d->router, f);
-    if (r & (ROUTER_FIRST | ROUTER_UPGRADE)) {
-        SessionSubscribe ss = {.filter = f,
-                               .qos = rf->broker_qos,
-                               .subid = rf->subid,
-                               .no_local = rf->no_local,
-                               .retain_as_published = rf->retain_as_published,
-                               .retain_handling = 2};
-        if ((r = session_subscribe(d->broker.session, &ss, rpc, now_ms())) < 0) {
-            (void)router_remove(&d->router, f, &rpc->target);
-            return r;
-        }
+    if ((r & (ROUTER_FIRST | ROUTER_UPGRADE)) && (r = subs_ask_broker(d, f, rpc, false)) < 0) {
+        (void)router_remove(&d->router, f, &rpc->target);
+        return r;
     }
     rpc->held = true;
     log_info("requests: responses arrive on %s", topic);
@@ -313,16 +305,10 @@ int rpc_request(Client *c, Request *r, int64_t timeout_ms)
 void rpc_response(Daemon *d, const MqttPublish *m, const MqttProps *props)
 {
     Rpc *rpc = &d->rpc;
-    Waiter *w = NULL;
-    if (MQTT_HAS(props, MQTT_PROP_CORRELATION_DATA) &&
-        props->correlation_data.n == RPC_CORRELATION_LEN) {
-        char key[RPC_CORRELATION_LEN + 1];
-        memcpy(key, props->correlation_data.p, props->correlation_data.n);
-        key[props->correlation_data.n] = '\0';
-        if (strlen(key) == props->correlation_data.n) {
-            w = hashmap_get(&rpc->waiting, VIEW_STR(key));
-        }
-    }
+    /* Keys are bytes: anything but one of ours matches nothing. */
+    Waiter *w = MQTT_HAS(props, MQTT_PROP_CORRELATION_DATA)
+                    ? hashmap_get(&rpc->waiting, props->correlation_data)
+                    : NULL;
     if (!w) {
         rpc->unmatched++;
         return;

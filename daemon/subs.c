@@ -292,11 +292,9 @@ static bool options_conflict(Client *c, json_t *id, View f, bool held, const Sub
     return true;
 }
 
-/* Ask the broker (again): for a first holder, a higher QoS, or the retained messages of a
- * fresh one. 0, or -errno when it cannot be asked (then nothing is held). */
-static int ask_broker(Client *c, View f, Waiter *w, bool retained)
+int subs_ask_broker(Daemon *d, View f, void *req, bool retained)
 {
-    RouterFilter *rf = router_filter(&c->d->router, f);
+    RouterFilter *rf = router_filter(&d->router, f);
     assert(rf);
     SessionSubscribe ss = {.filter = f,
                            .qos = rf->broker_qos,
@@ -304,7 +302,7 @@ static int ask_broker(Client *c, View f, Waiter *w, bool retained)
                            .no_local = rf->no_local,
                            .retain_as_published = rf->retain_as_published,
                            .retain_handling = retained ? 0 : 2};
-    return session_subscribe(c->d->broker.session, &ss, w, now_ms());
+    return session_subscribe(d->broker.session, &ss, req, now_ms());
 }
 
 void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int64_t timeout_ms,
@@ -348,7 +346,7 @@ void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int
     }
     int e = !immediate && !w           ? -ENOMEM
             : (immediate && !retained) ? 0
-                                       : ask_broker(c, f, w, retained);
+                                       : subs_ask_broker(d, f, w, retained);
     if (e < 0 && !immediate) {
         if (w) {
             waiter_cancel(w);

@@ -39,6 +39,10 @@ void subs_subscribe(Client *c, json_t *id, View filter, uint8_t qos, bool base64
 void subs_unsubscribe(Client *c, json_t *id, View filter, int64_t timeout_ms);
 
 size_t subs_count(const Client *c);
+/* Ask the broker (again) for `filter`, which the router holds: as its record says (QoS,
+ * subscription identifier, options), with or without the retained messages. `req` comes back in the
+ * session's SUBSCRIBE_DONE. 0, or -errno when it cannot be asked. */
+int subs_ask_broker(Daemon *d, View filter, void *req, bool retained);
 /* Drop every subscription of a holder that has no client (a named session that ends): the
  * broker's go with their last holder. */
 void subs_holder_clear(Daemon *d, SubHolder *h);
