@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "defaults.h"
+#include "log.h"
 #include "waiters.h"
 
 /* One answer at a time is built here, then copied to the client's output: this module's only
@@ -21,6 +22,25 @@ static void send_scratch(Client *c, int built)
         return;
     }
     conn_send(&c->conn, buf_view(&scratch));
+}
+
+void answer_message(Client *c, View event)
+{
+    Daemon *d = c->d;
+    /* The limit bounds a backlog: one message larger than the whole buffer still goes to a
+     * client that has nothing else pending, or it could never be delivered at all. */
+    size_t queued = conn_queued(&c->conn);
+    if (queued && queued + event.n > d->cfg.ipc.client_buffer) {
+        if (!c->conn.dropped) {
+            log_warning("client %llu (pid %d) reads too slowly: dropping messages for it",
+                        (unsigned long long)c->conn.serial, (int)c->conn.pid);
+        }
+        c->conn.dropped++;
+        d->stats.messages_dropped++;
+        return;
+    }
+    d->stats.messages_delivered++;
+    conn_send(&c->conn, event);
 }
 
 void answer_ok(Client *c, json_t *id, json_t *fields)

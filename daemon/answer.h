@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * What the daemon writes to a local client besides message events: replies to its requests
- * and the events about its own subscriptions. Built one at a time in this module's buffer and
- * queued on the client (server.c); a reply that cannot be built closes the client.
+ * What the daemon writes to a local client: message events within its buffer, replies to its
+ * requests and the events about its own subscriptions. Built one at a time in this module's buffer
+ * and queued on the client (server.c); a reply that cannot be built closes the client.
  */
 #pragma once
 
 #include "daemon.h"
 
+/* A message event (built by the caller) toward c, unless it would pass [ipc] client_buffer:
+ * then it is dropped and counted, and c hears how many once it has caught up. */
+void answer_message(Client *c, View event);
 /* {"id":..,"ok":true,...fields}; steals `fields` (may be NULL). */
 void answer_ok(Client *c, json_t *id, json_t *fields);
 /* {"id":..,"ok":false,"error":{"code":..,"message":..}}. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "bridge.h"
+#include "answer.h"
 #include "log.h"
 #include "notify.h"
 #include "rpc.h"
@@ -17,29 +18,9 @@
 #include "subs.h"
 #include "waiters.h"
 
-/* A message event toward a client, unless that would pass its buffer limit. */
-static void send_message(Client *c, View bytes)
-{
-    Daemon *d = c->d;
-    /* The limit bounds a backlog: one message larger than the whole buffer still goes to a
-     * client that has nothing else pending, or it could never be delivered at all. */
-    size_t queued = conn_queued(&c->conn);
-    if (queued && queued + bytes.n > d->cfg.ipc.client_buffer) {
-        if (!c->conn.dropped) {
-            log_warning("client %llu (pid %d) reads too slowly: dropping messages for it",
-                        (unsigned long long)c->conn.serial, (int)c->conn.pid);
-        }
-        c->conn.dropped++;
-        d->stats.messages_dropped++;
-        return;
-    }
-    d->stats.messages_delivered++;
-    conn_send(&c->conn, bytes);
-}
-
 /* router_ready_fn for deliver: whether a shared subscription's member can take the message
  * event (*userdata bytes, estimated) without passing ipc.client_buffer, so that the group
- * hands it to one that can rather than drop it (send_message decides for real, by the same
+ * hands it to one that can rather than drop it (answer_message decides for real, by the same
  * rule: an empty buffer takes any message). */
 static bool has_room(const RouterTarget *t, void *userdata)
 {
@@ -95,7 +76,7 @@ static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props)
             event_message(v, m->topic, m->payload, qos, m->retain, t[i]->base64, props) < 0) {
             continue;
         }
-        send_message(c, buf_view(v));
+        answer_message(c, buf_view(v));
     }
     for (int q = 0; q < 3; q++) {
         for (int b = 0; b < 2; b++) {

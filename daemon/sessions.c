@@ -17,9 +17,8 @@
 typedef struct Kept { /* a QoS 1/2 message kept for a session until acknowledged */
     DList link;
     uint64_t seq;
-    int64_t at;   /* when it came (ms), for the oldest pending age */
-    bool sent;    /* written to a connection of the session: the next is a redelivery */
-    unsigned gen; /* the connection it was last written to (LocalSession.gen) */
+    int64_t at; /* when it came (ms), for the oldest pending age */
+    bool sent;  /* written to a connection of the session: the next is a redelivery */
     uint8_t qos;
     bool retain, base64; /* base64: the encoding its holder asked for when it came */
     uint32_t topic_len, payload_len, props_len;
@@ -38,7 +37,7 @@ struct LocalSession {
     uint64_t next_seq;  /* the next message's */
     uint64_t sent_upto; /* the highest seq written to a connection */
     uint64_t acked;     /* the last acknowledgement */
-    unsigned gen;       /* counts its connections */
+    DList *unsent;      /* the first kept message its connection has not had; &kept: none */
     uint64_t dropped;   /* since it was last announced */
     uint64_t dropped_total;
 };
@@ -50,14 +49,22 @@ void sessions_init(Daemon *d)
     hashmap_init(&d->sessions);
 }
 
+static void drop_kept(LocalSession *s, Kept *k)
+{
+    if (s->unsent == &k->link) {
+        s->unsent = k->link.next;
+    }
+    s->kept_bytes -= k->topic_len + k->payload_len + k->props_len;
+    s->n_kept--;
+    dlist_remove(&k->link);
+    free(k);
+}
+
 static void free_kept(LocalSession *s)
 {
     while (!dlist_empty(&s->kept)) {
-        Kept *k = container_of(s->kept.next, Kept, link);
-        dlist_remove(&k->link);
-        free(k);
+        drop_kept(s, container_of(s->kept.next, Kept, link));
     }
-    s->n_kept = s->kept_bytes = 0;
 }
 
 /* The session ends: its subscriptions (and the broker's behind them, when it held them last)
@@ -144,7 +151,7 @@ static void send_kept(LocalSession *s, Kept *k)
     View raw = VIEW(k->data + k->topic_len + k->payload_len, k->props_len);
     bool redelivered = k->sent;
     k->sent = true;
-    k->gen = s->gen;
+    s->unsent = k->link.next;
     s->sent_upto = k->seq > s->sent_upto ? k->seq : s->sent_upto;
     buf_clear(&scratch);
     if (mqtt_props_check(raw, MQTT_PUBLISH, &props) < 0) {
@@ -165,19 +172,12 @@ static void send_kept(LocalSession *s, Kept *k)
 static void pump(LocalSession *s)
 {
     size_t limit = s->d->cfg.ipc.client_buffer;
-    for (DList *l = s->kept.next, *next; l != &s->kept; l = next) {
-        next = l->next;
-        Kept *k = container_of(l, Kept, link);
-        if (!s->client || s->client->conn.closed) {
-            return;
-        }
+    while (s->unsent != &s->kept && s->client && !s->client->conn.closed) {
         size_t queued = conn_queued(&s->client->conn);
         if (queued && queued >= limit) {
             return;
         }
-        if (k->gen != s->gen) {
-            send_kept(s, k);
-        }
+        send_kept(s, container_of(s->unsent, Kept, link));
     }
 }
 
@@ -200,14 +200,10 @@ static void bound(LocalSession *s, size_t more, size_t bytes)
     const Config *cfg = &s->d->cfg;
     while (s->n_kept && (s->n_kept + more > cfg->sessions.max_messages ||
                          s->kept_bytes + bytes > cfg->sessions.max_bytes)) {
-        Kept *k = container_of(s->kept.next, Kept, link);
-        s->kept_bytes -= k->topic_len + k->payload_len + k->props_len;
-        s->n_kept--;
+        drop_kept(s, container_of(s->kept.next, Kept, link));
         s->dropped++;
         s->dropped_total++;
         s->d->stats.messages_dropped++;
-        dlist_remove(&k->link);
-        free(k);
     }
 }
 
@@ -228,14 +224,7 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
         buf_clear(&scratch);
         if (s->client &&
             event_message(&scratch, m->topic, m->payload, 0, m->retain, t->base64, props) == 0) {
-            Conn *k = &s->client->conn;
-            if (conn_queued(k) && conn_queued(k) + scratch.len > d->cfg.ipc.client_buffer) {
-                k->dropped++;
-                d->stats.messages_dropped++;
-            } else {
-                d->stats.messages_delivered++;
-                conn_send(k, buf_view(&scratch));
-            }
+            answer_message(s->client, buf_view(&scratch));
         }
         return;
     }
@@ -273,6 +262,9 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
         memcpy(w + m->topic.n + m->payload.n, props->raw.p, props->raw.n);
     }
     dlist_push(&s->kept, &k->link);
+    if (s->unsent == &s->kept) { /* its connection had all the others */
+        s->unsent = &k->link;
+    }
     s->n_kept++;
     s->kept_bytes += bytes;
     pump(s);
@@ -296,17 +288,10 @@ static LocalSession *create(Client *c, Request *r)
     s->name = name;
     s->next_seq = 1;
     s->kept.prev = s->kept.next = &s->kept;
+    s->unsent = &s->kept;
     ev_timer_init(&s->expire, on_expire, 0.0, 0.0);
     log_info("session %s made by uid %u", name, (unsigned)c->conn.uid);
     return s;
-}
-
-static void drop_kept(LocalSession *s, Kept *k)
-{
-    s->kept_bytes -= k->topic_len + k->payload_len + k->props_len;
-    s->n_kept--;
-    dlist_remove(&k->link);
-    free(k);
 }
 
 /* Kept messages that no filter of the session matches any more (the rules changed while the
@@ -413,7 +398,7 @@ void sessions_op_session(Client *c, Request *r)
         s->expiry = r->expiry >= 0 ? (uint32_t)r->expiry : d->cfg.sessions.default_expiry;
     }
     s->client = c;
-    s->gen++;
+    s->unsent = s->kept.next; /* a new connection has had none */
     c->session = s;
     c->holder = &s->holder;
     /* A rule changed while the program was away applies now, to what was kept too. */
