@@ -1241,13 +1241,15 @@ static void connected(Impl *m, bool session_present, int64_t now)
         /* Restore the subscriptions, ahead of any request made meanwhile. */
         for (l = m->subs.prev; l != &m->subs; l = l->prev) {
             Sub *sub = container_of(l, Sub, link);
-            SessionSubscribe again = {
-                .filter = VIEW(sub->filter, sub->len), .qos = sub->qos, .subid = sub->subid};
+            /* Without the retained messages: its holders had them (they would be taken for
+             * live ones with Retain As Published). */
+            SessionSubscribe again = {.filter = VIEW(sub->filter, sub->len),
+                                      .qos = sub->qos,
+                                      .subid = sub->subid,
+                                      .no_local = sub->opts & SUB_NO_LOCAL,
+                                      .retain_as_published = sub->opts & SUB_RAP,
+                                      .retain_handling = 2};
             if (add_pending(m, &again, P_SUBSCRIBE, NULL) == 0) {
-                /* Without the retained messages: its holders had them (they would be taken
-                 * for live ones with Retain As Published). */
-                container_of(m->pending.prev, Pending, link)->opts =
-                    (uint8_t)((sub->opts & ~(3 << SUB_RH_SHIFT)) | 2 << SUB_RH_SHIFT);
                 Link *p = m->pending.prev;
                 list_remove(p);
                 list_insert_before(m->pending.next, p);
