@@ -58,6 +58,14 @@ typedef struct Recovery {
 static void on_recovered(void *ud, const SpoolMessage *m)
 {
     Recovery *rc = ud;
+    if (m->session) { /* kept for a named local session */
+        if (!sessions_recovered_message(rc->d, m) &&
+            buf_append(&rc->done, &m->seq, sizeof(m->seq)) < 0) {
+            log_error("spool: out of memory: message %llu is dropped again at the next start",
+                      (unsigned long long)m->seq);
+        }
+        return;
+    }
     if (m->superseded) {
         log_warning("spool: message %llu was acknowledged (a newer one has its packet id %u); "
                     "forgetting it",
@@ -99,12 +107,18 @@ static void on_recovered(void *ud, const SpoolMessage *m)
     }
 }
 
-/* Open [queue] spool_dir and queue what it holds, ahead of anything new. */
+static void on_recovered_session(void *ud, const SpoolSession *m)
+{
+    sessions_recovered(((Recovery *)ud)->d, m);
+}
+
+/* Open [queue] spool_dir and queue what it holds, ahead of anything new; sessions come back
+ * with what they kept. */
 static int open_spool(Daemon *d)
 {
     Recovery rc = {.d = d};
-    int r = spool_open(d->loop, d->cfg.queue.spool_dir, d->cfg.queue.fsync, on_recovered, &rc,
-                       &d->spool);
+    SpoolRecovery cb = {on_recovered, on_recovered_session, &rc};
+    int r = spool_open(d->loop, d->cfg.queue.spool_dir, d->cfg.queue.fsync, &cb, &d->spool);
     if (r < 0) {
         buf_free(&rc.done);
         return r;
@@ -115,6 +129,7 @@ static int open_spool(Daemon *d)
         spool_done(d->spool, seq);
     }
     buf_free(&rc.done);
+    sessions_recovery_done(d);
     Session *s = d->broker.session;
     session_restore_incoming(s, spool_incoming_held(d->spool));
     if (s->queued + s->inflight) {

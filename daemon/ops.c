@@ -249,12 +249,14 @@ static void op_subscribe(Client *c, Request *r)
     if (permitted(c, r, ACL_SUBSCRIBE) && !v5_refused(c, r)) {
         SubOptions o = {r->no_local, r->retain_as_published, r->retain_handling};
         subs_subscribe(c, r->id, r->topic, r->qos, r->encoding == ENC_BASE64, timeout_of(c, r), &o);
+        sessions_client_subscribed(c);
     }
 }
 
 static void op_unsubscribe(Client *c, Request *r)
 {
     subs_unsubscribe(c, r->id, r->topic, timeout_of(c, r));
+    sessions_client_subscribed(c);
 }
 
 static json_t *int_or_null(bool ok, json_int_t v)

@@ -17,8 +17,9 @@
 typedef struct Kept { /* a QoS 1/2 message kept for a session until acknowledged */
     DList link;
     uint64_t seq;
-    int64_t at; /* when it came (ms), for the oldest pending age */
-    bool sent;  /* written to a connection of the session: the next is a redelivery */
+    uint64_t spool_seq; /* its record in the spool; 0: none */
+    int64_t at;         /* when it came (ms), for the oldest pending age */
+    bool sent;          /* written to a connection of the session: the next is a redelivery */
     uint8_t qos;
     bool retain, base64; /* base64: the encoding its holder asked for when it came */
     uint32_t topic_len, payload_len, props_len;
@@ -40,17 +41,110 @@ struct LocalSession {
     DList *unsent;      /* the first kept message its connection has not had; &kept: none */
     uint64_t dropped;   /* since it was last announced */
     uint64_t dropped_total;
+    uint64_t spool_id; /* its id in the spool; 0: not written there (no spool, or it failed) */
+    int64_t left_at;   /* when its last connection closed (Unix time, ms); 0: connected */
 };
 
-static Buf scratch; /* one event line at a time */
+static Buf scratch;       /* one event line at a time */
+static HashMap recovered; /* spool id -> LocalSession, while the spool is read back */
+
+/* ---- the spool: what survives a restart ---- */
+
+/* Its subscriptions as a SESSION record lists them. */
+static int encode_subs(const LocalSession *s, Buf *out)
+{
+    HashIter it;
+    void *v;
+    for (hashmap_iter(&s->holder.subs, &it); hashmap_iter_next(&it, &v);) {
+        const ClientSub *cs = v;
+        View f = VIEW(cs->filter, cs->len);
+        const RouterFilter *rf = router_filter(&s->d->router, f);
+        SpoolSessionSub sub = {.qos = cs->qos,
+                               .base64 = cs->base64,
+                               .no_local = rf && rf->no_local,
+                               .retain_as_published = rf && rf->retain_as_published,
+                               .filter = f};
+        int r = spool_session_sub_put(out, &sub);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* Whether the spool logged failure `r` itself (a write error, once per episode). */
+static bool spool_logged(const Spool *sp, int r)
+{
+    SpoolHealth h;
+    spool_health(sp, &h);
+    return h.write_error == -r;
+}
+
+/* Write the session whole into the spool (with [queue] spool_dir): at its start, when its
+ * subscriptions, expiry or connection change. A failure is logged (write errors once per
+ * episode, by the spool); the session goes on in memory and is written again at its next
+ * change. */
+static void save(LocalSession *s)
+{
+    Daemon *d = s->d;
+    if (!d->spool) {
+        return;
+    }
+    Buf subs = {0};
+    SpoolSession m = {.id = s->spool_id,
+                      .name = VIEW_STR(s->name),
+                      .uid = (uint32_t)s->holder.uid,
+                      .expiry = s->expiry,
+                      .left_at = s->client ? 0 : s->left_at,
+                      .next_seq = s->next_seq};
+    int r = encode_subs(s, &subs);
+    if (r == 0) {
+        m.subs = buf_view(&subs);
+        r = spool_session_put(d->spool, &m);
+    }
+    buf_free(&subs);
+    if (r == 0) {
+        s->spool_id = m.id;
+    } else if (!spool_logged(d->spool, r)) {
+        log_error("session %s: cannot write it to the spool: %s", s->name, strerror(-r));
+    }
+}
+
+/* A kept message into the spool, numbered k->spool_seq. */
+static void save_kept(LocalSession *s, Kept *k)
+{
+    Daemon *d = s->d;
+    if (!d->spool || (!s->spool_id && (save(s), !s->spool_id))) {
+        return;
+    }
+    SpoolMessage m = {.qos = k->qos,
+                      .retain = k->retain,
+                      .topic = VIEW(k->data, k->topic_len),
+                      .payload = VIEW(k->data + k->topic_len, k->payload_len),
+                      .props = VIEW(k->data + k->topic_len + k->payload_len, k->props_len),
+                      .session = s->spool_id,
+                      .session_seq = k->seq,
+                      .kept_at = wall_ms(),
+                      .base64 = k->base64};
+    uint64_t mark;
+    int r = spool_add(d->spool, &m, &k->spool_seq, &mark);
+    if (r < 0 && !spool_logged(d->spool, r)) {
+        log_error("session %s: cannot write message %llu to the spool: %s", s->name,
+                  (unsigned long long)k->seq, strerror(-r));
+    }
+}
 
 void sessions_init(Daemon *d)
 {
     hashmap_init(&d->sessions);
+    hashmap_init(&recovered);
 }
 
 static void drop_kept(LocalSession *s, Kept *k)
 {
+    if (k->spool_seq && s->d->spool) { /* no spool: stopping, or none */
+        spool_done(s->d->spool, k->spool_seq);
+    }
     if (s->unsent == &k->link) {
         s->unsent = k->link.next;
     }
@@ -77,14 +171,19 @@ static void end_session(LocalSession *s, const char *why)
     ev_timer_stop(d->loop, &s->expire);
     subs_holder_clear(d, &s->holder);
     free_kept(s);
+    if (s->spool_id && d->spool) {
+        spool_done(d->spool, s->spool_id);
+    }
     (void)hashmap_remove(&d->sessions, VIEW_STR(s->name));
     free(s->name);
     free(s);
 }
 
+/* At stop: the spool keeps it (closed already, so nothing is written). */
 static void free_session(void *p)
 {
     LocalSession *s = p;
+    assert(!s->d->spool);
     ev_timer_stop(s->d->loop, &s->expire);
     hashmap_free(&s->holder.subs, free); /* the router and the broker link go too */
     free_kept(s);
@@ -137,8 +236,18 @@ static void detach_quietly(LocalSession *s)
 
 void sessions_client_gone(Client *c)
 {
+    LocalSession *s = c->session;
+    if (s) {
+        detach(s);
+        s->left_at = wall_ms();
+        save(s);
+    }
+}
+
+void sessions_client_subscribed(Client *c)
+{
     if (c->session) {
-        detach(c->session);
+        save(c->session);
     }
 }
 
@@ -267,30 +376,38 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
     }
     s->n_kept++;
     s->kept_bytes += bytes;
+    save_kept(s, k); /* before the broker is acknowledged (when this returns) */
     pump(s);
 }
 
 /* ---- the ops ---- */
 
-static LocalSession *create(Client *c, Request *r)
+static LocalSession *new_session(Daemon *d, View name, uid_t uid)
 {
-    Daemon *d = c->d;
     LocalSession *s = calloc(1, sizeof(*s));
-    char *name = s ? strndup((const char *)r->name.p, r->name.n) : NULL;
-    if (!name || hashmap_put(&d->sessions, r->name, s) < 0) {
-        free(name);
+    char *copy = s ? strndup((const char *)name.p, name.n) : NULL;
+    if (!copy || hashmap_put(&d->sessions, name, s) < 0) {
+        free(copy);
         free(s);
         return NULL;
     }
-    s->holder = (SubHolder){.target = {.kind = TARGET_SESSION}, .uid = c->conn.uid};
+    s->holder = (SubHolder){.target = {.kind = TARGET_SESSION}, .uid = uid};
     hashmap_init(&s->holder.subs);
     s->d = d;
-    s->name = name;
+    s->name = copy;
     s->next_seq = 1;
     s->kept.prev = s->kept.next = &s->kept;
     s->unsent = &s->kept;
     ev_timer_init(&s->expire, on_expire, 0.0, 0.0);
-    log_info("session %s made by uid %u", name, (unsigned)c->conn.uid);
+    return s;
+}
+
+static LocalSession *create(Client *c, Request *r)
+{
+    LocalSession *s = new_session(c->d, r->name, c->conn.uid);
+    if (s) {
+        log_info("session %s made by uid %u", s->name, (unsigned)c->conn.uid);
+    }
     return s;
 }
 
@@ -323,6 +440,7 @@ void sessions_lost(Daemon *d, View filter)
         if (!s->client && subs_holder_forget(d, &s->holder, filter)) {
             log_warning("session %s loses %.*s (the broker refused it at a reconnect)", s->name,
                         (int)filter.n, (const char *)filter.p);
+            save(s);
         }
     }
 }
@@ -406,6 +524,8 @@ void sessions_op_session(Client *c, Request *r)
         return; /* c was closed (out of memory): the session goes on without it */
     }
     forget_unheld(s);
+    s->left_at = 0;
+    save(s);
     answer_ok(c, r->id,
               json_pack("{s:b, s:I}", "resumed", resumed, "pending", (json_int_t)s->n_kept));
     if (s->dropped && !c->conn.closed) {
@@ -437,6 +557,12 @@ void sessions_op_ack(Client *c, Request *r)
                      "seq %llu is behind the last acknowledgement (%llu)",
                      (unsigned long long)r->seq, (unsigned long long)acked);
         return;
+    }
+    Spool *sp = c->d->spool;
+    int e = sp && s->spool_id && r->seq > acked ? spool_session_ack(sp, s->spool_id, r->seq) : 0;
+    if (e < 0 && !spool_logged(sp, e)) {
+        log_error("session %s: cannot write its acknowledgement to the spool: %s", s->name,
+                  strerror(-e));
     }
     while (!dlist_empty(&s->kept)) {
         Kept *k = container_of(s->kept.next, Kept, link);
@@ -495,4 +621,115 @@ void sessions_op_list(Client *c, Request *r)
                             "dropped", (json_int_t)s->dropped_total));
     }
     answer_ok(c, r->id, json_pack("{s:o}", "sessions", list ? list : json_array()));
+}
+
+/* ---- recovery from the spool ---- */
+
+/* Its subscriptions, held again (the broker is asked when the link comes up). */
+static void restore_subs(LocalSession *s, View subs)
+{
+    SpoolSessionSub sub;
+    while (spool_session_sub_next(&subs, &sub) == 1) {
+        SubOptions o = {.no_local = sub.no_local, .retain_as_published = sub.retain_as_published};
+        int r = subs_holder_restore(s->d, &s->holder, sub.filter, sub.qos, sub.base64, &o);
+        if (r < 0 && r != -EEXIST) {
+            log_error("session %s: cannot hold %.*s again: %s", s->name, (int)sub.filter.n,
+                      (const char *)sub.filter.p, strerror(-r));
+        }
+    }
+}
+
+void sessions_recovered(Daemon *d, const SpoolSession *m)
+{
+    LocalSession *s = hashmap_get(&d->sessions, m->name) ? NULL : new_session(d, m->name, m->uid);
+    if (!s || hashmap_put(&recovered, VIEW(&m->id, sizeof(m->id)), s) < 0) {
+        /* Its kept messages are forgotten with it; it stays in the spool for the next start
+         * unless a new session of that name replaces it. */
+        log_error("session %.*s could not be recovered from the spool (out of memory)",
+                  (int)m->name.n, (const char *)m->name.p);
+        if (s) {
+            end_session(s, "out of memory");
+        }
+        return;
+    }
+    s->spool_id = m->id;
+    s->expiry = m->expiry;
+    s->left_at = m->left_at;
+    s->acked = s->sent_upto = m->acked;
+    s->next_seq = m->next_seq > m->acked ? m->next_seq : m->acked + 1;
+    restore_subs(s, m->subs);
+}
+
+bool sessions_recovered_message(Daemon *d, const SpoolMessage *m)
+{
+    LocalSession *s = hashmap_get(&recovered, VIEW(&m->session, sizeof(m->session)));
+    size_t bytes = m->topic.n + m->payload.n + m->props.n;
+    const Kept *last = s && !dlist_empty(&s->kept) ? container_of(s->kept.prev, Kept, link) : NULL;
+    if (!s || m->session_seq <= s->acked || (last && m->session_seq <= last->seq) ||
+        bytes > UINT32_MAX) {
+        return false; /* ended, acknowledged (its DONE was lost), or out of order (damage) */
+    }
+    Kept *k = malloc(sizeof(*k) + bytes);
+    if (!k) {
+        return false; /* as if the bound had dropped it */
+    }
+    int64_t age = wall_ms() - m->kept_at;
+    *k = (Kept){.seq = m->session_seq,
+                .spool_seq = m->seq,
+                .at = now_ms() - (age > 0 ? age : 0),
+                .sent = true, /* who knows whether its program had it: redelivered */
+                .qos = m->qos,
+                .retain = m->retain,
+                .base64 = m->base64,
+                .topic_len = (uint32_t)m->topic.n,
+                .payload_len = (uint32_t)m->payload.n,
+                .props_len = (uint32_t)m->props.n};
+    uint8_t *w = k->data;
+    memcpy(w, m->topic.p, m->topic.n);
+    if (m->payload.n) {
+        memcpy(w + m->topic.n, m->payload.p, m->payload.n);
+    }
+    if (m->props.n) {
+        memcpy(w + m->topic.n + m->payload.n, m->props.p, m->props.n);
+    }
+    dlist_push(&s->kept, &k->link);
+    s->n_kept++;
+    s->kept_bytes += bytes;
+    if (k->seq >= s->next_seq) {
+        s->next_seq = k->seq + 1;
+    }
+    return true;
+}
+
+void sessions_recovery_done(Daemon *d)
+{
+    HashIter it;
+    void *v;
+    int64_t wall = wall_ms();
+    size_t n = 0, kept = 0;
+    for (hashmap_iter(&recovered, &it); hashmap_iter_next(&it, &v);) {
+        LocalSession *s = v;
+        s->unsent = s->kept.next;
+        s->sent_upto = s->next_seq - 1; /* every kept one may have been sent */
+        /* Numbers between the last acknowledgement and the first kept message are messages
+         * that were dropped (announced again if they were before the restart: at least once). */
+        uint64_t first = s->n_kept ? container_of(s->kept.next, Kept, link)->seq : s->next_seq;
+        s->dropped = s->dropped_total = first - 1 - s->acked;
+        bound(s, 0, 0); /* the bounds of this configuration */
+        /* Connected when the daemon stopped: its program is away from now on. */
+        int64_t away = s->left_at ? wall - s->left_at : 0;
+        if (!s->left_at) {
+            s->left_at = wall;
+            save(s);
+        }
+        double left = (double)s->expiry - (double)(away > 0 ? away : 0) / 1000.0;
+        ev_timer_set(&s->expire, left > 0 ? left : 0.0, 0.0);
+        ev_timer_start(d->loop, &s->expire);
+        n++;
+        kept += s->n_kept;
+    }
+    hashmap_free(&recovered, NULL);
+    if (n) {
+        log_info("spool: %zu sessions recovered, holding %zu messages", n, kept);
+    }
 }

@@ -11,8 +11,14 @@
  *
  * A session belongs to the uid that made it. A second connection of that uid naming it takes
  * it over; the first is told and closed. The session outlives its last connection by its
- * expiry, then ends with its subscriptions. Kept in memory: a daemon restart ends every
- * session (the spool does not hold them yet).
+ * expiry, then ends with its subscriptions.
+ *
+ * With [queue] spool_dir, the spool holds them too: a session is written whole when it starts,
+ * when its subscriptions, expiry or connection change; each kept message before the broker is
+ * acknowledged; each acknowledgement; and a DONE for every message acknowledged or dropped
+ * and for the session when it ends. At the next start they come back (sessions_recovered...)
+ * before the broker link is up, their expiry counted from when their program left. Without a
+ * spool they live in memory only.
  */
 #pragma once
 
@@ -40,6 +46,15 @@ void sessions_lost(Daemon *d, View filter);
 
 /* c is closing: its session (if any) goes on without it. Before subs_client_gone. */
 void sessions_client_gone(Client *c);
+/* c subscribed or unsubscribed: its session (if any) is written to the spool again. */
+void sessions_client_subscribed(Client *c);
+
+/* Recovery, from spool_open's callbacks (main.c): a session, then its kept messages (false:
+ * no session to keep it for, the caller forgets it with spool_done), then, once the spool is
+ * open, sessions_recovery_done (bounds, expiry timers). */
+void sessions_recovered(Daemon *d, const SpoolSession *m);
+bool sessions_recovered_message(Daemon *d, const SpoolMessage *m);
+void sessions_recovery_done(Daemon *d);
 
 /* A message routed to a session's holding (bridge.c): kept (QoS 1/2) and sent when its
  * program is connected. */

@@ -98,13 +98,26 @@ typedef struct Segment {
     bool busy;        /* a compaction's output, being filled by the helper thread: kept */
 } Segment;
 
-typedef struct Live {       /* a pending message */
-    uint64_t seq, seg, off; /* where its ADD record is */
-    uint32_t len;
-    uint8_t qos;
+/* The latest state record of an entry: a message's send state (STATE), or the last
+ * acknowledgement of a session (SESSION_ACK). All 0: none written. */
+typedef struct LiveState {
     uint16_t packet_id;
     bool pubrec;
-    uint64_t state_seg; /* segment of its latest STATE record; 0: none */
+    uint64_t acked;
+} LiveState;
+
+/* What a Live is: a message queued for the broker, one kept for a named local session, or a
+ * session itself (its "ADD" its latest SESSION record, its state its latest SESSION_ACK). */
+enum live_kind { LIVE_QUEUED, LIVE_KEPT, LIVE_SESSION, LIVE_KINDS };
+
+typedef struct Live {       /* a pending message, or a session */
+    uint64_t seq, seg, off; /* where its ADD (KEPT, SESSION) record is */
+    uint32_t len;
+    uint8_t qos;
+    uint8_t kind; /* enum live_kind */
+    LiveState st;
+    uint64_t session;   /* LIVE_KEPT: its session's seq */
+    uint64_t state_seg; /* segment of its latest state record; 0: none */
     uint64_t first_seg; /* the oldest segment that may still hold a copy of its ADD */
     bool copying;       /* in the snapshot of the compaction in flight (Spool.compact_out) */
 } Live;
@@ -130,8 +143,7 @@ typedef struct CopyItem {
     int src;            /* index in Compaction.src of its ADD's segment; -1: ADD not copied */
     uint64_t add_off;   /* its ADD record in that segment */
     uint32_t add_len;   /* ... and its length */
-    uint16_t packet_id; /* its send state, written after the ADD (or alone); 0: none */
-    bool pubrec;        /* ... */
+    LiveState st;       /* its state, written after the ADD (or alone); all 0: none */
     uint64_t state_seg; /* Live.state_seg at the snapshot */
     uint64_t out_off;   /* set by the helper thread: where the ADD copy went */
 } CopyItem;
@@ -168,6 +180,7 @@ struct Spool {
     Segment *segs; /* segs[n_segs - 1] is the one written */
     size_t n_segs, cap_segs;
     HashMap live; /* seq -> Live */
+    size_t count[LIVE_KINDS];
     uint64_t next_seq;
     uint64_t appended;
     Buf rec;
@@ -253,24 +266,45 @@ static void move_add(Spool *s, Live *l, uint64_t seg, uint64_t off, uint32_t len
     l->len = len;
 }
 
-/* A message's latest STATE record is now in `seg`. */
-static void move_state(Spool *s, Live *l, uint64_t seg, uint16_t packet_id, bool pubrec)
+static bool has_state(LiveState st)
 {
-    seg_ref(s, seg, SPOOL_STATE_SIZE);
+    return st.packet_id || st.acked;
+}
+
+static uint32_t state_size(LiveState st)
+{
+    return st.acked ? SPOOL_ACK_SIZE : SPOOL_STATE_SIZE;
+}
+
+/* An entry's latest state record is now in `seg`. */
+static void move_state(Spool *s, Live *l, uint64_t seg, LiveState st)
+{
+    seg_ref(s, seg, state_size(st));
     if (l->state_seg) {
-        seg_unref(s, l->state_seg, SPOOL_STATE_SIZE);
+        seg_unref(s, l->state_seg, state_size(l->st));
     }
     l->state_seg = seg;
-    l->packet_id = packet_id;
-    l->pubrec = pubrec;
+    l->st = st;
+}
+
+/* A new entry, its ADD record at (seg, off). */
+static int add_live(Spool *s, Live *l)
+{
+    int r = hashmap_put(&s->live, seq_key(&l->seq), l);
+    if (r == 0) {
+        seg_ref(s, l->seg, l->len);
+        s->count[l->kind]++;
+    }
+    return r;
 }
 
 static void forget(Spool *s, Live *l)
 {
     seg_unref(s, l->seg, l->len);
     if (l->state_seg) {
-        seg_unref(s, l->state_seg, SPOOL_STATE_SIZE);
+        seg_unref(s, l->state_seg, state_size(l->st));
     }
+    s->count[l->kind]--;
     free(l);
 }
 
@@ -400,6 +434,19 @@ static int write_all(int fd, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* An entry's state record: a STATE, or a SESSION_ACK. */
+static int encode_state(Buf *out, uint32_t salt, uint64_t seq, LiveState st)
+{
+    return st.acked ? spool_record_session_ack(out, salt, seq, st.acked)
+                    : spool_record_state(out, salt, seq, st.packet_id, st.pubrec);
+}
+
+/* A record that starts an entry (and a DONE ends). */
+static bool is_add_type(enum spool_record_type t)
+{
+    return t == SPOOL_ADD || t == SPOOL_ADD5 || t == SPOOL_KEPT || t == SPOOL_SESSION;
+}
+
 /* Read the ADD record of message `seq` (`len` bytes at `off` of `fd`, checksummed with `salt`)
  * into `out` (cleared first), checking that it still reads back, and checksum it again with
  * `new_salt`. No logging and no Spool: the helper thread calls it too. -EBADMSG when the
@@ -417,8 +464,8 @@ static int read_add(int fd, uint32_t salt, uint64_t seq, uint64_t off, uint32_t 
         return n < 0 ? -errno : -EIO;
     }
     SpoolRecord rec;
-    if (spool_record_parse(VIEW(out->data, len), salt, &rec) != 1 ||
-        (rec.type != SPOOL_ADD && rec.type != SPOOL_ADD5) || rec.seq != seq) {
+    if (spool_record_parse(VIEW(out->data, len), salt, &rec) != 1 || !is_add_type(rec.type) ||
+        rec.seq != seq) {
         return -EBADMSG;
     }
     spool_record_reseal(out->data, len, new_salt);
@@ -439,8 +486,8 @@ static int copy_item(Compaction *c, CopyItem *it)
             return r;
         }
     }
-    if (it->packet_id) {
-        r = spool_record_state(&c->rec, c->out_salt, it->seq, it->packet_id, it->pubrec);
+    if (has_state(it->st)) {
+        r = encode_state(&c->rec, c->out_salt, it->seq, it->st);
     }
     if (r < 0 || (r = write_all(c->out_fd, c->rec.data, c->rec.len)) < 0) {
         c->failure = COPY_WRITE;
@@ -804,16 +851,16 @@ static int append(Spool *s, uint64_t *ret_off)
     return 0;
 }
 
-/* Write the current send state of `l` into the current segment. */
-static int put_state(Spool *s, Live *l, uint16_t packet_id, bool pubrec)
+/* Write state `st` of `l` into the current segment. */
+static int put_state(Spool *s, Live *l, LiveState st)
 {
     buf_clear(&s->rec);
     uint64_t off;
-    int r = spool_record_state(&s->rec, cur_seg(s)->salt, l->seq, packet_id, pubrec);
+    int r = encode_state(&s->rec, cur_seg(s)->salt, l->seq, st);
     if (r < 0 || (r = append(s, &off)) < 0) {
         return r;
     }
-    move_state(s, l, cur_seg(s)->id, packet_id, pubrec);
+    move_state(s, l, cur_seg(s)->id, st);
     return 0;
 }
 
@@ -892,8 +939,8 @@ static int copy_forward(Spool *s, uint64_t id)
         if (add_here) {
             r = copy_add(s, fd, salt, l);
         }
-        if (r == 0 && l->packet_id && (add_here || l->state_seg == id)) {
-            r = put_state(s, l, l->packet_id, l->pubrec);
+        if (r == 0 && has_state(l->st) && (add_here || l->state_seg == id)) {
+            r = put_state(s, l, l->st);
         }
     }
     free(mine);
@@ -1064,7 +1111,7 @@ static int snapshot(Spool *s, Compaction *c)
         if (src < 0 && !(l->state_seg && src_index(c, l->state_seg) >= 0)) {
             continue;
         }
-        assert((l->state_seg != 0) == (l->packet_id != 0)); /* STATE records never hold id 0 */
+        assert((l->state_seg != 0) == has_state(l->st)); /* state records are never all 0 */
         if (c->n_items == cap) {
             cap = cap ? cap * 2 : 64;
             CopyItem *n = realloc(c->items, cap * sizeof(*n));
@@ -1077,8 +1124,7 @@ static int snapshot(Spool *s, Compaction *c)
                                             .src = src,
                                             .add_off = src >= 0 ? l->off : 0,
                                             .add_len = src >= 0 ? l->len : 0,
-                                            .packet_id = l->packet_id,
-                                            .pubrec = l->pubrec,
+                                            .st = l->st,
                                             .state_seg = l->state_seg};
     }
     if (c->n_items) {
@@ -1201,9 +1247,9 @@ static void apply_copy(Spool *s, const Compaction *c, const CopyItem *it)
         assert(l->seg == c->src[it->src].id && l->off == it->add_off && l->len == it->add_len);
         move_add(s, l, c->out_id, it->out_off, it->add_len);
     }
-    if (it->packet_id && l->state_seg == it->state_seg) {
-        assert(l->packet_id == it->packet_id && l->pubrec == it->pubrec);
-        move_state(s, l, c->out_id, it->packet_id, it->pubrec);
+    if (has_state(it->st) && l->state_seg == it->state_seg) {
+        assert(!memcmp(&l->st, &it->st, sizeof(l->st)));
+        move_state(s, l, c->out_id, it->st);
     }
 }
 
@@ -1277,9 +1323,37 @@ static int writable(Spool *s, bool rotate)
     return 0;
 }
 
+/* Append the record in s->rec as the ADD of a new entry `l` (seq, kind, qos set), or as the
+ * newer SESSION record of the session `l` already is. A new `l` is freed on failure. */
+static int append_entry(Spool *s, Live *l, bool is_new)
+{
+    int r = is_new ? hashmap_put(&s->live, seq_key(&l->seq), l) : 0;
+    uint64_t off;
+    if (r == 0 && (r = append(s, &off)) < 0 && is_new) {
+        (void)hashmap_remove(&s->live, seq_key(&l->seq)); /* l, put there just above */
+    }
+    if (r < 0) {
+        if (is_new) {
+            free(l);
+        }
+        return r;
+    }
+    if (is_new) {
+        l->seg = l->first_seg = cur_seg(s)->id;
+        l->off = off;
+        l->len = (uint32_t)s->rec.len;
+        seg_ref(s, l->seg, l->len);
+        s->count[l->kind]++;
+        s->next_seq++;
+    } else {
+        move_add(s, l, cur_seg(s)->id, off, (uint32_t)s->rec.len);
+    }
+    schedule_sync(s);
+    return 0;
+}
+
 int spool_add(Spool *s, const SpoolMessage *m, uint64_t *ret_seq, uint64_t *ret_mark)
 {
-    uint8_t qos = m->qos;
     int r = writable(s, true);
     if (r < 0) {
         return r;
@@ -1288,32 +1362,70 @@ int spool_add(Spool *s, const SpoolMessage *m, uint64_t *ret_seq, uint64_t *ret_
     if (!l) {
         return -ENOMEM;
     }
-    *l = (Live){.seq = s->next_seq, .qos = qos, .first_seg = cur_seg(s)->id};
+    *l = (Live){.seq = s->next_seq,
+                .qos = m->qos,
+                .kind = m->session ? LIVE_KEPT : LIVE_QUEUED,
+                .session = m->session};
+    assert(!m->session || hashmap_get(&s->live, seq_key(&m->session)));
     buf_clear(&s->rec);
-    r = spool_record_add(&s->rec, cur_seg(s)->salt, l->seq, qos, m->retain, m->topic, m->payload,
-                         m->props, m->expires_at);
-    if (r == 0) {
-        r = hashmap_put(&s->live, seq_key(&l->seq), l);
+    if (m->session) {
+        SpoolRecord k = {.session = m->session,
+                         .session_seq = m->session_seq,
+                         .kept_at = m->kept_at,
+                         .qos = m->qos,
+                         .retain = m->retain,
+                         .base64 = m->base64,
+                         .topic = m->topic,
+                         .payload = m->payload,
+                         .props = m->props};
+        r = spool_record_kept(&s->rec, cur_seg(s)->salt, l->seq, &k);
+    } else {
+        r = spool_record_add(&s->rec, cur_seg(s)->salt, l->seq, m->qos, m->retain, m->topic,
+                             m->payload, m->props, m->expires_at);
     }
     if (r < 0) {
         free(l);
         return r;
     }
-    uint64_t off;
-    if ((r = append(s, &off)) < 0) {
-        (void)hashmap_remove(&s->live, seq_key(&l->seq)); /* l, put there just above */
-        free(l);
+    if ((r = append_entry(s, l, true)) < 0) {
         return r;
     }
-    s->next_seq++;
-    l->seg = cur_seg(s)->id;
-    l->off = off;
-    l->len = (uint32_t)s->rec.len;
-    seg_ref(s, l->seg, l->len);
     *ret_seq = l->seq;
     *ret_mark = s->appended;
-    schedule_sync(s);
     return 0;
+}
+
+int spool_session_put(Spool *s, SpoolSession *m)
+{
+    Live *l = m->id ? hashmap_get(&s->live, seq_key(&m->id)) : NULL;
+    if (m->id && (!l || l->kind != LIVE_SESSION)) {
+        return -ENOENT;
+    }
+    int r = writable(s, true);
+    if (r < 0) {
+        return r;
+    }
+    if (!l && !(l = calloc(1, sizeof(*l)))) {
+        return -ENOMEM;
+    }
+    bool is_new = !m->id;
+    if (is_new) {
+        *l = (Live){.seq = s->next_seq, .kind = LIVE_SESSION};
+    }
+    SpoolSession rec = *m;
+    rec.id = l->seq;
+    buf_clear(&s->rec);
+    if ((r = spool_record_session(&s->rec, cur_seg(s)->salt, &rec)) < 0) {
+        if (is_new) {
+            free(l);
+        }
+        return r;
+    }
+    if ((r = append_entry(s, l, is_new)) == 0) {
+        m->id = rec.id;
+        sweep(s); /* the older SESSION record may have been all its segment held */
+    }
+    return r;
 }
 
 static void owe_done(Spool *s, Pin p)
@@ -1357,10 +1469,10 @@ void spool_done(Spool *s, uint64_t seq)
     sweep(s);
 }
 
-static int write_state(Spool *s, Live *l, uint16_t packet_id, bool pubrec)
+static int write_state(Spool *s, Live *l, LiveState st)
 {
     int r = writable(s, false);
-    if (r < 0 || (r = put_state(s, l, packet_id, pubrec)) < 0) {
+    if (r < 0 || (r = put_state(s, l, st)) < 0) {
         return r;
     }
     schedule_sync(s);
@@ -1371,28 +1483,42 @@ static int write_state(Spool *s, Live *l, uint16_t packet_id, bool pubrec)
 int spool_sent(Spool *s, uint64_t seq, uint16_t packet_id)
 {
     Live *l = hashmap_get(&s->live, seq_key(&seq));
-    if (!l) {
+    if (!l || l->kind != LIVE_QUEUED) {
         return -ENOENT;
     }
     if (!packet_id) {
         return -EINVAL;
     }
-    if (l->packet_id == packet_id && !l->pubrec) {
+    if (l->st.packet_id == packet_id && !l->st.pubrec) {
         return 0;
     }
-    return write_state(s, l, packet_id, false);
+    return write_state(s, l, (LiveState){.packet_id = packet_id});
 }
 
 int spool_pubrec(Spool *s, uint64_t seq)
 {
     Live *l = hashmap_get(&s->live, seq_key(&seq));
-    if (!l) {
+    if (!l || l->kind != LIVE_QUEUED) {
         return -ENOENT;
     }
-    if (l->qos != 2 || !l->packet_id) {
+    if (l->qos != 2 || !l->st.packet_id) {
         return -EINVAL;
     }
-    return l->pubrec ? 0 : write_state(s, l, l->packet_id, true);
+    return l->st.pubrec
+               ? 0
+               : write_state(s, l, (LiveState){.packet_id = l->st.packet_id, .pubrec = true});
+}
+
+int spool_session_ack(Spool *s, uint64_t id, uint64_t acked)
+{
+    Live *l = hashmap_get(&s->live, seq_key(&id));
+    if (!l || l->kind != LIVE_SESSION) {
+        return -ENOENT;
+    }
+    if (!acked) {
+        return -EINVAL;
+    }
+    return l->st.acked == acked ? 0 : write_state(s, l, (LiveState){.acked = acked});
 }
 
 int spool_incoming(Spool *s, uint16_t packet_id, bool held)
@@ -1482,7 +1608,7 @@ void spool_wait_cancel(SpoolWait *w)
 
 size_t spool_pending(const Spool *s)
 {
-    return s->live.count;
+    return s->count[LIVE_QUEUED];
 }
 
 uint64_t spool_disk_bytes(const Spool *s)
@@ -1587,12 +1713,20 @@ static int list_segments(const char *dir, uint64_t **ret_ids, size_t *ret_n)
     return 0;
 }
 
-/* An ADD record read back: a new pending message, or one copied forward (its state stays). */
+static enum live_kind kind_of(enum spool_record_type t)
+{
+    return t == SPOOL_SESSION ? LIVE_SESSION : t == SPOOL_KEPT ? LIVE_KEPT : LIVE_QUEUED;
+}
+
+/* An ADD (KEPT, SESSION) record read back: a new entry, or one copied forward (its state
+ * stays), or a session's newer SESSION record. */
 static int recover_add(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
 {
     Live *l = hashmap_get(&s->live, seq_key(&rec->seq));
     if (l) {
-        move_add(s, l, seg, off, (uint32_t)rec->size);
+        if (l->kind == kind_of(rec->type)) { /* else damage made a record of another kind */
+            move_add(s, l, seg, off, (uint32_t)rec->size);
+        }
         return 0;
     }
     if (!(l = calloc(1, sizeof(*l)))) {
@@ -1603,19 +1737,19 @@ static int recover_add(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t of
                 .off = off,
                 .len = (uint32_t)rec->size,
                 .qos = rec->qos,
+                .kind = kind_of(rec->type),
+                .session = rec->session,
                 .first_seg = seg};
-    int r = hashmap_put(&s->live, seq_key(&l->seq), l);
+    int r = add_live(s, l);
     if (r < 0) {
         free(l);
-        return r;
     }
-    seg_ref(s, seg, l->len);
-    return 0;
+    return r;
 }
 
 static bool is_add(const SpoolRecord *rec)
 {
-    return rec->type == SPOOL_ADD || rec->type == SPOOL_ADD5;
+    return is_add_type(rec->type);
 }
 
 static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
@@ -1630,7 +1764,14 @@ static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
         break;
     case SPOOL_ADD:
     case SPOOL_ADD5:
+    case SPOOL_KEPT:
+    case SPOOL_SESSION:
         return recover_add(s, seg, rec, off);
+    case SPOOL_SESSION_ACK:
+        if ((l = hashmap_get(&s->live, seq_key(&rec->seq))) && l->kind == LIVE_SESSION) {
+            move_state(s, l, seg, (LiveState){.acked = rec->sess.acked});
+        }
+        break;
     case SPOOL_DONE:
         if ((l = hashmap_remove(&s->live, seq_key(&rec->seq)))) {
             add_pin(find_seg(s, seg), (Pin){rec->seq, l->first_seg, l->seg});
@@ -1638,8 +1779,8 @@ static int apply(Spool *s, uint64_t seg, const SpoolRecord *rec, size_t off)
         }
         break;
     case SPOOL_STATE:
-        if ((l = hashmap_get(&s->live, seq_key(&rec->seq)))) {
-            move_state(s, l, seg, rec->packet_id, rec->pubrec);
+        if ((l = hashmap_get(&s->live, seq_key(&rec->seq))) && l->kind == LIVE_QUEUED) {
+            move_state(s, l, seg, (LiveState){.packet_id = rec->packet_id, .pubrec = rec->pubrec});
         }
         break;
     case SPOOL_INCOMING:
@@ -1725,8 +1866,63 @@ static int scan_segment(Spool *s, size_t i, View data, const char *path)
     return 0;
 }
 
-/* Hand the pending messages back in their original order. */
-static int hand_back(Spool *s, const Buf *files, spool_recovered_cb each, void *ud)
+/* Two messages under one packet id: an id is reused only after the broker acknowledged the
+ * message that had it, so the older one is done (its DONE was lost). all[] in seq order. */
+static bool *find_superseded(Live *const *all, size_t n)
+{
+    uint64_t newer[65536 / 64] = {0};
+    bool *superseded = calloc(n ? n : 1, sizeof(*superseded));
+    for (size_t i = n; superseded && i-- > 0;) {
+        uint16_t id = all[i]->st.packet_id;
+        if (id && (newer[id / 64] >> (id % 64) & 1)) {
+            superseded[i] = true;
+        }
+        newer[id / 64] |= UINT64_C(1) << (id % 64);
+    }
+    return superseded;
+}
+
+/* Hand one entry back, read from its ADD record. */
+static void hand_back_one(const Spool *s, const Buf *files, const Live *l, bool superseded,
+                          const SpoolRecovery *cb)
+{
+    const Segment *seg = NULL;
+    for (size_t i = 0; i < s->n_segs && !seg; i++) {
+        seg = s->segs[i].id == l->seg ? &s->segs[i] : NULL;
+    }
+    SpoolRecord rec;
+    assert(seg);
+    if (spool_record_parse(VIEW(files[seg - s->segs].data + l->off, l->len), seg->salt, &rec) !=
+        1) {
+        return; /* read back once already: cannot happen */
+    }
+    if (l->kind == LIVE_SESSION) {
+        rec.sess.acked = l->st.acked;
+        if (cb->session) {
+            cb->session(cb->ud, &rec.sess);
+        }
+        return;
+    }
+    SpoolMessage m = {.seq = l->seq,
+                      .qos = rec.qos,
+                      .retain = rec.retain,
+                      .topic = rec.topic,
+                      .payload = rec.payload,
+                      .props = rec.props,
+                      .expires_at = rec.expires_at,
+                      .packet_id = l->st.packet_id,
+                      .pubrec = l->st.pubrec,
+                      .superseded = superseded,
+                      .session = rec.session,
+                      .session_seq = rec.session_seq,
+                      .kept_at = rec.kept_at,
+                      .base64 = rec.base64};
+    cb->message(cb->ud, &m);
+}
+
+/* Hand the sessions and pending messages back in their original order (a session before its
+ * kept messages: it was made first). */
+static int hand_back(Spool *s, const Buf *files, const SpoolRecovery *cb)
 {
     size_t n = 0;
     Live **all = calloc(s->live.count ? s->live.count : 1, sizeof(*all));
@@ -1742,40 +1938,13 @@ static int hand_back(Spool *s, const Buf *files, spool_recovered_cb each, void *
     if (n) {
         qsort(all, n, sizeof(*all), cmp_live);
     }
-    /* Two messages under one packet id: an id is reused only after the broker acknowledged
-     * the message that had it, so the older one is done (its DONE was lost). */
-    uint64_t newer[65536 / 64] = {0};
-    bool *superseded = calloc(n ? n : 1, sizeof(*superseded));
+    bool *superseded = find_superseded(all, n);
     if (!superseded) {
         free(all);
         return -ENOMEM;
     }
-    for (size_t i = n; i-- > 0;) {
-        uint16_t id = all[i]->packet_id;
-        if (id && (newer[id / 64] >> (id % 64) & 1)) {
-            superseded[i] = true;
-        }
-        newer[id / 64] |= UINT64_C(1) << (id % 64);
-    }
     for (size_t i = 0; i < n; i++) {
-        Live *l = all[i];
-        const Segment *seg = find_seg(s, l->seg);
-        SpoolRecord rec;
-        if (spool_record_parse(VIEW(files[seg - s->segs].data + l->off, l->len), seg->salt, &rec) !=
-            1) {
-            continue; /* read back once already: cannot happen */
-        }
-        SpoolMessage m = {.seq = l->seq,
-                          .qos = rec.qos,
-                          .retain = rec.retain,
-                          .topic = rec.topic,
-                          .payload = rec.payload,
-                          .props = rec.props,
-                          .expires_at = rec.expires_at,
-                          .packet_id = l->packet_id,
-                          .pubrec = l->pubrec,
-                          .superseded = superseded[i]};
-        each(ud, &m);
+        hand_back_one(s, files, all[i], superseded[i], cb);
     }
     free(superseded);
     free(all);
@@ -1826,7 +1995,7 @@ static int load(Spool *s, const uint64_t *ids, size_t n, Buf *files)
     return 0;
 }
 
-static int recover(Spool *s, spool_recovered_cb each, void *ud)
+static int recover(Spool *s, const SpoolRecovery *cb)
 {
     uint64_t *ids = NULL;
     size_t n_ids = 0;
@@ -1851,7 +2020,7 @@ static int recover(Spool *s, spool_recovered_cb each, void *ud)
         r = scan_segment(s, i, buf_view(&files[i]), path);
     }
     if (r == 0) {
-        r = hand_back(s, files, each, ud);
+        r = hand_back(s, files, cb);
     }
     if (r == 0) {
         cut_torn_tails(s);
@@ -1918,8 +2087,8 @@ static int lock_dir(Spool *s)
     return 0;
 }
 
-int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spool_recovered_cb each,
-               void *ud, Spool **ret)
+int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, const SpoolRecovery *cb,
+               Spool **ret)
 {
     Spool *s = calloc(1, sizeof(*s));
     if (!s || !(s->dir = strdup(dir))) {
@@ -1946,7 +2115,7 @@ int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spoo
     ev_timer_init(&s->batch, on_batch, BATCH_SECONDS, 0.0);
     r = lock_dir(s);
     if (r == 0) {
-        r = recover(s, each, ud);
+        r = recover(s, cb);
     }
     if (r == 0 && (r = open_segment(s)) < 0) {
         char path[PATH_LEN];

@@ -4,6 +4,9 @@
  * were accepted, and forgotten once the broker acknowledged them, with the send state that
  * makes QoS 2 exactly once across a kill -9 (the packet id each message went out under,
  * whether its PUBREC came) and the incoming QoS 2 packet ids held between PUBREC and PUBREL.
+ * It also holds the named local sessions (daemon/sessions.c): each session (its name, owner,
+ * expiry and subscriptions, rewritten whole when they change), its latest acknowledgement, and
+ * the messages kept for it until they are acknowledged.
  * A write-ahead log of segment files in [queue] spool_dir (format: lib/spool/record.h).
  *
  * fsync happens on a helper thread, so the event loop does not wait for the disk to sync:
@@ -26,6 +29,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "spool/record.h"
 
 typedef struct Spool Spool;
 
@@ -43,9 +47,21 @@ typedef struct SpoolMessage {
      * acknowledged their message, so this one is done (its DONE record was lost): the
      * caller forgets it with spool_done once spool_open has returned. */
     bool superseded;
+    /* A message kept for a named local session instead of queued for the broker: */
+    uint64_t session;     /* the session's id (SpoolSession.id); 0: queued for the broker */
+    uint64_t session_seq; /* its number in the session */
+    int64_t kept_at;      /* when it came (Unix time, ms) */
+    bool base64;          /* the payload encoding its session asked for */
 } SpoolMessage;
 
-typedef void (*spool_recovered_cb)(void *ud, const SpoolMessage *m);
+/* What spool_open hands back, in the order they were first written: a session comes before
+ * the messages kept for it. A kept message may name a session that did not come back (its end
+ * was written, the message's DONE was lost): the caller forgets it with spool_done. */
+typedef struct SpoolRecovery {
+    void (*message)(void *ud, const SpoolMessage *m);
+    void (*session)(void *ud, const SpoolSession *s); /* views valid during the call only */
+    void *ud;
+} SpoolRecovery;
 /* error: 0 when durable, -errno when the fdatasync covering it failed (not durable). */
 typedef void (*spool_durable_cb)(void *ud, int error);
 
@@ -65,23 +81,32 @@ typedef struct SpoolHealth {
     int write_error; /* current write-failure episode: positive errno, 0 when writing works */
 } SpoolHealth;
 
-/* Open (creating the directory), recover pending messages in seq order through `each`, and
- * take an exclusive lock on the directory. Reads spool formats 1 and 2, writes 2; a segment of
- * a newer format makes it fail (-EPROTONOSUPPORT). Damaged segments are copied forward and
- * renamed aside (DIR/damaged-seg-<id>.log). -errno with a logged reason on failure. */
-int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, spool_recovered_cb each,
-               void *ud, Spool **ret);
+/* Open (creating the directory), hand back what it holds through `cb`, and take an exclusive
+ * lock on the directory. Reads spool formats 1 to 4, writes 4; a segment of a newer format
+ * makes it fail (-EPROTONOSUPPORT). Damaged segments are copied forward and renamed aside
+ * (DIR/damaged-seg-<id>.log). -errno with a logged reason on failure. */
+int spool_open(struct ev_loop *loop, const char *dir, enum fsync_mode mode, const SpoolRecovery *cb,
+               Spool **ret);
 /* Flush, wait for the last fsync (completing every wait), close. A compaction in flight is
  * abandoned (nothing was deleted for it: recovery reads its copies like any others). */
 void spool_close(Spool *s);
 
-/* Append a message; *ret_seq names it, *ret_mark is what spool_wait needs. -errno (ENOSPC,
- * EIO, E2BIG...) when it cannot be written: nothing was added. */
+/* Append a message (queued for the broker, or kept for session m->session, which the spool
+ * holds); *ret_seq names it, *ret_mark is what spool_wait needs. -errno (ENOSPC, EIO,
+ * E2BIG...) when it cannot be written: nothing was added. */
 int spool_add(Spool *s, const SpoolMessage *m /* its message fields */, uint64_t *ret_seq,
               uint64_t *ret_mark);
-/* The broker has message `seq`: forget it (deleting segments as they empty). A DONE record
- * that cannot be written is retried at the next write. */
+/* The broker has message `seq` (or the session acknowledged it, or dropped it), or session
+ * `seq` ended: forget it (deleting segments as they empty). A DONE record that cannot be
+ * written is retried at the next write. */
 void spool_done(Spool *s, uint64_t seq);
+
+/* Write a session whole (m->acked aside): a new one when m->id is 0 (then set), else the
+ * newer state of session m->id. -ENOENT for an id the spool does not hold, or a write error
+ * (the spool keeps what it had). */
+int spool_session_put(Spool *s, SpoolSession *m);
+/* Session `id` acknowledged every message up to `acked` (not 0). */
+int spool_session_ack(Spool *s, uint64_t id, uint64_t acked);
 /* Message `seq` went on the wire under `packet_id` (recorded again if the id changes, and
  * resetting pubrec). Call before the bytes are written to the broker socket. -ENOENT for a
  * message the spool does not hold, -EINVAL for id 0, or a write error. */
@@ -103,7 +128,7 @@ const uint64_t *spool_incoming_held(const Spool *s);
 /* Call cb(ud, error) once everything up to `mark` is durable (now, if it already is). */
 void spool_wait(Spool *s, SpoolWait *w, uint64_t mark, spool_durable_cb cb, void *ud);
 void spool_wait_cancel(SpoolWait *w);
-/* Messages in the spool, and its size on disk. */
+/* Messages queued for the broker in the spool, and its size on disk. */
 size_t spool_pending(const Spool *s);
 uint64_t spool_disk_bytes(const Spool *s);
 void spool_health(const Spool *s, SpoolHealth *ret);

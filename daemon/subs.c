@@ -61,7 +61,7 @@ static ClientSub *find_sub(Client *c, View filter)
     return hashmap_get(&c->holder->subs, filter);
 }
 
-static ClientSub *add_sub(Client *c, View filter)
+static ClientSub *holder_add(Daemon *d, SubHolder *h, View filter)
 {
     ClientSub *s = malloc(sizeof(*s) + filter.n + 1);
     if (!s) {
@@ -70,12 +70,17 @@ static ClientSub *add_sub(Client *c, View filter)
     *s = (ClientSub){.len = (uint16_t)filter.n};
     memcpy(s->filter, filter.p, filter.n);
     s->filter[filter.n] = 0;
-    if (hashmap_put(&c->holder->subs, filter, s) < 0) {
+    if (hashmap_put(&h->subs, filter, s) < 0) {
         free(s);
         return NULL;
     }
-    count_uid(c, +1);
+    count_holder(d, h, +1);
     return s;
+}
+
+static ClientSub *add_sub(Client *c, View filter)
+{
+    return holder_add(c->d, c->holder, filter);
 }
 
 /* ---- what each kind of waiting request does when it ends (waiters.h) ---- */
@@ -196,6 +201,36 @@ void subs_holder_clear(Daemon *d, SubHolder *h)
         (void)release_sub(d, h, v, true, NULL);
     }
     hashmap_free(&h->subs, free);
+}
+
+int subs_holder_restore(Daemon *d, SubHolder *h, View f, uint8_t qos, bool base64,
+                        const SubOptions *o)
+{
+    if (hashmap_get(&h->subs, f)) {
+        return -EEXIST;
+    }
+    ClientSub *sub = holder_add(d, h, f);
+    int res = sub ? router_add(&d->router, f, &h->target, qos, base64) : -ENOMEM;
+    if (res < 0) {
+        if (sub) {
+            free(hashmap_remove(&h->subs, f));
+            count_holder(d, h, -1);
+        }
+        return res;
+    }
+    *sub = (ClientSub){.qos = qos, .base64 = base64, .len = sub->len};
+    router_settle(&d->router, f, &h->target); /* no retained messages: it had them */
+    RouterFilter *rf = router_filter(&d->router, f);
+    assert(rf);
+    if (res & ROUTER_FIRST) {
+        rf->no_local = o->no_local;
+        rf->retain_as_published = o->retain_as_published;
+    }
+    if (res & (ROUTER_FIRST | ROUTER_UPGRADE)) {
+        /* Nobody waits for the SUBACK; a refusal comes as SUBSCRIPTION_LOST at the latest. */
+        return subs_ask_broker(d, f, NULL, false);
+    }
+    return 0;
 }
 
 void subs_client_gone(Client *c)

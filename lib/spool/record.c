@@ -177,6 +177,163 @@ int spool_record_incoming_clear(Buf *out, uint32_t salt)
     return small(out, salt, SPOOL_INCOMING_CLEAR, 0, 0, 0, 0);
 }
 
+int spool_session_sub_put(Buf *subs, const SpoolSessionSub *sub)
+{
+    if (sub->filter.n == 0 || sub->filter.n > 65535 || sub->qos > 2) {
+        return -E2BIG;
+    }
+    int r = buf_reserve(subs, 4 + sub->filter.n);
+    if (r < 0) {
+        return r;
+    }
+    uint8_t *w = subs->data + subs->len;
+    w[0] = sub->qos;
+    w[1] = (uint8_t)(sub->base64 | sub->no_local << 1 | sub->retain_as_published << 2);
+    put_le(w + 2, sub->filter.n, 2);
+    put_view(w + 4, sub->filter);
+    subs->len += 4 + sub->filter.n;
+    return 0;
+}
+
+int spool_session_sub_next(View *subs, SpoolSessionSub *ret)
+{
+    if (subs->n == 0) {
+        return 0;
+    }
+    if (subs->n < 4) {
+        return -EBADMSG;
+    }
+    size_t n = (size_t)get_le(subs->p + 2, 2);
+    if (subs->p[0] > 2 || subs->p[1] > 7 || n == 0 || n > subs->n - 4) {
+        return -EBADMSG;
+    }
+    *ret = (SpoolSessionSub){.qos = subs->p[0],
+                             .base64 = subs->p[1] & 1,
+                             .no_local = subs->p[1] >> 1 & 1,
+                             .retain_as_published = subs->p[1] >> 2 & 1,
+                             .filter = VIEW(subs->p + 4, n)};
+    *subs = VIEW(subs->p + 4 + n, subs->n - 4 - n);
+    return 1;
+}
+
+#define SESSION_FIXED 30 /* uid, expiry, left_at, next_seq, name_len, subs_len */
+#define KEPT_FIXED    36 /* session, session_seq, kept_at, qos, flags, 3 lengths */
+
+int spool_record_session(Buf *out, uint32_t salt, const SpoolSession *m)
+{
+    if (m->id == 0 || m->name.n == 0 || m->name.n > 65535 || m->left_at < 0) {
+        return -EINVAL;
+    }
+    if (m->subs.n > SPOOL_RECORD_MAX - BODY_MIN - SESSION_FIXED - m->name.n) {
+        return -E2BIG;
+    }
+    uint8_t *h;
+    int r = begin(out, SPOOL_SESSION, m->id, SESSION_FIXED + m->name.n + m->subs.n, &h);
+    if (r < 0) {
+        return r;
+    }
+    uint8_t *w = h + 8 + BODY_MIN;
+    put_le(w, m->uid, 4);
+    put_le(w + 4, m->expiry, 4);
+    put_le(w + 8, (uint64_t)m->left_at, 8);
+    put_le(w + 16, m->next_seq, 8);
+    put_le(w + 24, m->name.n, 2);
+    put_le(w + 26, m->subs.n, 4);
+    put_view(put_view(w + SESSION_FIXED, m->name), m->subs);
+    finish(out, h, salt);
+    return 0;
+}
+
+int spool_record_session_ack(Buf *out, uint32_t salt, uint64_t id, uint64_t acked)
+{
+    uint8_t *h;
+    int r = id && acked ? begin(out, SPOOL_SESSION_ACK, id, 8, &h) : -EINVAL;
+    if (r < 0) {
+        return r;
+    }
+    put_le(h + 8 + BODY_MIN, acked, 8);
+    finish(out, h, salt);
+    return 0;
+}
+
+int spool_record_kept(Buf *out, uint32_t salt, uint64_t seq, const SpoolRecord *m)
+{
+    if (m->session == 0 || m->qos > 2 || m->kept_at < 0) {
+        return -EINVAL;
+    }
+    if (m->topic.n > 65535 || m->props.n > SPOOL_RECORD_MAX ||
+        m->payload.n + m->props.n > SPOOL_RECORD_MAX - BODY_MIN - KEPT_FIXED - m->topic.n) {
+        return -E2BIG;
+    }
+    uint8_t *h;
+    int r = begin(out, SPOOL_KEPT, seq, KEPT_FIXED + m->topic.n + m->payload.n + m->props.n, &h);
+    if (r < 0) {
+        return r;
+    }
+    uint8_t *w = h + 8 + BODY_MIN;
+    put_le(w, m->session, 8);
+    put_le(w + 8, m->session_seq, 8);
+    put_le(w + 16, (uint64_t)m->kept_at, 8);
+    w[24] = m->qos;
+    w[25] = (uint8_t)(m->retain | m->base64 << 1);
+    put_le(w + 26, m->topic.n, 2);
+    put_le(w + 28, m->payload.n, 4);
+    put_le(w + 32, m->props.n, 4);
+    put_view(put_view(put_view(w + KEPT_FIXED, m->topic), m->payload), m->props);
+    finish(out, h, salt);
+    return 0;
+}
+
+static int parse_session(const uint8_t *b, size_t len, SpoolRecord *rec)
+{
+    if (len < BODY_MIN + SESSION_FIXED || rec->seq == 0) {
+        return -EBADMSG;
+    }
+    const uint8_t *w = b + BODY_MIN;
+    size_t nn = (size_t)get_le(w + 24, 2), sn = (size_t)get_le(w + 26, 4);
+    SpoolSession *m = &rec->sess;
+    *m = (SpoolSession){.id = rec->seq,
+                        .uid = (uint32_t)get_le(w, 4),
+                        .expiry = (uint32_t)get_le(w + 4, 4),
+                        .left_at = (int64_t)get_le(w + 8, 8),
+                        .next_seq = get_le(w + 16, 8)};
+    if (nn == 0 || m->left_at < 0 || sn > len || BODY_MIN + SESSION_FIXED + nn + sn != len) {
+        return -EBADMSG;
+    }
+    m->name = VIEW(w + SESSION_FIXED, nn);
+    m->subs = VIEW(w + SESSION_FIXED + nn, sn);
+    View subs = m->subs;
+    SpoolSessionSub sub;
+    int r;
+    while ((r = spool_session_sub_next(&subs, &sub)) == 1) {
+    }
+    return r;
+}
+
+static int parse_kept(const uint8_t *b, size_t len, SpoolRecord *rec)
+{
+    if (len < BODY_MIN + KEPT_FIXED) {
+        return -EBADMSG;
+    }
+    const uint8_t *w = b + BODY_MIN;
+    rec->session = get_le(w, 8);
+    rec->session_seq = get_le(w + 8, 8);
+    rec->kept_at = (int64_t)get_le(w + 16, 8);
+    rec->qos = w[24];
+    rec->retain = w[25] & 1;
+    rec->base64 = w[25] >> 1 & 1;
+    size_t tn = (size_t)get_le(w + 26, 2), pn = (size_t)get_le(w + 28, 4),
+           xn = (size_t)get_le(w + 32, 4);
+    if (rec->session == 0 || rec->kept_at < 0 || rec->qos > 2 || w[25] > 3 || pn > len ||
+        xn > len || BODY_MIN + KEPT_FIXED + tn + pn + xn != len) {
+        return -EBADMSG;
+    }
+    rec->topic = VIEW(w + KEPT_FIXED, tn);
+    rec->payload = VIEW(w + KEPT_FIXED + tn, pn);
+    rec->props = VIEW(w + KEPT_FIXED + tn + pn, xn);
+    return 0;
+}
+
 static int parse_header(const uint8_t *b, size_t len, SpoolRecord *rec)
 {
     if (len < SPOOL_HEADER_MIN - 8 || rec->seq != 0 || memcmp(b + BODY_MIN, SPOOL_MAGIC, 8)) {
@@ -243,6 +400,16 @@ static int parse_body(const uint8_t *b, size_t len, SpoolRecord *rec)
         return 0;
     case SPOOL_HEADER:
         return parse_header(b, len, rec);
+    case SPOOL_SESSION:
+        return parse_session(b, len, rec);
+    case SPOOL_SESSION_ACK:
+        rec->sess = (SpoolSession){.id = rec->seq};
+        if (len != BODY_MIN + 8 || rec->seq == 0 || !(rec->sess.acked = get_le(b + BODY_MIN, 8))) {
+            return -EBADMSG;
+        }
+        return 0;
+    case SPOOL_KEPT:
+        return parse_kept(b, len, rec);
     }
     return -EBADMSG;
 }
@@ -303,8 +470,8 @@ int spool_reader_init(SpoolReader *r, View segment)
     return 0;
 }
 
-/* A good record at `off` that may stand there: a header only first, new types only in a
- * segment of format 2. */
+/* A good record at `off` that may stand there: a header only first, each type only in a
+ * segment of a format that has it. */
 static bool good_at(const SpoolReader *r, size_t off, SpoolRecord *ret)
 {
     if (spool_record_parse(VIEW(r->in.p + off, r->in.n - off), r->salt, ret) != 1) {
@@ -312,6 +479,9 @@ static bool good_at(const SpoolReader *r, size_t off, SpoolRecord *ret)
     }
     if (ret->type == SPOOL_HEADER) {
         return off == 0;
+    }
+    if (ret->type >= SPOOL_SESSION) {
+        return r->version >= 4;
     }
     if (ret->type == SPOOL_ADD5) {
         return r->version >= 3;

@@ -23,9 +23,27 @@
  *                                 u64 expires_at (Unix time in ms, 0 = never), u32 props_len,
  *                                 topic, payload, props (an MQTT 5 PUBLISH property block):
  *                                 a message with MQTT 5 properties or an expiry
+ *                 SESSION (format 4): a named local session, all of it but its messages and
+ *                                 its acknowledgement (latest wins); seq is its id, a number
+ *                                 taken from the same sequence as messages, never reused:
+ *                                 u32 uid, u32 expiry (s), u64 left_at (Unix time in ms its
+ *                                 last connection closed; 0 = connected), u64 next_seq (its
+ *                                 next message's number), u16 name_len, u32 subs_len, name,
+ *                                 subs: its subscriptions, each u8 qos, u8 flags (bit 0
+ *                                 base64, bit 1 no_local, bit 2 retain_as_published),
+ *                                 u16 filter_len (not 0), filter
+ *                 SESSION_ACK (format 4): u64 acked (not 0): session `seq` acknowledged every
+ *                                 message up to that number (latest wins)
+ *                 KEPT (format 4):  a message kept for a session (seq numbers it like an ADD):
+ *                                 u64 session id, u64 session_seq (its number in the session),
+ *                                 u64 kept_at (Unix time in ms it came), u8 qos, u8 flags
+ *                                 (bit 0 retain, bit 1 base64), u16 topic_len, u32 payload_len,
+ *                                 u32 props_len, topic, payload, props
+ * A DONE names a message (ADD, ADD5, KEPT) or a session (which then ends).
  *
  * Format 1 (mqttbridged up to 0.1.0): no header, ADD and DONE only, salt 0 (a plain CRC-32).
- * Format 3 is format 2 plus ADD5; this code writes 3 and reads 1, 2 and 3.
+ * Format 3 is format 2 plus ADD5; format 4 is format 3 plus the three session records. This
+ * code writes 4 and reads 1 to 4.
  * Format 2: every segment starts with a HEADER whose checksum is a plain CRC-32 (salt 0); the
  * records after it are checksummed from the random salt it names, so a record embedded in a
  * payload (or copied from another segment) never passes for a record of this one when the
@@ -46,32 +64,59 @@ enum spool_record_type {
     SPOOL_STATE = 4,
     SPOOL_INCOMING = 5,
     SPOOL_INCOMING_CLEAR = 6,
-    SPOOL_ADD5 = 7, /* format 3 and later */
+    SPOOL_ADD5 = 7,    /* format 3 and later */
+    SPOOL_SESSION = 8, /* format 4 and later */
+    SPOOL_SESSION_ACK = 9,
+    SPOOL_KEPT = 10,
 };
 
-#define SPOOL_FORMAT         3 /* what this code writes; it reads 1 to 3 */
+#define SPOOL_FORMAT         4 /* what this code writes; it reads 1 to 4 */
 #define SPOOL_MAGIC          "MQBSPOOL"
 #define SPOOL_RECORD_MAX     (16u << 20) /* larger `len` means a corrupt record */
 #define SPOOL_HELD_WORDS     1024        /* bitmap of the 65536 packet ids */
 #define SPOOL_STATE_SIZE     20          /* bytes of a STATE record */
+#define SPOOL_ACK_SIZE       25          /* bytes of a SESSION_ACK record */
 #define SPOOL_HEADER_MIN     37          /* bytes of a version 2 HEADER holding no id */
 #define SPOOL_HEADER_VERSION 25          /* offset of the version in a segment */
+
+/* A named local session as a SESSION record holds it (and its latest SESSION_ACK). */
+typedef struct SpoolSession {
+    uint64_t id; /* the record's seq */
+    View name;
+    uint32_t uid, expiry;
+    int64_t left_at;   /* Unix time (ms) its last connection closed; 0: connected */
+    uint64_t next_seq; /* its next message's number, when written */
+    uint64_t acked;    /* its latest SESSION_ACK; 0: none (not in the SESSION record) */
+    View subs;         /* its subscriptions: see spool_session_sub_next */
+} SpoolSession;
+
+/* One subscription of a session. */
+typedef struct SpoolSessionSub {
+    uint8_t qos;
+    bool base64, no_local, retain_as_published;
+    View filter;
+} SpoolSessionSub;
 
 typedef struct SpoolRecord {
     enum spool_record_type type;
     uint64_t seq;
-    uint8_t qos;         /* ADD, ADD5 */
-    bool retain;         /* ADD, ADD5 */
-    View topic, payload; /* ADD, ADD5; borrowed from the input */
-    View props;          /* ADD5 (empty for ADD) */
-    int64_t expires_at;  /* ADD5: Unix time in ms, 0 = never (ADD: 0) */
-    uint16_t packet_id;  /* STATE, INCOMING */
-    bool pubrec;         /* STATE */
-    bool held;           /* INCOMING */
-    uint32_t version;    /* HEADER */
-    uint32_t salt;       /* HEADER */
-    View held_ids;       /* HEADER: n x u16 little endian; see spool_record_held */
-    size_t size;         /* bytes the record took */
+    uint8_t qos;          /* ADD, ADD5 */
+    bool retain;          /* ADD, ADD5 */
+    View topic, payload;  /* ADD, ADD5; borrowed from the input */
+    View props;           /* ADD5 (empty for ADD) */
+    int64_t expires_at;   /* ADD5: Unix time in ms, 0 = never (ADD: 0) */
+    uint16_t packet_id;   /* STATE, INCOMING */
+    bool pubrec;          /* STATE */
+    bool held;            /* INCOMING */
+    uint32_t version;     /* HEADER */
+    uint32_t salt;        /* HEADER */
+    View held_ids;        /* HEADER: n x u16 little endian; see spool_record_held */
+    uint64_t session;     /* KEPT: the session's id */
+    uint64_t session_seq; /* KEPT: its number in the session */
+    int64_t kept_at;      /* KEPT: Unix time in ms */
+    bool base64;          /* KEPT */
+    SpoolSession sess;    /* SESSION (sess.acked 0), SESSION_ACK (sess.acked only) */
+    size_t size;          /* bytes the record took */
 } SpoolRecord;
 
 uint32_t crc32_update(uint32_t crc, View data);
@@ -86,6 +131,19 @@ int spool_record_done(Buf *out, uint32_t salt, uint64_t seq);
 int spool_record_state(Buf *out, uint32_t salt, uint64_t seq, uint16_t packet_id, bool pubrec);
 int spool_record_incoming(Buf *out, uint32_t salt, uint16_t packet_id, bool held);
 int spool_record_incoming_clear(Buf *out, uint32_t salt);
+/* A SESSION record (m->acked is not part of it); -EINVAL for an empty name or id 0. */
+int spool_record_session(Buf *out, uint32_t salt, const SpoolSession *m);
+/* -EINVAL for id or acked 0. */
+int spool_record_session_ack(Buf *out, uint32_t salt, uint64_t id, uint64_t acked);
+/* A KEPT record of message `seq`: its session, session_seq, kept_at, qos, retain, base64,
+ * topic, payload and props from `m`. */
+int spool_record_kept(Buf *out, uint32_t salt, uint64_t seq, const SpoolRecord *m);
+/* Append one subscription to a session's list (SpoolSession.subs). -E2BIG for an empty or too
+ * long filter. */
+int spool_session_sub_put(Buf *subs, const SpoolSessionSub *sub);
+/* The next subscription of a list: 1, 0 at its end, -EBADMSG when it is malformed (never for
+ * the list of a record that parsed). */
+int spool_session_sub_next(View *subs, SpoolSessionSub *ret);
 /* Checksum a complete record again for a segment with another salt (copying it forward). */
 void spool_record_reseal(uint8_t *rec, size_t n, uint32_t salt);
 

@@ -30,6 +30,12 @@ static int encode(Buf *out, uint32_t salt, const SpoolRecord *r)
         return spool_record_incoming(out, salt, r->packet_id, r->held);
     case SPOOL_INCOMING_CLEAR:
         return spool_record_incoming_clear(out, salt);
+    case SPOOL_SESSION:
+        return spool_record_session(out, salt, &r->sess);
+    case SPOOL_SESSION_ACK:
+        return spool_record_session_ack(out, salt, r->seq, r->sess.acked);
+    case SPOOL_KEPT:
+        return spool_record_kept(out, salt, r->seq, r);
     }
     return -1;
 }

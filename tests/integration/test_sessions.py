@@ -3,6 +3,7 @@
 """Named local sessions (spec/sessions.md) with the real daemon and mosquitto: a program that
 goes away misses nothing, acknowledges what it processed, and gets again what it did not."""
 import os
+import signal
 import subprocess
 
 from harness import MQTTCTL, WAIT, TestCase, main, wait_until
@@ -265,6 +266,114 @@ class Sessions(TestCase):
                              "job/#", "3"), ["1 m0", "2 m1", "3 m2"])
         self.assertEqual(run("sh", os.path.join(examples, "worker.sh"), "jobs", "job/#", "3"),
                          ["done: m3", "done: m4", "done: m5"])
+
+
+class SessionsInTheSpool(TestCase):
+    """With [queue] spool_dir: sessions, their subscriptions, kept messages and acknowledgements
+    survive a restart and kill -9."""
+
+    def setUp(self):
+        super().setUp()
+        self.m = self.broker()
+
+    def start(self, **sessions):
+        secs = {"ipc": {"mode": "0666"},
+                "queue": {"spool_dir": os.path.join(self.tmp, "spool"), "fsync": "batch"}}
+        if sessions:
+            secs["sessions"] = {k: str(v) for k, v in sessions.items()}
+        return self.daemon(self.m.port, sections=secs)
+
+    def pending(self, d, n, name):
+        with d.client() as a:
+            wait_until(lambda: [(s["name"], s["pending"]) for s in a.ok("sessions")["sessions"]]
+                       == [(name, n)], what=f"{n} messages kept for {name}")
+
+    def test_kill_9_loses_nothing_and_redelivers_what_was_not_acknowledged(self):
+        d = self.start()
+        with d.client() as w:
+            w.ok("session", name="worker", expiry=600)
+            w.ok("subscribe", filter="jobs/#", qos=1)
+        with d.client() as p:
+            publish_many(p, "jobs/a", 1000)
+        self.pending(d, 1000, "worker")
+        d.stop(signal.SIGKILL)
+        d.start()
+        self.assertIn("1 sessions recovered, holding 1000 messages", d.logtext())
+        with d.client() as w:
+            r = w.ok("session", name="worker")
+            self.assertEqual((r["resumed"], r["pending"]), (True, 1000))
+            got = w.messages(1000)
+            self.assertEqual([e["payload"] for e in got], [f"m{i}" for i in range(1000)])
+            self.assertEqual([e["seq"] for e in got], list(range(1, 1001)))
+            # Whether the program had them before the kill, the daemon cannot know.
+            self.assertTrue(all(e["redelivered"] for e in got))
+            w.send({"op": "ack", "seq": 900})  # the last 100 read, not processed
+            w.ok("ping")
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as w:
+            r = w.ok("session", name="worker")
+            self.assertEqual(r["pending"], 100)
+            got = w.messages(100)
+            self.assertEqual([e["seq"] for e in got], list(range(901, 1001)))
+            self.assertEqual(got[0]["payload"], "m900")
+            self.assertTrue(all(e["redelivered"] for e in got))
+            r = w.request("ack", seq=899)
+            self.assertIn("behind the last acknowledgement (900)", r["error"]["message"])
+            w.send({"op": "ack", "seq": 1000})
+            # The subscription came back with it: a new message, numbered on.
+            with d.client() as p:
+                p.ok("publish", topic="jobs/b", payload="live", qos=1)
+            e = w.event("message")
+            self.assertEqual((e["payload"], e["seq"]), ("live", 1001))
+            self.assertNotIn("redelivered", e)
+            w.send({"op": "ack", "seq": 1001})
+            w.ok("ping")
+        self.assertEqual(d.stop(), 0)  # a clean stop keeps it too
+        d.start()
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="worker")["pending"], 0)
+            w.ok("session_end", name="worker")
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as a:
+            self.assertEqual(a.ok("sessions")["sessions"], [])
+            self.assertEqual(a.ok("status")["status"]["subscriptions"], 0)
+
+    def test_expiry_counts_from_when_the_program_left(self):
+        d = self.start()
+        with d.client() as w:
+            w.ok("session", name="brief", expiry=3)
+            w.ok("subscribe", filter="b/#", qos=1)
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as a:
+            self.assertEqual(a.ok("status")["status"]["subscriptions"], 1)
+            self.assertEqual([s["name"] for s in a.ok("sessions")["sessions"]], ["brief"])
+            wait_until(lambda: a.ok("sessions")["sessions"] == [], timeout=10,
+                       what="the session to expire")
+            self.assertEqual(a.ok("status")["status"]["subscriptions"], 0)
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as a:
+            self.assertEqual(a.ok("sessions")["sessions"], [])
+
+    def test_bounds_and_dropped_count_survive(self):
+        d = self.start(max_messages=10)
+        with d.client() as w:
+            w.ok("session", name="small")
+            w.ok("subscribe", filter="s/#", qos=1)
+        with d.client() as p:
+            publish_many(p, "s/x", 25)
+        self.pending(d, 10, "small")
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="small")["pending"], 10)
+            self.assertEqual(w.event("dropped")["count"], 15)
+            got = w.messages(10)
+            self.assertEqual([e["seq"] for e in got], list(range(16, 26)))
+            self.assertEqual([e["payload"] for e in got], [f"m{i}" for i in range(15, 25)])
 
 
 if __name__ == "__main__":

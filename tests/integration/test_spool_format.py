@@ -82,7 +82,7 @@ class SpoolFormat(TestCase):
         d = self.spool_daemon(m.port, start=False)
         os.makedirs(self.spool_dir, mode=0o700)
         salt = 0x1234
-        header = record(bytes([3]) + bytes(8) + b"MQBSPOOL" + struct.pack("<III", 4, salt, 0))
+        header = record(bytes([3]) + bytes(8) + b"MQBSPOOL" + struct.pack("<III", 5, salt, 0))
         add = record(bytes([1]) + struct.pack("<Q", 1) + bytes([1, 0]) + struct.pack("<HI", 1, 1)
                      + b"tx", salt)
         seg = os.path.join(self.spool_dir, "seg-0000000000000001.log")
@@ -91,8 +91,8 @@ class SpoolFormat(TestCase):
         r = subprocess.run([DAEMON, "-c", d.conf], capture_output=True, timeout=10)
         out = (r.stdout + r.stderr).decode()
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn(f"spool: {seg} was written by a newer mqttbridged (spool format 4); this "
-                      "version reads formats 1 to 3: refusing to start rather than misread it",
+        self.assertIn(f"spool: {seg} was written by a newer mqttbridged (spool format 5); this "
+                      "version reads formats 1 to 4: refusing to start rather than misread it",
                       out)
         with open(seg, "rb") as f:
             self.assertEqual(f.read(), header + add)  # untouched

@@ -242,7 +242,18 @@ typedef struct Got {
         size_t payload_n;
         uint16_t packet_id;
         bool pubrec;
+        uint64_t session, session_seq;
+        int64_t kept_at;
+        bool base64;
     } m[400];
+    size_t n_sessions;
+    struct GotSession {
+        uint64_t id, next_seq, acked;
+        char name[32];
+        uint32_t uid, expiry;
+        int64_t left_at;
+        char subs[256]; /* "qos:flags:filter " each */
+    } sess[8];
 } Got;
 
 static void on_recovered(void *ud, const SpoolMessage *m)
@@ -265,7 +276,42 @@ static void on_recovered(void *ud, const SpoolMessage *m)
     g->m[g->n].payload_n = m->payload.n;
     g->m[g->n].packet_id = m->packet_id;
     g->m[g->n].pubrec = m->pubrec;
+    g->m[g->n].session = m->session;
+    g->m[g->n].session_seq = m->session_seq;
+    g->m[g->n].kept_at = m->kept_at;
+    g->m[g->n].base64 = m->base64;
     g->n++;
+}
+
+static void on_session(void *ud, const SpoolSession *m)
+{
+    Got *g = ud;
+    ck_assert_uint_lt(g->n_sessions, 8);
+    ck_assert_uint_lt(m->name.n, 32);
+    struct GotSession *o = &g->sess[g->n_sessions++];
+    *o = (struct GotSession){.id = m->id,
+                             .next_seq = m->next_seq,
+                             .acked = m->acked,
+                             .uid = m->uid,
+                             .expiry = m->expiry,
+                             .left_at = m->left_at};
+    memcpy(o->name, m->name.p, m->name.n);
+    View subs = m->subs;
+    SpoolSessionSub sub;
+    size_t w = 0;
+    while (spool_session_sub_next(&subs, &sub) == 1) {
+        int n = snprintf(o->subs + w, sizeof(o->subs) - w, "%u:%d%d%d:%.*s ", sub.qos, sub.base64,
+                         sub.no_local, sub.retain_as_published, (int)sub.filter.n,
+                         (const char *)sub.filter.p);
+        ck_assert(n > 0 && (size_t)n < sizeof(o->subs) - w);
+        w += (size_t)n;
+    }
+}
+
+static int spool_open_got(struct ev_loop *l, const char *dir, enum fsync_mode mode, Got *g,
+                          Spool **ret)
+{
+    return spool_open(l, dir, mode, &(SpoolRecovery){on_recovered, on_session, g}, ret);
 }
 
 static struct ev_loop *loop;
@@ -278,7 +324,7 @@ static Spool *open_spool(const char *dir, enum fsync_mode mode, Got *g)
     }
     static Got ignored;
     ignored.n = 0;
-    int r = spool_open(loop, dir, mode, on_recovered, g ? g : &ignored, &s);
+    int r = spool_open_got(loop, dir, mode, g ? g : &ignored, &s);
     ck_assert_msg(r == 0, "spool_open(%s): %s", dir, strerror(-r));
     return s;
 }
@@ -691,23 +737,23 @@ START_TEST(newer_format_is_refused)
         spool_record_add(&v1, 0, 1, 1, false, VIEW_STR("t"), VIEW_STR("p"), VIEW_NULL, 0), 0);
     ck_assert_int_eq(buf_append(&v1, "xyz", 3), 0);
     write_file(path_in(dir, "seg-0000000000000001.log"), buf_view(&v1));
-    /* Segment 2: what a format 4 daemon might write. */
+    /* Segment 2: what a format 5 daemon might write. */
     Buf v3 = segment(42, 3);
-    v3.data[SPOOL_HEADER_VERSION] = 4;
+    v3.data[SPOOL_HEADER_VERSION] = 5;
     spool_record_reseal(v3.data, SPOOL_HEADER_MIN, 0);
     write_file(path_in(dir, "seg-0000000000000002.log"), buf_view(&v3));
     Spool *s = NULL;
     static Got g;
     capture_begin();
-    int r = spool_open(loop, dir, FSYNC_BATCH, on_recovered, &g, &s);
+    int r = spool_open_got(loop, dir, FSYNC_BATCH, &g, &s);
     Buf log = capture_end();
     ck_assert_int_eq(r, -EPROTONOSUPPORT);
     ck_assert_ptr_null(s);
     ck_assert_uint_eq(g.n, 0);
     char want[600];
     snprintf(want, sizeof(want),
-             "spool: %s was written by a newer mqttbridged (spool format 4); this version reads "
-             "formats 1 to 3: refusing to start rather than misread it",
+             "spool: %s was written by a newer mqttbridged (spool format 5); this version reads "
+             "formats 1 to 4: refusing to start rather than misread it",
              path_in(dir, "seg-0000000000000002.log"));
     ck_assert_msg(strstr((char *)log.data, want), "log: %s", log.data);
     Buf after1 = read_all(path_in(dir, "seg-0000000000000001.log"));
@@ -1582,12 +1628,229 @@ START_TEST(no_space_left)
 }
 END_TEST
 
+/* ---- named local sessions ---- */
+
+START_TEST(session_records_round_trip)
+{
+    Buf subs = {0}, b = {0};
+    ck_assert_int_eq(
+        spool_session_sub_put(
+            &subs, &(SpoolSessionSub){.qos = 1, .base64 = true, .filter = VIEW_STR("a/#")}),
+        0);
+    ck_assert_int_eq(spool_session_sub_put(&subs, &(SpoolSessionSub){.qos = 2,
+                                                                     .no_local = true,
+                                                                     .retain_as_published = true,
+                                                                     .filter = VIEW_STR("b")}),
+                     0);
+    ck_assert_int_eq(spool_session_sub_put(&subs, &(SpoolSessionSub){.qos = 1}), -E2BIG);
+    SpoolSession m = {.id = 9,
+                      .name = VIEW_STR("billing"),
+                      .uid = 1000,
+                      .expiry = 3600,
+                      .left_at = 1700000000123,
+                      .next_seq = 42,
+                      .acked = 7, /* not part of the record */
+                      .subs = buf_view(&subs)};
+    ck_assert_int_eq(spool_record_session(&b, 5, &m), 0);
+    ck_assert_int_eq(spool_record_session_ack(&b, 5, 9, 41), 0);
+    ck_assert_int_eq(spool_record_session_ack(&b, 5, 9, 0), -EINVAL);
+    SpoolRecord k = {.session = 9,
+                     .session_seq = 41,
+                     .kept_at = 1700000000456,
+                     .qos = 2,
+                     .retain = true,
+                     .base64 = true,
+                     .topic = VIEW_STR("a/x"),
+                     .payload = VIEW("\0p", 2),
+                     .props = VIEW("\x01\x01", 2)};
+    ck_assert_int_eq(spool_record_kept(&b, 5, 77, &k), 0);
+    k.session = 0;
+    ck_assert_int_eq(spool_record_kept(&b, 5, 78, &k), -EINVAL);
+
+    SpoolRecord r;
+    View in = buf_view(&b);
+    ck_assert_int_eq(spool_record_parse(in, 5, &r), 1);
+    ck_assert_int_eq(r.type, SPOOL_SESSION);
+    ck_assert_uint_eq(r.sess.id, 9);
+    ck_assert_view_str(r.sess.name, "billing");
+    ck_assert_uint_eq(r.sess.uid, 1000);
+    ck_assert_uint_eq(r.sess.expiry, 3600);
+    ck_assert_int_eq(r.sess.left_at, 1700000000123);
+    ck_assert_uint_eq(r.sess.next_seq, 42);
+    ck_assert_uint_eq(r.sess.acked, 0);
+    View list = r.sess.subs;
+    SpoolSessionSub sub;
+    ck_assert_int_eq(spool_session_sub_next(&list, &sub), 1);
+    ck_assert(sub.qos == 1 && sub.base64 && !sub.no_local && !sub.retain_as_published);
+    ck_assert_view_str(sub.filter, "a/#");
+    ck_assert_int_eq(spool_session_sub_next(&list, &sub), 1);
+    ck_assert(sub.qos == 2 && !sub.base64 && sub.no_local && sub.retain_as_published);
+    ck_assert_view_str(sub.filter, "b");
+    ck_assert_int_eq(spool_session_sub_next(&list, &sub), 0);
+    in = VIEW(in.p + r.size, in.n - r.size);
+    ck_assert_int_eq(spool_record_parse(in, 5, &r), 1);
+    ck_assert_int_eq(r.type, SPOOL_SESSION_ACK);
+    ck_assert_uint_eq(r.sess.id, 9);
+    ck_assert_uint_eq(r.sess.acked, 41);
+    ck_assert_uint_eq(r.size, SPOOL_ACK_SIZE);
+    in = VIEW(in.p + r.size, in.n - r.size);
+    ck_assert_int_eq(spool_record_parse(in, 5, &r), 1);
+    ck_assert_int_eq(r.type, SPOOL_KEPT);
+    ck_assert_uint_eq(r.seq, 77);
+    ck_assert_uint_eq(r.session, 9);
+    ck_assert_uint_eq(r.session_seq, 41);
+    ck_assert_int_eq(r.kept_at, 1700000000456);
+    ck_assert(r.qos == 2 && r.retain && r.base64);
+    ck_assert_view_str(r.topic, "a/x");
+    ck_assert_view_eq(r.payload, VIEW("\0p", 2));
+    ck_assert_view_eq(r.props, VIEW("\x01\x01", 2));
+    ck_assert_uint_eq(r.size, in.n);
+
+    /* A subscription list that runs past its end, or flags no writer sets, is damage. */
+    b.len = 0;
+    subs.data[1] = 8;
+    ck_assert_int_eq(spool_record_session(&b, 5, &m), 0);
+    ck_assert_int_eq(spool_record_parse(buf_view(&b), 5, &r), -EBADMSG);
+    subs.data[1] = 1;
+    subs.data[2] = 200;
+    b.len = 0;
+    ck_assert_int_eq(spool_record_session(&b, 5, &m), 0);
+    ck_assert_int_eq(spool_record_parse(buf_view(&b), 5, &r), -EBADMSG);
+    buf_free(&subs);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(session_records_only_in_format_4)
+{
+    Buf b = segment(7, 0);
+    b.data[SPOOL_HEADER_VERSION] = 3;
+    spool_record_reseal(b.data, SPOOL_HEADER_MIN, 0);
+    ck_assert_int_eq(spool_record_session_ack(&b, 7, 9, 1), 0);
+    SpoolReader rd;
+    SpoolRecord r;
+    size_t off, len;
+    ck_assert_int_eq(spool_reader_init(&rd, buf_view(&b)), 0);
+    ck_assert_int_eq(spool_reader_next(&rd, &r, &off, &len), SPOOL_READ_RECORD);
+    ck_assert_int_eq(spool_reader_next(&rd, &r, &off, &len), SPOOL_READ_TORN);
+    buf_free(&b);
+}
+END_TEST
+
+/* A session with these subscriptions ("qos:flags:filter " each, as on_session prints them). */
+static uint64_t put_session(Spool *s, uint64_t id, const char *name, uint32_t expiry,
+                            const char *filters)
+{
+    Buf subs = {0};
+    char f[64];
+    int n, at = 0;
+    unsigned qos, base64, nl, rap;
+    while (sscanf(filters + at, "%u:%1u%1u%1u:%63s %n", &qos, &base64, &nl, &rap, f, &n) == 5) {
+        at += n;
+        ck_assert_int_eq(spool_session_sub_put(
+                             &subs, &(SpoolSessionSub){(uint8_t)qos, base64, nl, rap, VIEW_STR(f)}),
+                         0);
+    }
+    SpoolSession m = {.id = id,
+                      .name = VIEW_STR(name),
+                      .uid = 1000,
+                      .expiry = expiry,
+                      .next_seq = 5,
+                      .subs = buf_view(&subs)};
+    ck_assert_int_eq(spool_session_put(s, &m), 0);
+    ck_assert_uint_ne(m.id, 0);
+    ck_assert(!id || m.id == id);
+    buf_free(&subs);
+    return m.id;
+}
+
+static uint64_t keep(Spool *s, uint64_t session, uint64_t session_seq, const char *topic)
+{
+    uint64_t seq, mark;
+    SpoolMessage m = {.qos = 1,
+                      .topic = VIEW_STR(topic),
+                      .payload = VIEW_STR(topic),
+                      .session = session,
+                      .session_seq = session_seq,
+                      .kept_at = 1700000000000 + (int64_t)session_seq,
+                      .base64 = true};
+    ck_assert_int_eq(spool_add(s, &m, &seq, &mark), 0);
+    return seq;
+}
+
+START_TEST(sessions_survive_restarts_and_compaction)
+{
+    const char *dir = path_in(test_dir, "spool");
+    Spool *s = open_spool(dir, FSYNC_NEVER, NULL);
+    spool_set_segment_max(s, 8192);
+    uint64_t billing = put_session(s, 0, "billing", 60, "1:100:a/# ");
+    uint64_t k1 = keep(s, billing, 5, "a/1"), q = add(s, 1, "queued", "q");
+    keep(s, billing, 6, "a/2");
+    keep(s, billing, 7, "a/3");
+    uint64_t other = put_session(s, 0, "other", 0, "0:000:o ");
+    uint64_t orphan = keep(s, other, 1, "o");
+    ck_assert_uint_eq(spool_pending(s), 1); /* the broker's queue only */
+    ck_assert_int_eq(spool_session_ack(s, billing, 5), 0);
+    spool_done(s, k1);
+    spool_done(s, other); /* ended; its message's DONE "lost" */
+    churn(s, 3);
+    ck_assert_int_eq(put_session(s, billing, "billing", 120, "1:100:a/# 2:011:b "), billing);
+    ck_assert_int_eq(spool_session_ack(s, 9999, 1), -ENOENT);
+    churn(s, 6);
+    /* Segment 1 (the sessions, the messages, the first ack) was compacted away. */
+    ck_assert(!exists(path_in(dir, "seg-0000000000000001.log")));
+    spool_close(s);
+    static Got g;
+    for (int again = 0; again < 2; again++) {
+        s = open_spool(dir, FSYNC_NEVER, &g);
+        ck_assert_uint_eq(g.n_sessions, 1);
+        ck_assert_uint_eq(g.sess[0].id, billing);
+        ck_assert_str_eq(g.sess[0].name, "billing");
+        ck_assert_uint_eq(g.sess[0].uid, 1000);
+        ck_assert_uint_eq(g.sess[0].expiry, 120);
+        ck_assert_uint_eq(g.sess[0].acked, 5);
+        ck_assert_uint_eq(g.sess[0].next_seq, 5);
+        ck_assert_str_eq(g.sess[0].subs, "1:100:a/# 2:011:b ");
+        ck_assert_uint_eq(g.n, 4);
+        ck_assert_uint_eq(g.m[0].seq, q);
+        ck_assert_uint_eq(g.m[0].session, 0);
+        for (int i = 1; i <= 2; i++) {
+            ck_assert_uint_eq(g.m[i].session, billing);
+            ck_assert_uint_eq(g.m[i].session_seq, 5 + (uint64_t)i);
+            ck_assert_int_eq(g.m[i].kept_at, 1700000000005 + i);
+            ck_assert(g.m[i].base64);
+        }
+        ck_assert_str_eq(g.m[1].topic, "a/2");
+        ck_assert_str_eq(g.m[2].topic, "a/3");
+        /* The caller forgets a message whose session did not come back. */
+        ck_assert_uint_eq(g.m[3].seq, orphan);
+        ck_assert_uint_eq(g.m[3].session, other);
+        if (again) {
+            spool_done(s, orphan);
+        }
+        spool_close(s);
+    }
+    s = open_spool(dir, FSYNC_NEVER, &g);
+    ck_assert_uint_eq(g.n, 3);
+    /* Ending the session forgets it; its messages' DONEs go first, as sessions.c writes them. */
+    spool_done(s, g.m[1].seq);
+    spool_done(s, g.m[2].seq);
+    spool_done(s, billing);
+    churn(s, 6);
+    spool_close(s);
+    s = open_spool(dir, FSYNC_NEVER, &g);
+    ck_assert_uint_eq(g.n_sessions, 0);
+    ck_assert_uint_eq(g.n, 1);
+    spool_close(s);
+}
+END_TEST
+
 START_TEST(spool_is_exclusive)
 {
     const char *dir = path_in(test_dir, "spool");
     Spool *s = open_spool(dir, FSYNC_NEVER, NULL), *t = NULL;
     static Got g;
-    ck_assert_int_eq(spool_open(loop, dir, FSYNC_NEVER, on_recovered, &g, &t), -EBUSY);
+    ck_assert_int_eq(spool_open_got(loop, dir, FSYNC_NEVER, &g, &t), -EBUSY);
     ck_assert_ptr_null(t);
     spool_close(s);
 }
@@ -1606,6 +1869,8 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, reader_never_takes_a_foreign_record);
     tcase_add_test(tc, reader_refuses_a_newer_format);
     tcase_add_test(tc, add5_and_format2_segments);
+    tcase_add_test(tc, session_records_round_trip);
+    tcase_add_test(tc, session_records_only_in_format_4);
     suite_add_tcase(s, tc);
     tc = tcase_create("spool");
     tcase_add_checked_fixture(tc, setup, teardown);
@@ -1634,6 +1899,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, segment_that_cannot_be_cut_back_is_retired);
     tcase_add_test(tc, no_space_left);
     tcase_add_test(tc, spool_is_exclusive);
+    tcase_add_test(tc, sessions_survive_restarts_and_compaction);
     suite_add_tcase(s, tc);
     return s;
 }
