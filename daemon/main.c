@@ -264,6 +264,7 @@ static void stop(Daemon *d)
     server_stop(&d->server);
     names_free(&d->names);
     broker_stop(&d->broker);
+    sessions_flush(d);
     spool_close(d->spool);
     d->spool = NULL;
     broker_free(&d->broker);

@@ -43,10 +43,18 @@ struct LocalSession {
     uint64_t dropped_total;
     uint64_t spool_id; /* its id in the spool; 0: not written there (no spool, or it failed) */
     int64_t left_at;   /* when its last connection closed (Unix time, ms); 0: connected */
+    bool dirty;        /* changed since it was last written to the spool */
+    double saved_at;   /* when it was (ev_now) */
+    size_t saved_size; /* ... and the size of its subscription list then */
 };
 
-static Buf scratch;       /* one event line at a time */
-static HashMap recovered; /* spool id -> LocalSession, while the spool is read back */
+static Buf scratch;        /* one event line at a time */
+static HashMap recovered;  /* spool id -> LocalSession, while the spool is read back */
+static ev_prepare flush_w; /* writes changed sessions before the loop waits */
+static ev_timer later_w;   /* ... and, for large ones, at most once a second */
+
+#define SAVE_LARGE    (64u << 10) /* a subscription list this long is written ... */
+#define SAVE_INTERVAL 1.0         /* ... at most once in this many seconds */
 
 /* ---- the spool: what survives a restart ---- */
 
@@ -91,6 +99,8 @@ static void save(LocalSession *s)
         return;
     }
     Buf subs = {0};
+    s->dirty = false;
+    s->saved_at = ev_now(d->loop);
     SpoolSession m = {.id = s->spool_id,
                       .name = VIEW_STR(s->name),
                       .uid = (uint32_t)s->holder.uid,
@@ -102,19 +112,85 @@ static void save(LocalSession *s)
         m.subs = buf_view(&subs);
         r = spool_session_put(d->spool, &m);
     }
+    s->saved_size = subs.len;
     buf_free(&subs);
     if (r == 0) {
         s->spool_id = m.id;
-    } else if (!spool_logged(d->spool, r)) {
+        return;
+    }
+    if (!spool_logged(d->spool, r)) {
         log_error("session %s: cannot write it to the spool: %s", s->name, strerror(-r));
     }
+    s->dirty = true; /* tried again in a second */
+    ev_timer_set(&later_w, SAVE_INTERVAL, 0.0);
+    ev_timer_start(d->loop, &later_w);
+}
+
+/* s changed: written to the spool before the loop next waits (once for a burst of changes;
+ * replies written meanwhile may go out first), or, when its subscription list is large, at
+ * most once a second: subscribing one filter at a time must not rewrite a long list each time.
+ */
+static void changed(LocalSession *s)
+{
+    if (s->d->spool) {
+        s->dirty = true;
+        ev_prepare_start(s->d->loop, &flush_w);
+    }
+}
+
+/* Write every changed session; with `all`, the large ones too whatever the interval. */
+static void flush(Daemon *d, bool all)
+{
+    HashIter it;
+    void *v;
+    double now = ev_now(d->loop);
+    bool later = false;
+    for (hashmap_iter(&d->sessions, &it); hashmap_iter_next(&it, &v);) {
+        LocalSession *s = v;
+        if (s->dirty && !all && s->saved_size > SAVE_LARGE && now - s->saved_at < SAVE_INTERVAL) {
+            later = true;
+        } else if (s->dirty) {
+            save(s);
+        }
+    }
+    if (later && !ev_is_active(&later_w)) {
+        ev_timer_set(&later_w, SAVE_INTERVAL, 0.0);
+        ev_timer_start(d->loop, &later_w);
+    }
+}
+
+static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    ev_prepare_stop(loop, w);
+    flush(w->data, false);
+}
+
+static void on_later(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    (void)w;
+    ev_prepare_start(loop, &flush_w);
+}
+
+void sessions_flush(Daemon *d)
+{
+    ev_prepare_stop(d->loop, &flush_w);
+    ev_timer_stop(d->loop, &later_w);
+    if (d->spool) {
+        flush(d, true);
+    }
+    ev_timer_stop(d->loop, &later_w); /* a failure set it again: the spool closes next */
 }
 
 /* A kept message into the spool, numbered k->spool_seq. */
 static void save_kept(LocalSession *s, Kept *k)
 {
     Daemon *d = s->d;
-    if (!d->spool || (!s->spool_id && (save(s), !s->spool_id))) {
+    if (d->spool && !s->spool_id) {
+        save(s); /* a new session, not written yet */
+    }
+    if (!d->spool || !s->spool_id) {
         return;
     }
     SpoolMessage m = {.qos = k->qos,
@@ -138,6 +214,9 @@ void sessions_init(Daemon *d)
 {
     hashmap_init(&d->sessions);
     hashmap_init(&recovered);
+    ev_prepare_init(&flush_w, on_flush);
+    flush_w.data = d;
+    ev_init(&later_w, on_later);
 }
 
 static void drop_kept(LocalSession *s, Kept *k)
@@ -240,14 +319,14 @@ void sessions_client_gone(Client *c)
     if (s) {
         detach(s);
         s->left_at = wall_ms();
-        save(s);
+        changed(s);
     }
 }
 
 void sessions_client_subscribed(Client *c)
 {
     if (c->session) {
-        save(c->session);
+        changed(c->session);
     }
 }
 
@@ -440,7 +519,7 @@ void sessions_lost(Daemon *d, View filter)
         if (!s->client && subs_holder_forget(d, &s->holder, filter)) {
             log_warning("session %s loses %.*s (the broker refused it at a reconnect)", s->name,
                         (int)filter.n, (const char *)filter.p);
-            save(s);
+            changed(s);
         }
     }
 }
@@ -525,7 +604,7 @@ void sessions_op_session(Client *c, Request *r)
     }
     forget_unheld(s);
     s->left_at = 0;
-    save(s);
+    changed(s);
     answer_ok(c, r->id,
               json_pack("{s:b, s:I}", "resumed", resumed, "pending", (json_int_t)s->n_kept));
     if (s->dropped && !c->conn.closed) {

@@ -33,6 +33,8 @@ void sessions_op_ack(Client *c, Request *r);
 void sessions_op_end(Client *c, Request *r);
 void sessions_op_list(Client *c, Request *r);
 
+/* Stopping, before the spool closes: changes not written yet are written now. */
+void sessions_flush(Daemon *d);
 /* The configuration was reloaded: lowered bounds apply to what sessions keep now. */
 void sessions_reload(Daemon *d);
 /* c's output has room again: the kept messages held back go (ServerCallbacks.drained). */

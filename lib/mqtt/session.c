@@ -1456,10 +1456,13 @@ static void suback(Impl *m, Pending *p, uint8_t code, View reason_string)
         pending_done(m, p, (Outcome){.result = code});
         return;
     }
-    if (!p->req && find_sub(m, filter)) {
-        /* A restore the broker now refuses: forgotten, and said so, so that the local
-         * holders do not go on believing they hold it. */
-        forget_sub(m, filter);
+    if (!p->req) {
+        /* A restore the broker now refuses, or a request nobody waits for any more: forgotten
+         * (if it was held), and said so, so that the local holders do not go on believing
+         * they hold it. */
+        if (find_sub(m, filter)) {
+            forget_sub(m, filter);
+        }
         m->pub.stats.subscriptions_lost++;
         emit(m, (SessionEvent){.type = SESSION_EV_SUBSCRIPTION_LOST,
                                .lost = {.filter = filter, .code = code}});

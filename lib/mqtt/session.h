@@ -105,8 +105,8 @@ enum session_event_type {
     /* Incoming QoS 2 ids between PUBREC and PUBREL (a duplicate is not delivered again): */
     SESSION_EV_QOS2_HELD,     /* .packet_id: delivered, PUBREC written */
     SESSION_EV_QOS2_RELEASED, /* .packet_id: PUBREL received, PUBCOMP written */
-    /* The broker refused a subscription the session restored after a reconnect; the session
-     * has forgotten it. */
+    /* The broker refused a subscription nobody waits to hear about: one the session restored
+     * after a reconnect (then forgotten), or a request whose req was forgotten or NULL. */
     SESSION_EV_SUBSCRIPTION_LOST, /* .lost */
     /* Every SUBACK that grants a filter, restores included (before its SUBSCRIBE_DONE). */
     SESSION_EV_SUBSCRIBED, /* .granted */

@@ -340,6 +340,32 @@ class SessionsInTheSpool(TestCase):
             self.assertEqual(a.ok("sessions")["sessions"], [])
             self.assertEqual(a.ok("status")["status"]["subscriptions"], 0)
 
+    def test_many_subscriptions_come_back(self):
+        d = self.start()
+
+        def subscribe_all(w, n, prefix):
+            for i in range(n):
+                w.send({"id": f"s{i}", "op": "subscribe", "filter": f"{prefix}/{i}", "qos": 1})
+            for i in range(n):
+                self.assertTrue(w.next(lambda x, i=i: x.get("id") == f"s{i}")["ok"])
+        with d.client() as w:  # a short list: written before the loop next waits
+            w.ok("session", name="short")
+            subscribe_all(w, 300, "s")
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as a:
+            self.assertEqual(a.ok("status")["status"]["subscriptions"], 300)
+        with d.client() as w:  # a long one (over 64 KiB): at most once a second, and at stop
+            w.ok("session", name="long")
+            subscribe_all(w, 1500, "a-filter-long-enough-to-make-the-list-long/" + "x" * 20)
+        self.assertEqual(d.stop(), 0)
+        d.start()
+        with d.client() as a:
+            self.assertEqual(a.ok("status")["status"]["subscriptions"], 1800)
+            self.assertEqual(sorted((s["name"], s["subscriptions"])
+                                    for s in a.ok("sessions")["sessions"]),
+                             [("long", 1500), ("short", 300)])
+
     def test_expiry_counts_from_when_the_program_left(self):
         d = self.start()
         with d.client() as w:

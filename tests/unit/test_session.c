@@ -723,6 +723,36 @@ START_TEST(refused_restore_is_announced)
 }
 END_TEST
 
+/* A refusal nobody waits for any more (its req forgotten, or never given) is announced too:
+ * the local holders took the filter as theirs when they asked. */
+START_TEST(refusal_nobody_waits_for_is_announced)
+{
+    Harness h;
+    setup_connected(&h);
+    for (int k = 0; k < 2; k++) {
+        const char *filter = k ? "nobody/asked" : "forgotten/#";
+        ck_assert_int_eq(
+            session_subscribe(h.s, &(SessionSubscribe){.filter = VIEW_STR(filter), .qos = 1},
+                              k ? NULL : REQ(1), h.now),
+            0);
+        session_tick(h.s, h.now);
+        MqttPacket sub = expect_packet(&h, MQTT_SUBSCRIBE);
+        if (!k) {
+            session_forget_req(h.s, REQ(1));
+        }
+        MqttPacket ack = {.type = MQTT_SUBACK,
+                          .suback = {.id = sub.subscribe.id, .codes = VIEW("\x80", 1)}};
+        broker_sends(&h, &ack);
+        const SessionEvent *ev = last_event(&h, SESSION_EV_SUBSCRIPTION_LOST);
+        ck_assert_ptr_nonnull(ev);
+        ck_assert_str_eq(h.msg_topic, filter);
+        ck_assert_uint_eq(h.s->stats.subscriptions_lost, (uint64_t)k + 1);
+        ck_assert_uint_eq(h.s->subscriptions, 0);
+    }
+    teardown(&h);
+}
+END_TEST
+
 /* What a durable copy must record: the packet id when a spooled message is sent, its PUBREC,
  * and the incoming QoS 2 ids between PUBREC and PUBREL. */
 START_TEST(progress_events_for_the_spool)
@@ -926,6 +956,7 @@ static Suite *session_suite(void)
     tcase_add_test(tc, barrier_follows_subscribe);
     tcase_add_test(tc, barrier_waits_for_every_earlier_answer);
     tcase_add_test(tc, refused_restore_is_announced);
+    tcase_add_test(tc, refusal_nobody_waits_for_is_announced);
     tcase_add_test(tc, packet_ids_run_out);
     tcase_add_test(tc, offline_subscribe_then_unsubscribe);
     suite_add_tcase(s, tc);
