@@ -211,7 +211,7 @@ class Faults(TestCase):
         d.start(wait_connected=False)
         return d
 
-    def broker_restart_phase(self, m, case, streams, between=None):
+    def broker_restart_phase(self, m, case, streams, between=None, proxy=None):
         """More messages on each (client, prefix, collector) of `streams`, with the broker
         restarted (keeping its sessions) half way and `between` called after that: none may be
         lost. Duplicates are counted, not refused: mosquitto 2.0.11 restores a QoS 2 message
@@ -223,12 +223,20 @@ class Faults(TestCase):
                 self.assertEqual(publish_batch(c, prefix, half, qos_of), len(half))
             if half is halves[0]:
                 m.stop()
+                if proxy:
+                    # mosquitto 2.0.11 sends everything it restored for a client at once
+                    # after a restart, whatever the client's Receive Maximum: a link cut
+                    # every 4-30 KB then hardly ever carries an acknowledgement back before
+                    # the next cut (the whole backlog came again 8 times over in one run
+                    # here, and it ran out of time once in CI). Cut less often from here on.
+                    proxy.cut_after = (30000, 120000)
                 m.start()
                 if between:
                     between()
         for c, prefix, col in streams:
             sent = [f"{prefix}/{i}" for h in halves for i in h]
-            self.assertTrue(col.wait_all(sent, timeout=120))
+            self.assertTrue(col.wait_all(sent, timeout=120),
+                            f"{prefix}: {len(set(sent) - set(col.got))} of {len(sent)} missing")
             got = [g for g in col.got if int(g.split("/")[-1]) >= 100000]
             self.assertEqual(report(f"{case}, {prefix}", sent, got), 0)
 
@@ -275,7 +283,7 @@ class Faults(TestCase):
             self.assertEqual(twice_at_qos2(out_col.got), [])
             self.assertEqual(twice_at_qos2(in_col.got), [])
             self.broker_restart_phase(m, "broker restart + cuts, QoS 1+2",
-                                      [(dc, "out", out_col), (pc, "in", in_col)])
+                                      [(dc, "out", out_col), (pc, "in", in_col)], proxy=proxy)
 
     def test_daemon_kill_9_every_few_seconds_with_spool(self):
         """20 000 QoS 1/2 messages through a daemon killed every 2 000 messages sent (every
