@@ -1242,9 +1242,12 @@ static void apply_copy(Spool *s, const Compaction *c, const CopyItem *it)
     if (!l) {
         return; /* acknowledged meanwhile: its DONE, pinned up to c->out_id, cancels the copy */
     }
-    if (it->src >= 0) {
-        /* Only a compaction moves an ADD, and one runs at a time. */
-        assert(l->seg == c->src[it->src].id && l->off == it->add_off && l->len == it->add_len);
+    bool moved = it->src >= 0 && (l->seg != c->src[it->src].id || l->off != it->add_off);
+    /* Only a compaction moves an ADD (one runs at a time), and a session's newer SESSION
+     * record, written after the snapshot (so after the copy, which it replaces). */
+    assert(!moved || (l->kind == LIVE_SESSION && l->seg > c->out_id));
+    if (it->src >= 0 && !moved) {
+        assert(l->len == it->add_len);
         move_add(s, l, c->out_id, it->out_off, it->add_len);
     }
     if (has_state(it->st) && l->state_seg == it->state_seg) {
@@ -1449,9 +1452,10 @@ void spool_done(Spool *s, uint64_t seq)
         return;
     }
     /* Not synced: if lost, the message is sent again (at least once). A compaction in flight
-     * may be copying its ADD into compact_out: pinned up to there. */
-    Pin p = {seq, l->first_seg, l->copying ? s->compact_out : l->seg};
-    assert(!l->copying || s->compact_out > l->seg);
+     * may be copying its ADD into compact_out: pinned up to there (or further: a session's
+     * newer SESSION record may be later still). */
+    uint64_t hi = l->copying && s->compact_out > l->seg ? s->compact_out : l->seg;
+    Pin p = {seq, l->first_seg, hi};
     int r = writable(s, false);
     if (r == 0) {
         buf_clear(&s->rec);

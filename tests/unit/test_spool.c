@@ -1845,6 +1845,44 @@ START_TEST(sessions_survive_restarts_and_compaction)
 }
 END_TEST
 
+/* A session rewritten, acknowledged or ended while a compaction copies its SESSION record:
+ * what was written after the snapshot wins, at once and after a restart. */
+START_TEST(session_changed_during_its_compaction)
+{
+    for (int end = 0; end < 2; end++) {
+        char dir[300];
+        snprintf(dir, sizeof(dir), "%s/spool-%d", test_dir, end);
+        Spool *s = open_spool(dir, FSYNC_BATCH, NULL);
+        spool_set_segment_max(s, 4096);
+        uint64_t id = put_session(s, 0, "busy", 10, "1:000:old ");
+        ck_assert_int_eq(spool_session_ack(s, id, 3), 0);
+        fill_segment_1(s, dir);
+        churn_one(s); /* rotates: segment 1 (the session) is being copied */
+        ck_assert(spool_compacting(s));
+        if (end) {
+            spool_done(s, id);
+        } else {
+            put_session(s, id, "busy", 20, "2:000:new ");
+            ck_assert_int_eq(spool_session_ack(s, id, 4), 0);
+        }
+        settle_compaction(s);
+        churn(s, 2);
+        spool_close(s);
+        static Got g;
+        s = open_spool(dir, FSYNC_BATCH, &g);
+        if (end) {
+            ck_assert_uint_eq(g.n_sessions, 0);
+        } else {
+            ck_assert_uint_eq(g.n_sessions, 1);
+            ck_assert_uint_eq(g.sess[0].expiry, 20);
+            ck_assert_uint_eq(g.sess[0].acked, 4);
+            ck_assert_str_eq(g.sess[0].subs, "2:000:new ");
+        }
+        spool_close(s);
+    }
+}
+END_TEST
+
 START_TEST(spool_is_exclusive)
 {
     const char *dir = path_in(test_dir, "spool");
@@ -1900,6 +1938,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, no_space_left);
     tcase_add_test(tc, spool_is_exclusive);
     tcase_add_test(tc, sessions_survive_restarts_and_compaction);
+    tcase_add_test(tc, session_changed_during_its_compaction);
     suite_add_tcase(s, tc);
     return s;
 }
