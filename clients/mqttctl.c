@@ -20,7 +20,7 @@
 #include "base64.h"
 #include "defaults.h"
 #include "ipc/protocol.h"
-#include "ipcclient.h"
+#include "mqttbridge/client.h"
 #include "utf8.h"
 #include "v5opts.h"
 
@@ -75,9 +75,9 @@ static int usage_error(const char *fmt, ...)
     return EXIT_USAGE;
 }
 
-static int connect_daemon(IpcClient *c)
+static int connect_daemon(mqb_client **c)
 {
-    int r = ipc_connect(c, socket_path);
+    int r = mqb_connect(socket_path, c);
     if (r < 0) {
         fprintf(stderr, "mqttctl: cannot connect to %s: %s (is mqttbridged running?)\n",
                 socket_path, strerror(-r));
@@ -119,14 +119,14 @@ static int reply_failed(json_t *reply, const char *what)
 /* One request, one reply; on success *ret (may be NULL) gets the reply. */
 static int simple(const char *op, json_t **ret)
 {
-    IpcClient c;
+    mqb_client *c;
     int r = connect_daemon(&c);
     if (r) {
         return r;
     }
     json_t *reply;
-    r = ipc_call(&c, json_pack("{s:s}", "op", op), &reply, timeout_ms);
-    ipc_close(&c);
+    r = mqb_call(c, json_pack("{s:s}", "op", op), &reply, timeout_ms);
+    mqb_close(c);
     if (r < 0) {
         return lost(r);
     }
@@ -378,46 +378,19 @@ static int parse_qos(const char *cmd, const char *arg, int *ret)
 
 /* ---- pub ---- */
 
-/* One publish request line, written straight into the client's output (no JSON tree:
- * `pub -l` sends one per input line). On failure (-ENOMEM) the output is left as it was. */
-static int queue_publish(IpcClient *c, const char *topic, View payload, int qos, bool retain,
-                         bool wait, const char *extra)
+/* One publish request (its reply is read with mqb_next_line). Its id, or -errno. */
+static int64_t queue_publish(mqb_client *c, const char *topic, View payload, int qos, bool retain,
+                             bool wait, const json_t *props)
 {
-    char head[128];
-    int n = snprintf(head, sizeof(head),
-                     "{\"id\":%lld,\"op\":\"publish\",\"qos\":%d,"
-                     "\"retain\":%s,\"wait\":%s,\"timeout_ms\":%d,"
-                     "\"topic\":",
-                     (long long)c->next_id, qos, retain ? "true" : "false", wait ? "true" : "false",
-                     timeout_ms);
-    assert(n > 0 && (size_t)n < sizeof(head));
-    size_t mark = buf_mark(&c->out);
-    int r = buf_append(&c->out, head, (size_t)n);
-    if (r == 0) {
-        r = json_write_string(&c->out, VIEW_STR(topic));
-    }
-    if (r == 0 && utf8_valid(payload, true)) {
-        if ((r = buf_append(&c->out, ",\"payload\":", 11)) == 0) {
-            r = json_write_string(&c->out, payload);
-        }
-    } else if (r == 0) {
-        if ((r = buf_append(&c->out, ",\"payload_b64\":\"", 16)) == 0 &&
-            (r = base64_encode(&c->out, payload)) == 0) {
-            r = buf_put_u8(&c->out, '"');
-        }
-    }
-    if (r == 0) {
-        r = buf_append(&c->out, extra, strlen(extra));
-    }
-    if (r == 0) {
-        r = buf_append(&c->out, "}\n", 2);
-    }
-    if (r < 0) {
-        buf_rollback(&c->out, mark);
-        return r;
-    }
-    c->next_id++;
-    return 0;
+    mqb_publish_args p = {.topic = topic,
+                          .payload = payload.p,
+                          .payload_len = payload.n,
+                          .qos = qos,
+                          .retain = retain,
+                          .no_wait = !wait,
+                          .timeout_ms = timeout_ms,
+                          .properties = json_object_size(props) ? props : NULL};
+    return mqb_publish(c, &p, NULL, NULL);
 }
 
 static int read_all(const char *path, Buf *out)
@@ -446,13 +419,16 @@ static int read_all(const char *path, Buf *out)
 
 /* Read a reply for a pipelined publish; failures reported with their line number. A plain
  * success (`{"id":N,"ok":true}`) is recognised without parsing. */
-static int collect_reply(IpcClient *c, json_int_t first_id, int *failures)
+static int collect_reply(mqb_client *c, int64_t first_id, int *failures)
 {
     View line;
-    int r = ipc_read_raw(c, &line, timeout_ms + 5000); /* the daemon's own timeout comes first */
+    size_t n;
+    const char *p;
+    int r = mqb_next_line(c, &p, &n, timeout_ms + 5000); /* the daemon's own timeout first */
     if (r <= 0) {
         return r == 0 ? -ETIMEDOUT : r;
     }
+    line = VIEW(p, n);
     static const char ok_tail[] = ",\"ok\":true}";
     if (!json_out && line.n > 6 + sizeof(ok_tail) - 1 && memcmp(line.p, "{\"id\":", 6) == 0 &&
         memcmp(line.p + line.n - (sizeof(ok_tail) - 1), ok_tail, sizeof(ok_tail) - 1) == 0) {
@@ -487,7 +463,6 @@ typedef struct PubArgs {
     bool lines, null_msg, retain;
     int qos;
     json_t *props; /* -D publish: MQTT 5 fields */
-    char *extra;   /* the same as request text */
 } PubArgs;
 
 /* 0, or the exit status of a usage error (reported). */
@@ -544,9 +519,6 @@ static int parse_pub_args(int argc, char **argv, PubArgs *ret)
     if ((a.message != NULL) + (a.file != NULL) + a.lines + a.null_msg != 1) {
         return usage_error("pub: give exactly one of -m MSG, -f FILE, -l, -n");
     }
-    if (!(a.extra = v5_fragment(a.props))) {
-        return usage_error("pub: out of memory");
-    }
     *ret = a;
     return 0;
 }
@@ -559,7 +531,7 @@ static int queue_failed(int r)
 
 /* -m, -f or -n: one message, waiting for its reply. 0 or -errno (the connection); a file
  * that cannot be read is reported and is *ret_status EXIT_USAGE. */
-static int pub_one(IpcClient *c, const PubArgs *a, int *failures, int *ret_status)
+static int pub_one(mqb_client *c, const PubArgs *a, int *failures, int *ret_status)
 {
     Buf payload = {0};
     int r;
@@ -570,11 +542,10 @@ static int pub_one(IpcClient *c, const PubArgs *a, int *failures, int *ret_statu
         return 0;
     }
     View p = a->message ? VIEW_STR(a->message) : buf_view(&payload);
-    json_int_t first = c->next_id;
-    r = queue_publish(c, a->topic, p, a->qos, a->retain, true, a->extra);
+    int64_t first = queue_publish(c, a->topic, p, a->qos, a->retain, true, a->props);
     buf_free(&payload);
-    if (r < 0) {
-        *ret_status = queue_failed(r);
+    if (first < 0) {
+        *ret_status = queue_failed((int)first);
         return 0;
     }
     while ((r = collect_reply(c, first, failures)) == 2) {
@@ -584,14 +555,14 @@ static int pub_one(IpcClient *c, const PubArgs *a, int *failures, int *ret_statu
 
 /* -l: each stdin line a message, up to WINDOW requests in flight, replies read as they come.
  * 0 or -errno (the connection); a publish that cannot be queued sets *ret_status. */
-static int pub_lines(IpcClient *c, const PubArgs *a, int *failures, int *ret_status)
+static int pub_lines(mqb_client *c, const PubArgs *a, int *failures, int *ret_status)
 {
     enum { WINDOW = 1024 };
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
     long outstanding = 0;
-    json_int_t first = c->next_id;
+    int64_t first = 0;
     int r = 1;
     while (r > 0 && (n = getline(&line, &cap, stdin)) >= 0) {
         if (n && line[n - 1] == '\n') {
@@ -599,15 +570,16 @@ static int pub_lines(IpcClient *c, const PubArgs *a, int *failures, int *ret_sta
         }
         /* A QoS 0 stream is confirmed as queued (as mosquitto_pub confirms nothing);
          * QoS 1/2 lines wait for the broker's acknowledgement. */
-        int q = queue_publish(c, a->topic, VIEW(line, (size_t)n), a->qos, a->retain, a->qos > 0,
-                              a->extra);
+        int64_t q = queue_publish(c, a->topic, VIEW(line, (size_t)n), a->qos, a->retain, a->qos > 0,
+                                  a->props);
         if (q < 0) {
-            *ret_status = queue_failed(q);
+            *ret_status = queue_failed((int)q);
             break;
         }
+        first = first ? first : q;
         outstanding++;
-        if (buf_size(&c->out) > 256 * 1024) {
-            int f = ipc_flush(c, timeout_ms); /* 0 when flushed: the stream goes on */
+        if (mqb_unsent(c) > 256 * 1024) {
+            int f = mqb_flush(c, timeout_ms); /* 0 when flushed: the stream goes on */
             if (f < 0) {
                 r = f;
                 break;
@@ -632,13 +604,13 @@ static int pub_with(PubArgs *a, int argc, char **argv)
     if (r) {
         return r;
     }
-    IpcClient c;
+    mqb_client *c;
     if ((r = connect_daemon(&c))) {
         return r;
     }
     int failures = 0, status = 0;
-    r = a->lines ? pub_lines(&c, a, &failures, &status) : pub_one(&c, a, &failures, &status);
-    ipc_close(&c);
+    r = a->lines ? pub_lines(c, a, &failures, &status) : pub_one(c, a, &failures, &status);
+    mqb_close(c);
     if (r < 0) {
         return lost(r);
     }
@@ -650,7 +622,6 @@ static int cmd_pub(int argc, char **argv)
     PubArgs a = {.props = json_object()};
     int r = a.props ? pub_with(&a, argc, argv) : usage_error("pub: out of memory");
     json_decref(a.props);
-    free(a.extra);
     return r;
 }
 
@@ -770,11 +741,11 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
 }
 
 /* Subscribe to each filter in turn: 0, or the exit status of the first failure (reported). */
-static int subscribe_all(IpcClient *c, const SubArgs *a)
+static int subscribe_all(mqb_client *c, const SubArgs *a)
 {
     if (a->session) { /* first: the subscriptions are then the session's */
         json_t *reply;
-        int r = ipc_call(c, json_pack("{s:s, s:s}", "op", "session", "name", a->session), &reply,
+        int r = mqb_call(c, json_pack("{s:s, s:s}", "op", "session", "name", a->session), &reply,
                          timeout_ms);
         if (r < 0) {
             return lost(r);
@@ -801,7 +772,7 @@ static int subscribe_all(IpcClient *c, const SubArgs *a)
         if (req && rh >= 0) {
             json_object_set_new(req, "retain_handling", json_integer(rh));
         }
-        int r = ipc_call(c, req, &reply, timeout_ms);
+        int r = mqb_call(c, req, &reply, timeout_ms);
         if (r < 0) {
             return lost(r);
         }
@@ -862,7 +833,7 @@ static int print_event(json_t *m, const SubArgs *a)
 
 /* Print messages until -C COUNT of them came, -W SECONDS passed, a signal, or stdout closed:
  * the exit status. */
-static int receive(IpcClient *c, const SubArgs *a)
+static int receive(mqb_client *c, const SubArgs *a)
 {
     long got = 0;
     int64_t deadline = a->wait_s ? mono_us() / 1000 + a->wait_s * 1000 : -1;
@@ -877,7 +848,7 @@ static int receive(IpcClient *c, const SubArgs *a)
             return 0;
         }
         json_t *m;
-        int r = ipc_read(c, &m, left > 500 ? 500 : left);
+        int r = mqb_next(c, &m, left > 500 ? 500 : left);
         if (r == 0 || r == -EINTR) {
             continue;
         }
@@ -891,10 +862,7 @@ static int receive(IpcClient *c, const SubArgs *a)
         int w = print_event(m, a);
         json_t *seq = json_object_get(m, "seq");
         if (!w && a->session && seq) { /* printed: processed, as far as we are concerned */
-            char ack[64];
-            int n = snprintf(ack, sizeof(ack), "{\"op\":\"ack\",\"seq\":%lld}\n",
-                             (long long)json_integer_value(seq));
-            if (buf_append(&c->out, ack, (size_t)n) < 0 || ipc_flush(c, timeout_ms) < 0) {
+            if (mqb_ack(c, (uint64_t)json_integer_value(seq)) < 0 || mqb_flush(c, timeout_ms) < 0) {
                 json_decref(m);
                 return lost(-EPIPE);
             }
@@ -914,7 +882,7 @@ static int cmd_sub(int argc, char **argv)
     if (r) {
         return r;
     }
-    IpcClient c;
+    mqb_client *c;
     if ((r = connect_daemon(&c))) {
         return r;
     }
@@ -923,11 +891,11 @@ static int cmd_sub(int argc, char **argv)
     (void)sigaction(SIGINT, &sa, NULL);
     (void)sigaction(SIGTERM, &sa, NULL);
     (void)signal(SIGPIPE, SIG_IGN);
-    r = subscribe_all(&c, &a);
+    r = subscribe_all(c, &a);
     if (r == 0) {
-        r = receive(&c, &a);
+        r = receive(c, &a);
     }
-    ipc_close(&c);
+    mqb_close(c);
     return r;
 }
 
@@ -1032,13 +1000,13 @@ static int rr_with(RrArgs *a)
         buf_free(&enc);
     }
     buf_free(&payload);
-    IpcClient c;
+    mqb_client *c;
     if ((r = connect_daemon(&c))) {
         return r;
     }
     json_t *reply;
-    r = ipc_call(&c, json_incref(req), &reply, (int)wait_ms + 5000);
-    ipc_close(&c);
+    r = mqb_call(c, json_incref(req), &reply, (int)wait_ms + 5000);
+    mqb_close(c);
     if (r < 0) {
         return lost(r);
     }
