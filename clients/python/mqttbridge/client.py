@@ -406,11 +406,13 @@ class MQTTClient:
         kind = ev.get("event")
         if kind == "connected":
             self._set_up(True)
-            self._post("connect", 0)
+            if self._wanted:  # else connect() is waiting for it, and says so itself
+                self._post("connect", 0)
         elif kind == "disconnected":
             self._set_up(False)
             self._last_error = ev.get("reason")
-            self._post("disconnect", ev.get("rc"))
+            if self._wanted:
+                self._post("disconnect", ev.get("rc"))
         elif kind == "session_taken_over":
             log.warning("mqttbridge: session %s was taken over by another connection",
                         self.session)
