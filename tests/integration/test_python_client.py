@@ -5,6 +5,7 @@ mosquitto: the seed document's API as it is written, return values included, man
 in one event loop, the daemon restarting under a client, named sessions, the small CLI."""
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 
@@ -193,9 +194,18 @@ class PythonClient(TestCase):
             self.assertTrue(await c.connect())
             self.assertTrue(await c.subscribe("r/#", qos=1))
             await until(lambda: events == [("connect", 0)], "on_connect")
-            await asyncio.get_running_loop().run_in_executor(None, self.d.stop)
+            # A publish the daemon holds (its broker is away) when the daemon dies: None.
+            self.m.stop()
+            await until(lambda: events[-1][0] == "disconnect", "the broker link down")
+            self.assertIsInstance(events[-1][1], int)  # the errno the daemon gave
+            pending = asyncio.ensure_future(c.publish("r/x", "held", qos=1, timeout=60))
+            other = self.client()
+            self.assertTrue(await other.connect(timeout_sec=0) is False)  # broker away
+            await asyncio.get_running_loop().run_in_executor(None, self.d.stop, signal.SIGKILL)
+            self.assertIsNone(await asyncio.wait_for(pending, WAIT))
             await until(lambda: ("disconnect", -1) in events, "on_disconnect(-1)")
             self.assertIsNone(await c.publish("r/x", "while away", qos=1))
+            self.m.start()
             await asyncio.get_running_loop().run_in_executor(None, self.d.start)
             await until(lambda: c.connected, "the client to reach the daemon again")
             await until(lambda: events[-1] == ("connect", 0), "on_connect again")

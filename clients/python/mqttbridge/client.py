@@ -6,8 +6,10 @@ import asyncio
 import base64
 import inspect
 import logging
+from typing import Any, Awaitable, Callable, Dict, Optional, Union
 
 from .connection import Closed, Connection, Error, socket_path
+from .stats import MqttStats
 
 log = logging.getLogger("mqttbridge")
 
@@ -20,10 +22,22 @@ V5_PUBLISH = ("user_properties", "content_type", "payload_format", "message_expi
               "response_topic")
 
 
+Payload = Union[str, bytes, bytearray, memoryview]
+MessageCallback = Callable[[str, bytes, bool], Optional[Awaitable[None]]]
+
+
 class Message:
     """A message as the daemon delivered it (on_message5 and request() give these)."""
 
-    def __init__(self, event):
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    seq: Optional[int]
+    redelivered: bool
+    properties: Dict[str, Any]
+
+    def __init__(self, event: Dict[str, Any]):
         self.topic = event["topic"]
         if "payload_b64" in event:
             self.payload = base64.b64decode(event["payload_b64"])
@@ -43,7 +57,7 @@ class Message:
         return f"Message({self.topic!r}, {self.payload!r}, qos={self.qos}, retain={self.retain})"
 
 
-def topic_matches(flt, topic):
+def topic_matches(flt: str, topic: str) -> bool:
     """MQTT topic filter matching (a $share/GROUP/ prefix is the filter after it)."""
     if flt.startswith("$share/"):
         flt = flt.split("/", 2)[2] if flt.count("/") >= 2 else ""
@@ -107,10 +121,14 @@ class MQTTClient:
     acknowledged once its callbacks have returned.
     """
 
-    def __init__(self, client_id=None, server=None, port=1883, user=None, password=None,
-                 keepalive=60, ssl=False, ssl_params=None, verbose=0, stats=None,
-                 clean_session=True, will_topic=None, will_message=None, will_qos=0,
-                 will_retain=False, socket=None, session=None, session_expiry=None):
+    def __init__(self, client_id: Optional[str] = None, server: Optional[str] = None,
+                 port: int = 1883, user: Optional[str] = None, password: Optional[str] = None,
+                 keepalive: int = 60, ssl: bool = False, ssl_params: Optional[dict] = None,
+                 verbose: int = 0, stats: Optional[MqttStats] = None,
+                 clean_session: bool = True, will_topic: Optional[str] = None,
+                 will_message: Optional[Payload] = None, will_qos: int = 0,
+                 will_retain: bool = False, socket: Optional[str] = None,
+                 session: Optional[str] = None, session_expiry: Optional[int] = None):
         self._broker_args = {"client_id": client_id, "server": server, "port": port,
                              "user": user, "password": password, "keepalive": keepalive,
                              "ssl": ssl, "ssl_params": ssl_params, "clean_session": clean_session,
@@ -136,7 +154,7 @@ class MQTTClient:
 
     # ---- connecting ----
 
-    async def connect(self, timeout_sec=10):
+    async def connect(self, timeout_sec: float = 10) -> bool:
         """Reach the daemon and wait until its broker session is up: True then (and
         on_connect(client, 0) is called), False when that does not happen within
         `timeout_sec`."""
@@ -160,7 +178,7 @@ class MQTTClient:
         self._post("connect", 0)
         return True
 
-    async def disconnect(self):
+    async def disconnect(self) -> None:
         """Leave the daemon (its broker session goes on for others). on_disconnect(client,
         None) is called."""
         was = self._wanted or (self._conn is not None and not self._conn.closed)
@@ -173,12 +191,12 @@ class MQTTClient:
             self._post("disconnect", None)
         await self._drain()
 
-    def get_last_error(self):
+    def get_last_error(self) -> Optional[str]:
         """Why the broker session (or reaching the daemon) last failed, or None."""
         return self._last_error
 
     @property
-    def connected(self):
+    def connected(self) -> bool:
         """Whether the daemon is reachable and its broker session up."""
         return self._connected and self._conn is not None and not self._conn.closed
 
@@ -297,7 +315,8 @@ class MQTTClient:
             self._last_error = e.message
             return False
 
-    async def publish(self, topic, message, qos=0, retain=False, *, timeout=None, **v5):
+    async def publish(self, topic: str, message: Payload, qos: int = 0, retain: bool = False, *,
+                      timeout: Optional[float] = None, **v5: Any) -> Optional[bool]:
         """Publish `message` (str or bytes). True when the broker has it (QoS 0 written, QoS 1
         PUBACK, QoS 2 PUBCOMP), False when it did not confirm in time or refused, None when
         the daemon is not reachable. MQTT 5 keyword arguments: user_properties,
@@ -314,8 +333,9 @@ class MQTTClient:
         r = await self._ask("publish", **fields)
         return None if r is None else r is not False
 
-    async def subscribe(self, topic, qos=0, callback=None, *, no_local=False,
-                        retain_as_published=False, retain_handling=0):
+    async def subscribe(self, topic: str, qos: int = 0,
+                        callback: Optional[MessageCallback] = None, *, no_local: bool = False,
+                        retain_as_published: bool = False, retain_handling: int = 0) -> bool:
         """Subscribe to the filter `topic`. True when granted at the QoS asked. `callback(topic,
         payload, retain)` (plain or async) gets the messages it matches, besides on_message."""
         if not isinstance(topic, str):
@@ -334,7 +354,7 @@ class MQTTClient:
         self._subs[topic] = (qos, callback, opts)
         return r.get("granted_qos") == qos
 
-    async def unsubscribe(self, topic):
+    async def unsubscribe(self, topic: str) -> bool:
         """Stop receiving `topic`. True once the daemon (and the broker) confirmed."""
         if not isinstance(topic, str):
             raise TypeError(f"topic must be str, not {type(topic).__name__}")
@@ -342,7 +362,8 @@ class MQTTClient:
         r = await self._ask("unsubscribe", filter=topic)
         return bool(r is not None and r is not False)
 
-    async def request(self, topic, message, *, qos=0, timeout=None, **v5):
+    async def request(self, topic: str, message: Payload, *, qos: int = 0,
+                      timeout: Optional[float] = None, **v5: Any) -> Message:
         """MQTT 5 request/response: publish `message` and return the response (a Message).
         Raises Error (code "timeout" without one in time, "refused" when nobody can answer)
         and ConnectionError when the daemon is not reachable."""
@@ -359,7 +380,7 @@ class MQTTClient:
         r = await self._conn.request("request", **fields)
         return Message(r["response"])
 
-    async def update_stats(self):
+    async def update_stats(self) -> Optional[Dict[str, int]]:
         """The daemon's statistics now (every key it has); a `stats` object given to the
         client is filled from them."""
         r = await self._ask("stats")

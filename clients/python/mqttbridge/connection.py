@@ -9,7 +9,7 @@ DEFAULT_SOCKET = "/run/mqttbridge/mqttbridge.sock"
 MAX_LINE = 64 << 20  # what the reader accepts from the daemon (a message event with its payload)
 
 
-def socket_path(path=None):
+def socket_path(path: "str | None" = None) -> str:
     """The socket to use: `path`, else $MQTTBRIDGE_SOCKET, else the default."""
     return path or os.environ.get("MQTTBRIDGE_SOCKET") or DEFAULT_SOCKET
 
@@ -48,7 +48,7 @@ class Connection:
         self.closed = False
         self._task = asyncio.get_running_loop().create_task(self._read())
 
-    async def request(self, op, **fields):
+    async def request(self, op: str, **fields) -> dict:
         """Send one request and wait for its reply; returns the reply's fields (without "id"
         and "ok"), raises Error for an error reply and Closed when the connection ends first."""
         if self.closed:

@@ -38,7 +38,7 @@ class MqttStats:
         if self._daemon is not None:
             self._baseline = dict(self._daemon)
 
-    def publish(self, status, rtt_ms, packet_size):
+    def publish(self, status: bool, rtt_ms: int, packet_size: int) -> None:
         """Record one publish: whether it succeeded, its round trip and its packet size."""
         self.packets_sent += 1
         self.bytes_sent += packet_size
@@ -51,7 +51,7 @@ class MqttStats:
         else:
             self.pub_fail_count += 1
 
-    def receive(self, packet_size):
+    def receive(self, packet_size: int) -> None:
         """Record one packet received."""
         self.packets_received += 1
         self.bytes_received += packet_size
@@ -67,11 +67,11 @@ class MqttStats:
     def ping_sent(self):
         self.ping_sent_count += 1
 
-    def ping_received(self, rtt_ms):
+    def ping_received(self, rtt_ms: int) -> None:
         self.ping_received_count += 1
         self._ping_rtt_sum += rtt_ms
 
-    def get_stats(self):
+    def get_stats(self) -> dict:
         """The 14 statistics as a dict of ints (when a client fills this object: the daemon's,
         asked now, with a one-second bound; the last ones it gave if it does not answer)."""
         if self._source is not None:
