@@ -233,6 +233,36 @@ static void drop_kept(LocalSession *s, Kept *k)
     free(k);
 }
 
+/* A kept message: `head`'s fields, with the bytes of topic, payload and properties copied. */
+static Kept *new_kept(Kept head, View topic, View payload, View props)
+{
+    Kept *k = malloc(sizeof(*k) + topic.n + payload.n + props.n);
+    if (!k) {
+        return NULL;
+    }
+    *k = head;
+    k->topic_len = (uint32_t)topic.n;
+    k->payload_len = (uint32_t)payload.n;
+    k->props_len = (uint32_t)props.n;
+    uint8_t *w = k->data;
+    memcpy(w, topic.p, topic.n);
+    if (payload.n) {
+        memcpy(w + topic.n, payload.p, payload.n);
+    }
+    if (props.n) {
+        memcpy(w + topic.n + payload.n, props.p, props.n);
+    }
+    return k;
+}
+
+/* k goes after the others. */
+static void push_kept(LocalSession *s, Kept *k)
+{
+    dlist_push(&s->kept, &k->link);
+    s->n_kept++;
+    s->kept_bytes += k->topic_len + k->payload_len + k->props_len;
+}
+
 static void free_kept(LocalSession *s)
 {
     while (!dlist_empty(&s->kept)) {
@@ -427,34 +457,19 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
         return;
     }
     bound(s, 1, bytes);
-    Kept *k = malloc(sizeof(*k) + bytes);
+    Kept head = {
+        .seq = s->next_seq, .at = now_ms(), .qos = qos, .retain = m->retain, .base64 = t->base64};
+    Kept *k = new_kept(head, m->topic, m->payload, props->raw);
     if (!k) {
         s->dropped++;
         s->dropped_total++;
         return;
     }
-    *k = (Kept){.seq = s->next_seq++,
-                .at = now_ms(),
-                .qos = qos,
-                .retain = m->retain,
-                .base64 = t->base64,
-                .topic_len = (uint32_t)m->topic.n,
-                .payload_len = (uint32_t)m->payload.n,
-                .props_len = (uint32_t)props->raw.n};
-    uint8_t *w = k->data;
-    memcpy(w, m->topic.p, m->topic.n);
-    if (m->payload.n) {
-        memcpy(w + m->topic.n, m->payload.p, m->payload.n);
-    }
-    if (props->raw.n) {
-        memcpy(w + m->topic.n + m->payload.n, props->raw.p, props->raw.n);
-    }
-    dlist_push(&s->kept, &k->link);
+    s->next_seq++;
+    push_kept(s, k);
     if (s->unsent == &s->kept) { /* its connection had all the others */
         s->unsent = &k->link;
     }
-    s->n_kept++;
-    s->kept_bytes += bytes;
     save_kept(s, k); /* before the broker is acknowledged (when this returns) */
     pump(s);
 }
@@ -748,32 +763,19 @@ bool sessions_recovered_message(Daemon *d, const SpoolMessage *m)
         bytes > UINT32_MAX) {
         return false; /* ended, acknowledged (its DONE was lost), or out of order (damage) */
     }
-    Kept *k = malloc(sizeof(*k) + bytes);
+    int64_t age = wall_ms() - m->kept_at;
+    Kept head = {.seq = m->session_seq,
+                 .spool_seq = m->seq,
+                 .at = now_ms() - (age > 0 ? age : 0),
+                 .sent = true, /* who knows whether its program had it: redelivered */
+                 .qos = m->qos,
+                 .retain = m->retain,
+                 .base64 = m->base64};
+    Kept *k = new_kept(head, m->topic, m->payload, m->props);
     if (!k) {
         return false; /* as if the bound had dropped it */
     }
-    int64_t age = wall_ms() - m->kept_at;
-    *k = (Kept){.seq = m->session_seq,
-                .spool_seq = m->seq,
-                .at = now_ms() - (age > 0 ? age : 0),
-                .sent = true, /* who knows whether its program had it: redelivered */
-                .qos = m->qos,
-                .retain = m->retain,
-                .base64 = m->base64,
-                .topic_len = (uint32_t)m->topic.n,
-                .payload_len = (uint32_t)m->payload.n,
-                .props_len = (uint32_t)m->props.n};
-    uint8_t *w = k->data;
-    memcpy(w, m->topic.p, m->topic.n);
-    if (m->payload.n) {
-        memcpy(w + m->topic.n, m->payload.p, m->payload.n);
-    }
-    if (m->props.n) {
-        memcpy(w + m->topic.n + m->payload.n, m->props.p, m->props.n);
-    }
-    dlist_push(&s->kept, &k->link);
-    s->n_kept++;
-    s->kept_bytes += bytes;
+    push_kept(s, k);
     if (k->seq >= s->next_seq) {
         s->next_seq = k->seq + 1;
     }
