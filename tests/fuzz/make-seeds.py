@@ -94,4 +94,23 @@ done = record(bytes([2]) + struct.pack("<Q", 7))
 # ADD5 (format 3): qos 1, retain, topic "a/b", payload "hi", expiry, a Content Type property
 add5 = record(bytes([7]) + struct.pack("<Q", 8) + bytes([1, 1]) + struct.pack("<HI", 3, 2)
               + struct.pack("<QI", 1700000000000, 4) + b"a/bhi" + b"\x03\x00\x01t")
-write("spool", [add + done, add, add[:-3], done * 3, add5 + done, add5[:-2]])
+
+
+def salted(body, salt):
+    ln = struct.pack("<I", len(body))
+    return struct.pack("<I", zlib.crc32(ln + body, salt)) + ln + body
+
+
+# Format 4: a header (salt 0x1234, no held id), a named session with two subscriptions, its
+# acknowledgement, a message kept for it, and the session's end.
+salt = 0x1234
+header = record(bytes([3]) + bytes(8) + b"MQBSPOOL" + struct.pack("<III", 4, salt, 0))
+subs = bytes([1, 1]) + struct.pack("<H", 3) + b"a/#" + bytes([2, 6]) + struct.pack("<H", 1) + b"b"
+session = salted(bytes([8]) + struct.pack("<Q", 9) + struct.pack("<IIQQHI", 1000, 3600,
+                 1700000000000, 5, 7, len(subs)) + b"billing" + subs, salt)
+ack = salted(bytes([9]) + struct.pack("<QQ", 9, 4), salt)
+kept = salted(bytes([10]) + struct.pack("<Q", 10) + struct.pack("<QQQ", 9, 5, 1700000000001)
+              + bytes([1, 3]) + struct.pack("<HII", 3, 2, 0) + b"a/xhi", salt)
+end = salted(bytes([2]) + struct.pack("<Q", 9), salt)
+write("spool", [add + done, add, add[:-3], done * 3, add5 + done, add5[:-2],
+                header + session + ack + kept + end, header + session + kept[:-4]])
