@@ -37,8 +37,9 @@ enum { TARGET_CLIENT, TARGET_RPC, TARGET_SESSION };
  * connections. subs.c owns the table. */
 typedef struct SubHolder {
     RouterTarget target;
-    HashMap subs; /* filter -> ClientSub (subs.c) */
-    uid_t uid;    /* whose per-uid count its subscriptions are in */
+    HashMap subs;        /* filter -> ClientSub (subs.c) */
+    uid_t uid;           /* whose per-uid count its subscriptions are in */
+    size_t filter_bytes; /* the length of its filters, together (subs.c) */
 } SubHolder;
 
 /* A local client as the request layer sees it: a connection (server.h) and what its

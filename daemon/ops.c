@@ -246,7 +246,8 @@ static void op_request(Client *c, Request *r)
 
 static void op_subscribe(Client *c, Request *r)
 {
-    if (permitted(c, r, ACL_SUBSCRIBE) && !v5_refused(c, r)) {
+    if (permitted(c, r, ACL_SUBSCRIBE) && !v5_refused(c, r) &&
+        sessions_may_subscribe(c, r->id, r->topic)) {
         SubOptions o = {r->no_local, r->retain_as_published, r->retain_handling};
         subs_subscribe(c, r->id, r->topic, r->qos, r->encoding == ENC_BASE64, timeout_of(c, r), &o);
         sessions_client_subscribed(c);

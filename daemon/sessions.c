@@ -44,17 +44,19 @@ struct LocalSession {
     uint64_t spool_id; /* its id in the spool; 0: not written there (no spool, or it failed) */
     int64_t left_at;   /* when its last connection closed (Unix time, ms); 0: connected */
     bool dirty;        /* changed since it was last written to the spool */
-    double saved_at;   /* when it was (ev_now) */
-    size_t saved_size; /* ... and the size of its subscription list then */
+    bool lost_subs;    /* it lost subscriptions while its program was away */
+    bool stale;        /* recovered, and a newer session of its name too: ended at start */
 };
 
 static Buf scratch;        /* one event line at a time */
 static HashMap recovered;  /* spool id -> LocalSession, while the spool is read back */
 static ev_prepare flush_w; /* writes changed sessions before the loop waits */
-static ev_timer later_w;   /* ... and, for large ones, at most once a second */
+static ev_timer later_w;   /* ... and refills the budget for those that had to wait */
+static double budget;      /* bytes of SESSION records that may be written now ... */
+static double refilled_at; /* ... as of then (it grows by SAVE_BUDGET a second) */
 
-#define SAVE_LARGE    (64u << 10) /* a subscription list this long is written ... */
-#define SAVE_INTERVAL 1.0         /* ... at most once in this many seconds */
+#define SAVE_BUDGET         (1u << 20) /* bytes of SESSION records written per second */
+#define SESSION_FILTERS_MAX (1u << 20) /* a session's filters, with 8 bytes each */
 
 /* ---- the spool: what survives a restart ---- */
 
@@ -71,6 +73,7 @@ static int encode_subs(const LocalSession *s, Buf *out)
                                .base64 = cs->base64,
                                .no_local = rf && rf->no_local,
                                .retain_as_published = rf && rf->retain_as_published,
+                               .subid = rf ? rf->subid : 0,
                                .filter = f};
         int r = spool_session_sub_put(out, &sub);
         if (r < 0) {
@@ -88,10 +91,23 @@ static bool spool_logged(const Spool *sp, int r)
     return h.write_error == -r;
 }
 
-/* Write the session whole into the spool (with [queue] spool_dir): at its start, when its
- * subscriptions, expiry or connection change. A failure is logged (write errors once per
- * episode, by the spool); the session goes on in memory and is written again at its next
- * change. */
+/* The size of its SESSION record, about. */
+static size_t record_size(const LocalSession *s)
+{
+    return 128 + strlen(s->name) + s->holder.filter_bytes + 8 * s->holder.subs.count;
+}
+
+static void try_later(Daemon *d)
+{
+    if (!ev_is_active(&later_w)) {
+        ev_timer_set(&later_w, 1.0, 0.0);
+        ev_timer_start(d->loop, &later_w);
+    }
+}
+
+/* Write the session whole into the spool (with [queue] spool_dir). A failure is logged (write
+ * errors once per episode, by the spool); the session goes on in memory and is tried again in
+ * a second. */
 static void save(LocalSession *s)
 {
     Daemon *d = s->d;
@@ -100,19 +116,20 @@ static void save(LocalSession *s)
     }
     Buf subs = {0};
     s->dirty = false;
-    s->saved_at = ev_now(d->loop);
     SpoolSession m = {.id = s->spool_id,
                       .name = VIEW_STR(s->name),
                       .uid = (uint32_t)s->holder.uid,
                       .expiry = s->expiry,
                       .left_at = s->client ? 0 : s->left_at,
-                      .next_seq = s->next_seq};
+                      .next_seq = s->next_seq,
+                      .acked = s->acked,
+                      .dropped = s->dropped,
+                      .dropped_total = s->dropped_total};
     int r = encode_subs(s, &subs);
     if (r == 0) {
         m.subs = buf_view(&subs);
         r = spool_session_put(d->spool, &m);
     }
-    s->saved_size = subs.len;
     buf_free(&subs);
     if (r == 0) {
         s->spool_id = m.id;
@@ -121,15 +138,14 @@ static void save(LocalSession *s)
     if (!spool_logged(d->spool, r)) {
         log_error("session %s: cannot write it to the spool: %s", s->name, strerror(-r));
     }
-    s->dirty = true; /* tried again in a second */
-    ev_timer_set(&later_w, SAVE_INTERVAL, 0.0);
-    ev_timer_start(d->loop, &later_w);
+    s->dirty = true;
+    try_later(d);
 }
 
-/* s changed: written to the spool before the loop next waits (once for a burst of changes;
- * replies written meanwhile may go out first), or, when its subscription list is large, at
- * most once a second: subscribing one filter at a time must not rewrite a long list each time.
- */
+/* s changed (its subscriptions, expiry, connection, drops): written to the spool before the
+ * loop next waits, once for a burst of changes (a reply written meanwhile may go out first),
+ * within a budget of SAVE_BUDGET bytes a second for all sessions together, so that a program
+ * changing a long subscription list over and over cannot make the daemon write without end. */
 static void changed(LocalSession *s)
 {
     if (s->d->spool) {
@@ -138,24 +154,32 @@ static void changed(LocalSession *s)
     }
 }
 
-/* Write every changed session; with `all`, the large ones too whatever the interval. */
+/* Write the changed sessions the budget allows (with `all`, every one); a record larger than
+ * the whole budget goes when the budget is full. */
 static void flush(Daemon *d, bool all)
 {
     HashIter it;
     void *v;
-    double now = ev_now(d->loop);
     bool later = false;
+    double now = ev_now(d->loop);
+    budget += (now - refilled_at) * SAVE_BUDGET;
+    budget = budget > SAVE_BUDGET ? SAVE_BUDGET : budget;
+    refilled_at = now;
     for (hashmap_iter(&d->sessions, &it); hashmap_iter_next(&it, &v);) {
         LocalSession *s = v;
-        if (s->dirty && !all && s->saved_size > SAVE_LARGE && now - s->saved_at < SAVE_INTERVAL) {
-            later = true;
-        } else if (s->dirty) {
-            save(s);
+        double size = (double)record_size(s);
+        if (!s->dirty) {
+            continue;
         }
+        if (!all && size > budget && budget < SAVE_BUDGET) {
+            later = true;
+            continue;
+        }
+        save(s);
+        budget = size < budget ? budget - size : 0;
     }
-    if (later && !ev_is_active(&later_w)) {
-        ev_timer_set(&later_w, SAVE_INTERVAL, 0.0);
-        ev_timer_start(d->loop, &later_w);
+    if (later) {
+        try_later(d);
     }
 }
 
@@ -217,6 +241,8 @@ void sessions_init(Daemon *d)
     ev_prepare_init(&flush_w, on_flush);
     flush_w.data = d;
     ev_init(&later_w, on_later);
+    budget = SAVE_BUDGET;
+    refilled_at = ev_now(d->loop);
 }
 
 static void drop_kept(LocalSession *s, Kept *k)
@@ -270,25 +296,32 @@ static void free_kept(LocalSession *s)
     }
 }
 
-/* The session ends: its subscriptions (and the broker's behind them, when it held them last)
- * and what it kept go. Its client, if any, was detached first. */
-static void end_session(LocalSession *s, const char *why)
+/* What s holds goes - its subscriptions (and the broker's behind them, when it held them last),
+ * what it kept, its record in the spool - and s is freed. Its own DONE goes first: a kept
+ * message whose session did not come back is forgotten at the next start, whatever happens to
+ * the DONEs written after. The caller took s out of the map of names. */
+static void discard(LocalSession *s)
 {
     Daemon *d = s->d;
-    assert(!s->client);
-    log_info("session %s (uid %u) ends: %s", s->name, (unsigned)s->holder.uid, why);
     ev_timer_stop(d->loop, &s->expire);
-    subs_holder_clear(d, &s->holder);
-    free_kept(s);
     if (s->spool_id && d->spool) {
         spool_done(d->spool, s->spool_id);
     }
-    (void)hashmap_remove(&d->sessions, VIEW_STR(s->name));
+    subs_holder_clear(d, &s->holder);
+    free_kept(s);
     free(s->name);
     free(s);
 }
 
-/* At stop: the spool keeps it (closed already, so nothing is written). */
+/* The session ends. Its client, if any, was detached first. */
+static void end_session(LocalSession *s, const char *why)
+{
+    assert(!s->client);
+    log_info("session %s (uid %u) ends: %s", s->name, (unsigned)s->holder.uid, why);
+    (void)hashmap_remove(&s->d->sessions, VIEW_STR(s->name));
+    discard(s);
+}
+
 static void free_session(void *p)
 {
     LocalSession *s = p;
@@ -353,6 +386,23 @@ void sessions_client_gone(Client *c)
     }
 }
 
+bool sessions_may_subscribe(Client *c, json_t *id, View filter)
+{
+    LocalSession *s = c->session;
+    if (!s || hashmap_get(&s->holder.subs, filter)) {
+        return true;
+    }
+    size_t bytes = s->holder.filter_bytes + 8 * s->holder.subs.count;
+    if (bytes + 8 + filter.n <= SESSION_FILTERS_MAX) {
+        return true;
+    }
+    answer_error(c, id, IPC_BAD_REQUEST,
+                 "session %s holds %zu bytes of filters already; at most %u (it is written "
+                 "whole to the spool)",
+                 s->name, bytes, SESSION_FILTERS_MAX);
+    return false;
+}
+
 void sessions_client_subscribed(Client *c)
 {
     if (c->session) {
@@ -413,15 +463,23 @@ bool sessions_ready(const RouterTarget *t)
 }
 
 /* Make room for `more` messages of `bytes` by dropping the oldest kept ones. */
+/* A message for s was dropped (its bounds, or out of memory): counted, announced at the
+ * next resume, and written with the session (so a restart does not forget it). */
+static void count_drop(LocalSession *s)
+{
+    s->dropped++;
+    s->dropped_total++;
+    s->d->stats.messages_dropped++;
+    changed(s);
+}
+
 static void bound(LocalSession *s, size_t more, size_t bytes)
 {
     const Config *cfg = &s->d->cfg;
     while (s->n_kept && (s->n_kept + more > cfg->sessions.max_messages ||
                          s->kept_bytes + bytes > cfg->sessions.max_bytes)) {
         drop_kept(s, container_of(s->kept.next, Kept, link));
-        s->dropped++;
-        s->dropped_total++;
-        s->d->stats.messages_dropped++;
+        count_drop(s);
     }
 }
 
@@ -448,9 +506,7 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
     }
     size_t bytes = m->topic.n + m->payload.n + props->raw.n;
     if (bytes > d->cfg.sessions.max_bytes) { /* cannot be kept: counted, announced */
-        s->dropped++;
-        s->dropped_total++;
-        d->stats.messages_dropped++;
+        count_drop(s);
         log_warning("session %s: a %zu-byte message is larger than [sessions] max_bytes: "
                     "dropped",
                     s->name, bytes);
@@ -461,8 +517,7 @@ void sessions_deliver(Daemon *d, RouterTarget *t, const MqttPublish *m, const Mq
         .seq = s->next_seq, .at = now_ms(), .qos = qos, .retain = m->retain, .base64 = t->base64};
     Kept *k = new_kept(head, m->topic, m->payload, props->raw);
     if (!k) {
-        s->dropped++;
-        s->dropped_total++;
+        count_drop(s);
         return;
     }
     s->next_seq++;
@@ -534,6 +589,7 @@ void sessions_lost(Daemon *d, View filter)
         if (!s->client && subs_holder_forget(d, &s->holder, filter)) {
             log_warning("session %s loses %.*s (the broker refused it at a reconnect)", s->name,
                         (int)filter.n, (const char *)filter.p);
+            s->lost_subs = true;
             changed(s);
         }
     }
@@ -583,7 +639,9 @@ static void take_over(LocalSession *s)
     Client *old = s->client;
     log_info("session %s taken over from client %llu", s->name,
              (unsigned long long)old->conn.serial);
+    uint32_t expiry = s->expiry;
     detach_quietly(s);
+    s->expiry = expiry; /* the new connection keeps it unless it names one */
     buf_clear(&scratch);
     int r = write_json_line(&scratch, json_pack("{s:s}", "event", "session_taken_over"));
     conn_close_after(&old->conn, r == 0 ? buf_view(&scratch) : VIEW_NULL,
@@ -614,10 +672,14 @@ void sessions_op_session(Client *c, Request *r)
     c->session = s;
     c->holder = &s->holder;
     /* A rule changed while the program was away applies now, to what was kept too. */
+    size_t held = s->holder.subs.count;
     if (resumed && (!access_recheck_subs(c) || c->conn.closed)) {
         return; /* c was closed (out of memory): the session goes on without it */
     }
-    forget_unheld(s);
+    if (s->lost_subs || s->holder.subs.count < held) {
+        forget_unheld(s); /* kept × subscriptions: only when some are gone */
+    }
+    s->lost_subs = false;
     s->left_at = 0;
     changed(s);
     answer_ok(c, r->id,
@@ -725,7 +787,8 @@ static void restore_subs(LocalSession *s, View subs)
     SpoolSessionSub sub;
     while (spool_session_sub_next(&subs, &sub) == 1) {
         SubOptions o = {.no_local = sub.no_local, .retain_as_published = sub.retain_as_published};
-        int r = subs_holder_restore(s->d, &s->holder, sub.filter, sub.qos, sub.base64, &o);
+        int r =
+            subs_holder_restore(s->d, &s->holder, sub.filter, sub.qos, sub.base64, &o, sub.subid);
         if (r < 0 && r != -EEXIST) {
             log_error("session %s: cannot hold %.*s again: %s", s->name, (int)sub.filter.n,
                       (const char *)sub.filter.p, strerror(-r));
@@ -735,10 +798,15 @@ static void restore_subs(LocalSession *s, View subs)
 
 void sessions_recovered(Daemon *d, const SpoolSession *m)
 {
-    LocalSession *s = hashmap_get(&d->sessions, m->name) ? NULL : new_session(d, m->name, m->uid);
+    LocalSession *old = hashmap_get(&d->sessions, m->name);
+    if (old) { /* the end of an older one of that name was not written: the newer one wins */
+        log_warning("spool: session %s is there twice; the newer one is kept", old->name);
+        (void)hashmap_remove(&d->sessions, m->name);
+        old->stale = true; /* its kept messages still come to it; ended at recovery_done */
+    }
+    LocalSession *s = new_session(d, m->name, m->uid);
     if (!s || hashmap_put(&recovered, VIEW(&m->id, sizeof(m->id)), s) < 0) {
-        /* Its kept messages are forgotten with it; it stays in the spool for the next start
-         * unless a new session of that name replaces it. */
+        /* Its kept messages are forgotten with it; it stays in the spool for the next start. */
         log_error("session %.*s could not be recovered from the spool (out of memory)",
                   (int)m->name.n, (const char *)m->name.p);
         if (s) {
@@ -749,6 +817,8 @@ void sessions_recovered(Daemon *d, const SpoolSession *m)
     s->spool_id = m->id;
     s->expiry = m->expiry;
     s->left_at = m->left_at;
+    s->dropped = m->dropped;
+    s->dropped_total = m->dropped_total;
     s->acked = s->sent_upto = m->acked;
     s->next_seq = m->next_seq > m->acked ? m->next_seq : m->acked + 1;
     restore_subs(s, m->subs);
@@ -790,12 +860,19 @@ void sessions_recovery_done(Daemon *d)
     size_t n = 0, kept = 0;
     for (hashmap_iter(&recovered, &it); hashmap_iter_next(&it, &v);) {
         LocalSession *s = v;
+        if (s->stale) {
+            discard(s);
+            continue;
+        }
         s->unsent = s->kept.next;
         s->sent_upto = s->next_seq - 1; /* every kept one may have been sent */
         /* Numbers between the last acknowledgement and the first kept message are messages
-         * that were dropped (announced again if they were before the restart: at least once). */
+         * that were dropped: if the record does not count them yet (a crash right after), the
+         * gap does (announced again if they were before the restart: at least once). */
         uint64_t first = s->n_kept ? container_of(s->kept.next, Kept, link)->seq : s->next_seq;
-        s->dropped = s->dropped_total = first - 1 - s->acked;
+        uint64_t gap = first - 1 - s->acked;
+        s->dropped = gap > s->dropped ? gap : s->dropped;
+        s->dropped_total = s->dropped > s->dropped_total ? s->dropped : s->dropped_total;
         bound(s, 0, 0); /* the bounds of this configuration */
         /* Connected when the daemon stopped: its program is away from now on. */
         int64_t away = s->left_at ? wall - s->left_at : 0;

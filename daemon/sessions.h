@@ -48,6 +48,9 @@ void sessions_lost(Daemon *d, View filter);
 
 /* c is closing: its session (if any) goes on without it. Before subs_client_gone. */
 void sessions_client_gone(Client *c);
+/* Whether c may subscribe to `filter`: in a session, its filters together (with 8 bytes
+ * each) are at most 1 MiB, since the spool writes them whole. Answered when not. */
+bool sessions_may_subscribe(Client *c, json_t *id, View filter);
 /* c subscribed or unsubscribed: its session (if any) is written to the spool again. */
 void sessions_client_subscribed(Client *c);
 

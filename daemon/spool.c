@@ -1901,7 +1901,9 @@ static void hand_back_one(const Spool *s, const Buf *files, const Live *l, bool 
         return; /* read back once already: cannot happen */
     }
     if (l->kind == LIVE_SESSION) {
-        rec.sess.acked = l->st.acked;
+        if (l->st.acked > rec.sess.acked) {
+            rec.sess.acked = l->st.acked; /* a SESSION_ACK after the SESSION record */
+        }
         if (cb->session) {
             cb->session(cb->ud, &rec.sess);
         }

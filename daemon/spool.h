@@ -101,9 +101,10 @@ int spool_add(Spool *s, const SpoolMessage *m /* its message fields */, uint64_t
  * written is retried at the next write. */
 void spool_done(Spool *s, uint64_t seq);
 
-/* Write a session whole (m->acked aside): a new one when m->id is 0 (then set), else the
- * newer state of session m->id. -ENOENT for an id the spool does not hold, or a write error
- * (the spool keeps what it had). */
+/* Write a session whole: a new one when m->id is 0 (then set), else the newer state of
+ * session m->id. Its acknowledgement goes in it too, so that a SESSION_ACK written before it
+ * (which replay may reach before the session) is not needed after it. -ENOENT for an id the spool
+ * does not hold, or a write error (the spool keeps what it had). */
 int spool_session_put(Spool *s, SpoolSession *m);
 /* Session `id` acknowledged every message up to `acked` (not 0). */
 int spool_session_ack(Spool *s, uint64_t id, uint64_t acked);

@@ -22,11 +22,6 @@ static void count_holder(Daemon *d, SubHolder *h, int delta)
     (void)hashmap_count_add(&d->uid_subs, uid_key(&h->uid), delta);
 }
 
-static void count_uid(Client *c, int delta)
-{
-    count_holder(c->d, c->holder, delta);
-}
-
 size_t subs_of_uid(Daemon *d, uid_t uid)
 {
     return hashmap_count(&d->uid_subs, uid_key(&uid));
@@ -75,7 +70,18 @@ static ClientSub *holder_add(Daemon *d, SubHolder *h, View filter)
         return NULL;
     }
     count_holder(d, h, +1);
+    h->filter_bytes += filter.n;
     return s;
+}
+
+/* The holder's record of `filter` goes (the router's is the caller's business). */
+static void holder_forget(Daemon *d, SubHolder *h, View filter)
+{
+    ClientSub *gone = hashmap_remove(&h->subs, filter);
+    assert(gone);
+    count_holder(d, h, -1);
+    h->filter_bytes -= gone->len;
+    free(gone);
 }
 
 static ClientSub *add_sub(Client *c, View filter)
@@ -171,10 +177,8 @@ static int release_sub(Daemon *d, SubHolder *h, ClientSub *s, bool at_broker, vo
          * nobody; nobody waits for an UNSUBACK. */
         r = 0;
     }
-    ClientSub *gone = hashmap_remove(&h->subs, f);
-    assert(gone == s);
-    count_holder(d, h, -1);
-    free(gone);
+    assert(hashmap_get(&h->subs, f) == s);
+    holder_forget(d, h, f); /* frees s, and so f: last */
     return r;
 }
 
@@ -204,7 +208,7 @@ void subs_holder_clear(Daemon *d, SubHolder *h)
 }
 
 int subs_holder_restore(Daemon *d, SubHolder *h, View f, uint8_t qos, bool base64,
-                        const SubOptions *o)
+                        const SubOptions *o, uint32_t subid)
 {
     if (hashmap_get(&h->subs, f)) {
         return -EEXIST;
@@ -213,8 +217,7 @@ int subs_holder_restore(Daemon *d, SubHolder *h, View f, uint8_t qos, bool base6
     int res = sub ? router_add(&d->router, f, &h->target, qos, base64) : -ENOMEM;
     if (res < 0) {
         if (sub) {
-            free(hashmap_remove(&h->subs, f));
-            count_holder(d, h, -1);
+            holder_forget(d, h, f);
         }
         return res;
     }
@@ -225,6 +228,9 @@ int subs_holder_restore(Daemon *d, SubHolder *h, View f, uint8_t qos, bool base6
     if (res & ROUTER_FIRST) {
         rf->no_local = o->no_local;
         rf->retain_as_published = o->retain_as_published;
+        if (subid) { /* -EEXIST (another filter has it): this one keeps its new id */
+            (void)router_set_subid(&d->router, f, subid);
+        }
     }
     if (res & (ROUTER_FIRST | ROUTER_UPGRADE)) {
         /* Nobody waits for the SUBACK; a refusal comes as SUBSCRIPTION_LOST at the latest. */
@@ -354,8 +360,7 @@ void subs_subscribe(Client *c, json_t *id, View f, uint8_t qos, bool base64, int
     int res = sub ? router_add(&d->router, f, &c->holder->target, qos, base64) : -ENOMEM;
     if (res < 0) {
         if (sub && !held) {
-            free(hashmap_remove(&c->holder->subs, f));
-            count_uid(c, -1);
+            holder_forget(d, c->holder, f);
         }
         answer_error(c, id, IPC_INTERNAL, "out of memory");
         return;

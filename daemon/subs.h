@@ -48,9 +48,11 @@ int subs_ask_broker(Daemon *d, View filter, void *req, bool retained);
 void subs_holder_clear(Daemon *d, SubHolder *h);
 /* Hold `filter` again for a holder that has no client (a named session recovered from the
  * spool): in the router at once, asked of the broker (without its retained messages) when it
- * is new there. 0, or -errno (-EEXIST: held already). */
+ * is new there, under `subid` (the MQTT 5 subscription identifier it had, so that what the
+ * broker queued under it finds its holder; 0: a new one). 0, or -errno (-EEXIST: held
+ * already). */
 int subs_holder_restore(Daemon *d, SubHolder *h, View filter, uint8_t qos, bool base64,
-                        const SubOptions *opts);
+                        const SubOptions *opts, uint32_t subid);
 /* The holder stops holding `filter` (the broker refused it): true when it did hold it. */
 bool subs_holder_forget(Daemon *d, SubHolder *h, View filter);
 size_t subs_of_uid(Daemon *d, uid_t uid);

@@ -93,6 +93,7 @@ int router_init(Router *r)
     *r = (Router){.next_subid = 1};
     hashmap_init(&r->edges);
     hashmap_init(&r->filters);
+    hashmap_init(&r->subids);
     r->root = node_new(NULL, VIEW_NULL);
     return r->root ? 0 : -ENOMEM;
 }
@@ -101,6 +102,7 @@ void router_free(Router *r)
 {
     hashmap_free(&r->edges, node_free); /* every node but the root is one edge's value */
     hashmap_free(&r->filters, filter_free);
+    hashmap_free(&r->subids, NULL);
     node_free(r->root);
     free(r->matched);
     buf_free(&r->key);
@@ -199,6 +201,11 @@ static Holder *holder_append(Holder **a, size_t n, size_t *cap)
     return &(*a)[n];
 }
 
+static View subid_key(const uint32_t *id)
+{
+    return VIEW(id, sizeof(*id));
+}
+
 /* The record of `filter` (ending at node n), with no holder yet; NULL when out of memory. */
 static RouterFilter *filter_new(Router *r, RouterNode *n, View filter)
 {
@@ -207,8 +214,10 @@ static RouterFilter *filter_new(Router *r, RouterNode *n, View filter)
         return NULL;
     }
     fc->shared = mqtt_filter_target(filter).n != filter.n;
-    fc->subid = r->next_subid;
-    r->next_subid = r->next_subid >= ROUTER_SUBID_MAX ? 1 : r->next_subid + 1;
+    do { /* the next one no live filter has (one a recovered session kept may be) */
+        fc->subid = r->next_subid;
+        r->next_subid = r->next_subid >= ROUTER_SUBID_MAX ? 1 : r->next_subid + 1;
+    } while (hashmap_get(&r->subids, subid_key(&fc->subid)));
     if (fc->shared && n->n_groups == n->cap_groups) {
         size_t cap = n->cap_groups ? n->cap_groups * 2 : 1;
         RouterFilter **g = realloc(n->groups, cap * sizeof(*g));
@@ -219,7 +228,12 @@ static RouterFilter *filter_new(Router *r, RouterNode *n, View filter)
         n->groups = g;
         n->cap_groups = cap;
     }
+    if (hashmap_put(&r->subids, subid_key(&fc->subid), fc) < 0) {
+        free(fc);
+        return NULL;
+    }
     if (hashmap_put(&r->filters, filter, fc) < 0) {
+        (void)hashmap_remove(&r->subids, subid_key(&fc->subid)); /* put just above */
         free(fc);
         return NULL;
     }
@@ -244,6 +258,7 @@ static void filter_drop(Router *r, RouterNode *n, View filter, RouterFilter *fc)
         n->plain = NULL;
     }
     hashmap_remove(&r->filters, filter);
+    (void)hashmap_remove(&r->subids, subid_key(&fc->subid));
     filter_free(fc);
 }
 
@@ -612,4 +627,25 @@ void router_reconfirm_all(Router *r, bool session_present)
         fc->active = session_present && fc->was_active;
         fc->was_active = false;
     }
+}
+
+int router_set_subid(Router *r, View filter, uint32_t subid)
+{
+    RouterFilter *fc = hashmap_get(&r->filters, filter);
+    if (!fc) {
+        return -ENOENT;
+    }
+    if (subid == 0 || subid > ROUTER_SUBID_MAX) {
+        return -EINVAL;
+    }
+    RouterFilter *other = hashmap_get(&r->subids, subid_key(&subid));
+    if (other) {
+        return other == fc ? 0 : -EEXIST;
+    }
+    if (hashmap_put(&r->subids, subid_key(&subid), fc) < 0) {
+        return -ENOMEM;
+    }
+    (void)hashmap_remove(&r->subids, subid_key(&fc->subid));
+    fc->subid = subid;
+    return 0;
 }

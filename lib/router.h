@@ -51,6 +51,7 @@ typedef struct RouterHolder RouterHolder; /* one (subscriber, filter) pair: rout
 typedef struct Router {
     HashMap edges;   /* (parent node, level) -> child node */
     HashMap filters; /* exact filter -> holder counts */
+    HashMap subids;  /* subscription identifier (uint32_t) -> its RouterFilter */
     RouterNode *root;
     uint64_t epoch;
     RouterTarget **matched; /* result array of router_match */
@@ -114,6 +115,11 @@ void router_reconfirm_all(Router *r, bool session_present);
 bool router_holds(Router *r, View filter, const RouterTarget *t);
 /* The exact filter's broker-side record, or NULL when nobody holds it. */
 RouterFilter *router_filter(Router *r, View filter);
+/* Give `filter` (held) the subscription identifier an earlier run gave it (a recovered named
+ * session's), so that copies the broker queued under it meanwhile find their holders. 0, or
+ * -ENOENT (not held), -EINVAL (0 or above ROUTER_SUBID_MAX), -EEXIST (another filter has
+ * it: it keeps its own), -ENOMEM. */
+int router_set_subid(Router *r, View filter, uint32_t subid);
 /* The retained messages for target's new subscription to `filter` have all arrived. */
 void router_settle(Router *r, View filter, const RouterTarget *t);
 /* Whether a subscriber can take the message being matched now (its output has room). */

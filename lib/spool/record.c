@@ -177,21 +177,24 @@ int spool_record_incoming_clear(Buf *out, uint32_t salt)
     return small(out, salt, SPOOL_INCOMING_CLEAR, 0, 0, 0, 0);
 }
 
+#define SUB_FIXED 8 /* qos, flags, subid, filter_len */
+
 int spool_session_sub_put(Buf *subs, const SpoolSessionSub *sub)
 {
     if (sub->filter.n == 0 || sub->filter.n > 65535 || sub->qos > 2) {
         return -E2BIG;
     }
-    int r = buf_reserve(subs, 4 + sub->filter.n);
+    int r = buf_reserve(subs, SUB_FIXED + sub->filter.n);
     if (r < 0) {
         return r;
     }
     uint8_t *w = subs->data + subs->len;
     w[0] = sub->qos;
     w[1] = (uint8_t)(sub->base64 | sub->no_local << 1 | sub->retain_as_published << 2);
-    put_le(w + 2, sub->filter.n, 2);
-    put_view(w + 4, sub->filter);
-    subs->len += 4 + sub->filter.n;
+    put_le(w + 2, sub->subid, 4);
+    put_le(w + 6, sub->filter.n, 2);
+    put_view(w + SUB_FIXED, sub->filter);
+    subs->len += SUB_FIXED + sub->filter.n;
     return 0;
 }
 
@@ -200,23 +203,25 @@ int spool_session_sub_next(View *subs, SpoolSessionSub *ret)
     if (subs->n == 0) {
         return 0;
     }
-    if (subs->n < 4) {
+    if (subs->n < SUB_FIXED) {
         return -EBADMSG;
     }
-    size_t n = (size_t)get_le(subs->p + 2, 2);
-    if (subs->p[0] > 2 || subs->p[1] > 7 || n == 0 || n > subs->n - 4) {
+    size_t n = (size_t)get_le(subs->p + 6, 2);
+    if (subs->p[0] > 2 || subs->p[1] > 7 || n == 0 || n > subs->n - SUB_FIXED) {
         return -EBADMSG;
     }
     *ret = (SpoolSessionSub){.qos = subs->p[0],
                              .base64 = subs->p[1] & 1,
                              .no_local = subs->p[1] >> 1 & 1,
                              .retain_as_published = subs->p[1] >> 2 & 1,
-                             .filter = VIEW(subs->p + 4, n)};
-    *subs = VIEW(subs->p + 4 + n, subs->n - 4 - n);
+                             .subid = (uint32_t)get_le(subs->p + 2, 4),
+                             .filter = VIEW(subs->p + SUB_FIXED, n)};
+    *subs = VIEW(subs->p + SUB_FIXED + n, subs->n - SUB_FIXED - n);
     return 1;
 }
 
-#define SESSION_FIXED 30 /* uid, expiry, left_at, next_seq, name_len, subs_len */
+/* uid, expiry, left_at, next_seq, acked, dropped, dropped_total, name_len, subs_len */
+#define SESSION_FIXED 54
 #define KEPT_FIXED    36 /* session, session_seq, kept_at, qos, flags, 3 lengths */
 
 int spool_record_session(Buf *out, uint32_t salt, const SpoolSession *m)
@@ -237,8 +242,11 @@ int spool_record_session(Buf *out, uint32_t salt, const SpoolSession *m)
     put_le(w + 4, m->expiry, 4);
     put_le(w + 8, (uint64_t)m->left_at, 8);
     put_le(w + 16, m->next_seq, 8);
-    put_le(w + 24, m->name.n, 2);
-    put_le(w + 26, m->subs.n, 4);
+    put_le(w + 24, m->acked, 8);
+    put_le(w + 32, m->dropped, 8);
+    put_le(w + 40, m->dropped_total, 8);
+    put_le(w + 48, m->name.n, 2);
+    put_le(w + 50, m->subs.n, 4);
     put_view(put_view(w + SESSION_FIXED, m->name), m->subs);
     finish(out, h, salt);
     return 0;
@@ -290,13 +298,16 @@ static int parse_session(const uint8_t *b, size_t len, SpoolRecord *rec)
         return -EBADMSG;
     }
     const uint8_t *w = b + BODY_MIN;
-    size_t nn = (size_t)get_le(w + 24, 2), sn = (size_t)get_le(w + 26, 4);
+    size_t nn = (size_t)get_le(w + 48, 2), sn = (size_t)get_le(w + 50, 4);
     SpoolSession *m = &rec->sess;
     *m = (SpoolSession){.id = rec->seq,
                         .uid = (uint32_t)get_le(w, 4),
                         .expiry = (uint32_t)get_le(w + 4, 4),
                         .left_at = (int64_t)get_le(w + 8, 8),
-                        .next_seq = get_le(w + 16, 8)};
+                        .next_seq = get_le(w + 16, 8),
+                        .acked = get_le(w + 24, 8),
+                        .dropped = get_le(w + 32, 8),
+                        .dropped_total = get_le(w + 40, 8)};
     if (nn == 0 || m->left_at < 0 || sn > len || BODY_MIN + SESSION_FIXED + nn + sn != len) {
         return -EBADMSG;
     }

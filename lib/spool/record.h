@@ -28,12 +28,16 @@
  *                                 taken from the same sequence as messages, never reused:
  *                                 u32 uid, u32 expiry (s), u64 left_at (Unix time in ms its
  *                                 last connection closed; 0 = connected), u64 next_seq (its
- *                                 next message's number), u16 name_len, u32 subs_len, name,
- *                                 subs: its subscriptions, each u8 qos, u8 flags (bit 0
+ *                                 next message's number), u64 acked (its acknowledgement
+ *                                 then), u64 dropped (messages dropped since its program was
+ *                                 last told), u64 dropped_total, u16 name_len, u32 subs_len,
+ *                                 name, subs: its subscriptions, each u8 qos, u8 flags (bit 0
  *                                 base64, bit 1 no_local, bit 2 retain_as_published),
+ *                                 u32 subid (its MQTT 5 subscription identifier; 0 none),
  *                                 u16 filter_len (not 0), filter
  *                 SESSION_ACK (format 4): u64 acked (not 0): session `seq` acknowledged every
- *                                 message up to that number (latest wins)
+ *                                 message up to that number (the highest of these and the
+ *                                 SESSION record's wins)
  *                 KEPT (format 4):  a message kept for a session (seq numbers it like an ADD):
  *                                 u64 session id, u64 session_seq (its number in the session),
  *                                 u64 kept_at (Unix time in ms it came), u8 qos, u8 flags
@@ -86,14 +90,17 @@ typedef struct SpoolSession {
     uint32_t uid, expiry;
     int64_t left_at;   /* Unix time (ms) its last connection closed; 0: connected */
     uint64_t next_seq; /* its next message's number, when written */
-    uint64_t acked;    /* its latest SESSION_ACK; 0: none (not in the SESSION record) */
-    View subs;         /* its subscriptions: see spool_session_sub_next */
+    uint64_t acked;    /* its acknowledgement (handed back: the latest, SESSION_ACK included) */
+    uint64_t dropped;  /* messages its bounds dropped since its program was last told */
+    uint64_t dropped_total;
+    View subs; /* its subscriptions: see spool_session_sub_next */
 } SpoolSession;
 
 /* One subscription of a session. */
 typedef struct SpoolSessionSub {
     uint8_t qos;
     bool base64, no_local, retain_as_published;
+    uint32_t subid; /* MQTT 5 subscription identifier of its filter; 0: none */
     View filter;
 } SpoolSessionSub;
 
@@ -131,7 +138,7 @@ int spool_record_done(Buf *out, uint32_t salt, uint64_t seq);
 int spool_record_state(Buf *out, uint32_t salt, uint64_t seq, uint16_t packet_id, bool pubrec);
 int spool_record_incoming(Buf *out, uint32_t salt, uint16_t packet_id, bool held);
 int spool_record_incoming_clear(Buf *out, uint32_t salt);
-/* A SESSION record (m->acked is not part of it); -EINVAL for an empty name or id 0. */
+/* A SESSION record; -EINVAL for an empty name or id 0. */
 int spool_record_session(Buf *out, uint32_t salt, const SpoolSession *m);
 /* -EINVAL for id or acked 0. */
 int spool_record_session_ack(Buf *out, uint32_t salt, uint64_t id, uint64_t acked);

@@ -226,6 +226,32 @@ class Sessions(TestCase):
             for c in clients:
                 c.close()
 
+    def test_takeover_keeps_the_expiry(self):
+        d = self.start()
+        first = d.client()
+        self.cleanups.append(first.close)
+        first.ok("session", name="brief", expiry=1)
+        with d.client() as second:
+            second.ok("session", name="brief")  # no expiry: the session's own stays
+            first.event("session_taken_over")
+        with d.client() as a:
+            wait_until(lambda: a.ok("sessions")["sessions"] == [], what="the session to expire")
+
+    def test_a_session_holds_at_most_1_mib_of_filters(self):
+        d = self.start()
+        with d.client() as w:
+            w.ok("session", name="wide")
+            n = (1 << 20) // 1008 + 5
+            for i in range(n):
+                w.send({"id": i, "op": "subscribe", "filter": f"{i:06d}/" + "f" * 993, "qos": 0})
+            replies = [w.next(lambda x, i=i: x.get("id") == i) for i in range(n)]
+            refused = [r for r in replies if not r["ok"]]
+            self.assertEqual(len(refused), n - (1 << 20) // 1008)
+            self.assertEqual(refused[0]["error"]["code"], "bad_request")
+            self.assertIn("at most 1048576", refused[0]["error"]["message"])
+            w.ok("unsubscribe", filter="000000/" + "f" * 993)
+            w.ok("subscribe", filter="again/" + "f" * 994)  # room again
+
     def test_mqttctl(self):
         d = self.start()
         env = dict(os.environ, MQTTBRIDGE_SOCKET=d.socket)
@@ -276,9 +302,11 @@ class SessionsInTheSpool(TestCase):
         super().setUp()
         self.m = self.broker()
 
-    def start(self, **sessions):
+    def start(self, persistent=False, **sessions):
         secs = {"ipc": {"mode": "0666"},
                 "queue": {"spool_dir": os.path.join(self.tmp, "spool"), "fsync": "batch"}}
+        if persistent:  # the broker keeps what comes for the daemon while it is down
+            secs["broker"] = {"clean_session": "false", "client_id": "sessions-spool"}
         if sessions:
             secs["sessions"] = {k: str(v) for k, v in sessions.items()}
         return self.daemon(self.m.port, sections=secs)
@@ -365,6 +393,69 @@ class SessionsInTheSpool(TestCase):
             self.assertEqual(sorted((s["name"], s["subscriptions"])
                                     for s in a.ok("sessions")["sessions"]),
                              [("long", 1500), ("short", 300)])
+
+    def test_what_the_broker_kept_while_the_daemon_was_down_arrives(self):
+        """With a persistent broker session the broker queues the session's messages while the
+        daemon is down; with MQTT 5 they name the subscription identifier of the previous run,
+        which the recovered subscription keeps."""
+        d = self.start(persistent=True)
+        with d.client() as w:
+            w.ok("session", name="down", expiry=600)
+            w.ok("subscribe", filter="kept/#", qos=1)
+        self.assertEqual(d.stop(), 0)
+        p = self.daemon(self.m.port, name="p")
+        with p.client() as c:
+            publish_many(c, "kept/x", 5)
+        d.start()
+        self.pending(d, 5, "down")
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="down")["pending"], 5)
+            self.assertEqual([e["payload"] for e in w.messages(5)], [f"m{i}" for i in range(5)])
+
+    def test_acknowledged_stays_acknowledged_across_segments(self):
+        """1000 messages of 5 KB (two segments), all acknowledged, the session written again
+        when its program leaves: after kill -9 nothing is pending, nothing said dropped, and
+        numbering goes on."""
+        d = self.start()
+        with d.client() as w:
+            w.ok("session", name="acks")
+            w.ok("subscribe", filter="a/#", qos=1)
+            with d.client() as p:
+                for i in range(1000):
+                    p.send({"id": i, "op": "publish", "topic": "a/x", "payload": "x" * 5000,
+                            "qos": 1, "wait": False})
+                for i in range(1000):
+                    p.next(lambda x, i=i: x.get("id") == i)
+            got = w.messages(1000)
+            self.assertEqual(got[-1]["seq"], 1000)
+            w.send({"op": "ack", "seq": 1000})
+            w.ok("ping")
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="acks")["pending"], 0)
+            w.ok("ping")
+            self.assertEqual([e for e in w.events if e.get("event") == "dropped"], [])
+            with d.client() as p:
+                p.ok("publish", topic="a/y", payload="next", qos=1)
+            self.assertEqual(w.event("message")["seq"], 1001)
+
+    def test_a_drop_that_leaves_no_gap_is_remembered(self):
+        d = self.start(max_bytes=1024)
+        with d.client() as w:
+            w.ok("session", name="big")
+            w.ok("subscribe", filter="b/#", qos=1)
+        with d.client() as p:
+            p.ok("publish", topic="b/x", payload="x" * 2000, qos=1)  # over max_bytes
+        with d.client() as a:
+            wait_until(lambda: a.ok("sessions")["sessions"][0]["dropped"] == 1,
+                       what="the drop to be counted")
+            a.ok("ping")  # the loop has waited since: the session is written
+        d.stop(signal.SIGKILL)
+        d.start()
+        with d.client() as w:
+            self.assertEqual(w.ok("session", name="big")["pending"], 0)
+            self.assertEqual(w.event("dropped")["count"], 1)
 
     def test_expiry_counts_from_when_the_program_left(self):
         d = self.start()

@@ -514,6 +514,42 @@ START_TEST(copies_once_at_the_best_qos)
 }
 END_TEST
 
+/* A recovered session's filter keeps the identifier an earlier run gave it; new filters never
+ * take one that is in use, and a filter that goes frees its identifier. */
+START_TEST(subscription_ids_stay_unique)
+{
+    Router r;
+    RouterTarget a = {0}, b = {0};
+    RouterTarget **m;
+    ck_assert_int_eq(router_init(&r), 0);
+    r.next_subid = 5;
+    router_add(&r, VIEW_STR("old/#"), &a, 1, false);
+    ck_assert_int_eq(router_set_subid(&r, VIEW_STR("old/#"), 6), 0);
+    ck_assert_uint_eq(grant(&r, "old/#", 1), 6);
+    ck_assert_uint_eq(copy(&r, "old/x", false, 6, &m), 1); /* a copy queued under 6 */
+    router_add(&r, VIEW_STR("new/a"), &b, 1, false);
+    router_add(&r, VIEW_STR("new/b"), &b, 1, false);
+    /* old/# took 5, then 6: the next new one skips 6. */
+    ck_assert_uint_eq(router_filter(&r, VIEW_STR("new/a"))->subid, 7);
+    ck_assert_uint_eq(router_filter(&r, VIEW_STR("new/b"))->subid, 8);
+    ck_assert_int_eq(router_set_subid(&r, VIEW_STR("new/a"), 8), -EEXIST);
+    ck_assert_int_eq(router_set_subid(&r, VIEW_STR("new/a"), 0), -EINVAL);
+    ck_assert_int_eq(router_set_subid(&r, VIEW_STR("none"), 9), -ENOENT);
+    ck_assert_int_eq(router_set_subid(&r, VIEW_STR("old/#"), 6), 0);
+    ck_assert_int_eq(router_remove(&r, VIEW_STR("old/#"), &a), ROUTER_LAST);
+    ck_assert_int_eq(router_set_subid(&r, VIEW_STR("new/a"), 6), 0); /* 6 is free again */
+    ck_assert_uint_eq(router_filter(&r, VIEW_STR("new/a"))->subid, 6);
+    r.next_subid = 5; /* wrapped round: 5 and 7 are free now, 6 and 8 taken */
+    router_add(&r, VIEW_STR("new/c"), &b, 1, false);
+    router_add(&r, VIEW_STR("new/d"), &b, 1, false);
+    router_add(&r, VIEW_STR("new/e"), &b, 1, false);
+    ck_assert_uint_eq(router_filter(&r, VIEW_STR("new/c"))->subid, 5);
+    ck_assert_uint_eq(router_filter(&r, VIEW_STR("new/d"))->subid, 7);
+    ck_assert_uint_eq(router_filter(&r, VIEW_STR("new/e"))->subid, 9);
+    router_free(&r);
+}
+END_TEST
+
 /* A group takes only the copy naming it; a member that takes a plain copy anyway has had the
  * message (the group delivered through it, its turn passes). Retained copies go to the fresh
  * holders of the filter named. */
@@ -611,6 +647,7 @@ static Suite *router_suite(void)
     tcase_add_test(tc, shared_holder_counts);
     tcase_add_test(tc, shared_root_wildcard_not_for_dollar);
     tcase_add_test(tc, copies_once_at_the_best_qos);
+    tcase_add_test(tc, subscription_ids_stay_unique);
     tcase_add_test(tc, copies_groups_and_retained);
     tcase_add_test(tc, reconfirm_after_reconnect);
     suite_add_tcase(s, tc);

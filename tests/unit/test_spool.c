@@ -1633,10 +1633,11 @@ END_TEST
 START_TEST(session_records_round_trip)
 {
     Buf subs = {0}, b = {0};
-    ck_assert_int_eq(
-        spool_session_sub_put(
-            &subs, &(SpoolSessionSub){.qos = 1, .base64 = true, .filter = VIEW_STR("a/#")}),
-        0);
+    ck_assert_int_eq(spool_session_sub_put(&subs, &(SpoolSessionSub){.qos = 1,
+                                                                     .base64 = true,
+                                                                     .subid = 268435455,
+                                                                     .filter = VIEW_STR("a/#")}),
+                     0);
     ck_assert_int_eq(spool_session_sub_put(&subs, &(SpoolSessionSub){.qos = 2,
                                                                      .no_local = true,
                                                                      .retain_as_published = true,
@@ -1649,7 +1650,9 @@ START_TEST(session_records_round_trip)
                       .expiry = 3600,
                       .left_at = 1700000000123,
                       .next_seq = 42,
-                      .acked = 7, /* not part of the record */
+                      .acked = 7,
+                      .dropped = 3,
+                      .dropped_total = 11,
                       .subs = buf_view(&subs)};
     ck_assert_int_eq(spool_record_session(&b, 5, &m), 0);
     ck_assert_int_eq(spool_record_session_ack(&b, 5, 9, 41), 0);
@@ -1677,14 +1680,18 @@ START_TEST(session_records_round_trip)
     ck_assert_uint_eq(r.sess.expiry, 3600);
     ck_assert_int_eq(r.sess.left_at, 1700000000123);
     ck_assert_uint_eq(r.sess.next_seq, 42);
-    ck_assert_uint_eq(r.sess.acked, 0);
+    ck_assert_uint_eq(r.sess.acked, 7);
+    ck_assert_uint_eq(r.sess.dropped, 3);
+    ck_assert_uint_eq(r.sess.dropped_total, 11);
     View list = r.sess.subs;
     SpoolSessionSub sub;
     ck_assert_int_eq(spool_session_sub_next(&list, &sub), 1);
     ck_assert(sub.qos == 1 && sub.base64 && !sub.no_local && !sub.retain_as_published);
+    ck_assert_uint_eq(sub.subid, 268435455);
     ck_assert_view_str(sub.filter, "a/#");
     ck_assert_int_eq(spool_session_sub_next(&list, &sub), 1);
     ck_assert(sub.qos == 2 && !sub.base64 && sub.no_local && sub.retain_as_published);
+    ck_assert_uint_eq(sub.subid, 0);
     ck_assert_view_str(sub.filter, "b");
     ck_assert_int_eq(spool_session_sub_next(&list, &sub), 0);
     in = VIEW(in.p + r.size, in.n - r.size);
@@ -1712,7 +1719,7 @@ START_TEST(session_records_round_trip)
     ck_assert_int_eq(spool_record_session(&b, 5, &m), 0);
     ck_assert_int_eq(spool_record_parse(buf_view(&b), 5, &r), -EBADMSG);
     subs.data[1] = 1;
-    subs.data[2] = 200;
+    subs.data[6] = 200; /* the filter's length */
     b.len = 0;
     ck_assert_int_eq(spool_record_session(&b, 5, &m), 0);
     ck_assert_int_eq(spool_record_parse(buf_view(&b), 5, &r), -EBADMSG);
@@ -1747,9 +1754,13 @@ static uint64_t put_session(Spool *s, uint64_t id, const char *name, uint32_t ex
     unsigned qos, base64, nl, rap;
     while (sscanf(filters + at, "%u:%1u%1u%1u:%63s %n", &qos, &base64, &nl, &rap, f, &n) == 5) {
         at += n;
-        ck_assert_int_eq(spool_session_sub_put(
-                             &subs, &(SpoolSessionSub){(uint8_t)qos, base64, nl, rap, VIEW_STR(f)}),
-                         0);
+        SpoolSessionSub sub = {.qos = (uint8_t)qos,
+                               .base64 = base64,
+                               .no_local = nl,
+                               .retain_as_published = rap,
+                               .subid = 100 + (uint32_t)at,
+                               .filter = VIEW_STR(f)};
+        ck_assert_int_eq(spool_session_sub_put(&subs, &sub), 0);
     }
     SpoolSession m = {.id = id,
                       .name = VIEW_STR(name),
