@@ -105,9 +105,10 @@ def salted(body, salt):
 # acknowledgement, a message kept for it, and the session's end.
 salt = 0x1234
 header = record(bytes([3]) + bytes(8) + b"MQBSPOOL" + struct.pack("<III", 4, salt, 0))
-subs = bytes([1, 1]) + struct.pack("<H", 3) + b"a/#" + bytes([2, 6]) + struct.pack("<H", 1) + b"b"
-session = salted(bytes([8]) + struct.pack("<Q", 9) + struct.pack("<IIQQHI", 1000, 3600,
-                 1700000000000, 5, 7, len(subs)) + b"billing" + subs, salt)
+subs = (bytes([1, 1]) + struct.pack("<IH", 17, 3) + b"a/#"
+        + bytes([2, 6]) + struct.pack("<IH", 0, 1) + b"b")
+session = salted(bytes([8]) + struct.pack("<Q", 9) + struct.pack("<IIQQQQQHI", 1000, 3600,
+                 1700000000000, 5, 3, 1, 2, 7, len(subs)) + b"billing" + subs, salt)
 ack = salted(bytes([9]) + struct.pack("<QQ", 9, 4), salt)
 kept = salted(bytes([10]) + struct.pack("<Q", 10) + struct.pack("<QQQ", 9, 5, 1700000000001)
               + bytes([1, 3]) + struct.pack("<HII", 3, 2, 0) + b"a/xhi", salt)
