@@ -2,6 +2,7 @@
 /* libmqttbridge: see include/mqttbridge/client.h. */
 #include "mqttbridge/client.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -41,8 +42,11 @@ struct mqb_client {
     void *event_ud;
     mqb_message_fn on_message;
     void *message_ud;
-    Buf payload; /* a message's decoded payload */
-    bool eof;
+    bool eof;       /* nothing more comes from the daemon: nothing more is sent either */
+    bool broken;    /* a write failed: nothing more is sent (what the daemon sent is read) */
+    int error;      /* a read error seen after data that came first: reported next */
+    unsigned depth; /* callbacks running (mqb_close from one is deferred) */
+    bool closing;   /* mqb_close was called from a callback: freed when the last returns */
     char last_error[512];
 };
 
@@ -96,34 +100,69 @@ int mqb_connect(const char *path, mqb_client **ret)
     return 0;
 }
 
-/* The connection ended: every reply callback still waiting hears it (NULL). Each is taken off
- * the map before its call, which may send (adding waiters that fail the same way). */
+/* Whether requests can still go to the daemon. */
+static bool sendable(const mqb_client *c)
+{
+    return !c->eof && !c->broken;
+}
+
+/* A write failed: nothing more is sent, what is queued is dropped. */
+static void broke(mqb_client *c, int error)
+{
+    c->broken = true;
+    c->error = c->error ? c->error : error;
+    buf_clear(&c->out);
+}
+
+/* The connection ended (c->eof, so nothing can be sent any more): every reply callback still
+ * waiting hears it (NULL), from a snapshot of the map taken first. */
 static void fail_waiters(mqb_client *c)
 {
+    assert(c->eof);
+    HashMap all = c->waiters;
+    hashmap_init(&c->waiters);
     HashIter it;
     void *v;
-    hashmap_iter(&c->waiters, &it);
-    while (hashmap_iter_next(&it, &v)) {
-        Waiter w = *(Waiter *)v;
-        free(hashmap_remove(&c->waiters, id_key(&w.id)));
-        w.fn(c, NULL, w.userdata);
-        hashmap_iter(&c->waiters, &it);
+    c->depth++;
+    for (hashmap_iter(&all, &it); hashmap_iter_next(&it, &v);) {
+        Waiter *w = v;
+        w->fn(c, NULL, w->userdata);
     }
+    c->depth--;
+    hashmap_free(&all, free);
+}
+
+static void free_client(mqb_client *c)
+{
+    (void)close(c->fd); /* what was not written is abandoned, as the caller asked */
+    line_reader_free(&c->in);
+    buf_free(&c->out);
+    hashmap_free(&c->waiters, free);
+    json_decref(c->kept);
+    free(c);
 }
 
 void mqb_close(mqb_client *c)
 {
-    if (!c) {
+    if (!c || c->closing) {
         return;
     }
+    c->eof = true;
+    c->closing = true;
     fail_waiters(c);
-    (void)close(c->fd); /* what was not written is abandoned, as the caller asked */
-    line_reader_free(&c->in);
-    buf_free(&c->out);
-    buf_free(&c->payload);
-    hashmap_free(&c->waiters, free);
-    json_decref(c->kept);
-    free(c);
+    if (c->depth == 0) {
+        free_client(c);
+    } /* else: from a callback, freed once it has returned (mqb_process: -ECANCELED) */
+}
+
+/* A callback has returned: whether the client is still there (not closed from it). */
+static bool survived(mqb_client *c)
+{
+    if (c->closing && c->depth == 0) {
+        free_client(c);
+        return false;
+    }
+    return !c->closing;
 }
 
 void mqb_on_event(mqb_client *c, mqb_event_fn fn, void *userdata)
@@ -150,7 +189,7 @@ size_t mqb_unsent(const mqb_client *c)
 
 short mqb_poll_events(const mqb_client *c)
 {
-    return (short)(POLLIN | (buf_size(&c->out) ? POLLOUT : 0));
+    return (short)(POLLIN | (buf_size(&c->out) && sendable(c) ? POLLOUT : 0));
 }
 
 const char *mqb_last_error(const mqb_client *c)
@@ -163,6 +202,7 @@ const char *mqb_last_error(const mqb_client *c)
 /* The request just appended to c->out under `id` is answered to fn. */
 static int64_t expect(mqb_client *c, int64_t id, mqb_reply_fn fn, void *userdata)
 {
+    assert(sendable(c));
     if (fn) {
         Waiter *w = malloc(sizeof(*w));
         if (!w || hashmap_put(&c->waiters, id_key(&id), w) < 0) {
@@ -176,9 +216,13 @@ static int64_t expect(mqb_client *c, int64_t id, mqb_reply_fn fn, void *userdata
 
 int64_t mqb_send(mqb_client *c, json_t *req, mqb_reply_fn fn, void *userdata)
 {
-    if (!json_is_object(req)) {
+    if (!c || !json_is_object(req)) {
         json_decref(req);
         return -EINVAL;
+    }
+    if (!sendable(c)) {
+        json_decref(req);
+        return -EPIPE;
     }
     int64_t id = c->next_id;
     if (json_object_set_new(req, "id", json_integer(id)) < 0 || write_json_line(&c->out, req) < 0) {
@@ -239,9 +283,13 @@ static int put_publish(Buf *out, int64_t id, const mqb_publish_args *a)
 
 int64_t mqb_publish(mqb_client *c, const mqb_publish_args *a, mqb_reply_fn fn, void *userdata)
 {
-    if (!a->topic || (a->payload_len && !a->payload) || a->qos < 0 || a->qos > 2 ||
+    if (!c || !a || !a->topic || !utf8_valid(VIEW_STR(a->topic), false) ||
+        (a->payload_len && !a->payload) || a->qos < 0 || a->qos > 2 ||
         (a->properties && !json_is_object(a->properties))) {
         return -EINVAL;
+    }
+    if (!sendable(c)) {
+        return -EPIPE;
     }
     size_t mark = buf_mark(&c->out);
     int r = put_publish(&c->out, c->next_id, a);
@@ -254,7 +302,7 @@ int64_t mqb_publish(mqb_client *c, const mqb_publish_args *a, mqb_reply_fn fn, v
 
 int64_t mqb_subscribe(mqb_client *c, const char *filter, int qos, mqb_reply_fn fn, void *userdata)
 {
-    if (!filter || qos < 0 || qos > 2) {
+    if (!filter || !utf8_valid(VIEW_STR(filter), false) || qos < 0 || qos > 2) {
         return -EINVAL;
     }
     return mqb_send(c,
@@ -264,7 +312,7 @@ int64_t mqb_subscribe(mqb_client *c, const char *filter, int qos, mqb_reply_fn f
 
 int64_t mqb_unsubscribe(mqb_client *c, const char *filter, mqb_reply_fn fn, void *userdata)
 {
-    if (!filter) {
+    if (!filter || !utf8_valid(VIEW_STR(filter), false)) {
         return -EINVAL;
     }
     return mqb_send(c, json_pack("{s:s, s:s}", "op", "unsubscribe", "filter", filter), fn,
@@ -274,9 +322,12 @@ int64_t mqb_unsubscribe(mqb_client *c, const char *filter, mqb_reply_fn fn, void
 int mqb_ack(mqb_client *c, uint64_t seq)
 {
     char line[64];
+    if (!c || !seq || seq > INT64_MAX) {
+        return -EINVAL;
+    }
     int n =
         snprintf(line, sizeof(line), "{\"op\":\"ack\",\"seq\":%llu}\n", (unsigned long long)seq);
-    return seq ? buf_append(&c->out, line, (size_t)n) : -EINVAL;
+    return sendable(c) ? buf_append(&c->out, line, (size_t)n) : -EPIPE;
 }
 
 bool mqb_reply_ok(const json_t *reply)
@@ -305,34 +356,39 @@ static void keep(mqb_client *c, json_t *m)
     }
 }
 
-/* A message event to the message callback; false when it is not a valid one. */
+/* A message event to the message callback; false when it is not a valid one. The payload
+ * is decoded into a buffer of this call's own (a callback may process more messages). */
 static bool to_message_fn(mqb_client *c, const json_t *m)
 {
     const char *topic = json_string_value(json_object_get(m, "topic"));
     const json_t *text = json_object_get(m, "payload"), *b64 = json_object_get(m, "payload_b64");
-    buf_clear(&c->payload);
+    Buf decoded = {0};
+    View payload = VIEW_NULL;
     if (!topic) {
         return false;
     }
     if (json_is_string(b64)) {
-        if (base64_decode(&c->payload, VIEW(json_string_value(b64), json_string_length(b64))) < 0) {
+        if (base64_decode(&decoded, VIEW(json_string_value(b64), json_string_length(b64))) < 0) {
+            buf_free(&decoded);
             return false;
         }
-    } else if (json_is_string(text) &&
-               buf_append(&c->payload, json_string_value(text), json_string_length(text)) < 0) {
-        return false;
+        payload = buf_view(&decoded);
+    } else if (json_is_string(text)) {
+        payload = VIEW(json_string_value(text), json_string_length(text));
     }
     json_int_t seq = json_integer_value(json_object_get(m, "seq"));
     mqb_message msg = {.topic = topic,
-                       .payload = c->payload.data,
-                       .payload_len = c->payload.len,
+                       .payload = payload.p,
+                       .payload_len = payload.n,
                        .qos = (int)json_integer_value(json_object_get(m, "qos")),
                        .retain = json_is_true(json_object_get(m, "retain")),
                        .seq = seq > 0 ? (uint64_t)seq : 0,
                        .redelivered = json_is_true(json_object_get(m, "redelivered")),
                        .event = m};
+    c->depth++;
     c->on_message(c, &msg, c->message_ud);
-    buf_shrink(&c->payload, 1 << 20);
+    c->depth--;
+    buf_free(&decoded);
     return true;
 }
 
@@ -345,7 +401,9 @@ static void dispatch(mqb_client *c, json_t *m)
             return;
         }
         if (c->on_event) {
+            c->depth++;
             c->on_event(c, m, c->event_ud);
+            c->depth--;
         } else {
             keep(c, m);
         }
@@ -360,7 +418,9 @@ static void dispatch(mqb_client *c, json_t *m)
     }
     Waiter copy = *w;
     free(w);
+    c->depth++;
     copy.fn(c, m, copy.userdata);
+    c->depth--;
 }
 
 static int write_some(mqb_client *c)
@@ -376,7 +436,9 @@ static int write_some(mqb_client *c)
 }
 
 /* Read what is there (at most a few chunks, so one busy connection cannot starve the rest of
- * the caller's loop). 1 when something came, 0 when nothing, -EPIPE at end of file. */
+ * the caller's loop). 1 when something came, 0 when nothing; at end of file or a read error
+ * c->eof is set, and -EPIPE (or -errno) returned - unless something came first: then that
+ * counts (1) and the error is kept in c->error for the next call, once what came is handled. */
 static int read_some(mqb_client *c)
 {
     for (int k = 0; k < 16; k++) {
@@ -385,62 +447,87 @@ static int read_some(mqb_client *c)
             return -ENOMEM;
         }
         ssize_t n = read(c->fd, space, READ_CHUNK);
-        if (n < 0) {
-            return errno == EAGAIN || errno == EINTR ? k > 0 : -errno;
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            return k > 0;
         }
-        if (n == 0) {
+        if (n <= 0) {
             c->eof = true;
-            return -EPIPE;
+            c->error = c->error ? c->error : n < 0 ? -errno : -EPIPE;
+            return k > 0 ? 1 : c->error;
         }
         line_reader_commit(&c->in, (size_t)n);
     }
     return 1;
 }
 
-/* The complete lines read so far, parsed and dispatched. */
+/* The complete lines read so far, parsed and dispatched. -ECANCELED when a callback closed
+ * the client (stop touching it), -EBADMSG for a line that is not JSON (skipped: the next call
+ * goes on after it). */
 static int dispatch_lines(mqb_client *c)
 {
     View line;
     int r;
-    while ((r = line_reader_next(&c->in, &line)) != 0) {
+    while (!c->closing && (r = line_reader_next(&c->in, &line)) != 0) {
         if (r < 0 || !line.n) {
             continue; /* a line over 64 MiB (skipped) or an empty one */
         }
         json_t *m = json_loadb((const char *)line.p, line.n, JSON_ALLOW_NUL, NULL);
-        if (m) {
-            dispatch(c, m);
-            json_decref(m);
+        if (!m) {
+            return -EBADMSG;
         }
+        dispatch(c, m);
+        json_decref(m);
     }
-    return 0;
+    return c->closing ? -ECANCELED : 0;
+}
+
+/* What the public functions that run callbacks return when one closed the client: freed now
+ * if no callback is still running. */
+static int cancelled(mqb_client *c)
+{
+    (void)survived(c);
+    return -ECANCELED;
 }
 
 int mqb_process(mqb_client *c)
 {
-    if (c->eof) {
-        return -EPIPE;
+    if (!c) {
+        return -EINVAL;
     }
-    int r = write_some(c);
-    int rd = r == 0 ? read_some(c) : r;
-    dispatch_lines(c);
-    if (rd < 0) {
+    int rd = c->eof ? 0 : read_some(c); /* first: a refusal may be there to read */
+    int d = dispatch_lines(c);
+    if (d == -ECANCELED) {
+        return cancelled(c);
+    }
+    if (d < 0) {
+        return d;
+    }
+    if (rd < 0 || (c->eof && rd == 0)) { /* everything that came before the end is handled */
+        c->eof = true;
         fail_waiters(c);
-        return rd;
+        if (c->closing) {
+            return cancelled(c);
+        }
+        return c->error ? c->error : rd < 0 ? rd : -EPIPE;
     }
-    return write_some(c); /* what the callbacks sent */
+    int w = write_some(c); /* what was queued, callbacks' requests included */
+    if (w < 0) {
+        broke(c, w); /* the daemon is going: what it sent last is still read */
+    }
+    return 0;
 }
 
 /* ---- blocking helpers ---- */
 
 /* Wait until the socket is ready for `events`, at most until `deadline` (-1: none). poll's
- * revents, 0. */
+ * revents, 0 on timeout, -EINTR when a signal came (the caller's to act on). */
 static int wait_ready(mqb_client *c, short events, int64_t deadline)
 {
     int left = deadline < 0 ? -1 : (int)(deadline - mono_ms());
     struct pollfd p = {.fd = c->fd, .events = events};
     int r = poll(&p, 1, deadline >= 0 && left < 0 ? 0 : left);
     if (r < 0) {
-        return errno == EINTR ? 0 : -errno;
+        return -errno;
     }
     return r ? p.revents : 0;
 }
@@ -458,7 +545,10 @@ static bool passed(int64_t deadline)
 /* mqb_wait until an absolute deadline. */
 static int wait_process(mqb_client *c, int64_t deadline)
 {
-    int ev = c->eof ? POLLIN : wait_ready(c, mqb_poll_events(c), deadline);
+    /* Lines read already (by a call this one is nested in) are handled without waiting. */
+    bool ready = c->eof || line_reader_ready(&c->in);
+    int ev = wait_ready(c, mqb_poll_events(c), ready ? 0 : deadline);
+    ev = ready && ev >= 0 ? ev | POLLIN : ev;
     if (ev <= 0) {
         return ev;
     }
@@ -468,15 +558,24 @@ static int wait_process(mqb_client *c, int64_t deadline)
 
 int mqb_wait(mqb_client *c, int timeout_ms)
 {
-    return wait_process(c, deadline_of(timeout_ms));
+    return c ? wait_process(c, deadline_of(timeout_ms)) : -EINVAL;
 }
 
 int mqb_flush(mqb_client *c, int timeout_ms)
 {
+    if (!c) {
+        return -EINVAL;
+    }
     int64_t deadline = deadline_of(timeout_ms);
     while (buf_size(&c->out)) {
+        if (!sendable(c)) {
+            return c->error ? c->error : -EPIPE;
+        }
         int ev = wait_ready(c, POLLOUT, deadline); /* only writes: replies stay unread */
         int r = ev < 0 ? ev : (ev & (POLLOUT | POLLERR | POLLHUP)) ? write_some(c) : 0;
+        if (r < 0 && r != -EINTR) {
+            broke(c, r);
+        }
         if (r < 0) {
             return r;
         }
@@ -510,24 +609,33 @@ static void note_error(mqb_client *c, const json_t *reply)
              msg ? msg : "");
 }
 
-/* Wait for the reply to request `id` (registered with fill_slot into *s). */
+/* Wait for the reply to request `id` (registered with fill_slot into *s). Whatever ends the
+ * wait but the reply takes the waiter off first (s is the caller's stack). */
 static int await_slot(mqb_client *c, int64_t id, Slot *s, int64_t deadline)
 {
-    while (!s->done) {
-        int r = wait_process(c, deadline);
-        if (r < 0 && !s->done) {
-            return r;
+    int r = 0;
+    while (!s->done && r >= 0) {
+        r = wait_process(c, deadline);
+        if (r == -ECANCELED) {
+            return r; /* the client is gone, and its waiters with it */
         }
-        if (!s->done && passed(deadline)) {
-            free(hashmap_remove(&c->waiters, id_key(&id))); /* a late reply is kept */
-            return -ETIMEDOUT;
+        if (!s->done && r >= 0 && passed(deadline)) {
+            r = -ETIMEDOUT;
         }
+    }
+    if (!s->done) {
+        free(hashmap_remove(&c->waiters, id_key(&id))); /* a late reply is kept */
+        return r;
     }
     return s->reply ? 0 : -EPIPE;
 }
 
 int mqb_call(mqb_client *c, json_t *req, json_t **ret_reply, int timeout_ms)
 {
+    if (!c || !ret_reply) {
+        json_decref(req);
+        return -EINVAL;
+    }
     Slot s = {0};
     int64_t id = mqb_send(c, req, fill_slot, &s);
     if (id < 0) {
@@ -558,10 +666,13 @@ int mqb_publish_wait(mqb_client *c, const mqb_publish_args *a, int timeout_ms)
 
 int mqb_next(mqb_client *c, json_t **ret, int timeout_ms)
 {
+    if (!c || !ret) {
+        return -EINVAL;
+    }
     int64_t deadline = deadline_of(timeout_ms);
     while (json_array_size(c->kept) == 0) {
         int r = wait_process(c, deadline);
-        if (r < 0 && json_array_size(c->kept) == 0) {
+        if (r == -ECANCELED || (r < 0 && json_array_size(c->kept) == 0)) {
             return r;
         }
         if (json_array_size(c->kept) == 0 && passed(deadline)) {
@@ -575,6 +686,9 @@ int mqb_next(mqb_client *c, json_t **ret, int timeout_ms)
 
 int mqb_next_line(mqb_client *c, const char **ret, size_t *ret_len, int timeout_ms)
 {
+    if (!c || !ret || !ret_len) {
+        return -EINVAL;
+    }
     int64_t deadline = deadline_of(timeout_ms);
     for (;;) {
         View line;
@@ -587,17 +701,17 @@ int mqb_next_line(mqb_client *c, const char **ret, size_t *ret_len, int timeout_
         if (r != 0) {
             continue; /* an empty line, or one over 64 MiB (skipped) */
         }
-        if (c->eof) {
-            return -EPIPE;
+        if (c->eof) { /* every line that came before it has been returned */
+            return c->error ? c->error : -EPIPE;
         }
         int ev = wait_ready(c, mqb_poll_events(c), deadline);
         if (ev < 0) {
             return ev;
         }
         if ((ev & POLLOUT) && (r = write_some(c)) < 0) {
-            return r;
+            broke(c, r); /* what the daemon wrote before it went is still read */
         }
-        if ((ev & (POLLIN | POLLHUP | POLLERR)) && (r = read_some(c)) < 0 && r != -EPIPE) {
+        if ((ev & (POLLIN | POLLHUP | POLLERR)) && (r = read_some(c)) < 0 && !c->eof) {
             return r;
         }
         if (ev == 0 && passed(deadline)) {

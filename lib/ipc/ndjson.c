@@ -37,6 +37,12 @@ size_t line_reader_pending(const LineReader *lr)
     return buf_size(&lr->in);
 }
 
+bool line_reader_ready(const LineReader *lr)
+{
+    View v = buf_view(&lr->in);
+    return v.n > lr->scanned && memchr(v.p + lr->scanned, '\n', v.n - lr->scanned);
+}
+
 int line_reader_next(LineReader *lr, View *ret_line)
 {
     for (;;) {

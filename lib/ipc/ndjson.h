@@ -24,5 +24,7 @@ int line_reader_feed(LineReader *lr, const void *p, size_t n);
 /* 1 with the next line (valid until the next space/feed), 0 when none is complete, -E2BIG
  * once for each over-long line. */
 int line_reader_next(LineReader *lr, View *ret_line);
+/* Whether a whole line is waiting (line_reader_next has one to give). */
+bool line_reader_ready(const LineReader *lr);
 /* Bytes waiting (a partial line), e.g. to notice a client that hung up mid-request. */
 size_t line_reader_pending(const LineReader *lr);

@@ -38,7 +38,9 @@ static void setup(void)
 static void teardown(void)
 {
     mqb_close(c);
-    close(peer);
+    if (peer >= 0) {
+        close(peer);
+    }
     close(listener);
     unlink(path);
     rmdir(dir);
@@ -274,6 +276,105 @@ START_TEST(the_daemon_going_away_ends_every_waiting_request)
 }
 END_TEST
 
+static void close_in_callback(mqb_client *cl, const mqb_message *m, void *ud)
+{
+    (void)m;
+    (*(int *)ud)++;
+    mqb_close(cl); /* deferred: the client is freed once this returns */
+}
+
+static void wait_in_callback(mqb_client *cl, const mqb_message *m, void *ud)
+{
+    Seen *s = ud;
+    char copy[64];
+    ck_assert_uint_lt(m->payload_len, sizeof(copy));
+    memcpy(copy, m->payload, m->payload_len);
+    if (s->messages++ == 0) {
+        ck_assert_int_eq(mqb_wait(cl, 1000), 1); /* the second message, nested */
+    }
+    ck_assert_mem_eq(m->payload, copy, m->payload_len); /* still its own */
+    s->payload_len += m->payload_len;
+}
+
+START_TEST(callbacks_may_close_or_wait)
+{
+    Seen s = {0};
+    mqb_on_message(c, wait_in_callback, &s);
+    daemon_writes("{\"event\":\"message\",\"topic\":\"t/1\",\"payload_b64\":\"YWFh\"}\n"
+                  "{\"event\":\"message\",\"topic\":\"t/1\",\"payload_b64\":\"YmJiYg==\"}\n");
+    pump(); /* the first one's callback waits, and gets the second */
+    ck_assert_int_eq(s.messages, 2);
+    ck_assert_uint_eq(s.payload_len, 7);
+    int closed = 0;
+    mqb_on_message(c, close_in_callback, &closed);
+    daemon_writes("{\"event\":\"message\",\"topic\":\"t/1\",\"payload\":\"x\"}\n"
+                  "{\"event\":\"message\",\"topic\":\"t/1\",\"payload\":\"y\"}\n");
+    int r;
+    while ((r = mqb_wait(c, 1000)) == 0) {
+    }
+    ck_assert_int_eq(r, -ECANCELED); /* freed: the second message never reached it */
+    ck_assert_int_eq(closed, 1);
+    c = NULL; /* teardown's mqb_close(NULL) does nothing */
+}
+END_TEST
+
+START_TEST(what_cannot_be_sent_is_refused)
+{
+    ck_assert_int_eq(mqb_publish(c, &(mqb_publish_args){.topic = "bad\xff"}, NULL, NULL), -EINVAL);
+    ck_assert_int_eq(mqb_subscribe(c, "bad\xc3", 0, NULL, NULL), -EINVAL);
+    ck_assert_int_eq(mqb_unsubscribe(c, NULL, NULL, NULL), -EINVAL);
+    ck_assert_int_eq(mqb_publish(c, NULL, NULL, NULL), -EINVAL);
+    ck_assert_int_eq(mqb_publish(NULL, &(mqb_publish_args){.topic = "t"}, NULL, NULL), -EINVAL);
+    ck_assert_int_eq(mqb_send(NULL, json_object(), NULL, NULL), -EINVAL);
+    ck_assert_int_eq(mqb_call(c, json_object(), NULL, 10), -EINVAL);
+    ck_assert_int_eq(mqb_next(c, NULL, 10), -EINVAL);
+    ck_assert_int_eq(mqb_process(NULL), -EINVAL);
+    ck_assert_uint_eq(mqb_unsent(c), 0);
+}
+END_TEST
+
+START_TEST(garbage_and_a_last_word_before_closing)
+{
+    daemon_writes("not json\n{\"event\":\"ping\",\"rtt_ms\":1}\n");
+    ck_assert_int_eq(mqb_wait(c, 1000), -EBADMSG);
+    json_t *m;
+    ck_assert_int_eq(mqb_next(c, &m, 1000), 1); /* the line after it is read */
+    ck_assert_str_eq(json_string_value(json_object_get(m, "event")), "ping");
+    json_decref(m);
+    /* A daemon that refuses and closes: the refusal is read before the end is reported. */
+    daemon_writes("{\"id\":null,\"ok\":false,\"error\":{\"code\":\"refused\",\"message\":\"too "
+                  "many clients\"}}\n");
+    close(peer);
+    peer = -1;
+    mqb_publish(c, &(mqb_publish_args){.topic = "t"}, NULL, NULL);
+    const char *p;
+    size_t n;
+    ck_assert_int_eq(mqb_next_line(c, &p, &n, 1000), 1);
+    ck_assert(n > 10 && memmem(p, n, "too many clients", 16));
+    ck_assert_int_lt(mqb_next_line(c, &p, &n, 1000), 0);
+    ck_assert_int_lt(mqb_publish(c, &(mqb_publish_args){.topic = "t"}, NULL, NULL), 0);
+}
+END_TEST
+
+static void count_closed(mqb_client *cl, const json_t *reply, void *ud)
+{
+    ck_assert_ptr_null(reply);
+    ck_assert_int_eq(mqb_subscribe(cl, "again", 0, count_closed, ud), -EPIPE); /* no loop */
+    (*(int *)ud)++;
+}
+
+START_TEST(closing_fails_every_waiter_once)
+{
+    int failed = 0;
+    for (int i = 0; i < 20000; i++) {
+        ck_assert_int_gt(mqb_subscribe(c, "x", 0, count_closed, &failed), 0);
+    }
+    mqb_close(c);
+    c = NULL;
+    ck_assert_int_eq(failed, 20000);
+}
+END_TEST
+
 START_TEST(connect_errors_are_plain)
 {
     mqb_client *x = NULL;
@@ -300,6 +401,10 @@ int main(void)
     tcase_add_test(tc, blocking_helpers_time_out_and_keep_late_replies);
     tcase_add_test(tc, the_daemon_going_away_ends_every_waiting_request);
     tcase_add_test(tc, connect_errors_are_plain);
+    tcase_add_test(tc, callbacks_may_close_or_wait);
+    tcase_add_test(tc, what_cannot_be_sent_is_refused);
+    tcase_add_test(tc, garbage_and_a_last_word_before_closing);
+    tcase_add_test(tc, closing_fails_every_waiter_once);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
