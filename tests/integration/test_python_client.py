@@ -277,6 +277,103 @@ class PythonClient(TestCase):
         self.assertEqual(lines[7], "pub_ok_count >= 3: True")
         self.assertIn(b"ignored: server='localhost', port=1883, client_id='demo'", r.stderr)
 
+    def test_careless_and_hostile_timing(self):
+        async def body():
+            # Two connects at once: one connection.
+            c = self.client()
+            self.assertEqual(await asyncio.gather(c.connect(), c.connect()), [True, True])
+            with self.d.client() as a:
+                self.assertEqual(a.ok("status")["status"]["local_clients"], 2)
+            with self.assertRaises(TypeError):
+                await c.subscribe("t", callback=5)
+            # disconnect() from inside a callback returns at once.
+            done = asyncio.Event()
+
+            async def leave(client, topic, payload, retain):
+                await client.disconnect()
+                done.set()
+            c.on_message = leave
+            self.assertTrue(await c.subscribe("leave/#"))
+            self.assertIs(await c.publish("leave/now", "x"), True)
+            await asyncio.wait_for(done.wait(), 3)
+            self.assertFalse(c.connected)
+            # connect() waiting for the broker gives up when disconnect() is called.
+            self.m.stop()
+            c2 = self.client()
+            t = asyncio.ensure_future(c2.connect(timeout_sec=30))
+            await until(lambda: c2._usable(), "the connection to the daemon")
+            await c2.disconnect()
+            self.assertFalse(await asyncio.wait_for(t, 3))
+            self.m.start()
+            # A daemon that stops answering (SIGSTOP): the call ends, False.
+            c3 = self.client()
+            self.assertTrue(await c3.connect())
+            os.kill(self.d.proc.pid, signal.SIGSTOP)
+            try:
+                t0 = asyncio.get_running_loop().time()
+                self.assertIs(await c3.publish("t", "x", qos=1, timeout=0.2), False)
+                self.assertLess(asyncio.get_running_loop().time() - t0, 4)
+            finally:
+                os.kill(self.d.proc.pid, signal.SIGCONT)
+            await c3.disconnect()
+        self.run_async(body())
+        # The same client in another event loop.
+        c = self.client()
+        for _ in range(2):
+            async def again():
+                self.assertTrue(await c.connect())
+                self.assertIs(await c.publish("t", "y"), True)
+                await c.disconnect()
+            self.run_async(again())
+
+    def test_one_reconnect_at_a_time_against_a_full_daemon(self):
+        self.d.stop()
+        self.d.write_config(dict(self.d.cfg, ipc=dict(self.d.cfg["ipc"], max_clients="2")))
+        self.d.start()
+
+        async def body():
+            c = self.client()
+            self.assertTrue(await c.connect())
+            await asyncio.get_running_loop().run_in_executor(None, self.d.stop, signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(None, self.d.start)
+            hogs = [self.d.client(), self.d.client()]  # every slot taken
+            try:
+                await until(lambda: self.d.logtext().count("too many clients") >= 3,
+                            "three refused attempts")
+                self.assertLessEqual(len([t for t in c._tasks
+                                          if t.get_name() == "mqttbridge-reconnect"]), 1)
+            finally:
+                for h in hogs:
+                    h.close()
+            await until(lambda: c.connected, "the client back")
+            with self.d.client() as a:  # the client and this one: nothing left over
+                self.assertEqual(a.ok("status")["status"]["local_clients"], 2)
+            await c.disconnect()
+        self.run_async(body())
+
+    def test_a_slow_callback_holds_the_reader_back(self):
+        async def body():
+            sub = self.client()
+            most, got = 0, []
+
+            async def slow(client, topic, payload, retain):
+                nonlocal most
+                most = max(most, client._events.qsize())
+                got.append(payload)
+                await asyncio.sleep(0)
+            sub.on_message = slow
+            self.assertTrue(await sub.connect())
+            self.assertTrue(await sub.subscribe("flood/#"))
+            with self.d.client() as p:
+                for i in range(3000):
+                    p.send({"op": "publish", "topic": "flood/x", "payload": str(i),
+                            "wait": False})
+                p.ok("ping")
+            await until(lambda: len(got) == 3000, "3000 messages", timeout=WAIT * 3)
+            self.assertLessEqual(most, 1001)  # MAX_QUEUED: the rest waited in the socket
+            await sub.disconnect()
+        self.run_async(body())
+
     def test_the_cli(self):
         env = dict(os.environ, MQTTBRIDGE_SOCKET=self.d.socket, PYTHONPATH=PYDIR)
         sub = subprocess.Popen([sys.executable, "-m", "mqttbridge", "sub", "-t", "cli/#", "-q",

@@ -18,6 +18,9 @@ log = logging.getLogger("mqttbridge")
 FAILURES = {"timeout", "refused", "queue_full", "shutting_down", "forbidden", "internal",
             "not_subscribed"}
 RECONNECT_DELAY = 0.5  # seconds between attempts to reach a daemon that went away
+MAX_QUEUED = 1000  # events waiting for the callbacks before the reader stops reading
+DEFAULT_WAIT = 60.0  # bound of a call without a timeout (the daemon answers by its own first)
+SLACK = 2.0  # beyond a call's timeout, for the daemon to answer it
 V5_PUBLISH = ("user_properties", "content_type", "payload_format", "message_expiry",
               "response_topic")
 
@@ -140,56 +143,80 @@ class MQTTClient:
         self.session_expiry = session_expiry
         self.on_connect = self.on_disconnect = self.on_message = self.on_ping = None
         self.on_message5 = None  # (client, Message): the whole message, MQTT 5 fields too
-        self._conn = None
-        self._subs = {}  # filter -> (qos, callback, options): made again after a daemon restart
+        self._conn: Optional[Connection] = None
+        self._subs: Dict[str, tuple] = {}  # filter -> (qos, callback, options)
         self._connected = False  # the daemon's broker session is up
-        self._up = None  # asyncio.Event: set while _connected
-        self._wanted = False  # between a successful connect() and disconnect()
-        self._last_error = None
-        self._events = None  # asyncio.Queue of (kind, payload) for the dispatcher
-        self._tasks = set()
+        self._live = False  # between a successful connect() and disconnect()
+        self._wanted = False  # ... and not taken over: reach the daemon again if it goes
+        self._opening = False  # _open runs: events it causes are said by its caller
+        self._generation = 0  # each disconnect() ends the connect() calls before it
+        self._last_error: Optional[str] = None
+        self._loop = None  # the event loop the primitives below belong to
+        self._tasks: set = set()
         self._warned = False
         if verbose:
             log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+    def _bind_loop(self) -> None:
+        """The asyncio primitives, made for the running loop (a client may be used in one
+        loop, then another)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._changed = asyncio.Event()  # the connection or the broker link changed
+        self._room = asyncio.Event()  # the dispatcher took an event, or a call waits
+        self._lock = asyncio.Lock()  # one connect() or disconnect() at a time
+        self._tasks = set()
 
     # ---- connecting ----
 
     async def connect(self, timeout_sec: float = 10) -> bool:
         """Reach the daemon and wait until its broker session is up: True then (and
         on_connect(client, 0) is called), False when that does not happen within
-        `timeout_sec`."""
-        if self._wanted and self._conn and not self._conn.closed:
-            return await self._wait_up(timeout_sec)
+        `timeout_sec` (or disconnect() is called meanwhile)."""
+        self._bind_loop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_sec
-        self._start_dispatcher()
-        try:
-            await asyncio.wait_for(self._open(), timeout_sec)
-        except (OSError, asyncio.TimeoutError, Error) as e:
-            self._last_error = f"cannot reach mqttbridged at {self.socket}: {e}"
-            await self._close_conn()
-            await self._drain()
-            return False
-        if not await self._wait_up(max(0.0, deadline - loop.time())):
-            await self._close_conn()
-            await self._drain()
-            return False
-        self._wanted = True
-        self._post("connect", 0)
-        return True
+        generation = self._generation
+        async with self._lock:
+            if self._live and self._usable():
+                return await self._wait_up(deadline, generation)
+            if generation != self._generation:
+                return False  # disconnect() came first
+            self._start_dispatcher()
+            try:
+                await asyncio.wait_for(self._open(), timeout_sec)
+            except (OSError, asyncio.TimeoutError, Error) as e:
+                self._last_error = f"cannot reach mqttbridged at {self.socket}: {e or 'timeout'}"
+                await self._close_conn()
+                return False
+            if not await self._wait_up(deadline, generation):
+                await self._close_conn()
+                return False
+            self._live = self._wanted = True
+            self._post("connect", 0)
+            return True
 
     async def disconnect(self) -> None:
-        """Leave the daemon (its broker session goes on for others). on_disconnect(client,
-        None) is called."""
-        was = self._wanted or (self._conn is not None and not self._conn.closed)
+        """Leave the daemon (its broker session goes on for others); its subscriptions here
+        are forgotten. on_disconnect(client, None) is called."""
+        self._bind_loop()
         self._wanted = False
+        self._generation += 1  # a connect() waiting gives up
+        self._changed.set()
         for t in [t for t in self._tasks if t.get_name() == "mqttbridge-reconnect"]:
             t.cancel()
-        await self._close_conn()
-        self._connected = False
-        if was:
-            self._post("disconnect", None)
-        await self._drain()
+        async with self._lock:
+            was = self._live
+            self._live = False
+            await self._close_conn()
+            self._subs.clear()
+            self._set_up(False)
+            if was:
+                self._post("disconnect", None)
+            await self._stop_dispatcher()
 
     def get_last_error(self) -> Optional[str]:
         """Why the broker session (or reaching the daemon) last failed, or None."""
@@ -198,79 +225,103 @@ class MQTTClient:
     @property
     def connected(self) -> bool:
         """Whether the daemon is reachable and its broker session up."""
-        return self._connected and self._conn is not None and not self._conn.closed
+        return self._connected and self._usable()
 
-    async def _open(self):
-        conn = Connection(self._on_event, self._on_close)
-        await conn.open(self.socket)
-        self._conn = conn
-        await conn.request("events", connection=True, ping=True)
-        resumed = False
-        if self.session:
-            fields = {"name": self.session}
-            if self.session_expiry is not None:
-                fields["expiry"] = self.session_expiry
-            resumed = (await conn.request("session", **fields))["resumed"]
-        if not resumed:
-            for flt, (qos, _, opts) in list(self._subs.items()):
-                try:
-                    await conn.request("subscribe", filter=flt, qos=qos, **opts)
-                except Error as e:
-                    log.warning("mqttbridge: cannot subscribe to %s again: %s", flt, e)
-        status = (await conn.request("status"))["status"]
+    def _usable(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def _open(self) -> None:
+        """A new connection to the daemon, with events on, the session resumed or the
+        subscriptions made again. It becomes the client's only once all that worked."""
+        conn = Connection(self._on_event)
+        self._opening = True
+        try:
+            await conn.open(self.socket)
+            await conn.request("events", connection=True, ping=True)
+            resumed = False
+            if self.session:
+                fields = {"name": self.session}
+                if self.session_expiry is not None:
+                    fields["expiry"] = self.session_expiry
+                resumed = (await conn.request("session", **fields))["resumed"]
+            if not resumed:
+                for flt, (qos, _, opts) in list(self._subs.items()):
+                    try:
+                        await conn.request("subscribe", filter=flt, qos=qos, **opts)
+                    except Error as e:
+                        log.warning("mqttbridge: cannot subscribe to %s again: %s", flt, e)
+            status = (await conn.request("status"))["status"]
+        except BaseException:
+            await conn.close()
+            raise
+        finally:
+            self._opening = False
+        old, self._conn = self._conn, conn
+        if old is not None:
+            await old.close()
+        if conn.closed:  # it ended while the status came: the reconnect loop goes on
+            raise Closed("mqttbridged closed the connection")
+        conn.on_close = self._on_close
         self._set_up(bool(status.get("connected")))
         self._last_error = status.get("last_error")
         self._check_args(status)
-        await self._refresh_stats()
+        if self.stats is not None:
+            await self.update_stats()
 
-    def _set_up(self, up):
+    def _set_up(self, up: bool) -> None:
         self._connected = up
-        if self._up is None:
-            self._up = asyncio.Event()
-        if up:
-            self._up.set()
-        else:
-            self._up.clear()
+        if self._loop is not None:
+            self._changed.set()
 
-    async def _wait_up(self, timeout):
-        if self._connected:
-            return True
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except asyncio.TimeoutError:
-            self._last_error = self._last_error or "the daemon's broker session is not up"
-            return False
-        return self._conn is not None and not self._conn.closed
+    async def _wait_up(self, deadline: float, generation: int) -> bool:
+        """Until the broker session is up, the connection ends, disconnect() is called or
+        `deadline` (loop time) passes."""
+        loop = asyncio.get_running_loop()
+        while not self.connected or generation != self._generation:
+            if not self._usable() or loop.time() >= deadline or generation != self._generation:
+                if self._usable():
+                    self._last_error = self._last_error or "the daemon's broker session is not up"
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                pass
+        return True
 
-    async def _close_conn(self):
+    async def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
-        if conn:
-            conn.on_close = None
+        if conn is not None:
             await conn.close()
+        if self._loop is not None:
+            self._changed.set()
 
-    def _on_close(self, exc):
-        """The daemon went away (or closed this connection): pending calls fail, on_disconnect
-        gets -1, and the client tries to reach it again (not after its session was taken
-        over by another connection)."""
+    def _on_close(self, exc: Optional[BaseException]) -> None:
+        """The daemon went away (or closed this connection): calls waiting end with their
+        failure values, on_disconnect gets -1, and the client tries to reach the daemon again
+        (not after its session was taken over by another connection)."""
         self._set_up(False)
         self._last_error = f"mqttbridged closed the connection ({exc or 'end of file'})"
-        self._post("disconnect", -1)
-        if self._wanted:
+        if self._live:
+            self._post("disconnect", -1)
+        if self._wanted and not any(t.get_name() == "mqttbridge-reconnect" for t in self._tasks):
             self._spawn(self._reconnect(), "mqttbridge-reconnect")
 
-    async def _reconnect(self):
+    async def _reconnect(self) -> None:
         while self._wanted:
             await asyncio.sleep(RECONNECT_DELAY)
-            try:
-                await asyncio.wait_for(self._open(), 10)
-            except (OSError, asyncio.TimeoutError, Error):
-                await self._close_conn()
-                continue
-            if self._connected:
-                self._post("connect", 0)
-            return
+            async with self._lock:
+                if not self._wanted or self._usable():
+                    return
+                try:
+                    await asyncio.wait_for(self._open(), 10)
+                except (OSError, asyncio.TimeoutError, Error):
+                    continue
+                if self._connected:
+                    self._post("connect", 0)
+                return
 
-    def _check_args(self, status):
+    def _check_args(self, status: dict) -> None:
         if self._warned:
             return
         self._warned = True
@@ -297,18 +348,21 @@ class MQTTClient:
 
     # ---- operations ----
 
-    def _usable(self):
-        return self._conn is not None and not self._conn.closed
-
-    async def _ask(self, op, **fields):
-        """A request: its reply, None when the daemon is not reachable, False for a failure
-        the caller is told by a return value; other errors raised."""
+    async def _ask(self, op: str, timeout: Optional[float] = None, **fields: Any):
+        """A request: its reply; None when the daemon is not reachable (or goes away first);
+        False for a failure the caller is told by a return value (the daemon's, or no answer
+        within `timeout` + SLACK seconds, or DEFAULT_WAIT); other errors raised."""
         if not self._usable():
             return None
+        self._room.set()  # a reader held back by a full queue reads on: a reply is awaited
+        bound = (timeout + SLACK) if timeout is not None else DEFAULT_WAIT
         try:
-            return await self._conn.request(op, **fields)
+            return await self._conn.request(op, timeout=bound, **fields)
         except Closed:
             return None
+        except asyncio.TimeoutError:
+            self._last_error = f"no answer from mqttbridged to {op} within {bound:g} s"
+            return False
         except Error as e:
             if e.code not in FAILURES:
                 raise
@@ -330,7 +384,7 @@ class MQTTClient:
         fields.update(_v5_fields(v5))
         if timeout is not None:
             fields["timeout_ms"] = max(1, int(timeout * 1000))
-        r = await self._ask("publish", **fields)
+        r = await self._ask("publish", timeout, **fields)
         return None if r is None else r is not False
 
     async def subscribe(self, topic: str, qos: int = 0,
@@ -340,6 +394,8 @@ class MQTTClient:
         payload, retain)` (plain or async) gets the messages it matches, besides on_message."""
         if not isinstance(topic, str):
             raise TypeError(f"topic must be str, not {type(topic).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
         _check_qos(qos)
         opts = {}
         if no_local:
@@ -377,7 +433,12 @@ class MQTTClient:
         fields.update(_v5_fields(v5))
         if timeout is not None:
             fields["timeout_ms"] = max(1, int(timeout * 1000))
-        r = await self._conn.request("request", **fields)
+        self._room.set()
+        bound = (timeout + SLACK) if timeout is not None else DEFAULT_WAIT
+        try:
+            r = await self._conn.request("request", timeout=bound, **fields)
+        except asyncio.TimeoutError:
+            raise Error("timeout", f"no answer from mqttbridged within {bound:g} s") from None
         return Message(r["response"])
 
     async def update_stats(self) -> Optional[Dict[str, int]]:
@@ -390,49 +451,50 @@ class MQTTClient:
             self.stats._fill(r["stats"], self.socket)
         return r["stats"]
 
-    async def _refresh_stats(self):
-        if self.stats is not None:
-            await self.update_stats()
-
     # ---- events, in order, on the dispatcher task ----
 
-    def _spawn(self, coro, name):
+    def _spawn(self, coro, name: str) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
         return t
 
-    def _start_dispatcher(self):
-        if self._events is None:
-            self._events = asyncio.Queue()
+    def _start_dispatcher(self) -> None:
         if not any(t.get_name() == "mqttbridge-dispatch" for t in self._tasks):
             self._spawn(self._dispatch(), "mqttbridge-dispatch")
 
-    def _post(self, kind, arg):
-        if self._events is not None:
+    async def _stop_dispatcher(self, timeout: float = 5.0) -> None:
+        """Once what was posted before now has been dispatched (callbacks get `timeout`
+        seconds), the dispatcher ends; from a callback, it ends after that callback."""
+        dispatchers = [t for t in self._tasks if t.get_name() == "mqttbridge-dispatch"]
+        if not dispatchers:
+            return
+        self._post("stop", None)
+        if asyncio.current_task() in dispatchers:
+            return
+        done, _ = await asyncio.wait(dispatchers, timeout=timeout)
+        for t in dispatchers:
+            if t not in done:
+                log.warning("mqttbridge: callbacks still running at disconnect: cancelled")
+                t.cancel()
+
+    def _post(self, kind: str, arg: Any) -> None:
+        if self._loop is not None:
             self._events.put_nowait((kind, arg))
 
-    async def _drain(self, timeout=5.0):
-        """Until what was posted before now has been dispatched (callbacks get `timeout`
-        seconds to finish), then stop the dispatcher."""
-        if self._events is not None:
-            try:
-                await asyncio.wait_for(self._events.join(), timeout)
-            except asyncio.TimeoutError:
-                log.warning("mqttbridge: callbacks still running at disconnect: cancelled")
-        for t in [t for t in self._tasks if t.get_name() == "mqttbridge-dispatch"]:
-            t.cancel()
-
-    def _on_event(self, ev):
+    def _on_event(self, ev: dict):
+        """From the reader task: bookkeeping now, callbacks through the dispatcher. When more
+        than MAX_QUEUED events wait for the callbacks and no call waits for a reply, the
+        reader waits (the daemon's flow control then applies: it drops and says so)."""
         kind = ev.get("event")
         if kind == "connected":
             self._set_up(True)
-            if self._wanted:  # else connect() is waiting for it, and says so itself
+            if self._live and not self._opening:  # else its caller says so
                 self._post("connect", 0)
         elif kind == "disconnected":
             self._set_up(False)
             self._last_error = ev.get("reason")
-            if self._wanted:
+            if self._live and not self._opening:
                 self._post("disconnect", ev.get("rc"))
         elif kind == "session_taken_over":
             log.warning("mqttbridge: session %s was taken over by another connection",
@@ -448,11 +510,23 @@ class MQTTClient:
             log.warning("mqttbridge: the daemon answered: %s", ev.get("error"))
         elif kind in ("message", "ping"):
             self._post(kind, ev)
+            if self._events.qsize() >= MAX_QUEUED:
+                return self._make_room()
+        return None
 
-    async def _dispatch(self):
+    async def _make_room(self) -> None:
+        while (self._events.qsize() >= MAX_QUEUED and self._usable()
+               and self._conn.waiting == 0):
+            self._room.clear()
+            await self._room.wait()
+
+    async def _dispatch(self) -> None:
         while True:
             kind, arg = await self._events.get()
+            self._room.set()
             try:
+                if kind == "stop":
+                    return
                 if kind == "message":
                     await self._deliver(Message(arg))
                 elif kind == "ping":
@@ -466,7 +540,7 @@ class MQTTClient:
             finally:
                 self._events.task_done()
 
-    async def _deliver(self, m):
+    async def _deliver(self, m: Message) -> None:
         for flt, (_, callback, _) in list(self._subs.items()):
             if callback is not None and topic_matches(flt, m.topic):
                 await _call(callback, m.topic, m.payload, m.retain)

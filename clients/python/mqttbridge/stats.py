@@ -73,7 +73,7 @@ class MqttStats:
 
     def get_stats(self) -> dict:
         """The 14 statistics as a dict of ints (when a client fills this object: the daemon's,
-        asked now, with a one-second bound; the last ones it gave if it does not answer)."""
+        asked now, with a half-second bound; the last ones it gave if it does not answer)."""
         if self._source is not None:
             self._ask_daemon()
         if self._daemon is not None:
@@ -109,7 +109,7 @@ class MqttStats:
         daemon answers at once: this is as quick as reading a file)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(1.0)
+                s.settimeout(0.5)
                 s.connect(self._source)
                 s.sendall(b'{"id":1,"op":"stats"}\n')
                 buf = b""
