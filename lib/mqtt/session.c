@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "mqtt/alias.h"
+#include "mqtt/mount.h"
 #include "mqtt/topic.h"
 
 #define STABLE_MS           10000 /* a link up this long resets the reconnect backoff */
@@ -180,7 +181,8 @@ typedef struct Impl {
     uint16_t keepalive; /* of this link: ours, or the broker's Server Keep Alive */
     AliasOut alias_out;
     AliasIn alias_in;
-    int64_t next_expiry; /* the earliest expires_at in the queue (maybe passed), 0 = none */
+    int64_t next_expiry;        /* the earliest expires_at in the queue (maybe passed), 0 = none */
+    Buf mounted, mounted_props; /* a topic (filter) and a property block as the broker sees them */
 } Impl;
 
 static Impl *impl(Session *s)
@@ -369,6 +371,8 @@ void session_free(Session *s)
     mqtt_decoder_free(&m->dec);
     buf_free(&s->out);
     free(m->cfg_strings);
+    buf_free(&m->mounted);
+    buf_free(&m->mounted_props);
     alias_out_free(&m->alias_out);
     alias_in_free(&m->alias_in);
     free(s->assigned_client_id);
@@ -377,6 +381,15 @@ void session_free(Session *s)
 }
 
 /* ---- output ---- */
+
+/* A local topic or filter as the broker sees it ([topics] mount): m->mounted, or `local`. */
+static View mount_out(Impl *m, View local, bool filter)
+{
+    int r = mqtt_mount_out(m->cfg.mount, local, filter, &m->mounted);
+    /* -E2BIG: a topic the mount point makes too long; sent as it is, the broker refuses it
+     * (the daemon checks lengths with the mount point before taking a message). */
+    return r == 1 ? buf_view(&m->mounted) : local;
+}
 
 /* A failed encode writes nothing. Everything but CONNECT was validated on the way in (topics,
  * filters, sizes against session_max_publish), so only -ENOMEM fails those; CONNECT's
@@ -423,8 +436,12 @@ static int send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
                                 .dup = dup,
                                 .retain = msg->retain}};
     msg->sent_at = now;
+    p.publish.topic = mount_out(m, p.publish.topic, false);
     if (m->pub.protocol == MQTT_V5) {
         p.props.block = msg_props(msg);
+        if (mqtt_mount_props(m->cfg.mount, p.props.block, true, &m->mounted_props) == 1) {
+            p.props.block = buf_view(&m->mounted_props); /* its Response Topic, mounted */
+        }
         if (msg->expires_at) { /* what remains, rounded up: at least a second */
             int64_t left = msg->expires_at - now;
             MQTT_SET(&p.props, MQTT_PROP_MESSAGE_EXPIRY);
@@ -478,7 +495,7 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
         send_ping(m, p, now);
         return;
     }
-    MqttTopicReq t = {.filter = VIEW(p->filter, p->len), .qos = p->qos};
+    MqttTopicReq t = {.filter = mount_out(m, VIEW(p->filter, p->len), true), .qos = p->qos};
     if (m->pub.protocol == MQTT_V5) {
         t.no_local = p->opts & SUB_NO_LOCAL;
         t.retain_as_published = p->opts & SUB_RAP;
@@ -1143,19 +1160,20 @@ static void build_connect(Impl *m, MqttPacket *p)
 {
     const SessionConfig *c = &m->cfg;
     const char *assigned = m->pub.assigned_client_id;
-    *p = (MqttPacket){.type = MQTT_CONNECT,
-                      .connect = {.client_id = c->client_id,
-                                  .username = c->username,
-                                  .password = c->password,
-                                  .has_username = c->has_username,
-                                  .has_password = c->has_password && c->has_username,
-                                  .will = c->will,
-                                  .will_topic = c->will_topic,
-                                  .will_payload = c->will_payload,
-                                  .will_qos = c->will_qos,
-                                  .will_retain = c->will_retain,
-                                  .keepalive = c->keepalive,
-                                  .clean_session = c->clean_session}};
+    *p = (MqttPacket){
+        .type = MQTT_CONNECT,
+        .connect = {.client_id = c->client_id,
+                    .username = c->username,
+                    .password = c->password,
+                    .has_username = c->has_username,
+                    .has_password = c->has_password && c->has_username,
+                    .will = c->will,
+                    .will_topic = c->will ? mount_out(m, c->will_topic, false) : c->will_topic,
+                    .will_payload = c->will_payload,
+                    .will_qos = c->will_qos,
+                    .will_retain = c->will_retain,
+                    .keepalive = c->keepalive,
+                    .clean_session = c->clean_session}};
     if (!c->client_id.n && assigned) { /* the session the broker made for us, resumed */
         p->connect.client_id = VIEW(assigned, strlen(assigned));
     }
@@ -1424,6 +1442,15 @@ static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
             return;
         }
     }
+    /* Local subscribers see local topics ([topics] mount); one outside the mount point is
+     * not for them (acknowledged all the same). */
+    MqttProps local_props = pkt->props;
+    bool local = mqtt_mount_in(m->cfg.mount, p->topic, &p->topic) == 1;
+    if (local && s->protocol == MQTT_V5 &&
+        mqtt_mount_props(m->cfg.mount, pkt->props.raw, false, &m->mounted_props) == 1 &&
+        mqtt_props_check(buf_view(&m->mounted_props), MQTT_PUBLISH, &local_props) < 0) {
+        local_props = pkt->props; /* rebuilt from a checked block: cannot happen */
+    }
     bool deliver = true;
     if (p->qos == 2) {
         deliver = !bit_get(m->qos2_in, p->id);
@@ -1434,7 +1461,9 @@ static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
     }
     if (deliver) {
         s->stats.messages_received++;
-        emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE, .message = {p, &pkt->props}});
+        if (local) {
+            emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE, .message = {p, &local_props}});
+        }
         if (p->qos == 2) {
             emit(m, (SessionEvent){.type = SESSION_EV_QOS2_HELD, .packet_id = p->id});
         }

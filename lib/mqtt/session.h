@@ -74,6 +74,10 @@ typedef struct SessionConfig {
     bool request_response_info;
     uint32_t will_delay, will_message_expiry; /* seconds; expiry 0 = none */
     View will_content_type;                   /* empty = none */
+    /* [topics] mount: applied at the wire, so that everything above the session (events,
+     * subscriptions, the router) sees local topics. NULL: none. The caller's; it outlives
+     * the session. */
+    const struct MqttMount *mount;
 } SessionConfig;
 
 /* What the broker's CONNACK allows for the life of the link (MQTT 5; with 3.1.1, and before
