@@ -48,7 +48,7 @@ static size_t copy_ids(const MqttProps *props, uint32_t *ids)
     return n;
 }
 
-static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props)
+static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props, bool unmounted)
 {
     /* The event text depends only on (QoS, encoding): built at most once for each. */
     static Buf variants[3][2];
@@ -59,7 +59,11 @@ static void deliver(Daemon *d, const MqttPublish *m, const MqttProps *props)
     size_t need = m->topic.n + (m->payload.n + 2) / 3 * 4 + 96;
     uint32_t ids[MAX_COPY_IDS];
     size_t n_ids = copy_ids(props, ids);
+    d->router.match_domain = !mqtt_mount_active(&d->mount) ? ROUTER_ANY
+                             : unmounted                   ? ROUTER_UNMOUNTED
+                                                           : ROUTER_MOUNTED;
     size_t n = router_match_copy(&d->router, m->topic, m->retain, ids, n_ids, has_room, &need, &t);
+    d->router.match_domain = ROUTER_ANY;
     for (size_t i = 0; i < n; i++) {
         if (t[i]->kind == TARGET_RPC) {
             rpc_response(d, m, props);
@@ -213,7 +217,7 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         link_down(d, ev);
         break;
     case SESSION_EV_MESSAGE:
-        deliver(d, ev->message.publish, ev->message.props);
+        deliver(d, ev->message.publish, ev->message.props, ev->message.unmounted);
         break;
     case SESSION_EV_PING_SENT:
         break;

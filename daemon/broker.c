@@ -44,7 +44,8 @@ _Static_assert((int)PROTOCOL_311 == (int)SESSION_PROTOCOL_311 &&
                    (int)PROTOCOL_AUTO == (int)SESSION_PROTOCOL_AUTO,
                "[broker] protocol maps onto the session's protocol");
 
-static SessionConfig session_config(const Config *cfg, const char *client_id, const char *password)
+static SessionConfig session_config(const Config *cfg, const char *client_id, const char *password,
+                                    const MqttMount *mount)
 {
     const struct BrokerConfig *c = &cfg->broker;
     bool will = cfg->will.topic && *cfg->will.topic;
@@ -78,6 +79,7 @@ static SessionConfig session_config(const Config *cfg, const char *client_id, co
         .will_delay = cfg->will.delay,
         .will_message_expiry = cfg->will.message_expiry,
         .will_content_type = VIEW_STR(will && cfg->will.content_type ? cfg->will.content_type : ""),
+        .mount = mount,
     };
 }
 
@@ -486,16 +488,21 @@ void broker_kick(Broker *b)
 }
 
 int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, TlsContext *tls,
-                const char *client_id, const char *password, broker_event_cb on_event,
-                void *userdata)
+                const char *client_id, const char *password, const MqttMount *mount,
+                broker_event_cb on_event, void *userdata)
 {
-    *b = (Broker){.loop = loop, .cfg = cfg, .tls = tls, .on_event = on_event, .userdata = userdata};
+    *b = (Broker){.loop = loop,
+                  .cfg = cfg,
+                  .mount = mount,
+                  .tls = tls,
+                  .on_event = on_event,
+                  .userdata = userdata};
     b->tr.fd = -1;
     ev_io_init(&b->io, on_io, -1, EV_READ);
     ev_timer_init(&b->timer, on_timer, 0.0, 0.0);
     ev_prepare_init(&b->prepare, on_prepare);
     ev_prepare_start(loop, &b->prepare);
-    SessionConfig sc = session_config(cfg, client_id, password);
+    SessionConfig sc = session_config(cfg, client_id, password, mount);
     static const SessionCallbacks cb = {.event = on_session_event, .trace = on_trace};
     return session_new(&sc, &cb, b, &b->session);
 }
@@ -508,7 +515,7 @@ int broker_configure(Broker *b, const Config *cfg, TlsContext *tls, const char *
      * below the new count); the next attempt starts over at the first host. */
     b->cfg = cfg;
     b->rewind_hosts = true;
-    SessionConfig sc = session_config(cfg, client_id, password);
+    SessionConfig sc = session_config(cfg, client_id, password, b->mount);
     return session_configure(b->session, &sc);
 }
 

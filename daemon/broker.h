@@ -10,6 +10,7 @@
 #include <ev.h>
 
 #include "config.h"
+#include "mqtt/mount.h"
 #include "mqtt/session.h"
 #include "resolve.h"
 #include "transport.h"
@@ -21,8 +22,9 @@ struct Broker {
     struct ev_loop *loop;
     Session *session;
     const Config *cfg;
-    TlsContext *tls; /* the daemon's, borrowed (each TLS connection holds a reference); NULL
-                      * without TLS */
+    const MqttMount *mount; /* the daemon's [topics] mount, borrowed */
+    TlsContext *tls;        /* the daemon's, borrowed (each TLS connection holds a reference); NULL
+                             * without TLS */
     broker_event_cb on_event;
     void *userdata;
 
@@ -48,8 +50,8 @@ struct Broker {
 
 /* Start the link with the session configuration built from cfg (strings copied). */
 int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, TlsContext *tls,
-                const char *client_id, const char *password, broker_event_cb on_event,
-                void *userdata);
+                const char *client_id, const char *password, const MqttMount *mount,
+                broker_event_cb on_event, void *userdata);
 void broker_free(Broker *b);
 /* Configuration changed: takes effect at the next connect attempt; one in progress goes on
  * with the host and port it started with. */

@@ -104,6 +104,7 @@ struct Daemon {
     Names names;                 /* peers' user names (names.c, for access.c) */
     Rpc rpc;                     /* the request op (rpc.c) */
     HashMap sessions;            /* name -> LocalSession (sessions.c) */
+    MqttMount mount;             /* [topics] mount, expanded (main.c) */
     bool props_drop_logged;      /* MQTT 5 fields lost to a 3.1.1 link: logged once (bridge.c) */
     char lost_subscription[400]; /* the last restored subscription the broker refused */
     int64_t started_at;

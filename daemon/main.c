@@ -268,6 +268,7 @@ static void stop(Daemon *d)
     spool_close(d->spool);
     d->spool = NULL;
     broker_free(&d->broker);
+    mqtt_mount_free(&d->mount);
     sessions_free(d);
     router_free(&d->router);
     rpc_free(d);
@@ -290,6 +291,24 @@ static int router_start(Router *r)
         rnd = (uint32_t)now_ms() ^ (uint32_t)getpid() << 8;
     }
     r->next_subid = 1 + rnd % ROUTER_SUBID_MAX;
+    return 0;
+}
+
+/* [topics] mount, with this host's name and the client id (as they are at start). */
+static int setup_mount(Daemon *d)
+{
+    char host[256] = "", err[400];
+    if (gethostname(host, sizeof(host) - 1) < 0) {
+        host[0] = 0; /* %h: empty, and the prefix check below says so */
+    }
+    if (mqtt_mount_setup(&d->mount, d->cfg.topics.mount, host, d->client_id,
+                         d->cfg.topics.unmounted, err, sizeof(err)) < 0) {
+        log_error("[topics] %s", err);
+        return -1;
+    }
+    if (mqtt_mount_active(&d->mount)) {
+        log_info("topics are mounted at %s on the broker", d->mount.prefix);
+    }
     return 0;
 }
 
@@ -331,11 +350,14 @@ int main(int argc, char **argv)
     d->loop = ev_default_loop(EVFLAG_AUTO);
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
+    if (d->client_id && setup_mount(d) < 0) {
+        return 1;
+    }
     subs_init(d);
     rpc_init(d);
     sessions_init(d);
     if (!d->client_id || router_start(&d->router) < 0 ||
-        broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password,
+        broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password, &d->mount,
                     bridge_on_event, d) < 0) {
         log_error("out of memory");
         return 1;

@@ -137,6 +137,20 @@ static bool v5_refused(Client *c, const Request *r)
 }
 
 /* The checks publish and request share; answered when one fails. */
+/* Whether `topic` (a filter) still fits MQTT with [topics] mount in front; answered when not. */
+static bool fits_mounted(Client *c, const Request *r, View topic, bool filter)
+{
+    static Buf scratch;
+    if (mqtt_mount_out(&c->d->mount, topic, filter, &scratch) != -E2BIG) {
+        buf_shrink(&scratch, 65536);
+        return true;
+    }
+    answer_error(c, r->id, IPC_BAD_REQUEST,
+                 "with [topics] mount %s, %.*s... is longer than MQTT allows (65535 bytes)",
+                 c->d->mount.prefix, 40, (const char *)topic.p);
+    return false;
+}
+
 static bool may_publish(Client *c, const Request *r)
 {
     Daemon *d = c->d;
@@ -144,12 +158,12 @@ static bool may_publish(Client *c, const Request *r)
         answer_error(c, r->id, IPC_SHUTTING_DOWN, "the daemon is shutting down");
         return false;
     }
-    if (!permitted(c, r, ACL_PUBLISH) || v5_refused(c, r)) {
+    if (!permitted(c, r, ACL_PUBLISH) || v5_refused(c, r) || !fits_mounted(c, r, r->topic, false)) {
         return false;
     }
     Session *s = d->broker.session;
     size_t props = buf_size(&r->props) + (r->message_expiry ? 5 : 0);
-    size_t size = mqtt_publish_size(r->topic, r->payload.n + props, r->qos);
+    size_t size = mqtt_publish_size(r->topic, r->payload.n + props + d->mount.len, r->qos);
     if (size > session_max_publish(s)) {
         answer_error(c, r->id, IPC_TOO_LARGE,
                      "the message would be a %zu-byte PUBLISH; the link carries at most %zu", size,
@@ -246,7 +260,7 @@ static void op_request(Client *c, Request *r)
 
 static void op_subscribe(Client *c, Request *r)
 {
-    if (permitted(c, r, ACL_SUBSCRIBE) && !v5_refused(c, r) &&
+    if (permitted(c, r, ACL_SUBSCRIBE) && !v5_refused(c, r) && fits_mounted(c, r, r->topic, true) &&
         sessions_may_subscribe(c, r->id, r->topic)) {
         SubOptions o = {r->no_local, r->retain_as_published, r->retain_handling};
         subs_subscribe(c, r->id, r->topic, r->qos, r->encoding == ENC_BASE64, timeout_of(c, r), &o);

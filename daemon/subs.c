@@ -335,8 +335,12 @@ static bool options_conflict(Client *c, json_t *id, View f, bool held, const Sub
 
 int subs_ask_broker(Daemon *d, View f, void *req, bool retained)
 {
+    static Buf scratch;
     RouterFilter *rf = router_filter(&d->router, f);
     assert(rf);
+    /* What the broker sends for it comes outside the mount point: see Router.match_domain. */
+    rf->unmounted =
+        mqtt_mount_active(&d->mount) && mqtt_mount_out(&d->mount, f, true, &scratch) == 0;
     SessionSubscribe ss = {.filter = f,
                            .qos = rf->broker_qos,
                            .subid = rf->subid,

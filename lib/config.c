@@ -5,6 +5,8 @@
  */
 #include "config.h"
 
+#include "mqtt/mount.h"
+
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
@@ -32,6 +34,8 @@ enum key_type {
     K_TLSVER,
     K_PROTOCOL,
     K_EXPIRY,
+    K_MOUNT,   /* a string: a mount point pattern */
+    K_FILTERS, /* a string: comma-separated topic filters */
 };
 
 typedef struct Key {
@@ -104,7 +108,14 @@ static const Key keys[] = {
     KEY("sessions", "max_messages", K_SIZE, sessions.max_messages, 1, 100000000, NOW),
     KEY("sessions", "max_bytes", K_SIZE, sessions.max_bytes, 1024, 1ull << 40, NOW),
     KEY("sessions", "default_expiry", K_UINT, sessions.default_expiry, 0, 4294967295ull, NOW),
+    KEY("topics", "mount", K_MOUNT, topics.mount, 0, 65535, START),
+    KEY("topics", "unmounted", K_FILTERS, topics.unmounted, 0, 65535, START),
 };
+
+static bool is_string(enum key_type t)
+{
+    return t == K_STRING || t == K_HOSTS || t == K_MOUNT || t == K_FILTERS;
+}
 
 static const char *const level_names[] = {"error", "warning", "info", "debug", "packet"};
 
@@ -169,6 +180,7 @@ int config_init(Config *cfg)
     };
     char err[64];
     if (set_string(&cfg->ipc.socket, DEFAULT_SOCKET) < 0 ||
+        set_string(&cfg->topics.unmounted, DEFAULT_UNMOUNTED) < 0 ||
         config_set_hosts(cfg, DEFAULT_BROKER_HOST, err, sizeof(err)) < 0) {
         config_free(cfg);
         return -ENOMEM;
@@ -179,7 +191,7 @@ int config_init(Config *cfg)
 void config_free(Config *cfg)
 {
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-        if (keys[i].type == K_STRING || keys[i].type == K_HOSTS) {
+        if (is_string(keys[i].type)) {
             char **slot = (char **)((char *)cfg + keys[i].offset);
             free(*slot);
             *slot = NULL;
@@ -461,6 +473,18 @@ static int set_key(Config *cfg, const Key *k, const char *v, char *err, size_t e
         return parse_protocol(v, slot, err, errlen);
     case K_EXPIRY:
         return parse_expiry(v, k, slot, err, errlen);
+    case K_MOUNT:
+    case K_FILTERS: { /* checked as the daemon will use it (a sample host name, client id) */
+        MqttMount m;
+        bool mount = k->type == K_MOUNT;
+        int r =
+            mqtt_mount_setup(&m, mount ? v : NULL, "host", "client", mount ? NULL : v, err, errlen);
+        if (r < 0) {
+            return r;
+        }
+        mqtt_mount_free(&m);
+        return set_string(slot, v);
+    }
     case K_TLSVER:
         if (strcmp(v, "1.2") == 0) {
             *(unsigned *)slot = 12;
@@ -630,6 +654,8 @@ static bool key_equal(const Key *k, const Config *a, const Config *b)
     switch (k->type) {
     case K_STRING:
     case K_HOSTS:
+    case K_MOUNT:
+    case K_FILTERS:
         return str_eq(*(char *const *)pa, *(char *const *)pb);
     case K_PORT:
         return *(const uint16_t *)pa == *(const uint16_t *)pb;

@@ -89,6 +89,10 @@ typedef struct Config {
         size_t max_messages, max_bytes; /* kept for one session */
         unsigned default_expiry;        /* seconds */
     } sessions;
+    struct {
+        char *mount;     /* a pattern (%h, %c, %%); NULL/"": no mount point (lib/mqtt/mount.h) */
+        char *unmounted; /* comma-separated filters passed through unchanged */
+    } topics;
     Acl acl;
 } Config;
 

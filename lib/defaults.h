@@ -4,6 +4,7 @@
 
 #define DEFAULT_CONFIG_FILE "/etc/mqttbridge/mqttbridged.conf"
 #define DEFAULT_SOCKET      "/run/mqttbridge/mqttbridge.sock"
+#define DEFAULT_UNMOUNTED   "$aws/#, $SYS/#" /* [topics] unmounted */
 
 #define DEFAULT_BROKER_HOST         "localhost"
 #define DEFAULT_BROKER_PORT         1883

@@ -41,7 +41,8 @@ typedef struct Match {
     size_t n_only;
     /* router_match_copy: groups are noted here, not picked, and targets rank their filters. */
     bool copy;
-    Buf *groups; /* RouterFilter * of the matching shared filters */
+    Buf *groups;    /* RouterFilter * of the matching shared filters */
+    uint8_t domain; /* Router.match_domain */
 } Match;
 
 /* Edge key: the parent's address followed by the level text, built in r->key (only
@@ -440,6 +441,9 @@ static bool names(const uint32_t *ids, size_t n, uint32_t id)
 
 static bool wanted(const Match *m, const RouterFilter *fc)
 {
+    if (m->domain != ROUTER_ANY && fc->unmounted != (m->domain == ROUTER_UNMOUNTED)) {
+        return false;
+    }
     return m->n_only == 0 || names(m->only, m->n_only, fc->subid);
 }
 
@@ -552,7 +556,8 @@ static size_t run_match(Router *r, View topic, Match *m, RouterTarget ***ret)
 size_t router_match(Router *r, View topic, bool retained, router_ready_fn ready, void *userdata,
                     RouterTarget ***ret)
 {
-    Match m = {.retained = retained, .ready = ready, .userdata = userdata};
+    Match m = {
+        .retained = retained, .ready = ready, .userdata = userdata, .domain = r->match_domain};
     return run_match(r, topic, &m, ret);
 }
 
@@ -587,7 +592,8 @@ static size_t choose_copy(Router *r, const uint32_t *ids, size_t n_ids, Match *m
 size_t router_match_copy(Router *r, View topic, bool retained, const uint32_t *ids, size_t n_ids,
                          router_ready_fn ready, void *userdata, RouterTarget ***ret)
 {
-    Match m = {.retained = retained, .ready = ready, .userdata = userdata};
+    Match m = {
+        .retained = retained, .ready = ready, .userdata = userdata, .domain = r->match_domain};
     if (!n_ids) {
         return run_match(r, topic, &m, ret);
     }

@@ -61,7 +61,15 @@ typedef struct Router {
     Buf stack;            /* scratch for router_match's walk */
     Buf groups_scratch;   /* router_match_copy's matching groups */
     uint32_t next_subid;  /* for the next new filter; the caller may seed it (1 by default) */
+    /* With a topic mount point the broker's topics are in two domains: under the mount point,
+     * or passed through unchanged (filters the daemon marks `unmounted`). The caller sets the
+     * domain of the message it matches next: ROUTER_ANY (every filter), ROUTER_MOUNTED or
+     * ROUTER_UNMOUNTED (only filters of that kind: a local "#" does not take what came through
+     * an unmounted filter, its broker subscription never covered it). */
+    uint8_t match_domain;
 } Router;
+
+enum { ROUTER_ANY, ROUTER_MOUNTED, ROUTER_UNMOUNTED };
 
 /* Per exact filter string: what one broker subscription serves. */
 typedef struct RouterFilter {
@@ -78,6 +86,7 @@ typedef struct RouterFilter {
      * only. */
     bool no_local, retain_as_published;
     size_t fresh;
+    bool unmounted; /* its broker subscription is not under the mount point (the daemon sets it) */
     /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
      * (`holders` of them), rather than in the trie node; `next` is the index of the member
      * whose turn it is. The router owns these fields. */

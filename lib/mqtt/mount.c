@@ -3,6 +3,7 @@
 #include "mqtt/mount.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,4 +177,75 @@ int mqtt_mount_props(const MqttMount *m, View block, bool out_dir, Buf *out)
     }
     buf_free(&topic);
     return r < 0 ? r : 1;
+}
+
+/* `pattern` with %h, %c and %% expanded, into out (cleared). */
+static int expand(const char *pattern, const char *host, const char *client_id, Buf *out, char *err,
+                  size_t errlen)
+{
+    buf_clear(out);
+    for (const char *p = pattern; *p; p++) {
+        const char *put = p;
+        size_t n = 1;
+        if (*p == '%') {
+            char e = p[1];
+            put = e == 'h' ? host : e == 'c' ? client_id : e == '%' ? "%" : NULL;
+            if (!put) {
+                snprintf(err, errlen,
+                         "mount: unknown escape '%%%c' (%%h host name, %%c client "
+                         "id, %%%% a percent sign)",
+                         e ? e : ' ');
+                return -EINVAL;
+            }
+            n = strlen(put);
+            p++;
+        }
+        if (buf_append(out, put, n) < 0) {
+            return -ENOMEM;
+        }
+    }
+    return buf_put_u8(out, 0) < 0 ? -ENOMEM : 0;
+}
+
+int mqtt_mount_setup(MqttMount *m, const char *pattern, const char *host, const char *client_id,
+                     const char *unmounted, char *err, size_t errlen)
+{
+    Buf prefix = {0}, list = {0};
+    char *filters[64];
+    size_t n = 0;
+    int r = expand(pattern ? pattern : "", host, client_id, &prefix, err, errlen);
+    if (r == 0 && (r = buf_append(&list, unmounted ? unmounted : "",
+                                  strlen(unmounted ? unmounted : "") + 1)) < 0) {
+        r = -ENOMEM;
+    }
+    for (char *save = NULL, *f = r == 0 ? strtok_r((char *)list.data, ",", &save) : NULL; f;
+         f = strtok_r(NULL, ",", &save)) {
+        f += strspn(f, " \t");
+        for (size_t k = strlen(f); k && (f[k - 1] == ' ' || f[k - 1] == '\t'); k--) {
+            f[k - 1] = 0;
+        }
+        if (*f && n == 64) {
+            snprintf(err, errlen, "unmounted: at most 64 filters");
+            r = -EINVAL;
+            break;
+        }
+        if (*f) {
+            filters[n++] = f;
+        }
+    }
+    const char *p = (const char *)prefix.data;
+    if (r == 0 && (r = mqtt_mount_init(m, p, (const char *const *)filters, n)) == -EINVAL) {
+        size_t len = strlen(p);
+        if (len && (p[len - 1] != '/' || strpbrk(p, "+#") || p[0] == '$')) {
+            snprintf(err, errlen,
+                     "mount: '%s' must be a topic prefix ending in '/', without "
+                     "'+', '#' or a leading '$'",
+                     p);
+        } else {
+            snprintf(err, errlen, "unmounted: '%s' holds a filter that is not valid", unmounted);
+        }
+    }
+    buf_free(&prefix);
+    buf_free(&list);
+    return r;
 }

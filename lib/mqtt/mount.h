@@ -23,6 +23,10 @@ typedef struct MqttMount {
  * one, or an unmounted filter that is not valid; -ENOMEM. */
 int mqtt_mount_init(MqttMount *m, const char *prefix, const char *const *unmounted, size_t n);
 void mqtt_mount_free(MqttMount *m);
+/* From the configuration: `pattern` with %h (host name), %c (client id) and %% expanded,
+ * `unmounted` a comma-separated list of filters (up to 64). -EINVAL with `err` saying why. */
+int mqtt_mount_setup(MqttMount *m, const char *pattern, const char *host, const char *client_id,
+                     const char *unmounted, char *err, size_t errlen);
 bool mqtt_mount_active(const MqttMount *m);
 
 /* A local topic (filter: true for a filter; "$share/G/" stays in front) as the broker sees it,

@@ -1445,7 +1445,9 @@ static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
     /* Local subscribers see local topics ([topics] mount); one outside the mount point is
      * not for them (acknowledged all the same). */
     MqttProps local_props = pkt->props;
-    bool local = mqtt_mount_in(m->cfg.mount, p->topic, &p->topic) == 1;
+    View remote = p->topic;
+    bool local = mqtt_mount_in(m->cfg.mount, remote, &p->topic) == 1;
+    bool unmounted = local && mqtt_mount_active(m->cfg.mount) && p->topic.n == remote.n;
     if (local && s->protocol == MQTT_V5 &&
         mqtt_mount_props(m->cfg.mount, pkt->props.raw, false, &m->mounted_props) == 1 &&
         mqtt_props_check(buf_view(&m->mounted_props), MQTT_PUBLISH, &local_props) < 0) {
@@ -1462,7 +1464,8 @@ static void handle_publish(Impl *m, const MqttPacket *pkt, int64_t now)
     if (deliver) {
         s->stats.messages_received++;
         if (local) {
-            emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE, .message = {p, &local_props}});
+            emit(m, (SessionEvent){.type = SESSION_EV_MESSAGE,
+                                   .message = {p, &local_props, unmounted}});
         }
         if (p->qos == 2) {
             emit(m, (SessionEvent){.type = SESSION_EV_QOS2_HELD, .packet_id = p->id});

@@ -136,6 +136,7 @@ typedef struct SessionEvent {
             const MqttPublish *publish; /* its topic resolved when it came by Topic Alias */
             const MqttProps *props;     /* MQTT 5 (empty with 3.1.1): Subscription Identifiers
                                            name the subscriptions this copy is for */
+            bool unmounted; /* with a mount point: it came outside it (an unmounted filter's) */
         } message;
         struct {
             int64_t rtt_ms;

@@ -550,6 +550,28 @@ START_TEST(subscription_ids_stay_unique)
 }
 END_TEST
 
+/* With a mount point, a message matches only filters of its domain: what came through an
+ * unmounted filter is not for a local "#", whose broker subscription never covered it. */
+START_TEST(mount_domains)
+{
+    Router r;
+    RouterTarget a = {0}, b = {0};
+    RouterTarget **m;
+    ck_assert_int_eq(router_init(&r), 0);
+    router_add(&r, VIEW_STR("#"), &a, 1, false);
+    router_add(&r, VIEW_STR("shared/+"), &b, 1, false);
+    router_filter(&r, VIEW_STR("shared/+"))->unmounted = true;
+    ck_assert_uint_eq(router_match(&r, VIEW_STR("shared/x"), false, NULL, NULL, &m), 2);
+    r.match_domain = ROUTER_UNMOUNTED;
+    ck_assert_uint_eq(router_match(&r, VIEW_STR("shared/x"), false, NULL, NULL, &m), 1);
+    ck_assert_ptr_eq(m[0], &b);
+    r.match_domain = ROUTER_MOUNTED; /* "shared/x" that came under the mount point */
+    ck_assert_uint_eq(router_match(&r, VIEW_STR("shared/x"), false, NULL, NULL, &m), 1);
+    ck_assert_ptr_eq(m[0], &a);
+    router_free(&r);
+}
+END_TEST
+
 /* A group takes only the copy naming it; a member that takes a plain copy anyway has had the
  * message (the group delivered through it, its turn passes). Retained copies go to the fresh
  * holders of the filter named. */
@@ -648,6 +670,7 @@ static Suite *router_suite(void)
     tcase_add_test(tc, shared_root_wildcard_not_for_dollar);
     tcase_add_test(tc, copies_once_at_the_best_qos);
     tcase_add_test(tc, subscription_ids_stay_unique);
+    tcase_add_test(tc, mount_domains);
     tcase_add_test(tc, copies_groups_and_retained);
     tcase_add_test(tc, reconfirm_after_reconnect);
     suite_add_tcase(s, tc);

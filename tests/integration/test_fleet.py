@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Fleet features (shared/spec/fleet.md) with the real daemon and mosquitto: the topic mount
+point as an external client sees it."""
+import os
+import signal
+import subprocess
+
+from harness import DAEMON, TEST_PROTOCOL, WAIT, TestCase, main
+
+MOSQUITTO_PUB = "/usr/bin/mosquitto_pub"
+
+
+class MountPoint(TestCase):
+    def setUp(self):
+        super().setUp()
+        self.m = self.broker()
+        self.d = self.daemon(self.m.port, sections={
+            "broker": {"client_id": "box17"},
+            "topics": {"mount": "fleet/%c/", "unmounted": "shared/#, $SYS/#"},
+            "will": {"topic": "status", "message": "gone", "qos": "1"}})
+
+    def external_pub(self, topic, message, retain=False):
+        args = [MOSQUITTO_PUB, "-p", str(self.m.port), "-t", topic, "-m", message, "-q", "1"]
+        subprocess.run(args + (["-r"] if retain else []), check=True, timeout=WAIT)
+
+    def test_the_broker_sees_mounted_topics_and_programs_local_ones(self):
+        ext = self.direct_sub(self.m.port, "fleet/#", "shared/#")
+        with self.d.client() as c:
+            c.ok("publish", topic="temp/k1", payload="21.5", qos=1)
+            self.assertEqual(ext.next()[:2], ("fleet/box17/temp/k1", b"21.5"))
+            c.ok("publish", topic="shared/y", payload="as is", qos=1)
+            self.assertEqual(ext.next()[:2], ("shared/y", b"as is"))
+            c.ok("subscribe", filter="cmd/#", qos=1)
+            c.ok("subscribe", filter="#", qos=1)
+            c.ok("subscribe", filter="shared/+", qos=1)
+            self.external_pub("fleet/box18/cmd/x", "another box's")
+            self.external_pub("fleet/box17/cmd/reboot", "now")
+            e = c.event("message")
+            self.assertEqual((e["topic"], e["payload"]), ("cmd/reboot", "now"))
+            self.external_pub("shared/x", "unmounted")
+            e = c.event("message")
+            self.assertEqual((e["topic"], e["payload"]), ("shared/x", "unmounted"))
+            c.ok("ping")
+            self.assertEqual([x for x in c.events if x.get("event") == "message"], [])
+            with self.d.client() as a:  # the broker holds the mounted filters
+                self.assertEqual(a.ok("status")["status"]["subscriptions"], 3)
+
+    def test_retained_and_shared_subscriptions(self):
+        self.external_pub("fleet/box17/cfg/mode", "eco", retain=True)
+        with self.d.client() as a, self.d.client() as b:
+            a.ok("subscribe", filter="cfg/#", qos=1)
+            e = a.event("message")
+            self.assertEqual((e["topic"], e["payload"], e["retain"]), ("cfg/mode", "eco", True))
+            a.ok("subscribe", filter="$share/g/work/#", qos=1)
+            b.ok("subscribe", filter="$share/g/work/#", qos=1)
+            for i in range(10):
+                self.external_pub("fleet/box17/work/x", f"w{i}")
+            # The group takes turns: each message reaches one of the two.
+            got = [a.event("message")["payload"] for _ in range(5)]
+            got += [b.event("message")["payload"] for _ in range(5)]
+            self.assertEqual(sorted(got), sorted(f"w{i}" for i in range(10)))
+
+    def test_the_will_is_mounted(self):
+        ext = self.direct_sub(self.m.port, "fleet/box17/status")
+        self.d.stop(signal.SIGKILL)
+        self.assertEqual(ext.next()[:2], ("fleet/box17/status", b"gone"))
+
+    def test_request_response_through_the_mount_point(self):
+        if TEST_PROTOCOL == "3.1.1":
+            self.skipTest("request needs MQTT 5")
+        with self.d.client() as responder, self.d.client() as requester:
+            responder.ok("subscribe", filter="svc/echo", qos=1)
+            requester.send({"id": 7, "op": "request", "topic": "svc/echo", "payload": "hi",
+                            "timeout_ms": 5000})
+            q = responder.event("message")
+            self.assertEqual(q["topic"], "svc/echo")
+            self.assertFalse(q["response_topic"].startswith("fleet/"), q)  # a local topic
+            responder.ok("publish", topic=q["response_topic"], payload="hi back",
+                         correlation_data=q["correlation_data"])
+            r = requester.next(lambda x: x.get("id") == 7)
+            self.assertEqual(r["response"]["payload"], "hi back")
+
+
+class Configuration(TestCase):
+    def check(self, **topics):
+        conf = os.path.join(self.tmp, "bad.conf")
+        with open(conf, "w") as f:
+            f.write("[broker]\nhost = 127.0.0.1\n[topics]\n")
+            for k, v in topics.items():
+                f.write(f"{k} = {v}\n")
+        return subprocess.run([DAEMON, "--check-config", "-c", conf], capture_output=True,
+                              text=True, timeout=WAIT)
+
+    def test_bad_mount_points_are_named(self):
+        for value, why in (("a/+/", "without '+', '#'"), ("a/#/", "without '+', '#'"),
+                           ("devices/%x/", "unknown escape '%x'"),
+                           ("devices/%h", "ending in '/'")):
+            r = self.check(mount=value)
+            self.assertEqual(r.returncode, 1, value)
+            self.assertIn("bad.conf:4: ", r.stderr, value)
+            self.assertIn(why, r.stderr, value)
+        r = self.check(unmounted="ok/#, bad/#/x")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not valid", r.stderr)
+        self.assertEqual(self.check(mount="devices/%h/%c/").returncode, 0)
+
+
+if __name__ == "__main__":
+    main()
