@@ -79,6 +79,8 @@ static SessionConfig session_config(const Config *cfg, const char *client_id, co
         .will_delay = cfg->will.delay,
         .will_message_expiry = cfg->will.message_expiry,
         .will_content_type = VIEW_STR(will && cfg->will.content_type ? cfg->will.content_type : ""),
+        .max_publish_rate = c->max_publish_rate,
+        .max_publish_bytes = c->max_publish_bytes,
         .mount = mount,
     };
 }

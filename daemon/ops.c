@@ -342,6 +342,7 @@ static void op_status(Client *c, Request *r)
     }
     json_object_set_new(st, "subscriptions_lost",
                         json_integer((json_int_t)s->stats.subscriptions_lost));
+    json_object_set_new(st, "rate_limited", json_boolean(s->rate_limited_since != 0));
     add_protocol_status(st, s);
     json_object_set_new(st, "last_subscription_lost",
                         d->lost_subscription[0] ? json_string(d->lost_subscription) : json_null());
@@ -397,6 +398,9 @@ static void op_stats(Client *c, Request *r)
     json_object_set_new(st, "properties_dropped", json_integer((json_int_t)t->properties_dropped));
     json_object_set_new(st, "responses_unmatched", json_integer((json_int_t)d->rpc.unmatched));
     json_object_set_new(st, "sessions", json_integer((json_int_t)d->sessions.count));
+    int64_t limited = s->rate_limited_since ? now_ms() - s->rate_limited_since : 0;
+    json_object_set_new(st, "rate_limited_ms",
+                        json_integer((json_int_t)(t->rate_limited_ms + (uint64_t)limited)));
     if (d->spool) {
         SpoolHealth h;
         spool_health(d->spool, &h);

@@ -67,6 +67,8 @@ static const Key keys[] = {
     KEY("broker", "reconnect_max", K_UINT, broker.reconnect_max, 1, 86400, NOW),
     KEY("broker", "max_inflight", K_UINT, broker.max_inflight, 1, 65000, NOW),
     KEY("broker", "publish_timeout", K_UINT, broker.publish_timeout, 1, 86400, NOW),
+    KEY("broker", "max_publish_rate", K_UINT, broker.max_publish_rate, 0, 1000000000, NOW),
+    KEY("broker", "max_publish_bytes", K_SIZE, broker.max_publish_bytes, 0, 1ull << 40, NOW),
     KEY("broker", "protocol", K_PROTOCOL, broker.protocol, 0, 0, LINK),
     KEY("broker", "session_expiry", K_EXPIRY, broker.session_expiry, 0, 0xFFFFFFFFull, LINK),
     KEY("broker", "receive_maximum", K_UINT, broker.receive_maximum, 1, 65535, LINK),

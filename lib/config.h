@@ -45,6 +45,8 @@ typedef struct Config {
         char *client_id, *username, *password, *password_file;
         unsigned keepalive, connect_timeout, reconnect_min, reconnect_max, max_inflight;
         unsigned publish_timeout;
+        unsigned max_publish_rate; /* PUBLISH packets a second toward the broker; 0: no limit */
+        size_t max_publish_bytes;  /* bytes a second; 0: no limit */
         bool clean_session;
         /* MQTT 5 */
         enum mqtt_protocol protocol;

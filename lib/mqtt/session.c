@@ -183,6 +183,9 @@ typedef struct Impl {
     AliasIn alias_in;
     int64_t next_expiry;        /* the earliest expires_at in the queue (maybe passed), 0 = none */
     Buf mounted, mounted_props; /* a topic (filter) and a property block as the broker sees them */
+    double tokens, byte_tokens; /* the publish rate limit's buckets ... */
+    int64_t refilled_at;        /* ... as of then */
+    int64_t rate_wake;          /* when enough tokens are there again (while limited) */
 } Impl;
 
 static Impl *impl(Session *s)
@@ -633,6 +636,64 @@ static bool fits_link(Impl *m, SessionMsg *msg, int64_t now)
     return r == 0;
 }
 
+/* ---- the publish rate limit ---- */
+
+static double refill(double tokens, int64_t ms, uint64_t per_second)
+{
+    double t = tokens + (double)ms * (double)per_second / 1000.0;
+    return t > (double)per_second ? (double)per_second : t;
+}
+
+/* Whether a PUBLISH of `bytes` may go now (then its tokens are taken); else when it may. A
+ * packet larger than a whole second's bytes goes once the bucket is full. */
+static bool rate_allows(Impl *m, size_t bytes, int64_t now)
+{
+    uint32_t rate = m->cfg.max_publish_rate;
+    uint64_t brate = m->cfg.max_publish_bytes;
+    if (!rate && !brate) {
+        return true;
+    }
+    int64_t ms = now - m->refilled_at;
+    m->refilled_at = now;
+    m->tokens = rate ? refill(m->tokens, ms, rate) : 0;
+    m->byte_tokens = brate ? refill(m->byte_tokens, ms, brate) : 0;
+    double need = brate && (double)bytes > (double)brate ? (double)brate : (double)bytes;
+    bool ok = (!rate || m->tokens >= 1.0) && (!brate || m->byte_tokens >= need);
+    if (ok) {
+        m->tokens -= rate ? 1.0 : 0;
+        m->byte_tokens -= brate ? need : 0;
+        return true;
+    }
+    double wait = 0;
+    if (rate && m->tokens < 1.0) {
+        wait = (1.0 - m->tokens) * 1000.0 / rate;
+    }
+    if (brate && m->byte_tokens < need) {
+        double w = (need - m->byte_tokens) * 1000.0 / (double)brate;
+        wait = w > wait ? w : wait;
+    }
+    m->rate_wake = now + (int64_t)wait + 1;
+    if (!m->pub.rate_limited_since) {
+        m->pub.rate_limited_since = now;
+    }
+    return false;
+}
+
+/* Nothing waits for the rate limit any more: the spell is counted. */
+static void rate_free(Impl *m, int64_t now)
+{
+    if (m->pub.rate_limited_since) {
+        m->pub.stats.rate_limited_ms += (uint64_t)(now - m->pub.rate_limited_since);
+        m->pub.rate_limited_since = 0;
+    }
+}
+
+static size_t publish_bytes(const Impl *m, const SessionMsg *msg)
+{
+    size_t extra = m->pub.protocol == MQTT_V5 ? props_extra(msg->props_len, msg->expires_at) : 0;
+    return mqtt_publish_size(msg_topic(msg), msg->payload_len + extra, msg->qos);
+}
+
 /* Send queued messages in order while the in-flight window allows. */
 /* A resumed session's in-flight messages go again first, oldest first, as far as the window
  * allows; one the new link cannot carry (a smaller Maximum Packet Size) fails. */
@@ -654,6 +715,9 @@ static void resend(Impl *m, size_t window, int64_t now)
                                                   msg->qos) > publish_limit(&m->pub)) {
             msg_finish(m, msg, true, now, (Outcome){.result = -EMSGSIZE});
             continue;
+        }
+        if (!msg->got_pubrec && !rate_allows(m, publish_bytes(m, msg), now)) {
+            return; /* the rate limit: at rate_wake */
         }
         if (msg->got_pubrec) {
             send_ack(m, MQTT_PUBREL, msg->id, now);
@@ -682,6 +746,10 @@ static void pump(Impl *m, int64_t now)
         SessionMsg *msg = container_of(m->queue.next, SessionMsg, link);
         if (!fits_link(m, msg, now)) {
             continue;
+        }
+        if ((msg->qos == 0 || (m->pub.inflight < window_of(m) && m->ids_in_use < 65535)) &&
+            !rate_allows(m, publish_bytes(m, msg), now)) {
+            return; /* the rate limit: at rate_wake */
         }
         if (msg->qos == 0) {
             if (send_publish(m, msg, false, now) < 0) {
@@ -1750,8 +1818,12 @@ static int64_t link_tick(Impl *m, int64_t now)
 
     flush_pending(m, now);
     pump(m, now);
+    if (m->pub.rate_limited_since && (m->pub.queued == 0 || m->rate_wake <= now)) {
+        rate_free(m, now); /* (a wake that found nothing more to hold back) */
+    }
+    int64_t rate_wake = m->pub.rate_limited_since ? m->rate_wake : INT64_MAX;
     if (m->keepalive == 0) {
-        return INT64_MAX;
+        return rate_wake;
     }
     int64_t ka = (int64_t)m->keepalive * 1000;
     int64_t ping_timeout = ka / 2 > MIN_PING_TIMEOUT_MS ? ka / 2 : MIN_PING_TIMEOUT_MS;
@@ -1779,7 +1851,7 @@ static int64_t link_tick(Impl *m, int64_t now)
     } else {
         next = min64(next, m->last_tx + ka);
     }
-    return next;
+    return min64(next, rate_wake);
 }
 
 bool session_redirect(Session *s, char *out, size_t n)

@@ -78,6 +78,10 @@ typedef struct SessionConfig {
      * subscriptions, the router) sees local topics. NULL: none. The caller's; it outlives
      * the session. */
     const struct MqttMount *mount;
+    /* A token bucket one second deep for PUBLISH packets toward the broker, resends included:
+     * packets a second and bytes a second (0: no limit). Messages wait, never dropped. */
+    uint32_t max_publish_rate;
+    uint64_t max_publish_bytes;
 } SessionConfig;
 
 /* What the broker's CONNACK allows for the life of the link (MQTT 5; with 3.1.1, and before
@@ -185,6 +189,7 @@ typedef struct SessionStats {
     uint64_t topic_aliases_used; /* PUBLISH packets sent with an alias instead of the topic */
     uint64_t messages_expired;   /* outgoing messages whose Message Expiry passed in the queue */
     uint64_t properties_dropped; /* outgoing messages whose MQTT 5 properties a 3.1.1 link lost */
+    uint64_t rate_limited_ms;    /* time the publish rate limit held messages back (ended spells) */
 } SessionStats;
 
 typedef struct SessionPublish {
@@ -216,6 +221,7 @@ struct Session {
     int64_t last_ping_rtt_ms; /* -1 before the first answer */
     size_t queued, inflight, queued_bytes;
     size_t subscriptions;
+    int64_t rate_limited_since; /* the rate limit holds messages back since then; 0: it does not */
     uint8_t protocol;           /* MQTT_V5 or MQTT_V311: of the current (or last) link */
     SessionLimits limits;       /* the current (or last) link's */
     char *assigned_client_id;   /* MQTT 5: the id the broker gave us, or NULL */

@@ -5,6 +5,7 @@ point as an external client sees it."""
 import os
 import signal
 import subprocess
+import time
 
 from harness import DAEMON, TEST_PROTOCOL, WAIT, TestCase, main
 
@@ -82,6 +83,53 @@ class MountPoint(TestCase):
             self.assertEqual(r["response"]["payload"], "hi back")
 
 
+class RateLimit(TestCase):
+    def test_200_a_second_paces_live_traffic_and_the_backlog(self):
+        m = self.broker()
+        d = self.daemon(m.port, sections={"broker": {"max_publish_rate": "200",
+                                                     "reconnect_min": "3", "reconnect_max": "3"}})
+        ext = self.direct_sub(m.port, "r/#")
+        with d.client() as c:
+            c.ok("events", connection=True)
+            t0 = time.monotonic()
+            for i in range(1000):
+                c.send({"op": "publish", "topic": "r/x", "payload": str(i), "qos": 1,
+                        "wait": False})
+            got, slowest_ping, limited_seen = [], 0.0, False
+            while len(got) < 1000:
+                got.append(ext.next()[1].decode())
+                if len(got) % 100 == 0:  # the daemon answers other ops meanwhile
+                    p0 = time.monotonic()
+                    limited_seen |= c.ok("status")["status"]["rate_limited"]
+                    slowest_ping = max(slowest_ping, time.monotonic() - p0)
+            took = time.monotonic() - t0
+            self.assertEqual(got, [str(i) for i in range(1000)])  # none lost, in order
+            # A bucket one second deep: 200 at once, then 200 a second.
+            self.assertGreater(took, 3.5)
+            self.assertLess(took, 15)
+            self.assertTrue(limited_seen)
+            self.assertLess(slowest_ping, 0.5)
+            wait_ms = c.ok("stats")["stats"]["rate_limited_ms"]
+            self.assertGreater(wait_ms, 3000)
+            self.assertFalse(c.ok("status")["status"]["rate_limited"])
+            # The backlog drained after a reconnect goes at the same pace.
+            m.stop()
+            c.event("disconnected", timeout=WAIT)
+            for i in range(600):
+                c.send({"op": "publish", "topic": "r/y", "payload": str(i), "qos": 1,
+                        "wait": False})
+            c.ok("ping")
+            m.start()
+            ext = self.direct_sub(m.port, "r/#")  # before the daemon is back (3 s)
+            first = ext.next()
+            t1 = time.monotonic()
+            rest = [ext.next()[1].decode() for _ in range(599)]
+            self.assertEqual([first[1].decode()] + rest, [str(i) for i in range(600)])
+            self.assertGreater(time.monotonic() - t1, 1.5)  # 200 at once, 400 at 200 a second
+        print(f"\n1000 messages at max_publish_rate 200: {took:.1f} s at the subscriber, "
+              f"slowest status meanwhile {slowest_ping * 1000:.0f} ms")
+
+
 class Configuration(TestCase):
     def check(self, **topics):
         conf = os.path.join(self.tmp, "bad.conf")
@@ -104,6 +152,16 @@ class Configuration(TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("not valid", r.stderr)
         self.assertEqual(self.check(mount="devices/%h/%c/").returncode, 0)
+
+    def test_bad_rates_are_named(self):
+        conf = os.path.join(self.tmp, "rate.conf")
+        for value in ("-5", "fast", "1.5"):
+            with open(conf, "w") as f:
+                f.write(f"[broker]\nhost = 127.0.0.1\nmax_publish_rate = {value}\n")
+            r = subprocess.run([DAEMON, "--check-config", "-c", conf], capture_output=True,
+                               text=True, timeout=WAIT)
+            self.assertEqual(r.returncode, 1, value)
+            self.assertIn("rate.conf:3: max_publish_rate must be a whole number", r.stderr)
 
 
 if __name__ == "__main__":
