@@ -59,10 +59,8 @@ int main(int argc, char **argv)
      * is sent (a publish is answered once the broker has it, a subscribe once it granted). */
     mqb_subscribe(c, argv[1], 1, on_reply, &s);
     mqb_publish(c,
-                &(mqb_publish_args){.topic = argv[2],
-                                    .payload = argv[3],
-                                    .payload_len = strlen(argv[3]),
-                                    .qos = 1},
+                &(mqb_publish_args){
+                    .topic = argv[2], .payload = argv[3], .payload_len = strlen(argv[3]), .qos = 1},
                 on_reply, &s);
     while (s.got < s.wanted && !s.failed) {
         struct pollfd p = {.fd = mqb_fd(c), .events = mqb_poll_events(c)};

@@ -1126,17 +1126,46 @@ static Pending *find_pending(Impl *m, uint16_t id, enum pending_kind kind)
 
 /* ---- link state ---- */
 
-static int64_t backoff_ms(Impl *m)
+int64_t session_backoff_ms(enum session_jitter jitter, unsigned *attempts, bool overload,
+                           int64_t min_ms, int64_t max_ms, uint64_t random)
 {
-    int64_t d = m->cfg.reconnect_min_ms;
-    for (unsigned i = 0; i < m->attempts && d < m->cfg.reconnect_max_ms; i++) {
+    if (jitter == SESSION_JITTER_FULL && overload) {
+        *attempts += 2; /* the window doubled twice more, ... */
+        max_ms *= 2;    /* ... up to twice the usual ceiling */
+    }
+    int64_t d = min_ms;
+    for (unsigned i = 0; i < *attempts && d < max_ms; i++) {
         d *= 2;
     }
-    if (d > m->cfg.reconnect_max_ms) {
-        d = m->cfg.reconnect_max_ms;
+    if (d > max_ms) {
+        d = max_ms;
     }
-    /* Jitter in [d/2, d], so a fleet restarted together does not reconnect together. */
-    return d / 2 + (int64_t)(rand64(m) % (uint64_t)(d / 2 + 1));
+    ++*attempts;
+    if (jitter == SESSION_JITTER_EQUAL) { /* [d/2, d]: what 0.1 did */
+        return d / 2 + (int64_t)(random % (uint64_t)(d / 2 + 1));
+    }
+    return (int64_t)(random % (uint64_t)(d + 1)); /* [0, d]: "full jitter" */
+}
+
+/* Why the link went down says the broker (or the cluster behind it) is overloaded: a refused
+ * TCP connection, 3.1.1's Server unavailable, MQTT 5's Server busy, Quota exceeded, or "use
+ * another server" (which every client of a draining node hears at once). */
+static bool overload_signal(int code, bool refused, int broker_reason)
+{
+    int rc = refused ? code : broker_reason;
+    return (!refused && code == ECONNREFUSED) || (refused && code == 3) /* 3.1.1: unavailable */ ||
+           rc == MQTT_RC_SERVER_BUSY || rc == MQTT_RC_QUOTA_EXCEEDED ||
+           rc == MQTT_RC_USE_ANOTHER_SERVER || rc == MQTT_RC_SERVER_MOVED;
+}
+
+/* Full jitter over an exponential window (so a fleet that lost its broker together spreads
+ * its reconnects over the whole window, not its second half), widened further when the broker
+ * signals overload (counting the attempt). */
+static int64_t backoff_ms(Impl *m, int code, bool refused)
+{
+    return session_backoff_ms(SESSION_JITTER_FULL, &m->attempts,
+                              overload_signal(code, refused, m->down_reason),
+                              m->cfg.reconnect_min_ms, m->cfg.reconnect_max_ms, rand64(m));
 }
 
 static void link_down(Impl *m, int64_t now, int code, bool refused, const char *reason)
@@ -1156,8 +1185,7 @@ static void link_down(Impl *m, int64_t now, int code, bool refused, const char *
         m->attempts = 0;
     }
     s->state = SESSION_IDLE;
-    s->retry_at = now + backoff_ms(m);
-    m->attempts++;
+    s->retry_at = now + backoff_ms(m, code, refused);
     free_list(&m->pings);
     buf_clear(&m->dec.in);
     /* Requests on the wire are sent again on the next link. */

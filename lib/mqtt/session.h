@@ -231,6 +231,15 @@ struct Session {
 
 int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *userdata,
                 Session **ret);
+
+/* The reconnect delay after `*attempts` failed ones (counting this one: *attempts grows): an
+ * exponential window from min to max, and a point in it drawn from `random`. FULL (the
+ * session's): anywhere in [0, window]; after an overload signal (a refused connection, Server
+ * busy, Quota exceeded, use another server) the window is doubled twice more, up to twice max.
+ * EQUAL (what 0.1 did, no signals; kept for the comparison in tests/sim): [window/2, window]. */
+enum session_jitter { SESSION_JITTER_FULL, SESSION_JITTER_EQUAL };
+int64_t session_backoff_ms(enum session_jitter jitter, unsigned *attempts, bool overload,
+                           int64_t min_ms, int64_t max_ms, uint64_t random);
 void session_free(Session *s);
 
 /* Replace the configuration (copied); it takes effect at the next connect. */
