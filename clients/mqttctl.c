@@ -20,6 +20,7 @@
 #include "base64.h"
 #include "defaults.h"
 #include "ipc/protocol.h"
+#include "ipc/openmetrics.h"
 #include "mqttbridge/client.h"
 #include "utf8.h"
 #include "v5opts.h"
@@ -38,7 +39,8 @@ static void usage(FILE *f)
            "\n"
            "Commands:\n"
            "  status                      the broker session and the daemon, summarised\n"
-           "  stats [--reset]             every counter; --reset zeroes them (admin)\n"
+           "  stats [--reset|--openmetrics]  every counter; --reset zeroes them (admin);\n"
+           "                              --openmetrics: the OpenMetrics text format\n"
            "  pub -t TOPIC (-m MSG | -f FILE | -l | -n) [-q QOS] [-r]\n"
            "                              publish a message, a file, each stdin line, or nothing\n"
            "                              [-D publish PROPERTY VALUE...]\n"
@@ -241,12 +243,39 @@ static int cmd_status(void)
     return 0;
 }
 
+/* The statistics in the OpenMetrics text format (lib/ipc/openmetrics.c). */
+static int print_openmetrics(void)
+{
+    json_t *reply;
+    bool was = json_out;
+    json_out = false; /* the reply is not printed as JSON: the exposition is */
+    int r = fetch("stats", &reply);
+    json_out = was;
+    if (r) {
+        return r < 0 ? 0 : r;
+    }
+    Buf out = {0};
+    r = openmetrics_write(&out, json_object_get(reply, "stats"));
+    if (r == 0 && fwrite(out.data, 1, out.len, stdout) != out.len) {
+        r = -EIO;
+    }
+    buf_free(&out);
+    json_decref(reply);
+    if (r < 0) {
+        fprintf(stderr, "mqttctl: cannot write the metrics: %s\n", strerror(-r));
+        return EXIT_UNREACHABLE;
+    }
+    return 0;
+}
+
 static int cmd_stats(int argc, char **argv)
 {
     bool reset = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--reset") == 0) {
             reset = true;
+        } else if (strcmp(argv[i], "--openmetrics") == 0) {
+            return print_openmetrics();
         } else {
             return usage_error("stats: unknown option '%s'", argv[i]);
         }
@@ -269,11 +298,13 @@ static int cmd_stats(int argc, char **argv)
     size_t width = 0;
     json_object_foreach(st, key, v)
     {
-        width = strlen(key) > width ? strlen(key) : width;
+        width = json_is_integer(v) && strlen(key) > width ? strlen(key) : width;
     }
     json_object_foreach(st, key, v)
     {
-        printf("%-*s %12lld\n", (int)width, key, (long long)json_integer_value(v));
+        if (json_is_integer(v)) { /* (the histograms: --openmetrics) */
+            printf("%-*s %12lld\n", (int)width, key, (long long)json_integer_value(v));
+        }
     }
     json_decref(reply);
     return 0;

@@ -23,6 +23,7 @@
 #include "ops.h"
 #include "reload.h"
 #include "rpc.h"
+#include "metrics.h"
 #include "sessions.h"
 #include "subs.h"
 #include "tls.h"
@@ -262,6 +263,7 @@ static void stop(Daemon *d)
                     held - kept);
     }
     server_stop(&d->server);
+    metrics_stop(d);
     names_free(&d->names);
     broker_stop(&d->broker);
     sessions_flush(d);
@@ -384,6 +386,7 @@ int main(int argc, char **argv)
              d->cfg.broker.host_list, d->client_id);
     notify_status("connecting to %s", d->cfg.broker.host_list);
     notify_start(d->loop);
+    metrics_start(d);
     notify_ready(); /* the socket accepts clients now; the broker may come later */
     broker_kick(&d->broker);
     ev_run(d->loop, 0);

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "reload.h"
 #include "rpc.h"
+#include "metrics.h"
 #include "sessions.h"
 #include "spool/record.h"
 #include "subs.h"
@@ -362,56 +363,10 @@ static void op_status(Client *c, Request *r)
     answer_ok(c, r->id, json_pack("{s:o}", "status", st));
 }
 
-static json_int_t avg(uint64_t sum, uint64_t n)
-{
-    return n ? (json_int_t)((sum + n / 2) / n) : 0;
-}
-
 static void op_stats(Client *c, Request *r)
 {
-    Daemon *d = c->d;
-    Session *s = d->broker.session;
-    const SessionStats *t = &s->stats;
-    json_t *st = json_pack(
-        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-        " s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-        "packets_sent", (json_int_t)t->packets_sent, "packets_received",
-        (json_int_t)t->packets_received, "bytes_sent", (json_int_t)t->bytes_sent, "bytes_received",
-        (json_int_t)t->bytes_received, "pub_ok_count", (json_int_t)t->pub_ok, "pub_fail_count",
-        (json_int_t)t->pub_fail, "pub_rtt_ms", avg(t->pub_rtt_sum_ms, t->pub_rtt_n),
-        "pub_package_avg_size", avg(t->pub_bytes_sum, t->pub_bytes_n), "sub_package_avg_size",
-        avg(t->sub_bytes_sum, t->sub_bytes_n), "connections_sent", (json_int_t)t->connections_sent,
-        "connections_failed", (json_int_t)t->connections_failed, "ping_sent_count",
-        (json_int_t)t->ping_sent, "ping_received_count", (json_int_t)t->ping_received,
-        "ping_rtt_ms", avg(t->ping_rtt_sum_ms, t->ping_received),
-        /* extras */
-        "reconnects", (json_int_t)t->reconnects, "queued", (json_int_t)s->queued, "inflight",
-        (json_int_t)s->inflight, "queued_bytes", (json_int_t)s->queued_bytes, "local_clients",
-        (json_int_t)d->server.n_admitted, "subscriptions", (json_int_t)d->router.filters.count,
-        "messages_received", (json_int_t)t->messages_received, "messages_delivered",
-        (json_int_t)d->stats.messages_delivered, "messages_dropped",
-        (json_int_t)d->stats.messages_dropped, "duplicates_dropped",
-        (json_int_t)t->duplicates_dropped, "clients_rejected", (json_int_t)d->server.rejected);
-    json_object_set_new(st, "subscriptions_lost", json_integer((json_int_t)t->subscriptions_lost));
-    json_object_set_new(st, "topic_aliases_used", json_integer((json_int_t)t->topic_aliases_used));
-    json_object_set_new(st, "messages_expired", json_integer((json_int_t)t->messages_expired));
-    json_object_set_new(st, "properties_dropped", json_integer((json_int_t)t->properties_dropped));
-    json_object_set_new(st, "responses_unmatched", json_integer((json_int_t)d->rpc.unmatched));
-    json_object_set_new(st, "sessions", json_integer((json_int_t)d->sessions.count));
-    int64_t limited = s->rate_limited_since ? now_ms() - s->rate_limited_since : 0;
-    json_object_set_new(st, "rate_limited_ms",
-                        json_integer((json_int_t)(t->rate_limited_ms + (uint64_t)limited)));
-    if (d->spool) {
-        SpoolHealth h;
-        spool_health(d->spool, &h);
-        json_object_set_new(st, "spool_damaged_regions",
-                            json_integer((json_int_t)h.damaged_regions));
-        json_object_set_new(st, "spool_damaged_bytes", json_integer((json_int_t)h.damaged_bytes));
-        json_object_set_new(st, "spool_pending", json_integer((json_int_t)spool_pending(d->spool)));
-        json_object_set_new(st, "spool_bytes",
-                            json_integer((json_int_t)spool_disk_bytes(d->spool)));
-    }
-    answer_ok(c, r->id, json_pack("{s:o}", "stats", st));
+    json_t *st = metrics_stats(c->d);
+    answer_ok(c, r->id, st ? json_pack("{s:o}", "stats", st) : NULL);
 }
 
 static void op_ping(Client *c, Request *r)

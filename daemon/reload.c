@@ -13,6 +13,7 @@
 #include "access.h"
 #include "log.h"
 #include "notify.h"
+#include "metrics.h"
 #include "sessions.h"
 
 #define MAX_CONFIG_FILE (1 << 20)
@@ -208,6 +209,7 @@ int daemon_reload(Daemon *d, char *err, size_t errlen)
     server_limits_changed(&d->server);
     access_reload(d);
     sessions_reload(d);
+    metrics_reload(d);
     log_info("configuration reloaded from %s%s", d->config_path,
              reconnect ? "; reconnecting to apply the broker settings" : "");
     if (reconnect) {

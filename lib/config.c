@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "defaults.h"
 #include "buf.h"
@@ -34,8 +35,9 @@ enum key_type {
     K_TLSVER,
     K_PROTOCOL,
     K_EXPIRY,
-    K_MOUNT,   /* a string: a mount point pattern */
-    K_FILTERS, /* a string: comma-separated topic filters */
+    K_MOUNT,    /* a string: a mount point pattern */
+    K_FILTERS,  /* a string: comma-separated topic filters */
+    K_TEXTFILE, /* a string: a file path whose directory exists */
 };
 
 typedef struct Key {
@@ -112,11 +114,13 @@ static const Key keys[] = {
     KEY("sessions", "default_expiry", K_UINT, sessions.default_expiry, 0, 4294967295ull, NOW),
     KEY("topics", "mount", K_MOUNT, topics.mount, 0, 65535, START),
     KEY("topics", "unmounted", K_FILTERS, topics.unmounted, 0, 65535, START),
+    KEY("metrics", "textfile", K_TEXTFILE, metrics.textfile, 0, 4000, NOW),
+    KEY("metrics", "interval", K_UINT, metrics.interval, 1, 86400, NOW),
 };
 
 static bool is_string(enum key_type t)
 {
-    return t == K_STRING || t == K_HOSTS || t == K_MOUNT || t == K_FILTERS;
+    return t == K_STRING || t == K_HOSTS || t == K_MOUNT || t == K_FILTERS || t == K_TEXTFILE;
 }
 
 static const char *const level_names[] = {"error", "warning", "info", "debug", "packet"};
@@ -179,6 +183,7 @@ int config_init(Config *cfg)
                   .max_bytes = DEFAULT_QUEUE_MAX_BYTES,
                   .fsync = FSYNC_BATCH},
         .log = {.level = LOG_LEVEL_INFO},
+        .metrics = {.interval = 15},
     };
     char err[64];
     if (set_string(&cfg->ipc.socket, DEFAULT_SOCKET) < 0 ||
@@ -409,6 +414,27 @@ static int parse_expiry(const char *v, const Key *k, void *slot, char *err, size
     return 0;
 }
 
+/* A file the daemon writes: an absolute path in a directory that exists ("" : none). */
+static int check_textfile(const char *v, char *err, size_t errlen)
+{
+    if (!*v) {
+        return 0;
+    }
+    const char *slash = strrchr(v, '/');
+    if (v[0] != '/' || !slash[1]) {
+        fmt(err, errlen, "textfile must be an absolute file path, not '%s'", v);
+        return -EINVAL;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%.*s", slash == v ? 1 : (int)(slash - v), v);
+    struct stat st;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        fmt(err, errlen, "textfile: the directory %s does not exist", dir);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int set_key(Config *cfg, const Key *k, const char *v, char *err, size_t errlen)
 {
     void *slot = (char *)cfg + k->offset;
@@ -475,6 +501,8 @@ static int set_key(Config *cfg, const Key *k, const char *v, char *err, size_t e
         return parse_protocol(v, slot, err, errlen);
     case K_EXPIRY:
         return parse_expiry(v, k, slot, err, errlen);
+    case K_TEXTFILE:
+        return check_textfile(v, err, errlen) < 0 ? -EINVAL : set_string(slot, v);
     case K_MOUNT:
     case K_FILTERS: { /* checked as the daemon will use it (a sample host name, client id) */
         MqttMount m;
@@ -658,6 +686,7 @@ static bool key_equal(const Key *k, const Config *a, const Config *b)
     case K_HOSTS:
     case K_MOUNT:
     case K_FILTERS:
+    case K_TEXTFILE:
         return str_eq(*(char *const *)pa, *(char *const *)pb);
     case K_PORT:
         return *(const uint16_t *)pa == *(const uint16_t *)pb;

@@ -92,6 +92,10 @@ typedef struct Config {
         unsigned default_expiry;        /* seconds */
     } sessions;
     struct {
+        char *textfile;    /* OpenMetrics written there for node_exporter; NULL/"": none */
+        unsigned interval; /* seconds */
+    } metrics;
+    struct {
         char *mount;     /* a pattern (%h, %c, %%); NULL/"": no mount point (lib/mqtt/mount.h) */
         char *unmounted; /* comma-separated filters passed through unchanged */
     } topics;

@@ -193,6 +193,18 @@ static Impl *impl(Session *s)
     return (Impl *)s;
 }
 
+const uint32_t session_rtt_bounds_ms[SESSION_RTT_BUCKETS] = {1,   2,   5,   10,   25,   50,
+                                                             100, 250, 500, 1000, 2500, 5000};
+
+static void count_rtt(uint64_t *hist, int64_t ms)
+{
+    size_t i = 0;
+    while (i < SESSION_RTT_BUCKETS && ms > (int64_t)session_rtt_bounds_ms[i]) {
+        i++;
+    }
+    hist[i]++;
+}
+
 const char *session_state_name(enum session_state st)
 {
     static const char *const names[] = {"idle", "connecting", "connack_wait", "connected",
@@ -553,6 +565,7 @@ static void msg_finish(Impl *m, SessionMsg *msg, bool was_inflight, int64_t now,
 {
     if (msg->qos > 0 && msg->id) {
         m->pub.stats.pub_rtt_sum_ms += (uint64_t)(now - msg->sent_at);
+        count_rtt(m->pub.stats.pub_rtt_hist, now - msg->sent_at);
         m->pub.stats.pub_rtt_n++;
     }
     if (!msg->counted) {
@@ -1705,6 +1718,7 @@ static void handle_pingresp(Impl *m, int64_t now)
     free(ping);
     s->stats.ping_received++;
     s->stats.ping_rtt_sum_ms += (uint64_t)rtt;
+    count_rtt(s->stats.ping_rtt_hist, rtt);
     s->last_ping_rtt_ms = rtt;
     if (barrier) {
         pending_done(m, barrier, (Outcome){0});

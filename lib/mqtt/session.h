@@ -175,6 +175,11 @@ typedef struct SessionCallbacks {
 } SessionCallbacks;
 
 /* Counters behind the stats keys (averages are derived from sums and counts). */
+/* Round-trip histograms (publish, ping): upper bounds in ms of all but the last bucket, which
+ * counts what is above the highest. */
+#define SESSION_RTT_BUCKETS 12
+extern const uint32_t session_rtt_bounds_ms[SESSION_RTT_BUCKETS];
+
 typedef struct SessionStats {
     uint64_t packets_sent, packets_received, bytes_sent, bytes_received;
     uint64_t pub_ok, pub_fail;
@@ -190,6 +195,7 @@ typedef struct SessionStats {
     uint64_t messages_expired;   /* outgoing messages whose Message Expiry passed in the queue */
     uint64_t properties_dropped; /* outgoing messages whose MQTT 5 properties a 3.1.1 link lost */
     uint64_t rate_limited_ms;    /* time the publish rate limit held messages back (ended spells) */
+    uint64_t pub_rtt_hist[SESSION_RTT_BUCKETS + 1], ping_rtt_hist[SESSION_RTT_BUCKETS + 1];
 } SessionStats;
 
 typedef struct SessionPublish {

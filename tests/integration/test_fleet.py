@@ -7,7 +7,10 @@ import signal
 import subprocess
 import time
 
-from harness import DAEMON, TEST_PROTOCOL, WAIT, TestCase, main
+import shutil
+
+import openmetrics
+from harness import DAEMON, MQTTCTL, TEST_PROTOCOL, WAIT, TestCase, main, wait_until
 
 MOSQUITTO_PUB = "/usr/bin/mosquitto_pub"
 
@@ -130,6 +133,58 @@ class RateLimit(TestCase):
               f"slowest status meanwhile {slowest_ping * 1000:.0f} ms")
 
 
+class Metrics(TestCase):
+    def check_exposition(self, text):
+        fams = openmetrics.parse(text)  # raises on anything the format does not allow
+        self.assertEqual(fams["mqttbridge_publishes_completed_total"]["type"], "counter")
+        self.assertEqual(fams["mqttbridge_queued_messages"]["type"], "gauge")
+        for h in ("mqttbridge_publish_rtt_seconds", "mqttbridge_ping_rtt_seconds"):
+            self.assertEqual(fams[h]["type"], "histogram")
+        promtool = shutil.which("promtool")
+        if promtool:
+            r = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                               capture_output=True, timeout=WAIT)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return fams
+
+    def test_mqttctl_stats_openmetrics(self):
+        m = self.broker()
+        d = self.daemon(m.port, sections={"broker": {"keepalive": "1"}})
+        with d.client() as c:
+            for i in range(5):
+                c.ok("publish", topic="m/x", payload="x", qos=1)
+            c.ok("events", ping=True)
+            c.event("ping", timeout=WAIT)  # a ping round trip is measured
+        r = subprocess.run([MQTTCTL, "-s", d.socket, "stats", "--openmetrics"],
+                           capture_output=True, text=True, timeout=WAIT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        fams = self.check_exposition(r.stdout)
+        total = fams["mqttbridge_publishes_completed_total"]["samples"]
+        self.assertEqual(total, [("mqttbridge_publishes_completed_total", {}, 5.0)])
+        pub = dict((s[0], s[2]) for s in fams["mqttbridge_publish_rtt_seconds"]["samples"]
+                   if s[0] != "mqttbridge_publish_rtt_seconds_bucket")
+        self.assertEqual(pub["mqttbridge_publish_rtt_seconds_count"], 5.0)
+        ping = fams["mqttbridge_ping_rtt_seconds"]["samples"]
+        self.assertGreaterEqual(ping[-1][2], 1.0)  # _count
+
+    def test_textfile_for_node_exporter(self):
+        m = self.broker()
+        prom = os.path.join(self.tmp, "collector", "mqttbridge.prom")
+        os.makedirs(os.path.dirname(prom))
+        d = self.daemon(m.port, sections={"metrics": {"textfile": prom, "interval": "1"}})
+        with d.client() as c:
+            c.ok("publish", topic="m/x", payload="x", qos=1)
+
+        def published():
+            if not os.path.exists(prom):
+                return False
+            with open(prom) as f:
+                fams = self.check_exposition(f.read())
+            return fams["mqttbridge_publishes_completed_total"]["samples"][0][2] == 1.0
+        wait_until(published, timeout=WAIT, what="the textfile with the publish")
+        self.assertEqual(os.listdir(os.path.dirname(prom)), ["mqttbridge.prom"])  # no leftovers
+
+
 class Configuration(TestCase):
     def check(self, **topics):
         conf = os.path.join(self.tmp, "bad.conf")
@@ -162,6 +217,16 @@ class Configuration(TestCase):
                                text=True, timeout=WAIT)
             self.assertEqual(r.returncode, 1, value)
             self.assertIn("rate.conf:3: max_publish_rate must be a whole number", r.stderr)
+
+    def test_a_textfile_in_a_missing_directory_is_named(self):
+        conf = os.path.join(self.tmp, "m.conf")
+        with open(conf, "w") as f:
+            f.write("[broker]\nhost = 127.0.0.1\n[metrics]\ntextfile = /nonexistent/dir/x.prom\n")
+        r = subprocess.run([DAEMON, "--check-config", "-c", conf], capture_output=True,
+                           text=True, timeout=WAIT)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("m.conf:4: textfile: the directory /nonexistent/dir does not exist",
+                      r.stderr)
 
 
 if __name__ == "__main__":
