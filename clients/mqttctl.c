@@ -51,6 +51,7 @@ static void usage(FILE *f)
            "                              send a request, print its response (MQTT 5)\n"
            "  sessions                    the named sessions (admin)\n"
            "  ping                        round trip to the daemon and the broker\n"
+           "  top [--once]                a live view, once a second (--once: one frame, plain)\n"
            "  reconnect                   drop and re-establish the broker session (admin)\n"
            "  reload                      re-read the daemon's configuration (admin)\n"
            "  version                     versions of mqttctl and the daemon\n"
@@ -308,6 +309,106 @@ static int cmd_stats(int argc, char **argv)
     }
     json_decref(reply);
     return 0;
+}
+
+/* ---- top ---- */
+
+static json_int_t num(const json_t *o, const char *key)
+{
+    return json_integer_value(json_object_get(o, key));
+}
+
+/* "p50 2 ms  p90 5 ms  p99 10 ms" of a percentiles object ("-" when nothing was measured). */
+static void put_percentiles(FILE *f, const json_t *p)
+{
+    static const char *const names[] = {"p50", "p90", "p99"};
+    for (int i = 0; i < 3; i++) {
+        const json_t *v = json_object_get(p, names[i]);
+        if (json_is_integer(v) && json_integer_value(v) > 5000) {
+            fprintf(f, "%s%s >5 s", i ? "  " : "", names[i]);
+        } else if (json_is_integer(v)) {
+            fprintf(f, "%s%s %lld ms", i ? "  " : "", names[i], (long long)json_integer_value(v));
+        } else {
+            fprintf(f, "%s%s -", i ? "  " : "", names[i]);
+        }
+    }
+    fputc('\n', f);
+}
+
+/* One frame from a status and a stats reply. The daemon keeps the rates and percentiles. */
+static void draw(FILE *f, const json_t *status, const json_t *stats)
+{
+    char since[64] = "";
+    json_t *up = json_object_get(status, "connected_for_s");
+    if (json_is_integer(up)) {
+        duration(since, sizeof(since), json_integer_value(up));
+    }
+    const char *proto = json_string_value(json_object_get(status, "protocol"));
+    if (json_is_true(json_object_get(status, "connected"))) {
+        fprintf(f, "broker      connected to %s for %s (MQTT %s)\n",
+                json_string_value(json_object_get(status, "broker")), since, proto ? proto : "?");
+    } else {
+        const char *err = json_string_value(json_object_get(status, "last_error"));
+        fprintf(f, "broker      NOT connected (%s): %s\n",
+                json_string_value(json_object_get(status, "state")), err ? err : "");
+    }
+    const json_t *rates = json_object_get(stats, "rates");
+    fprintf(f, "messages/s  in %.1f  out %.1f\n",
+            json_number_value(json_object_get(rates, "messages_in_per_s")),
+            json_number_value(json_object_get(rates, "messages_out_per_s")));
+    fprintf(f, "queue       queued %lld  in flight %lld  rate limited %s\n",
+            (long long)num(stats, "queued"), (long long)num(stats, "inflight"),
+            json_is_true(json_object_get(status, "rate_limited")) ? "yes" : "no");
+    fprintf(f, "local       clients %lld  subscriptions %lld  sessions %lld\n",
+            (long long)num(stats, "local_clients"), (long long)num(stats, "subscriptions"),
+            (long long)num(stats, "sessions"));
+    const json_t *pct = json_object_get(stats, "percentiles");
+    fprintf(f, "publish rtt ");
+    put_percentiles(f, json_object_get(pct, "publish_rtt_ms"));
+    fprintf(f, "ping rtt    ");
+    put_percentiles(f, json_object_get(pct, "ping_rtt_ms"));
+    fprintf(f, "dropped     %lld  expired %lld  failed %lld  reconnects %lld\n",
+            (long long)num(stats, "messages_dropped"), (long long)num(stats, "messages_expired"),
+            (long long)num(stats, "pub_fail_count"), (long long)num(stats, "reconnects"));
+}
+
+static int cmd_top(int argc, char **argv)
+{
+    bool once = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--once") == 0) {
+            once = true;
+        } else {
+            return usage_error("top: unknown option '%s'", argv[i]);
+        }
+    }
+    mqb_client *c;
+    int r = connect_daemon(&c);
+    for (bool first = true; r == 0 && (first || !once); first = false) {
+        json_t *status = NULL, *stats = NULL;
+        r = mqb_call(c, json_pack("{s:s}", "op", "status"), &status, timeout_ms);
+        if (r == 0) {
+            r = mqb_call(c, json_pack("{s:s}", "op", "stats"), &stats, timeout_ms);
+        }
+        if (r == 0) {
+            if (!once) {
+                fputs("\033[H\033[2J", stdout); /* home, clear */
+            }
+            draw(stdout, json_object_get(status, "status"), json_object_get(stats, "stats"));
+            fflush(stdout);
+        }
+        json_decref(status);
+        json_decref(stats);
+        if (r == 0 && !once) {
+            struct timespec second = {1, 0};
+            (void)nanosleep(&second, NULL); /* a signal ends it early: the next frame comes */
+        }
+    }
+    if (r > 0) {
+        return r; /* could not connect: said */
+    }
+    mqb_close(c);
+    return r < 0 ? lost(r) : 0;
 }
 
 /* The named sessions, one per line, aligned (an admin op). */
@@ -1128,6 +1229,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "rr") == 0) {
         return cmd_rr(n, args);
+    }
+    if (strcmp(cmd, "top") == 0) {
+        return cmd_top(n, args);
     }
     if (strcmp(cmd, "stats") == 0) {
         int m = 0;

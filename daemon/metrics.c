@@ -40,6 +40,51 @@ static json_t *histograms(const SessionStats *t)
                      ping, "sum_ms", (json_int_t)t->ping_rtt_sum_ms);
 }
 
+/* Messages a second in and out, over the last few seconds (sampled every second). */
+#define RATE_SAMPLES 6
+static struct {
+    ev_timer tick;
+    uint64_t in[RATE_SAMPLES], out[RATE_SAMPLES]; /* PUBLISH packets received and sent */
+    size_t n, at;                                 /* samples taken (up to all), the next slot */
+} rates;
+
+static void on_sample(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    const SessionStats *st = &((Daemon *)t->data)->broker.session->stats;
+    rates.in[rates.at] = st->sub_bytes_n;
+    rates.out[rates.at] = st->pub_bytes_n;
+    rates.at = (rates.at + 1) % RATE_SAMPLES;
+    rates.n += rates.n < RATE_SAMPLES;
+}
+
+static json_t *per_second(const uint64_t *ring)
+{
+    if (rates.n < 2) {
+        return json_real(0.0);
+    }
+    size_t newest = (rates.at + RATE_SAMPLES - 1) % RATE_SAMPLES;
+    size_t oldest = rates.n < RATE_SAMPLES ? 0 : rates.at;
+    return json_real((double)(ring[newest] - ring[oldest]) / (double)(rates.n - 1));
+}
+
+static json_t *quantiles(const uint64_t *hist)
+{
+    json_t *q = json_object();
+    static const struct {
+        const char *name;
+        double q;
+    } qs[] = {{"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99}};
+    for (size_t i = 0; q && i < 3; i++) {
+        int64_t v = session_rtt_quantile(hist, qs[i].q);
+        int64_t over = (int64_t)session_rtt_bounds_ms[SESSION_RTT_BUCKETS - 1] + 1;
+        json_object_set_new(q, qs[i].name,
+                            v < 0 ? json_null() : json_integer(v == INT64_MAX ? over : v));
+    }
+    return q;
+}
+
 json_t *metrics_stats(Daemon *d)
 {
     Session *s = d->broker.session;
@@ -87,6 +132,12 @@ json_t *metrics_stats(Daemon *d)
                             json_integer((json_int_t)spool_disk_bytes(d->spool)));
     }
     json_object_set_new(st, "histograms", histograms(t));
+    json_object_set_new(st, "rates",
+                        json_pack("{s:o, s:o}", "messages_in_per_s", per_second(rates.in),
+                                  "messages_out_per_s", per_second(rates.out)));
+    json_object_set_new(st, "percentiles",
+                        json_pack("{s:o, s:o}", "publish_rtt_ms", quantiles(t->pub_rtt_hist),
+                                  "ping_rtt_ms", quantiles(t->ping_rtt_hist)));
     return st;
 }
 
@@ -189,6 +240,11 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
 void metrics_start(Daemon *d)
 {
     const char *path = d->cfg.metrics.textfile;
+    if (!ev_is_active(&rates.tick)) {
+        ev_timer_init(&rates.tick, on_sample, 0.0, 1.0);
+        rates.tick.data = d;
+        ev_timer_start(d->loop, &rates.tick);
+    }
     ev_timer_stop(d->loop, &w.tick);
     if (!path || !*path) {
         return;
@@ -215,6 +271,7 @@ void metrics_reload(Daemon *d)
 
 void metrics_stop(Daemon *d)
 {
+    ev_timer_stop(d->loop, &rates.tick);
     ev_timer_stop(d->loop, &w.tick);
     if (!w.running) {
         return;

@@ -196,6 +196,24 @@ static Impl *impl(Session *s)
 const uint32_t session_rtt_bounds_ms[SESSION_RTT_BUCKETS] = {1,   2,   5,   10,   25,   50,
                                                              100, 250, 500, 1000, 2500, 5000};
 
+int64_t session_rtt_quantile(const uint64_t *hist, double q)
+{
+    uint64_t total = 0, seen = 0;
+    for (size_t i = 0; i <= SESSION_RTT_BUCKETS; i++) {
+        total += hist[i];
+    }
+    if (!total) {
+        return -1;
+    }
+    for (size_t i = 0; i < SESSION_RTT_BUCKETS; i++) {
+        seen += hist[i];
+        if ((double)seen >= q * (double)total) {
+            return session_rtt_bounds_ms[i];
+        }
+    }
+    return INT64_MAX;
+}
+
 static void count_rtt(uint64_t *hist, int64_t ms)
 {
     size_t i = 0;

@@ -179,6 +179,9 @@ typedef struct SessionCallbacks {
  * counts what is above the highest. */
 #define SESSION_RTT_BUCKETS 12
 extern const uint32_t session_rtt_bounds_ms[SESSION_RTT_BUCKETS];
+/* The q-quantile (0 < q <= 1) of a histogram as the upper bound (ms) of the bucket it falls in:
+ * -1 when it counts nothing, INT64_MAX above the highest bound. */
+int64_t session_rtt_quantile(const uint64_t *hist, double q);
 
 typedef struct SessionStats {
     uint64_t packets_sent, packets_received, bytes_sent, bytes_received;

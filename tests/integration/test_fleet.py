@@ -185,6 +185,38 @@ class Metrics(TestCase):
         self.assertEqual(os.listdir(os.path.dirname(prom)), ["mqttbridge.prom"])  # no leftovers
 
 
+class Top(TestCase):
+    def top(self, d):
+        r = subprocess.run([MQTTCTL, "-s", d.socket, "top", "--once"], capture_output=True,
+                           text=True, timeout=WAIT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("\033", r.stdout)  # a plain frame: no terminal control codes
+        return r.stdout.splitlines()
+
+    def test_once_draws_what_the_daemon_keeps(self):
+        m = self.broker()
+        d = self.daemon(m.port)
+        with d.client() as c:
+            def busy():  # publishing until the daemon's rate (sampled each second) shows it
+                for _ in range(20):
+                    c.ok("publish", topic="t/x", payload="x", qos=1)
+                return c.ok("stats")["stats"]["rates"]["messages_out_per_s"] > 0
+            wait_until(busy, what="a publish rate")
+            lines = self.top(d)
+        self.assertRegex(lines[0], rf"^broker +connected to 127\.0\.0\.1:{m.port} for \d+s")
+        out = float(lines[1].split("out ")[1])
+        self.assertGreater(out, 0)
+        self.assertRegex(lines[2], r"^queue +queued 0 +in flight 0 +rate limited no$")
+        self.assertRegex(lines[3], r"^local +clients 2 +subscriptions 0 +sessions 0$")  # c, top
+        self.assertRegex(lines[4], r"^publish rtt p50 \d+ ms +p90 \d+ ms +p99 \d+ ms$")
+        self.assertRegex(lines[5], r"^ping rtt +p50 - +p90 - +p99 -$")  # no ping yet
+        with d.client() as c:
+            c.ok("events", connection=True)
+            m.stop()
+            c.event("disconnected", timeout=WAIT)
+        self.assertRegex(self.top(d)[0], r"^broker +NOT connected \((idle|connecting)\)")
+
+
 class Configuration(TestCase):
     def check(self, **topics):
         conf = os.path.join(self.tmp, "bad.conf")
