@@ -15,6 +15,7 @@
 
 #include "access.h"
 #include "log.h"
+#include "pkcs11_uri.h"
 #include "subs.h"
 
 /* How long a new peer may wait for its user name before it is admitted without one
@@ -88,8 +89,11 @@ static int check_secret(const char *path, const char *what, char *err, size_t er
 int access_check_secrets(const Config *cfg, char *err, size_t errlen)
 {
     int r = check_secret(cfg->broker.password_file, "broker.password_file", err, errlen);
-    if (r == 0 && cfg->tls.enabled) {
+    if (r == 0 && cfg->tls.enabled && !pkcs11_uri_is(cfg->tls.key_file)) {
         r = check_secret(cfg->tls.key_file, "tls.key_file", err, errlen);
+    }
+    if (r == 0 && cfg->tls.enabled) {
+        r = check_secret(cfg->tls.pin_file, "tls.pin_file", err, errlen);
     }
     return r;
 }

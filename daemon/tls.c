@@ -12,12 +12,25 @@
 #include <wolfssl/error-ssl.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
+#include <wolfssl/wolfcrypt/wc_pkcs11.h>
 
 #include "log.h"
+#include "pkcs11_uri.h"
+
+/* A private key in a PKCS#11 token (key_file = pkcs11:...): the module, a logged-in session,
+ * and the wolfCrypt device that signs with it. The key never leaves the token. */
+typedef struct Token {
+    Pkcs11Uri uri;
+    Pkcs11Dev dev;
+    Pkcs11Token token;
+    int dev_id; /* registered with wolfCrypt; 0: none */
+    bool dev_loaded, token_open;
+} Token;
 
 struct TlsContext {
     WOLFSSL_CTX *ctx;
     unsigned refs; /* the daemon's, and one per connection made with it */
+    Token *token;  /* NULL: the key is a file */
 };
 
 struct TlsConn {
@@ -76,8 +89,10 @@ static WOLFSSL_CTX *make_ctx(const Config *cfg, char *err, size_t errlen)
 }
 
 /* The client certificate and key, read for each connection: two small files, so that
- * certificates rotated on disk are used at the next connect without a reload. */
-static int load_client_cert(WOLFSSL *ssl, const Config *cfg, char *err, size_t errlen)
+ * certificates rotated on disk are used at the next connect without a reload. A key in a
+ * token is named, and checked against the certificate by a signature the token makes. */
+static int load_client_cert(WOLFSSL *ssl, const TlsContext *c, const Config *cfg, char *err,
+                            size_t errlen)
 {
     const __typeof__(cfg->tls) *t = &cfg->tls;
     if (!set(t->cert_file)) {
@@ -88,6 +103,19 @@ static int load_client_cert(WOLFSSL *ssl, const Config *cfg, char *err, size_t e
                  t->cert_file);
         return -EINVAL;
     }
+    if (c->token) {
+        const Token *k = c->token;
+        int r = k->uri.object[0]
+                    ? wolfSSL_use_PrivateKey_Label(ssl, k->uri.object, k->dev_id)
+                    : wolfSSL_use_PrivateKey_Id(ssl, k->uri.id, (long)k->uri.id_len, k->dev_id);
+        if (r != WOLFSSL_SUCCESS || wolfSSL_check_private_key(ssl) != WOLFSSL_SUCCESS) {
+            snprintf(err, errlen,
+                     "TLS: the token has no private key %s matching %s (object or id wrong?)",
+                     t->key_file, t->cert_file);
+            return -EINVAL;
+        }
+        return 0;
+    }
     if (wolfSSL_use_PrivateKey_file(ssl, t->key_file, WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS ||
         wolfSSL_check_private_key(ssl) != WOLFSSL_SUCCESS) {
         snprintf(err, errlen, "TLS: cannot load the private key %s (PEM expected, matching %s)",
@@ -95,6 +123,122 @@ static int load_client_cert(WOLFSSL *ssl, const Config *cfg, char *err, size_t e
         return -EINVAL;
     }
     return 0;
+}
+
+static void close_token(Token *k)
+{
+    if (!k) {
+        return;
+    }
+    if (k->dev_id) {
+        wc_CryptoCb_UnRegisterDevice(k->dev_id);
+    }
+    if (k->token_open) {
+        wc_Pkcs11Token_Close(&k->token);
+    }
+    if (k->dev_loaded) {
+        wc_Pkcs11Token_Final(&k->token);
+        wc_Pkcs11_Finalize(&k->dev);
+    }
+    free(k);
+}
+
+/* The first line of the PIN file (its privacy is checked with the other secrets). */
+static int read_pin(const char *path, char *pin, size_t n, char *err, size_t errlen)
+{
+    pin[0] = 0;
+    if (!set(path)) {
+        return 0; /* a token without a PIN */
+    }
+    FILE *f = fopen(path, "re");
+    if (!f || !fgets(pin, (int)n, f)) {
+        snprintf(err, errlen, "TLS: cannot read tls.pin_file %s: %s", path,
+                 f ? "it is empty" : strerror(errno));
+        if (f) {
+            (void)fclose(f); /* read only */
+        }
+        return -EINVAL;
+    }
+    (void)fclose(f); /* read only */
+    pin[strcspn(pin, "\r\n")] = 0;
+    return 0;
+}
+
+/* The slot holding the token labelled `label` (the first with a token for ""). */
+static int find_slot(const Pkcs11Dev *dev, const char *label, CK_SLOT_ID *ret)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64;
+    if (dev->func->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) {
+        return -ENOENT;
+    }
+    size_t len = strlen(label);
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO info;
+        if (dev->func->C_GetTokenInfo(slots[i], &info) != CKR_OK) {
+            continue;
+        }
+        /* A label is 32 bytes, padded with spaces. */
+        bool match = len <= sizeof(info.label) && memcmp(info.label, label, len) == 0;
+        for (size_t k = len; match && k < sizeof(info.label); k++) {
+            match = info.label[k] == ' ';
+        }
+        if (match || !len) {
+            *ret = slots[i];
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+/* Load the module, log in to the token, and let wolfCrypt sign with it (dev_id). */
+static int open_token(TlsContext *c, const Config *cfg, char *err, size_t errlen)
+{
+    static int next_dev_id = 0x4d51; /* ours: any value other than INVALID_DEVID */
+    const __typeof__(cfg->tls) *t = &cfg->tls;
+    Token *k = calloc(1, sizeof(*k));
+    char pin[256];
+    if (!k) {
+        snprintf(err, errlen, "TLS: out of memory");
+        return -ENOMEM;
+    }
+    c->token = k;
+    int r = pkcs11_uri_parse(t->key_file, &k->uri, err, errlen); /* checked at parse time */
+    if (r == 0 && (r = read_pin(t->pin_file, pin, sizeof(pin), err, errlen)) == 0 &&
+        wc_Pkcs11_Initialize(&k->dev, t->pkcs11_module, NULL) != 0) {
+        snprintf(err, errlen, "TLS: cannot load the PKCS#11 module %s", t->pkcs11_module);
+        r = -EINVAL;
+    }
+    k->dev_loaded = r == 0;
+    CK_SLOT_ID slot = 0;
+    if (r == 0 && (r = find_slot(&k->dev, k->uri.token, &slot)) < 0) {
+        snprintf(err, errlen, "TLS: no PKCS#11 token '%s' in %s", k->uri.token, t->pkcs11_module);
+    }
+    if (r == 0) {
+        /* The slot is set after: wolfSSL takes it as an int, and slot ids are 32 bits. */
+        if (wc_Pkcs11Token_Init(&k->token, &k->dev, (int)slot, k->uri.token, (unsigned char *)pin,
+                                (int)strlen(pin)) != 0) {
+            snprintf(err, errlen, "TLS: cannot use PKCS#11 token '%s'", k->uri.token);
+            r = -EINVAL;
+        }
+        k->token.slotId = slot;
+    }
+    if (r == 0 && wc_Pkcs11Token_Open(&k->token, 1) != 0) { /* read-write: SoftHSM logs in so */
+        snprintf(err, errlen, "TLS: cannot log in to PKCS#11 token '%s' with %s (a wrong PIN?)",
+                 k->uri.token, set(t->pin_file) ? t->pin_file : "no PIN");
+        r = -EINVAL;
+    }
+    k->token_open = r == 0;
+    explicit_bzero(pin, sizeof(pin));
+    if (r == 0 && wc_CryptoCb_RegisterDevice(next_dev_id, wc_Pkcs11_CryptoDevCb, &k->token) != 0) {
+        snprintf(err, errlen, "TLS: cannot register the PKCS#11 token with wolfCrypt");
+        r = -EINVAL;
+    }
+    if (r == 0) {
+        k->dev_id = next_dev_id++;
+        wolfSSL_CTX_SetDevId(c->ctx, k->dev_id);
+    }
+    return r;
 }
 
 int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errlen)
@@ -113,10 +257,15 @@ int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errle
         free(c);
         return -EINVAL;
     }
+    int r;
     c->refs = 1;
+    if (pkcs11_uri_is(cfg->tls.key_file) && (r = open_token(c, cfg, err, errlen)) < 0) {
+        tls_context_unref(c);
+        return r;
+    }
     /* The client certificate is read per connection; try it once here to catch mistakes. */
     WOLFSSL *probe = wolfSSL_new(c->ctx);
-    int r = probe ? load_client_cert(probe, cfg, err, errlen) : -ENOMEM;
+    r = probe ? load_client_cert(probe, c, cfg, err, errlen) : -ENOMEM;
     if (probe) {
         wolfSSL_free(probe);
     } else {
@@ -134,6 +283,7 @@ void tls_context_unref(TlsContext *c)
 {
     if (c && --c->refs == 0) {
         wolfSSL_CTX_free(c->ctx);
+        close_token(c->token);
         free(c);
     }
 }
@@ -155,7 +305,7 @@ int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsCon
         tls_free(t);
         return -ENOMEM;
     }
-    int r = load_client_cert(t->ssl, cfg, err, errlen);
+    int r = load_client_cert(t->ssl, ctx, cfg, err, errlen);
     if (r < 0) {
         tls_free(t);
         return r;

@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "mqtt/mount.h"
+#include "pkcs11_uri.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -38,6 +39,7 @@ enum key_type {
     K_MOUNT,    /* a string: a mount point pattern */
     K_FILTERS,  /* a string: comma-separated topic filters */
     K_TEXTFILE, /* a string: a file path whose directory exists */
+    K_KEYFILE,  /* a string: a file path, or a PKCS#11 URI that parses */
 };
 
 typedef struct Key {
@@ -90,7 +92,9 @@ static const Key keys[] = {
     KEY("tls", "ca_file", K_STRING, tls.ca_file, 0, 4096, LINK),
     KEY("tls", "ca_path", K_STRING, tls.ca_path, 0, 4096, LINK),
     KEY("tls", "cert_file", K_STRING, tls.cert_file, 0, 4096, LINK),
-    KEY("tls", "key_file", K_STRING, tls.key_file, 0, 4096, LINK),
+    KEY("tls", "key_file", K_KEYFILE, tls.key_file, 0, 4096, LINK),
+    KEY("tls", "pkcs11_module", K_STRING, tls.pkcs11_module, 0, 4096, LINK),
+    KEY("tls", "pin_file", K_STRING, tls.pin_file, 0, 4096, LINK),
     KEY("tls", "verify", K_BOOL, tls.verify, 0, 0, LINK),
     KEY("tls", "server_name", K_STRING, tls.server_name, 0, 255, LINK),
     KEY("tls", "min_version", K_TLSVER, tls.min_version, 0, 0, LINK),
@@ -120,7 +124,8 @@ static const Key keys[] = {
 
 static bool is_string(enum key_type t)
 {
-    return t == K_STRING || t == K_HOSTS || t == K_MOUNT || t == K_FILTERS || t == K_TEXTFILE;
+    return t == K_STRING || t == K_HOSTS || t == K_MOUNT || t == K_FILTERS || t == K_TEXTFILE ||
+           t == K_KEYFILE;
 }
 
 static const char *const level_names[] = {"error", "warning", "info", "debug", "packet"};
@@ -503,6 +508,13 @@ static int set_key(Config *cfg, const Key *k, const char *v, char *err, size_t e
         return parse_expiry(v, k, slot, err, errlen);
     case K_TEXTFILE:
         return check_textfile(v, err, errlen) < 0 ? -EINVAL : set_string(slot, v);
+    case K_KEYFILE: {
+        Pkcs11Uri uri;
+        if (pkcs11_uri_is(v) && pkcs11_uri_parse(v, &uri, err, errlen) < 0) {
+            return -EINVAL;
+        }
+        return set_string(slot, v);
+    }
     case K_MOUNT:
     case K_FILTERS: { /* checked as the daemon will use it (a sample host name, client id) */
         MqttMount m;
@@ -656,6 +668,13 @@ int config_check(const Config *cfg, char *err, size_t errlen)
         fmt(err, errlen, "tls.cert_file and tls.key_file go together");
         return -EINVAL;
     }
+    bool token = pkcs11_uri_is(cfg->tls.key_file);
+    if (token != (cfg->tls.pkcs11_module && *cfg->tls.pkcs11_module)) {
+        fmt(err, errlen, "%s",
+            token ? "tls.key_file is a PKCS#11 URI: it needs tls.pkcs11_module"
+                  : "tls.pkcs11_module is for a key_file that is a PKCS#11 URI");
+        return -EINVAL;
+    }
     /* The largest MQTT message (256 MiB) as base64 in a JSON request, with room for the rest
      * of the line: a longer line can only be refused. */
     size_t useful_line = (size_t)268435455 / 3 * 4 + 4 + 65536;
@@ -687,6 +706,7 @@ static bool key_equal(const Key *k, const Config *a, const Config *b)
     case K_MOUNT:
     case K_FILTERS:
     case K_TEXTFILE:
+    case K_KEYFILE:
         return str_eq(*(char *const *)pa, *(char *const *)pb);
     case K_PORT:
         return *(const uint16_t *)pa == *(const uint16_t *)pb;

@@ -217,6 +217,78 @@ class Top(TestCase):
         self.assertRegex(self.top(d)[0], r"^broker +NOT connected \((idle|connecting)\)")
 
 
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+class TokenKey(TestCase):
+    """Mutual TLS with the client key in a PKCS#11 token (SoftHSM2): made in the token from the
+    test CA's client key, never read from a file by the daemon."""
+
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists(SOFTHSM) or not shutil.which("softhsm2-util"):
+            self.skipTest("SoftHSM2 is not installed (scripts/deps installs softhsm2)")
+        import certs
+        self.certs = certs.make(os.path.join(self.tmp, "certs"))
+        tokens = os.path.join(self.tmp, "tokens")
+        os.makedirs(tokens)
+        conf = os.path.join(self.tmp, "softhsm2.conf")
+        with open(conf, "w") as f:
+            f.write(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+        os.environ["SOFTHSM2_CONF"] = conf  # the daemon's module reads it too
+        self.cleanups.append(lambda: os.environ.pop("SOFTHSM2_CONF", None))
+
+        def hsm(*args):
+            subprocess.run(["softhsm2-util", *args], check=True, capture_output=True,
+                           timeout=WAIT)
+        hsm("--init-token", "--free", "--label", "edge", "--pin", "1234", "--so-pin", "5678")
+        p8 = os.path.join(self.tmp, "client.p8")
+        subprocess.run(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in",
+                        f"{self.certs}/client.key", "-out", p8], check=True, timeout=WAIT)
+        hsm("--import", p8, "--token", "edge", "--label", "device-key", "--id", "01",
+            "--pin", "1234")
+        os.unlink(p8)
+        self.pin = os.path.join(self.tmp, "pin")
+        with open(self.pin, "w") as f:
+            f.write("1234\n")
+        os.chmod(self.pin, 0o600)
+
+    def tls(self, port, key="pkcs11:token=edge;object=device-key", pin=None, module=SOFTHSM,
+            name="d"):
+        tls = {"enabled": "true", "ca_file": f"{self.certs}/ca.crt",
+               "cert_file": f"{self.certs}/client.crt", "key_file": key,
+               "pkcs11_module": module, "pin_file": pin or self.pin}
+        return self.daemon(port, sections={"broker": {"host": f"localhost:{port}"},
+                                           "tls": tls}, start=False, name=name)
+
+    def test_mutual_tls_with_the_key_in_the_token(self):
+        c = self.certs
+        m = self.broker(extra=f"cafile {c}/ca.crt\ncertfile {c}/server.crt\n"
+                              f"keyfile {c}/server.key\nrequire_certificate true")
+        for key in ("pkcs11:token=edge;object=device-key", "pkcs11:token=edge;id=%01"):
+            d = self.tls(m.port, key=key, name=f"d{len(key)}")
+            d.start()
+            with d.client() as cl:
+                cl.ok("publish", topic="token", payload="signed in the token", qos=1)
+            self.assertEqual(d.stop(), 0)
+
+    def test_wrong_pin_missing_object_and_module_are_named(self):
+        bad_pin = os.path.join(self.tmp, "bad-pin")
+        with open(bad_pin, "w") as f:
+            f.write("0000\n")
+        os.chmod(bad_pin, 0o600)
+        cases = [({"pin": bad_pin}, "cannot log in to PKCS#11 token 'edge'"),
+                 ({"key": "pkcs11:token=edge;object=nothing"}, "the token has no private key"),
+                 ({"module": "/nonexistent/libpkcs11.so"}, "cannot load the PKCS#11 module"),
+                 ({"key": "pkcs11:token=edge;colour=red"}, "unknown attribute 'colour'")]
+        for i, (args, why) in enumerate(cases):
+            d = self.tls(1, name=f"bad{i}", **args)
+            r = subprocess.run([DAEMON, "--check-config", "-c", d.conf], capture_output=True,
+                               text=True, timeout=WAIT)
+            self.assertEqual(r.returncode, 1, why)
+            self.assertIn(why, r.stderr)
+
+
 class Configuration(TestCase):
     def check(self, **topics):
         conf = os.path.join(self.tmp, "bad.conf")
