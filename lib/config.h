@@ -67,7 +67,7 @@ typedef struct Config {
         bool enabled, verify;
         char *ca_file, *ca_path, *cert_file, *key_file, *server_name, *alpn;
         char *pkcs11_module, *pin_file; /* a key_file that is a PKCS#11 URI: its token's */
-        unsigned min_version; /* 12 or 13 */
+        unsigned min_version;           /* 12 or 13 */
     } tls;
     struct {
         char *socket, *group;

@@ -391,7 +391,7 @@ START_TEST(connect_errors_are_plain)
 }
 END_TEST
 
-int main(void)
+static Suite *suite(void)
 {
     Suite *s = suite_create("client_lib");
     TCase *tc = tcase_create("client_lib");
@@ -406,9 +406,7 @@ int main(void)
     tcase_add_test(tc, garbage_and_a_last_word_before_closing);
     tcase_add_test(tc, closing_fails_every_waiter_once);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+CHECK_MAIN(suite)

@@ -153,7 +153,7 @@ START_TEST(bad_mount_points)
 }
 END_TEST
 
-int main(void)
+static Suite *suite(void)
 {
     Suite *s = suite_create("mount");
     TCase *tc = tcase_create("mount");
@@ -163,9 +163,7 @@ int main(void)
     tcase_add_test(tc, response_topics_in_properties);
     tcase_add_test(tc, bad_mount_points);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+CHECK_MAIN(suite)

@@ -56,16 +56,14 @@ START_TEST(refuses_what_it_cannot_use)
 }
 END_TEST
 
-int main(void)
+static Suite *suite(void)
 {
     Suite *s = suite_create("pkcs11_uri");
     TCase *tc = tcase_create("pkcs11_uri");
     tcase_add_test(tc, parses_what_rfc_7512_writes);
     tcase_add_test(tc, refuses_what_it_cannot_use);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+CHECK_MAIN(suite)
