@@ -98,6 +98,11 @@ void answer_publish_failure(Client *c, json_t *id, int e, uint8_t qos)
         answer_error(c, id, IPC_TIMEOUT,
                      "the message expired (message_expiry) in the daemon's queue before the "
                      "broker could take it: it was not sent");
+    } else if (e == -E2BIG) {
+        answer_error(c, id, IPC_TOO_LARGE,
+                     "with [topics] mount %s the topic is longer than MQTT allows (65535 bytes): "
+                     "it was not sent",
+                     c->d->mount.prefix ? c->d->mount.prefix : "");
     } else if (e == -ENOBUFS) {
         answer_error(c, id, IPC_QUEUE_FULL,
                      "queue full: %zu messages, %zu bytes held ([queue] max_messages = %zu, "

@@ -180,6 +180,7 @@ static void publish_ended(Daemon *d, const SessionEvent *ev)
         log_warning("a queued message was not delivered: %s%s",
                     e == -EPERM   ? "the broker refused it"
                     : e == -ETIME ? "its message_expiry passed in the queue"
+                    : e == -E2BIG ? "its topic with [topics] mount is longer than MQTT allows"
                                   : strerror(-e),
                     e == -EMSGSIZE || e == -ENOTSUP ? " (the broker's limits)" : "");
     }

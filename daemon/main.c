@@ -297,21 +297,52 @@ static int router_start(Router *r)
 }
 
 /* [topics] mount, with this host's name and the client id (as they are at start). */
-static int setup_mount(Daemon *d)
+static int setup_mount(Daemon *d, char *err, size_t errlen)
 {
-    char host[256] = "", err[400];
+    char host[256] = "", why[400];
     if (gethostname(host, sizeof(host) - 1) < 0) {
-        host[0] = 0; /* %h: empty, and the prefix check below says so */
+        host[0] = 0; /* %h: empty, and mqtt_mount_setup says so */
     }
     if (mqtt_mount_setup(&d->mount, d->cfg.topics.mount, host, d->client_id,
-                         d->cfg.topics.unmounted, err, sizeof(err)) < 0) {
-        log_error("[topics] %s", err);
+                         d->cfg.topics.unmounted, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "[topics] %s", why);
         return -1;
     }
-    if (mqtt_mount_active(&d->mount)) {
-        log_info("topics are mounted at %s on the broker", d->mount.prefix);
+    const char *will = d->cfg.will.topic;
+    Buf scratch = {0};
+    int r = will && *will ? mqtt_mount_out(&d->mount, VIEW_STR(will), false, &scratch) : 0;
+    buf_free(&scratch);
+    if (r < 0) {
+        snprintf(err, errlen, "[will] topic with [topics] mount %s: %s", d->mount.prefix,
+                 r == -E2BIG ? "longer than MQTT allows (65535 bytes)" : strerror(-r));
+        return -1;
     }
     return 0;
+}
+
+/* --check-config: what the daemon would refuse at start, found without starting it. */
+static int check_config(Daemon *d, bool explicit_path)
+{
+    char note[256], err[512];
+    d->client_id = make_client_id(&d->cfg);
+    int status = 0;
+    if (!d->client_id) {
+        fprintf(stderr, "mqttbridged: out of memory\n");
+        status = 1;
+    } else if (setup_mount(d, err, sizeof(err)) < 0) {
+        fprintf(stderr, "mqttbridged: %s: %s\n", explicit_path ? d->config_path : "defaults", err);
+        status = 1;
+    } else {
+        config_notes(&d->cfg, note, sizeof(note));
+        printf("%s: configuration OK\n%s%s", explicit_path ? d->config_path : "defaults", note,
+               note[0] ? "\n" : "");
+    }
+    mqtt_mount_free(&d->mount);
+    free(d->client_id);
+    config_free(&d->cfg);
+    free(d->password);
+    tls_context_unref(d->tls);
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -337,14 +368,7 @@ int main(int argc, char **argv)
     d->password = l.password;
     d->tls = l.tls;
     if (check_only) {
-        char note[256];
-        config_notes(&d->cfg, note, sizeof(note));
-        printf("%s: configuration OK\n%s%s", explicit_path ? d->config_path : "defaults", note,
-               note[0] ? "\n" : "");
-        config_free(&d->cfg);
-        free(d->password);
-        tls_context_unref(d->tls);
-        return 0;
+        return check_config(d, explicit_path);
     }
     log_set_level(d->cfg.log.level);
     signal(SIGPIPE, SIG_IGN);
@@ -352,8 +376,12 @@ int main(int argc, char **argv)
     d->loop = ev_default_loop(EVFLAG_AUTO);
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);
-    if (d->client_id && setup_mount(d) < 0) {
+    if (d->client_id && setup_mount(d, err, sizeof(err)) < 0) {
+        log_error("%s", err);
         return 1;
+    }
+    if (mqtt_mount_active(&d->mount)) {
+        log_info("topics are mounted at %s on the broker", d->mount.prefix);
     }
     subs_init(d);
     rpc_init(d);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ipc/openmetrics.h"
@@ -66,6 +67,9 @@ static json_t *per_second(const uint64_t *ring)
     }
     size_t newest = (rates.at + RATE_SAMPLES - 1) % RATE_SAMPLES;
     size_t oldest = rates.n < RATE_SAMPLES ? 0 : rates.at;
+    if (ring[newest] < ring[oldest]) {
+        return json_real(0); /* the counters were reset within the window */
+    }
     return json_real((double)(ring[newest] - ring[oldest]) / (double)(rates.n - 1));
 }
 
@@ -155,14 +159,19 @@ static struct {
     ev_timer tick;
 } w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
-/* The writer thread: `text` into path.tmp, then renamed over path (readers see the old file or
- * the new one, never half of one). */
+/* The writer thread: `text` into a new file beside path (a name of its own: never one somebody
+ * else placed there), then renamed over path: readers see the old file or the new one, never
+ * half of one. It is readable by all (node_exporter runs as another user), whatever the
+ * daemon's umask. */
 static void write_file(const char *path, const Buf *text)
 {
     char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
+    int fd = mkostemp(tmp, O_CLOEXEC);
     int e = fd < 0 ? errno : 0;
+    if (!e && fchmod(fd, 0644) < 0) {
+        e = errno;
+    }
     for (size_t off = 0; !e && off < text->len;) {
         ssize_t n = write(fd, text->data + off, text->len - off);
         if (n < 0 && errno != EINTR) {
@@ -181,7 +190,7 @@ static void write_file(const char *path, const Buf *text)
     } else if (!e && w.failing) {
         log_info("metrics: writing %s works again", path);
     }
-    if (e) {
+    if (e && fd >= 0) {
         (void)unlink(tmp); /* what was written of it, if anything */
     }
     w.failing = e != 0;

@@ -148,7 +148,7 @@ static bool fits_mounted(Client *c, const Request *r, View topic, bool filter)
     }
     answer_error(c, r->id, IPC_BAD_REQUEST,
                  "with [topics] mount %s, %.*s... is longer than MQTT allows (65535 bytes)",
-                 c->d->mount.prefix, 40, (const char *)topic.p);
+                 c->d->mount.prefix, topic.n < 40 ? (int)topic.n : 40, (const char *)topic.p);
     return false;
 }
 

@@ -152,8 +152,10 @@ char *make_client_id(const Config *cfg)
     if (given && strlen(given) >= 2) {
         return strdup(given);
     }
-    char host[64] = "host", clean[24];
-    gethostname(host, sizeof(host) - 1);
+    char host[64] = "", clean[24];
+    if (gethostname(host, sizeof(host) - 1) < 0) {
+        snprintf(host, sizeof(host), "host");
+    }
     size_t n = 0;
     for (const char *p = host; *p && n < sizeof(clean) - 1; p++) {
         if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')) {

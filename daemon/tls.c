@@ -18,14 +18,22 @@
 #include "pkcs11_uri.h"
 
 /* A private key in a PKCS#11 token (key_file = pkcs11:...): the module, a logged-in session,
- * and the wolfCrypt device that signs with it. The key never leaves the token. */
+ * and the wolfCrypt device that signs with it. The key never leaves the token.
+ *
+ * A module is initialised once per process (C_Initialize), so there is at most one Token,
+ * shared by the contexts of a reload while connections of the old one live. */
 typedef struct Token {
     Pkcs11Uri uri;
     Pkcs11Dev dev;
     Pkcs11Token token;
     int dev_id; /* registered with wolfCrypt; 0: none */
     bool dev_loaded, token_open;
+    unsigned refs;
+    char *key_file, *module, *pin_file; /* what it was opened with */
+    char pin[256];                      /* wolfSSL logs in again with it: it must stay */
 } Token;
+
+static Token *the_token;
 
 struct TlsContext {
     WOLFSSL_CTX *ctx;
@@ -127,9 +135,11 @@ static int load_client_cert(WOLFSSL *ssl, const TlsContext *c, const Config *cfg
 
 static void close_token(Token *k)
 {
-    if (!k) {
+    if (!k || --k->refs > 0) {
         return;
     }
+    assert(k == the_token);
+    the_token = NULL;
     if (k->dev_id) {
         wc_CryptoCb_UnRegisterDevice(k->dev_id);
     }
@@ -140,6 +150,10 @@ static void close_token(Token *k)
         wc_Pkcs11Token_Final(&k->token);
         wc_Pkcs11_Finalize(&k->dev);
     }
+    explicit_bzero(k->pin, sizeof(k->pin));
+    free(k->key_file);
+    free(k->module);
+    free(k->pin_file);
     free(k);
 }
 
@@ -160,7 +174,14 @@ static int read_pin(const char *path, char *pin, size_t n, char *err, size_t err
         return -EINVAL;
     }
     (void)fclose(f); /* read only */
-    pin[strcspn(pin, "\r\n")] = 0;
+    size_t len = strcspn(pin, "\r\n");
+    if (len + 1 >= n) {
+        explicit_bzero(pin, n);
+        snprintf(err, errlen, "TLS: the PIN in tls.pin_file %s is longer than %zu bytes", path,
+                 n - 2);
+        return -EINVAL;
+    }
+    pin[len] = 0;
     return 0;
 }
 
@@ -191,20 +212,61 @@ static int find_slot(const Pkcs11Dev *dev, const char *label, CK_SLOT_ID *ret)
     return -ENOENT;
 }
 
+static bool same(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* The token already open (a reload): the same one again, or an error, as a module cannot
+ * be loaded twice. */
+static int reuse_token(TlsContext *c, const Config *cfg, char *err, size_t errlen)
+{
+    const __typeof__(cfg->tls) *t = &cfg->tls;
+    Token *k = the_token;
+    if (!same(k->key_file, t->key_file) || !same(k->module, t->pkcs11_module) ||
+        !same(k->pin_file, t->pin_file)) {
+        snprintf(err, errlen,
+                 "TLS: the PKCS#11 key, module or PIN file changed: restart the daemon to use "
+                 "them (a module is loaded once per process)");
+        return -EINVAL;
+    }
+    k->refs++;
+    c->token = k;
+    return 0;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
 /* Load the module, log in to the token, and let wolfCrypt sign with it (dev_id). */
 static int open_token(TlsContext *c, const Config *cfg, char *err, size_t errlen)
 {
     static int next_dev_id = 0x4d51; /* ours: any value other than INVALID_DEVID */
     const __typeof__(cfg->tls) *t = &cfg->tls;
+    if (the_token) {
+        return reuse_token(c, cfg, err, errlen);
+    }
     Token *k = calloc(1, sizeof(*k));
-    char pin[256];
     if (!k) {
         snprintf(err, errlen, "TLS: out of memory");
         return -ENOMEM;
     }
-    c->token = k;
-    int r = pkcs11_uri_parse(t->key_file, &k->uri, err, errlen); /* checked at parse time */
-    if (r == 0 && (r = read_pin(t->pin_file, pin, sizeof(pin), err, errlen)) == 0 &&
+    k->refs = 1;
+    the_token = c->token = k;
+    k->key_file = dup_or_null(t->key_file);
+    k->module = dup_or_null(t->pkcs11_module);
+    k->pin_file = dup_or_null(t->pin_file);
+    char *pin = k->pin;
+    int r = !k->key_file || (t->pkcs11_module && !k->module) || (t->pin_file && !k->pin_file)
+                ? -ENOMEM
+                : 0;
+    if (r < 0) {
+        snprintf(err, errlen, "TLS: out of memory");
+    }
+    if (r == 0 && (r = pkcs11_uri_parse(t->key_file, &k->uri, err, errlen)) == 0 &&
+        (r = read_pin(t->pin_file, pin, sizeof(k->pin), err, errlen)) == 0 &&
         wc_Pkcs11_Initialize(&k->dev, t->pkcs11_module, NULL) != 0) {
         snprintf(err, errlen, "TLS: cannot load the PKCS#11 module %s", t->pkcs11_module);
         r = -EINVAL;
@@ -229,14 +291,15 @@ static int open_token(TlsContext *c, const Config *cfg, char *err, size_t errlen
         r = -EINVAL;
     }
     k->token_open = r == 0;
-    explicit_bzero(pin, sizeof(pin));
     if (r == 0 && wc_CryptoCb_RegisterDevice(next_dev_id, wc_Pkcs11_CryptoDevCb, &k->token) != 0) {
         snprintf(err, errlen, "TLS: cannot register the PKCS#11 token with wolfCrypt");
         r = -EINVAL;
     }
     if (r == 0) {
+        /* Only the key is the token's (load_client_cert): were the context's devId set, the
+         * handshake's other work would go to the token too, and its ephemeral ECDH keys there
+         * fail from the second handshake on (wolfSSL 5.5, SoftHSM2). */
         k->dev_id = next_dev_id++;
-        wolfSSL_CTX_SetDevId(c->ctx, k->dev_id);
     }
     return r;
 }

@@ -578,8 +578,29 @@ static int on_key(void *user, const char *section, const char *name, const char 
     return 0;
 }
 
+/* The first line longer than inih reads whole (INI_MAX_LINE with the NUL; the rest would be
+ * read as a line of its own): 0 when none. */
+static int overlong_line(const char *text)
+{
+    int line = 1;
+    for (const char *p = text; *p; line++) {
+        size_t n = strcspn(p, "\n");
+        if (n > INI_MAX_LINE - 1) {
+            return line;
+        }
+        p += n + (p[n] == '\n');
+    }
+    return 0;
+}
+
 int config_parse(Config *cfg, const char *text, const char *filename, char *err, size_t errlen)
 {
+    int too_long = overlong_line(text);
+    if (too_long) {
+        fmt(err, errlen, "%s:%d: the line is longer than %d bytes (the parser's limit)", filename,
+            too_long, INI_MAX_LINE - 1);
+        return -EINVAL;
+    }
     char msg[300] = "";
     ParseState st = {.cfg = cfg, .msg = msg, .msglen = sizeof(msg)};
     int line = ini_parse_string(text, on_key, &st);

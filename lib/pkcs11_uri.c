@@ -65,18 +65,32 @@ static bool ignorable(const char *name, size_t n)
     return false;
 }
 
-static int attribute(Pkcs11Uri *u, const char *name, size_t nn, const char *v, const char *end,
-                     char *err, size_t errlen)
+/* A text value: decoded, without a NUL inside (%00 would cut it short). */
+static long text(const char *v, const char *end, char *out, size_t cap)
+{
+    long len = decode(v, end, (uint8_t *)out, cap - 1);
+    return len >= 0 && memchr(out, 0, (size_t)len) ? -1 : len;
+}
+
+enum { SEEN_TOKEN = 1, SEEN_OBJECT = 2, SEEN_ID = 4, SEEN_TYPE = 8 };
+
+static int attribute(Pkcs11Uri *u, unsigned *seen, const char *name, size_t nn, const char *v,
+                     const char *end, char *err, size_t errlen)
 {
     long len;
+    unsigned bit = 0;
     if (nn == 5 && memcmp(name, "token", 5) == 0) {
-        len = u->token[0] ? -1 : decode(v, end, (uint8_t *)u->token, sizeof(u->token) - 1);
+        bit = SEEN_TOKEN;
+        len = text(v, end, u->token, sizeof(u->token));
     } else if (nn == 6 && memcmp(name, "object", 6) == 0) {
-        len = u->object[0] ? -1 : decode(v, end, (uint8_t *)u->object, sizeof(u->object) - 1);
+        bit = SEEN_OBJECT;
+        len = text(v, end, u->object, sizeof(u->object));
     } else if (nn == 2 && memcmp(name, "id", 2) == 0) {
-        len = u->id_len ? -1 : decode(v, end, u->id, sizeof(u->id));
+        bit = SEEN_ID;
+        len = decode(v, end, u->id, sizeof(u->id));
         u->id_len = len > 0 ? (size_t)len : 0;
     } else if (nn == 4 && memcmp(name, "type", 4) == 0) {
+        bit = SEEN_TYPE;
         len = (size_t)(end - v) == 7 && memcmp(v, "private", 7) == 0 ? 7 : -1;
     } else if (ignorable(name, nn)) {
         len = 0;
@@ -84,10 +98,14 @@ static int attribute(Pkcs11Uri *u, const char *name, size_t nn, const char *v, c
         snprintf(err, errlen, "PKCS#11 URI: unknown attribute '%.*s'", (int)nn, name);
         return -EINVAL;
     }
+    if (*seen & bit) {
+        len = -1;
+    }
+    *seen |= bit;
     if (len < 0) {
         snprintf(err, errlen,
-                 "PKCS#11 URI: bad value of '%.*s' (repeated, too long, a bad %%-escape, or a "
-                 "type other than private)",
+                 "PKCS#11 URI: bad value of '%.*s' (repeated, too long, a bad %%-escape, %%00, "
+                 "or a type other than private)",
                  (int)nn, name);
         return -EINVAL;
     }
@@ -97,6 +115,7 @@ static int attribute(Pkcs11Uri *u, const char *name, size_t nn, const char *v, c
 int pkcs11_uri_parse(const char *uri, Pkcs11Uri *ret, char *err, size_t errlen)
 {
     Pkcs11Uri u = {0};
+    unsigned seen = 0;
     if (!pkcs11_uri_is(uri)) {
         snprintf(err, errlen, "not a PKCS#11 URI (pkcs11:...)");
         return -EINVAL;
@@ -116,7 +135,7 @@ int pkcs11_uri_parse(const char *uri, Pkcs11Uri *ret, char *err, size_t errlen)
             snprintf(err, errlen, "PKCS#11 URI: '%.*s' is not name=value", (int)(end - p), p);
             return -EINVAL;
         }
-        if (attribute(&u, p, (size_t)(eq - p), eq + 1, end, err, errlen) < 0) {
+        if (attribute(&u, &seen, p, (size_t)(eq - p), eq + 1, end, err, errlen) < 0) {
             return -EINVAL;
         }
         p = *end ? end + 1 : end;

@@ -190,6 +190,11 @@ static int expand(const char *pattern, const char *host, const char *client_id, 
         if (*p == '%') {
             char e = p[1];
             put = e == 'h' ? host : e == 'c' ? client_id : e == '%' ? "%" : NULL;
+            if (put && !*put) {
+                snprintf(err, errlen, "mount: %%%c is empty here (%s)", e,
+                         e == 'h' ? "no host name" : "no client id");
+                return -EINVAL;
+            }
             if (!put) {
                 snprintf(err, errlen,
                          "mount: unknown escape '%%%c' (%%h host name, %%c client "
@@ -241,8 +246,10 @@ int mqtt_mount_setup(MqttMount *m, const char *pattern, const char *host, const 
                      "mount: '%s' must be a topic prefix ending in '/', without "
                      "'+', '#' or a leading '$'",
                      p);
-        } else {
+        } else if (unmounted) {
             snprintf(err, errlen, "unmounted: '%s' holds a filter that is not valid", unmounted);
+        } else {
+            snprintf(err, errlen, "mount: '%s' is not a valid topic prefix", p);
         }
     }
     buf_free(&prefix);

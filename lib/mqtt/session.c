@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/types.h>
 
 #include "mqtt/alias.h"
 #include "mqtt/mount.h"
@@ -415,13 +416,37 @@ void session_free(Session *s)
 
 /* ---- output ---- */
 
-/* A local topic or filter as the broker sees it ([topics] mount): m->mounted, or `local`. */
-static View mount_out(Impl *m, View local, bool filter)
+/* A local topic or filter as the broker sees it ([topics] mount) into *ret: m->mounted, or
+ * `local`. -E2BIG (a topic the mount point makes too long: the daemon checks before taking
+ * one, but a spooled message may predate the mount point) or -ENOMEM: nothing is sent. */
+static int mount_out(Impl *m, View local, bool filter, View *ret)
 {
     int r = mqtt_mount_out(m->cfg.mount, local, filter, &m->mounted);
-    /* -E2BIG: a topic the mount point makes too long; sent as it is, the broker refuses it
-     * (the daemon checks lengths with the mount point before taking a message). */
-    return r == 1 ? buf_view(&m->mounted) : local;
+    *ret = r == 1 ? buf_view(&m->mounted) : local;
+    return r < 0 ? r : 0;
+}
+
+/* How many bytes [topics] mount adds to a PUBLISH of `topic` with the MQTT 5 property block
+ * `props` (its Response Topic too); -E2BIG or -ENOMEM as mount_out. */
+static ssize_t mount_growth(Impl *m, View topic, View props)
+{
+    if (!mqtt_mount_active(m->cfg.mount)) {
+        return 0;
+    }
+    View t;
+    int r = mount_out(m, topic, false, &t);
+    if (r < 0) {
+        return r;
+    }
+    size_t n = t.n - topic.n;
+    if (props.n && m->pub.protocol == MQTT_V5) {
+        r = mqtt_mount_props(m->cfg.mount, props, true, &m->mounted_props);
+        if (r < 0) {
+            return r;
+        }
+        n += r == 1 ? buf_view(&m->mounted_props).n - props.n : 0;
+    }
+    return (ssize_t)n;
 }
 
 /* A failed encode writes nothing. Everything but CONNECT was validated on the way in (topics,
@@ -468,11 +493,18 @@ static int send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
                                 .qos = msg->qos,
                                 .dup = dup,
                                 .retain = msg->retain}};
+    int r = mount_out(m, p.publish.topic, false, &p.publish.topic);
+    if (r < 0) {
+        return r;
+    }
     msg->sent_at = now;
-    p.publish.topic = mount_out(m, p.publish.topic, false);
     if (m->pub.protocol == MQTT_V5) {
         p.props.block = msg_props(msg);
-        if (mqtt_mount_props(m->cfg.mount, p.props.block, true, &m->mounted_props) == 1) {
+        r = mqtt_mount_props(m->cfg.mount, p.props.block, true, &m->mounted_props);
+        if (r < 0) {
+            return r;
+        }
+        if (r == 1) {
             p.props.block = buf_view(&m->mounted_props); /* its Response Topic, mounted */
         }
         if (msg->expires_at) { /* what remains, rounded up: at least a second */
@@ -495,7 +527,7 @@ static int send_publish(Impl *m, SessionMsg *msg, bool dup, int64_t now)
             p.publish.topic = VIEW(NULL, 0);
         }
     }
-    int r = send_packet(m, &p, now);
+    r = send_packet(m, &p, now);
     if (r < 0 && known == 0) {
         /* The broker never learnt that alias: start over (setting an alias again is fine). */
         (void)alias_out_reset(&m->alias_out, m->alias_out.max);
@@ -528,7 +560,11 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
         send_ping(m, p, now);
         return;
     }
-    MqttTopicReq t = {.filter = mount_out(m, VIEW(p->filter, p->len), true), .qos = p->qos};
+    MqttTopicReq t = {.qos = p->qos};
+    if (mount_out(m, VIEW(p->filter, p->len), true, &t.filter) < 0) {
+        p->sent = false; /* memory (lengths were checked): tried again at the next tick */
+        return;
+    }
     if (m->pub.protocol == MQTT_V5) {
         t.no_local = p->opts & SUB_NO_LOCAL;
         t.retain_as_published = p->opts & SUB_RAP;
@@ -655,12 +691,14 @@ static bool fits_link(Impl *m, SessionMsg *msg, int64_t now)
     if (expired(m, msg, now)) {
         return false;
     }
-    if (m->pub.protocol != MQTT_V5) {
-        return true; /* 3.1.1's only limit, MQTT's own, was checked by session_publish */
-    }
-    int r = check_limits(&m->pub, msg_topic(msg),
-                         msg->payload_len + props_extra(msg->props_len, msg->expires_at), msg->qos,
-                         msg->retain);
+    /* -E2BIG: a spooled message the mount point (new since) makes too long; -ENOMEM: sending
+     * fails too, and is tried again. */
+    ssize_t grow = mount_growth(m, msg_topic(msg), msg_props(msg));
+    int r = grow == -E2BIG ? -E2BIG : 0;
+    if (r == 0 && m->pub.protocol == MQTT_V5) {
+        size_t extra = props_extra(msg->props_len, msg->expires_at) + (grow > 0 ? grow : 0);
+        r = check_limits(&m->pub, msg_topic(msg), msg->payload_len + extra, msg->qos, msg->retain);
+    } /* else 3.1.1's only limit, MQTT's own, was checked by session_publish */
     if (r < 0) {
         msg_finish(m, msg, false, now, (Outcome){.result = r});
     }
@@ -692,7 +730,7 @@ static bool rate_allows(Impl *m, size_t bytes, int64_t now)
     bool ok = (!rate || m->tokens >= 1.0) && (!brate || m->byte_tokens >= need);
     if (ok) {
         m->tokens -= rate ? 1.0 : 0;
-        m->byte_tokens -= brate ? need : 0;
+        m->byte_tokens -= brate ? (double)bytes : 0; /* a large one leaves a debt */
         return true;
     }
     double wait = 0;
@@ -719,10 +757,13 @@ static void rate_free(Impl *m, int64_t now)
     }
 }
 
-static size_t publish_bytes(const Impl *m, const SessionMsg *msg)
+/* The size of the PUBLISH that carries `msg` on this link. */
+static size_t publish_bytes(Impl *m, const SessionMsg *msg)
 {
     size_t extra = m->pub.protocol == MQTT_V5 ? props_extra(msg->props_len, msg->expires_at) : 0;
-    return mqtt_publish_size(msg_topic(msg), msg->payload_len + extra, msg->qos);
+    ssize_t grow = mount_growth(m, msg_topic(msg), msg_props(msg));
+    return mqtt_publish_size(msg_topic(msg), msg->payload_len + extra + (grow > 0 ? grow : 0),
+                             msg->qos);
 }
 
 /* Send queued messages in order while the in-flight window allows. */
@@ -740,15 +781,18 @@ static void resend(Impl *m, size_t window, int64_t now)
         if (msg->on_wire) {
             continue;
         }
-        size_t extra =
-            m->pub.protocol == MQTT_V5 ? props_extra(msg->props_len, msg->expires_at) : 0;
-        if (!msg->got_pubrec && mqtt_publish_size(msg_topic(msg), msg->payload_len + extra,
-                                                  msg->qos) > publish_limit(&m->pub)) {
-            msg_finish(m, msg, true, now, (Outcome){.result = -EMSGSIZE});
-            continue;
-        }
-        if (!msg->got_pubrec && !rate_allows(m, publish_bytes(m, msg), now)) {
-            return; /* the rate limit: at rate_wake */
+        if (!msg->got_pubrec) {
+            size_t bytes = publish_bytes(m, msg);
+            int e = mount_growth(m, msg_topic(msg), msg_props(msg)) == -E2BIG ? -E2BIG
+                    : bytes > publish_limit(&m->pub)                          ? -EMSGSIZE
+                                                                              : 0;
+            if (e < 0) {
+                msg_finish(m, msg, true, now, (Outcome){.result = e});
+                continue;
+            }
+            if (!rate_allows(m, bytes, now)) {
+                return; /* the rate limit: at rate_wake */
+            }
         }
         if (msg->got_pubrec) {
             send_ack(m, MQTT_PUBREL, msg->id, now);
@@ -875,7 +919,13 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
      * again when it goes out). */
     bool v5 = s->state != SESSION_CONNECTED || s->protocol == MQTT_V5;
     size_t extra = v5 ? props_extra((uint32_t)p->props.n, p->expires_at) : 0;
-    int r = check_limits(s, p->topic, p->payload.n + extra, p->qos, p->retain);
+    ssize_t grow = mount_growth(m, p->topic, p->props);
+    if (grow == -E2BIG) {
+        s->stats.pub_fail++;
+        return -E2BIG;
+    }
+    int r =
+        check_limits(s, p->topic, p->payload.n + extra + (grow > 0 ? grow : 0), p->qos, p->retain);
     if (r < 0) {
         s->stats.pub_fail++;
         return r;
@@ -1217,6 +1267,7 @@ static void link_down(Impl *m, int64_t now, int code, bool refused, const char *
     }
     s->state = SESSION_IDLE;
     s->retry_at = now + backoff_ms(m, code, refused);
+    rate_free(m, now); /* nothing is paced while there is no link */
     free_list(&m->pings);
     buf_clear(&m->dec.in);
     /* Requests on the wire are sent again on the next link. */
@@ -1283,30 +1334,32 @@ static void connect_props(const SessionConfig *c, MqttPacket *p)
     }
 }
 
-static void build_connect(Impl *m, MqttPacket *p)
+/* -ENOMEM (the will topic with the mount point): nothing to send. */
+static int build_connect(Impl *m, MqttPacket *p)
 {
     const SessionConfig *c = &m->cfg;
     const char *assigned = m->pub.assigned_client_id;
-    *p = (MqttPacket){
-        .type = MQTT_CONNECT,
-        .connect = {.client_id = c->client_id,
-                    .username = c->username,
-                    .password = c->password,
-                    .has_username = c->has_username,
-                    .has_password = c->has_password && c->has_username,
-                    .will = c->will,
-                    .will_topic = c->will ? mount_out(m, c->will_topic, false) : c->will_topic,
-                    .will_payload = c->will_payload,
-                    .will_qos = c->will_qos,
-                    .will_retain = c->will_retain,
-                    .keepalive = c->keepalive,
-                    .clean_session = c->clean_session}};
+    *p = (MqttPacket){.type = MQTT_CONNECT,
+                      .connect = {.client_id = c->client_id,
+                                  .username = c->username,
+                                  .password = c->password,
+                                  .has_username = c->has_username,
+                                  .has_password = c->has_password && c->has_username,
+                                  .will = c->will,
+                                  .will_topic = c->will_topic,
+                                  .will_payload = c->will_payload,
+                                  .will_qos = c->will_qos,
+                                  .will_retain = c->will_retain,
+                                  .keepalive = c->keepalive,
+                                  .clean_session = c->clean_session}};
     if (!c->client_id.n && assigned) { /* the session the broker made for us, resumed */
         p->connect.client_id = VIEW(assigned, strlen(assigned));
     }
     if (m->pub.protocol == MQTT_V5) {
         connect_props(c, p);
     }
+    /* Its length with the mount point was checked with the configuration. */
+    return c->will ? mount_out(m, c->will_topic, false, &p->connect.will_topic) : 0;
 }
 
 void session_transport_up(Session *s, int64_t now)
@@ -1320,13 +1373,13 @@ void session_transport_up(Session *s, int64_t now)
     s->protocol = v5 ? MQTT_V5 : MQTT_V311;
     m->dec.version = s->protocol;
     MqttPacket p;
-    build_connect(m, &p);
+    int r = build_connect(m, &p);
     buf_clear(&s->out);
     buf_clear(&m->dec.in);
     s->state = SESSION_CONNACK_WAIT;
     snprintf(s->phase, sizeof(s->phase), "waiting for CONNACK");
     m->last_rx = now;
-    int r = send_packet(m, &p, now);
+    r = r < 0 ? r : send_packet(m, &p, now);
     if (r < 0) {
         /* The configuration is checked (config_check), so this is memory, or a field that
          * slipped past the checks: either way the attempt ends with the reason. */

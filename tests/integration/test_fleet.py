@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import shutil
+import stat
 
 import openmetrics
 from harness import DAEMON, MQTTCTL, TEST_PROTOCOL, WAIT, TestCase, main, wait_until
@@ -171,7 +172,11 @@ class Metrics(TestCase):
         m = self.broker()
         prom = os.path.join(self.tmp, "collector", "mqttbridge.prom")
         os.makedirs(os.path.dirname(prom))
-        d = self.daemon(m.port, sections={"metrics": {"textfile": prom, "interval": "1"}})
+        old = os.umask(0o077)  # as under systemd's UMask=0077: node_exporter must read it still
+        try:
+            d = self.daemon(m.port, sections={"metrics": {"textfile": prom, "interval": "1"}})
+        finally:
+            os.umask(old)
         with d.client() as c:
             c.ok("publish", topic="m/x", payload="x", qos=1)
 
@@ -183,6 +188,7 @@ class Metrics(TestCase):
             return fams["mqttbridge_publishes_completed_total"]["samples"][0][2] == 1.0
         wait_until(published, timeout=WAIT, what="the textfile with the publish")
         self.assertEqual(os.listdir(os.path.dirname(prom)), ["mqttbridge.prom"])  # no leftovers
+        self.assertEqual(stat.S_IMODE(os.stat(prom).st_mode), 0o644)
 
 
 class Top(TestCase):
@@ -270,7 +276,28 @@ class TokenKey(TestCase):
             d.start()
             with d.client() as cl:
                 cl.ok("publish", topic="token", payload="signed in the token", qos=1)
+                # The next link signs with the token again, after a reload too (which keeps
+                # the token: a module loads once per process).
+                cl.ok("reload")
+                cl.ok("reconnect")
+                cl.wait_connected()
+                cl.ok("publish", topic="token", payload="after a reload", qos=1)
             self.assertEqual(d.stop(), 0)
+        # A changed PIN file needs a restart: the reload says so and keeps the old setting.
+        d = self.tls(m.port, name="changed")
+        d.start()
+        other_pin = os.path.join(self.tmp, "pin2")
+        shutil.copy(self.pin, other_pin)
+        with open(d.conf) as f:
+            text = f.read()
+        with open(d.conf, "w") as f:
+            f.write(text.replace(self.pin, other_pin))
+        with d.client() as cl:
+            r = cl.request("reload")
+            self.assertFalse(r["ok"])
+            self.assertIn("restart the daemon", r["error"]["message"])
+            cl.ok("publish", topic="token", payload="still signed", qos=1)
+        self.assertEqual(d.stop(), 0)
 
     def test_wrong_pin_missing_object_and_module_are_named(self):
         bad_pin = os.path.join(self.tmp, "bad-pin")

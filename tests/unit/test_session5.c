@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 
+#include "mqtt/mount.h"
 #include "session_harness.h"
 
 #define BIT MQTT_PROP_BIT
@@ -191,6 +192,39 @@ START_TEST(connack_limits_refuse)
     ck_assert_uint_le(p.size, 64);
     ck_assert_uint_eq(h.s->stats.pub_fail, 4);
     teardown(&h);
+}
+END_TEST
+
+/* With [topics] mount, the broker's Maximum Packet Size counts the mounted topic: a message
+ * that fits only without the mount point is refused, or fails when it would go out. */
+START_TEST(mount_point_counts_in_the_limits)
+{
+    Harness h;
+    SessionConfig c = v5_config();
+    MqttMount mount;
+    ck_assert_int_eq(mqtt_mount_init(&mount, "box/0123456789/", NULL, 0), 0);
+    c.mount = &mount;
+    setup_with(&h, &c);
+    char topic[41]; /* a PUBLISH of 2 + 2 + 40 + 1 + 1 (+ 15 mounted) bytes, QoS 0 */
+    memset(topic, 't', sizeof(topic) - 1);
+    topic[sizeof(topic) - 1] = 0;
+    publish(&h, topic, 0, false, REQ(1), 0); /* queued while connecting */
+    connect5(&h,
+             &(MqttProps){.has = BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE), .maximum_packet_size = 50});
+    session_tick(h.s, h.now);
+    expect_no_packet(&h);
+    const SessionEvent *done = last_event(&h, SESSION_EV_PUBLISH_DONE);
+    ck_assert_ptr_nonnull(done);
+    ck_assert_ptr_eq(done->done.req, REQ(1));
+    ck_assert_int_eq(done->done.result, -EMSGSIZE);
+    publish(&h, topic, 0, false, NULL, -EMSGSIZE);
+    publish(&h, "t/short", 0, false, NULL, 0);
+    session_tick(h.s, h.now);
+    MqttPacket p = expect_packet(&h, MQTT_PUBLISH);
+    ck_assert_uint_le(p.size, 50);
+    ck_assert(view_eq_str(p.publish.topic, "box/0123456789/t/short"));
+    teardown(&h);
+    mqtt_mount_free(&mount);
 }
 END_TEST
 
@@ -671,6 +705,7 @@ static Suite *session5_suite(void)
     tcase_add_test(tc, refusal_with_reason);
     tcase_add_test(tc, receive_maximum_window);
     tcase_add_test(tc, connack_limits_refuse);
+    tcase_add_test(tc, mount_point_counts_in_the_limits);
     tcase_add_test(tc, outgoing_aliases);
     tcase_add_test(tc, incoming_aliases);
     tcase_add_test(tc, ack_reason_codes);
