@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "answer.h"
+#include "ipc/fast.h"
 #include "access.h"
 #include "ops.h"
 #include "log.h"
@@ -446,14 +447,18 @@ static void ops_handle_line(Client *c, View line)
         [OP_SESSION_END] = sessions_op_end,
         [OP_SESSIONS] = sessions_op_list,
     };
+    static Buf scratch; /* the fast path's escapes, reused from line to line */
     Request req;
     IpcError err;
-    if (request_parse(line, &req, &err) < 0) {
+    if (request_parse_fast(line, &req, &scratch) == 1) {
+        ops[req.op](c, &req);
+    } else if (request_parse(line, &req, &err) < 0) {
         answer_error(c, req.id, err.code, "%s", err.message);
     } else {
         ops[req.op](c, &req);
     }
     request_free(&req);
+    buf_shrink(&scratch, 65536);
 }
 
 /* ---- the connection layer's callbacks (server.c) ---- */

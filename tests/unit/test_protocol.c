@@ -3,6 +3,7 @@
 #include <errno.h>
 
 #include "base64.h"
+#include "ipc/fast.h"
 #include "ipc/ndjson.h"
 #include "ipc/protocol.h"
 #include "testutil.h"
@@ -408,6 +409,56 @@ START_TEST(refused_reply)
 }
 END_TEST
 
+/* The fast path takes the usual publish and ack, reading values in place (escapes decoded
+ * into the scratch buffer), and leaves everything else to jansson's path. */
+START_TEST(fast_path)
+{
+    Buf scratch = {0};
+    Request r;
+    const char *plain = "{\"id\":7,\"op\":\"publish\",\"topic\":\"a/b\",\"payload\":\"21.5\","
+                        "\"qos\":1,\"retain\":true}";
+    ck_assert_int_eq(request_parse_fast(VIEW_STR(plain), &r, &scratch), 1);
+    ck_assert_int_eq(r.op, OP_PUBLISH);
+    ck_assert_int_eq(json_integer_value(r.id), 7);
+    ck_assert(view_eq_str(r.topic, "a/b") && view_eq_str(r.payload, "21.5"));
+    ck_assert(r.topic.p > (const uint8_t *)plain && r.topic.p < (const uint8_t *)plain + 40);
+    ck_assert(r.qos == 1 && r.retain && r.wait && r.timeout_ms == -1);
+    request_free(&r);
+
+    const char *esc = " {\"op\":\"publish\", \"topic\":\"t\\u00e9\",\"payload\":\"{\\\"t\\\":1}\\n"
+                      "\\ud83d\\ude00\",\"wait\":false,\"id\":\"x\"}\t";
+    ck_assert_int_eq(request_parse_fast(VIEW_STR(esc), &r, &scratch), 1);
+    ck_assert(view_eq_str(r.topic, "t\xc3\xa9"));
+    ck_assert(view_eq_str(r.payload, "{\"t\":1}\n\xf0\x9f\x98\x80"));
+    ck_assert(!r.wait && json_is_string(r.id));
+    request_free(&r);
+
+    ck_assert_int_eq(request_parse_fast(VIEW_STR("{\"op\":\"ack\",\"seq\":42}"), &r, &scratch), 1);
+    ck_assert(r.op == OP_ACK && r.seq == 42 && r.id == NULL);
+    request_free(&r);
+
+    static const char *const left[] = {
+        "{\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"x\",\"qos\":1,\"qos\":2}", /* twice */
+        "{\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"x\",}",            /* trailing , */
+        "{\"op\":\"publish\" \"topic\":\"t\",\"payload\":\"x\"}",             /* no comma */
+        "{\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"x\",\"qos\":1.0}", /* a real */
+        "{\"op\":\"publish\",\"topic\":\"a/#\",\"payload\":\"x\"}",           /* an error */
+        "{\"op\":\"publish\",\"topic\":\"t\",\"payload_b64\":\"eA==\"}",      /* not fast */
+        "{\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"\\ud800\"}",       /* lone half */
+        "{\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"\xff\"}",          /* not UTF-8 */
+        "{\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"x\"} {}",          /* two values */
+        "{\"op\":\"ack\",\"seq\":0}",
+        "{\"op\":\"status\"}",
+        "[1]",
+    };
+    for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++) {
+        ck_assert_msg(request_parse_fast(VIEW_STR(left[i]), &r, &scratch) == 0, "%s", left[i]);
+        ck_assert_ptr_null(r.root);
+    }
+    buf_free(&scratch);
+}
+END_TEST
+
 static Suite *protocol_suite(void)
 {
     Suite *s = suite_create("protocol");
@@ -420,6 +471,7 @@ static Suite *protocol_suite(void)
     tcase_add_test(tc, base64_round_trip);
     tcase_add_test(tc, parse_publish);
     tcase_add_test(tc, parse_other_ops);
+    tcase_add_test(tc, fast_path);
     tcase_add_loop_test(tc, parse_errors, 0, sizeof(bad) / sizeof(bad[0]));
     tcase_add_test(tc, replies);
     tcase_add_test(tc, message_event);
