@@ -21,6 +21,9 @@
 #include "log.h"
 
 #define READ_CHUNK 65536
+/* Requests served per client per loop iteration, so that every ready client gets its turn:
+ * a client that floods waits for the next iteration, one that pings does not wait long. */
+#define LINES_PER_TURN 64
 /* Peers taken per wake-up of the listening socket, so that a flood cannot starve the rest. */
 #define ACCEPT_BATCH 64
 
@@ -28,7 +31,7 @@ static void update_watcher(Conn *c)
 {
     const Server *s = c->srv;
     bool backlog = buf_size(&c->out) > s->cfg->ipc.client_buffer;
-    bool reading = c->admitted && !backlog && !c->eof;
+    bool reading = c->admitted && !backlog && !c->eof && !c->waiting;
     int events = (reading ? EV_READ : 0) | (buf_size(&c->out) ? EV_WRITE : 0);
     if (c->io.events != events || !ev_is_active(&c->io)) {
         ev_io_stop(s->loop, &c->io);
@@ -65,6 +68,10 @@ void conn_close(Conn *c, const char *why)
     log_debug("client %llu (pid %d, uid %u) closed: %s", (unsigned long long)c->serial, (int)c->pid,
               (unsigned)c->uid, why);
     c->closed = true;
+    if (c->waiting) {
+        dlist_remove(&c->turn);
+        c->waiting = false;
+    }
     s->cb->gone(c);
     ev_io_stop(s->loop, &c->io);
     (void)close(c->fd); /* the fd is gone whatever close() says */
@@ -150,9 +157,66 @@ static void on_read_end(Conn *c, ssize_t n, int e)
     conn_finish_if_done(c);
 }
 
-static void on_readable(Conn *c)
+/* Up to LINES_PER_TURN of c's requests; then c waits for its next turn if whole lines are
+ * left (its socket is not read meanwhile: the peer's writes wait, as back-pressure). */
+static void serve(Conn *c)
 {
     const ServerCallbacks *cb = c->srv->cb;
+    View line;
+    int r, n = 0;
+    while (!c->closed && n++ < LINES_PER_TURN && (r = line_reader_next(&c->in, &line)) != 0) {
+        if (r < 0) {
+            cb->overlong(c, c->in.max_line);
+        } else if (line.n) { /* blank lines are allowed between requests */
+            cb->line(c, line);
+        }
+    }
+    if (c->closed) {
+        return;
+    }
+    bool more = line_reader_ready(&c->in);
+    if (more && !c->waiting) {
+        Server *s = c->srv;
+        dlist_push(&s->waiting, &c->turn);
+        c->waiting = true;
+        ev_idle_start(s->loop, &s->keep_awake);
+    }
+    if (!more && !line_reader_pending(&c->in)) {
+        buf_shrink(&c->in.in, READ_CHUNK * 2);
+    }
+    update_watcher(c);
+}
+
+/* Once per loop iteration: the next turn of each client that has lines left. */
+static void on_turns(struct ev_loop *loop, ev_check *w, int revents)
+{
+    (void)revents;
+    Server *s = container_of(w, Server, turns);
+    DList now;
+    dlist_init(&now);
+    while (!dlist_empty(&s->waiting)) { /* those waiting now; serving may add them back */
+        DList *l = s->waiting.next;
+        dlist_remove(l);
+        dlist_push(&now, l);
+    }
+    while (!dlist_empty(&now)) {
+        Conn *c = container_of(now.next, Conn, turn);
+        dlist_remove(&c->turn);
+        c->waiting = false;
+        serve(c); /* may close others: conn_close takes them out of `now` */
+    }
+    if (dlist_empty(&s->waiting)) {
+        ev_idle_stop(loop, &s->keep_awake);
+    }
+}
+
+static void on_keep_awake(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)loop, (void)w, (void)revents; /* its being active is its work */
+}
+
+static void on_readable(Conn *c)
+{
     uint8_t *space = line_reader_space(&c->in, READ_CHUNK);
     if (!space) {
         conn_close(c, "out of memory");
@@ -167,18 +231,7 @@ static void on_readable(Conn *c)
         return;
     }
     line_reader_commit(&c->in, (size_t)n);
-    View line;
-    int r;
-    while (!c->closed && (r = line_reader_next(&c->in, &line)) != 0) {
-        if (r < 0) {
-            cb->overlong(c, c->in.max_line);
-        } else if (line.n) { /* blank lines are allowed between requests */
-            cb->line(c, line);
-        }
-    }
-    if (!c->closed && !line_reader_pending(&c->in)) {
-        buf_shrink(&c->in.in, READ_CHUNK * 2);
-    }
+    serve(c);
 }
 
 static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents)
@@ -483,6 +536,7 @@ int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const Serve
     *s = (Server){.loop = loop, .cfg = cfg, .cb = cb, .userdata = userdata, .listen_fd = -1};
     dlist_init(&s->conns);
     dlist_init(&s->closed);
+    dlist_init(&s->waiting);
     int n = sd_listen_fds(1);
     if (n > 1) {
         log_error("socket activation passed %d sockets; expected one", n);
@@ -501,6 +555,9 @@ int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const Serve
     ev_io_start(loop, &s->listen_io);
     ev_prepare_init(&s->prepare, on_prepare);
     ev_prepare_start(loop, &s->prepare);
+    ev_check_init(&s->turns, on_turns);
+    ev_check_start(loop, &s->turns);
+    ev_idle_init(&s->keep_awake, on_keep_awake);
     return 0;
 }
 
@@ -518,6 +575,8 @@ void server_stop(Server *s)
     }
     free_closed(s);
     ev_prepare_stop(s->loop, &s->prepare);
+    ev_check_stop(s->loop, &s->turns);
+    ev_idle_stop(s->loop, &s->keep_awake);
     if (s->listen_fd >= 0) {
         (void)close(s->listen_fd);
         s->listen_fd = -1;

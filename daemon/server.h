@@ -40,6 +40,10 @@ struct Conn {
     bool admitted; /* the layer above accepted it: its requests are read */
     bool closed;
     bool eof; /* the peer shut down its sending side: answer what is pending, then close */
+    /* Whole lines left over from its turn (LINES_PER_TURN): in Server.waiting, not reading
+     * until they are served. */
+    bool waiting;
+    DList turn;
     LineReader in;
     Buf out;
     uint64_t dropped; /* messages the layer above dropped since the last "dropped" event */
@@ -73,7 +77,9 @@ struct Server {
     char *socket_path; /* the path we bound (to unlink at exit) */
     ev_io listen_io;
     ev_prepare prepare;
-    DList conns, closed;
+    ev_check turns;     /* serves the connections waiting for their turn */
+    ev_idle keep_awake; /* active while one waits: the loop must not sleep */
+    DList conns, closed, waiting;
     size_t n_conns;    /* admitted or being admitted */
     size_t n_admitted; /* admitted: the clients the daemon serves */
     uint64_t next_serial, accepted, rejected;

@@ -811,13 +811,19 @@ static size_t window_of(const Impl *m)
                                                                : m->pub.limits.receive_maximum;
 }
 
+enum { OUT_HIGH_WATER = 128 * 1024 };
+
 static void pump(Impl *m, int64_t now)
 {
     size_t window = window_of(m);
     if (m->pub.state == SESSION_CONNECTED && m->on_wire < m->pub.inflight) {
         resend(m, window, now);
     }
-    while (m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue)) {
+    /* The queue is encoded as far as the socket takes it: past OUT_HIGH_WATER bytes waiting to
+     * be written, the rest stays queued (and bounded by [queue]) until the next tick after a
+     * write, so one tick's work stays small and a flood cannot stall the event loop. */
+    while (m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue) &&
+           buf_size(&m->pub.out) < OUT_HIGH_WATER) {
         SessionMsg *msg = container_of(m->queue.next, SessionMsg, link);
         if (!fits_link(m, msg, now)) {
             continue;

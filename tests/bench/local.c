@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -178,23 +179,36 @@ typedef struct Flood {
     long sent;
 } Flood;
 
+/* Writes publishes as fast as the daemon reads them, reading back whatever it answers (a
+ * full queue is answered), until told to stop: never blocked for long either way. */
 static void *flooder(void *arg)
 {
     Flood *f = arg;
     Conn c;
     conn_open(&c);
     enum { BATCH = 512 };
-    char *out = malloc(BATCH * 160);
+    char *out = malloc(BATCH * 160), sink[65536];
+    size_t len = 0, off = 0;
     while (out && !atomic_load(&f->stop)) {
-        size_t o = 0;
-        for (int k = 0; k < BATCH; k++) {
-            o += (size_t)sprintf(out + o,
-                                 "{\"op\":\"publish\",\"topic\":\"flood\",\"payload\":\"%s\","
-                                 "\"wait\":false}\n",
-                                 PAYLOAD);
+        if (off == len) {
+            len = off = 0;
+            for (int k = 0; k < BATCH; k++) {
+                len += (size_t)sprintf(out + len,
+                                       "{\"op\":\"publish\",\"topic\":\"flood\",\"payload\":"
+                                       "\"%s\",\"wait\":false}\n",
+                                       PAYLOAD);
+            }
+            f->sent += BATCH;
         }
-        send_all(c.fd, out, o);
-        f->sent += BATCH;
+        struct pollfd p = {.fd = c.fd, .events = POLLIN | POLLOUT};
+        if (poll(&p, 1, 100) <= 0) {
+            continue;
+        }
+        if ((p.revents & POLLIN) && read(c.fd, sink, sizeof(sink)) <= 0) {
+            break;
+        }
+        ssize_t n = (p.revents & POLLOUT) ? send(c.fd, out + off, len - off, MSG_DONTWAIT) : 0;
+        off += n > 0 ? (size_t)n : 0;
     }
     free(out);
     close(c.fd);

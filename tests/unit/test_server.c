@@ -36,10 +36,16 @@ static int t_admit(Conn *k, enum ipc_error *code, char *why, size_t n)
     return admit_answer;
 }
 
+static char order[512]; /* the first byte of each line served, in order */
+static size_t n_order;
+
 static void t_line(Conn *k, View line)
 {
     TConn *t = (TConn *)k;
     t->lines++;
+    if (n_order < sizeof(order)) {
+        order[n_order++] = (char)line.p[0];
+    }
     snprintf(t->last, sizeof(t->last), "%.*s", (int)line.n, (const char *)line.p);
 }
 
@@ -94,6 +100,7 @@ static void setup(void)
     admit_answer = 0;
     released = 0;
     last_conn = NULL;
+    n_order = 0;
     ck_assert_int_eq(server_start(&srv, loop, &cfg, &cb, NULL), 0);
 }
 
@@ -253,6 +260,38 @@ START_TEST(overlong_line_skipped)
     ck_assert_int_eq(last_conn->overlong, 1);
     ck_assert_str_eq(last_conn->last, "ok");
     close(fd);
+}
+END_TEST
+
+/* A client with many requests waiting gets a bounded turn per loop iteration: another
+ * client's request is served before the first one's backlog is through; the backlog is all
+ * served in order, and a client that leaves with lines waiting is closed cleanly. */
+START_TEST(turns)
+{
+    int a = peer();
+    RUN_UNTIL(last_conn);
+    TConn *ta = last_conn;
+    char burst[200 * 2 + 1] = "";
+    for (int i = 0; i < 200; i++) {
+        strcat(burst, "a\n");
+    }
+    put(a, burst);
+    RUN_UNTIL(ta->lines > 0); /* its first turn */
+    ck_assert_int_lt(ta->lines, 200);
+    ck_assert(ta->conn.waiting);
+    int b = peer();
+    RUN_UNTIL(last_conn != ta);
+    put(b, "b\n");
+    RUN_UNTIL(ta->lines == 200 && last_conn->lines == 1);
+    char *at = memchr(order, 'b', n_order);
+    ck_assert_ptr_nonnull(at);
+    ck_assert_int_lt(at - order, 200); /* before the end of a's backlog */
+    ck_assert(!ta->conn.waiting);
+    put(a, burst);
+    RUN_UNTIL(ta->lines > 200);
+    close(a); /* gone with lines waiting */
+    RUN_UNTIL(released == 1);
+    close(b);
 }
 END_TEST
 
@@ -428,6 +467,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, owed_answer_after_eof);
     tcase_add_test(tc, overlong_line_skipped);
     tcase_add_test(tc, back_pressure);
+    tcase_add_test(tc, turns);
     tcase_add_test(tc, admission_later);
     tcase_add_test(tc, refusals);
     tcase_add_test(tc, names_cached);
