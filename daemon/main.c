@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,6 +297,37 @@ static int router_start(Router *r)
     return 0;
 }
 
+/* Descriptors beyond the clients': the broker link, the spool, the listener, logs, threads. */
+#define FDS_RESERVED 64
+
+/* As many open files as the hard limit allows (one per local client), said when raised, and
+ * a warning when [ipc] max_clients cannot be reached. */
+static void raise_fd_limit(const Config *cfg)
+{
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) < 0) {
+        return; /* cannot happen; the limit stays what it is */
+    }
+    rlim_t was = r.rlim_cur;
+    if (r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) == 0) {
+            log_info("open-file limit raised from %llu to %llu (the hard limit)",
+                     (unsigned long long)was, (unsigned long long)r.rlim_cur);
+        } else {
+            r.rlim_cur = was;
+        }
+    }
+    if (r.rlim_cur != RLIM_INFINITY && cfg->ipc.max_clients + FDS_RESERVED > r.rlim_cur) {
+        log_warning(
+            "[ipc] max_clients = %zu needs %zu open files, the limit is %llu: clients "
+            "beyond about %llu are refused (raise LimitNOFILE, or ulimit -Hn)",
+            (size_t)cfg->ipc.max_clients, (size_t)cfg->ipc.max_clients + FDS_RESERVED,
+            (unsigned long long)r.rlim_cur,
+            (unsigned long long)(r.rlim_cur > FDS_RESERVED ? r.rlim_cur - FDS_RESERVED : 0));
+    }
+}
+
 /* [topics] mount, with this host's name and the client id (as they are at start). */
 static int setup_mount(Daemon *d, char *err, size_t errlen)
 {
@@ -373,6 +405,7 @@ int main(int argc, char **argv)
     log_set_level(d->cfg.log.level);
     signal(SIGPIPE, SIG_IGN);
 
+    raise_fd_limit(&d->cfg);
     d->loop = ev_default_loop(EVFLAG_AUTO);
     d->started_at = now_ms();
     d->client_id = make_client_id(&d->cfg);

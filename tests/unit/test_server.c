@@ -141,17 +141,27 @@ static void run_prepares(void)
     ev_prepare_stop(loop, &stopper);
 }
 
-/* Run the loop until cond holds (checked whenever the loop would wait), at most 5 s. */
+/* Conditions another thread changes (the names helper) have no event of their own. */
+static void on_wake(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)l, (void)w, (void)revents;
+}
+
+/* Run the loop until cond holds (checked whenever the loop would wait, and every 10 ms), at
+ * most 5 s. */
 #define RUN_UNTIL(cond)                                                                            \
     do {                                                                                           \
-        ev_timer bound_;                                                                           \
+        ev_timer bound_, wake_;                                                                    \
         timed_out = false;                                                                         \
         ev_timer_init(&bound_, on_bound, 5.0, 0.0);                                                \
         ev_timer_start(loop, &bound_);                                                             \
+        ev_timer_init(&wake_, on_wake, 0.01, 0.01);                                                \
+        ev_timer_start(loop, &wake_);                                                              \
         for (run_prepares(); !(cond) && !timed_out; run_prepares()) {                              \
             ev_run(loop, EVRUN_ONCE);                                                              \
         }                                                                                          \
         ev_timer_stop(loop, &bound_);                                                              \
+        ev_timer_stop(loop, &wake_);                                                               \
         ck_assert_msg(cond, "timed out waiting for " #cond);                                       \
     } while (0)
 
