@@ -873,6 +873,12 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
 }
 
 /* Subscribe to each filter in turn: 0, or the exit status of the first failure (reported). */
+/* A subscribe that did not complete: ^C or SIGTERM meanwhile is a normal end, as later. */
+static int sub_lost(int r)
+{
+    return r == -EINTR && interrupted ? 0 : lost(r);
+}
+
 static int subscribe_all(mqb_client *c, const SubArgs *a)
 {
     if (a->session) { /* first: the subscriptions are then the session's */
@@ -880,7 +886,7 @@ static int subscribe_all(mqb_client *c, const SubArgs *a)
         int r = mqb_call(c, json_pack("{s:s, s:s}", "op", "session", "name", a->session), &reply,
                          timeout_ms);
         if (r < 0) {
-            return lost(r);
+            return sub_lost(r);
         }
         r = json_is_true(json_object_get(reply, "ok")) ? 0 : reply_failed(reply, a->session);
         json_decref(reply);
@@ -906,7 +912,7 @@ static int subscribe_all(mqb_client *c, const SubArgs *a)
         }
         int r = mqb_call(c, req, &reply, timeout_ms);
         if (r < 0) {
-            return lost(r);
+            return sub_lost(r);
         }
         if (!json_is_true(json_object_get(reply, "ok"))) {
             r = reply_failed(reply, a->filters[i]);

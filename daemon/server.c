@@ -32,7 +32,10 @@ static void update_watcher(Conn *c)
     const Server *s = c->srv;
     bool backlog = buf_size(&c->out) > s->cfg->ipc.client_buffer;
     bool reading = c->admitted && !backlog && !c->eof && !c->waiting;
-    int events = (reading ? EV_READ : 0) | (buf_size(&c->out) ? EV_WRITE : 0);
+    /* Output to be flushed before the loop sleeps needs no EV_WRITE: asking for it and
+     * dropping it again would cost a system call per message. */
+    bool writing = buf_size(&c->out) && !c->unsent;
+    int events = (reading ? EV_READ : 0) | (writing ? EV_WRITE : 0);
     if (c->io.events != events || !ev_is_active(&c->io)) {
         ev_io_stop(s->loop, &c->io);
         if (events) {
@@ -50,6 +53,11 @@ void conn_send(Conn *c, View bytes)
     if (buf_append(&c->out, bytes.p, bytes.n) < 0) {
         conn_close(c, "out of memory");
         return;
+    }
+    Server *s = c->srv;
+    if (!c->unsent && !s->flushing) { /* output queued by the flush itself waits for EV_WRITE */
+        dlist_push(&s->unsent, &c->flush);
+        c->unsent = true;
     }
     update_watcher(c);
 }
@@ -71,6 +79,10 @@ void conn_close(Conn *c, const char *why)
     if (c->waiting) {
         dlist_remove(&c->turn);
         c->waiting = false;
+    }
+    if (c->unsent) {
+        dlist_remove(&c->flush);
+        c->unsent = false;
     }
     s->cb->gone(c);
     ev_io_stop(s->loop, &c->io);
@@ -390,11 +402,35 @@ static void free_closed(Server *s)
     }
 }
 
+/* What this iteration queued toward clients goes out now, one write each: a reply or a
+ * message leaves in the iteration that made it. What the socket does not take waits for it
+ * to be writable. */
+static void flush_unsent(Server *s)
+{
+    DList now;
+    dlist_init(&now);
+    while (!dlist_empty(&s->unsent)) { /* writing may queue more: that waits a round */
+        DList *l = s->unsent.next;
+        dlist_remove(l);
+        dlist_push(&now, l);
+    }
+    s->flushing = true;
+    while (!dlist_empty(&now)) {
+        Conn *c = container_of(now.next, Conn, flush);
+        dlist_remove(&c->flush);
+        c->unsent = false;
+        on_writable(c); /* may close others: conn_close takes them out of `now` */
+    }
+    s->flushing = false;
+}
+
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)loop;
     (void)revents;
-    free_closed(container_of(w, Server, prepare));
+    Server *s = container_of(w, Server, prepare);
+    flush_unsent(s);
+    free_closed(s);
 }
 
 void server_refuse_new(Server *s)
@@ -537,6 +573,7 @@ int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const Serve
     dlist_init(&s->conns);
     dlist_init(&s->closed);
     dlist_init(&s->waiting);
+    dlist_init(&s->unsent);
     int n = sd_listen_fds(1);
     if (n > 1) {
         log_error("socket activation passed %d sockets; expected one", n);
@@ -554,6 +591,7 @@ int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const Serve
     ev_io_init(&s->listen_io, on_accept, s->listen_fd, EV_READ);
     ev_io_start(loop, &s->listen_io);
     ev_prepare_init(&s->prepare, on_prepare);
+    ev_set_priority(&s->prepare, EV_MINPRI); /* last: after the broker's, whose work queues */
     ev_prepare_start(loop, &s->prepare);
     ev_check_init(&s->turns, on_turns);
     ev_check_start(loop, &s->turns);

@@ -44,6 +44,10 @@ struct Conn {
      * until they are served. */
     bool waiting;
     DList turn;
+    /* Output queued in this loop iteration: in Server.unsent, written before the loop next
+     * sleeps (without waiting a round for the socket to say it is writable). */
+    bool unsent;
+    DList flush;
     LineReader in;
     Buf out;
     uint64_t dropped; /* messages the layer above dropped since the last "dropped" event */
@@ -79,7 +83,8 @@ struct Server {
     ev_prepare prepare;
     ev_check turns;     /* serves the connections waiting for their turn */
     ev_idle keep_awake; /* active while one waits: the loop must not sleep */
-    DList conns, closed, waiting;
+    DList conns, closed, waiting, unsent;
+    bool flushing;     /* in the flush of `unsent`: output queued now waits for EV_WRITE */
     size_t n_conns;    /* admitted or being admitted */
     size_t n_admitted; /* admitted: the clients the daemon serves */
     uint64_t next_serial, accepted, rejected;
