@@ -4,6 +4,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 
 #include "mqtt/topic.h"
@@ -18,15 +19,15 @@ typedef struct RouterHolder {
     bool fresh; /* new: retained messages are for it (plain filters only) */
 } Holder;
 
-struct RouterNode {
+struct RouterNode { /* one per filter level: counts are 32 bits to keep it small */
     RouterNode *parent;
     RouterNode *plus, *hash; /* the '+' and '#' children */
-    size_t n_children;       /* all children, wildcards included */
     Holder *holders;         /* of the plain filter ending here */
-    size_t n_holders, cap_holders;
-    RouterFilter *plain;   /* the plain filter ending here, while it has holders */
-    RouterFilter **groups; /* the shared filters ending here ("$share/G/<this node>") */
-    size_t n_groups, cap_groups;
+    RouterFilter *plain;     /* the plain filter ending here, while it has holders */
+    RouterFilter **groups;   /* the shared filters ending here ("$share/G/<this node>") */
+    uint32_t n_children;     /* all children, wildcards included */
+    uint32_t n_holders;      /* room for: see room_for() */
+    uint32_t n_groups;
     uint16_t level_len;
     uint8_t level[]; /* this node's level text (for removal from `edges`) */
 };
@@ -94,7 +95,7 @@ int router_init(Router *r)
     *r = (Router){.next_subid = 1};
     hashmap_init(&r->edges);
     hashmap_init(&r->filters);
-    hashmap_init(&r->subids);
+    idmap_init(&r->subids, offsetof(RouterFilter, subid));
     r->root = node_new(NULL, VIEW_NULL);
     return r->root ? 0 : -ENOMEM;
 }
@@ -103,7 +104,7 @@ void router_free(Router *r)
 {
     hashmap_free(&r->edges, node_free); /* every node but the root is one edge's value */
     hashmap_free(&r->filters, filter_free);
-    hashmap_free(&r->subids, NULL);
+    idmap_free(&r->subids);
     node_free(r->root);
     free(r->matched);
     buf_free(&r->key);
@@ -185,26 +186,36 @@ static Holder *find_holder(const RouterNode *n, const RouterFilter *fc, const Ro
     return NULL;
 }
 
-/* A new, zeroed holder at the end of a (n entries, room for *cap), or NULL (nothing
- * changed) when out of memory. The caller counts it. */
-static Holder *holder_append(Holder **a, size_t n, size_t *cap)
+/* Arrays that only grow at their end have room for the next power of two of their count
+ * (none for 0): the count says when to grow, and nodes carry no capacity. 0, or -ENOMEM
+ * (nothing changed) when *a could not make room for element n (of size `each`). */
+static int room_for(void **a, uint32_t n, size_t each)
 {
-    if (n == *cap) {
-        size_t c = *cap ? *cap * 2 : 1;
-        Holder *na = realloc(*a, c * sizeof(*na));
-        if (!na) {
-            return NULL;
-        }
-        *a = na;
-        *cap = c;
+    if (n & (n - 1)) { /* not a power of two (nor 0): room left */
+        return 0;
     }
-    (*a)[n] = (Holder){0};
-    return &(*a)[n];
+    if (n > UINT32_MAX / 2) {
+        return -ENOMEM;
+    }
+    void *na = realloc(*a, (n ? 2 * (size_t)n : 1) * each);
+    if (!na) {
+        return -ENOMEM;
+    }
+    *a = na;
+    return 0;
 }
 
-static View subid_key(const uint32_t *id)
+/* A new, zeroed holder at the end of a (n entries), or NULL (nothing changed) when out of
+ * memory. The caller counts it. */
+static Holder *holder_append(Holder **a, uint32_t n)
 {
-    return VIEW(id, sizeof(*id));
+    void *p = *a;
+    if (room_for(&p, n, sizeof(Holder)) < 0) {
+        return NULL;
+    }
+    *a = p;
+    (*a)[n] = (Holder){0};
+    return &(*a)[n];
 }
 
 /* The record of `filter` (ending at node n), with no holder yet; NULL when out of memory. */
@@ -218,23 +229,19 @@ static RouterFilter *filter_new(Router *r, RouterNode *n, View filter)
     do { /* the next one no live filter has (one a recovered session kept may be) */
         fc->subid = r->next_subid;
         r->next_subid = r->next_subid >= ROUTER_SUBID_MAX ? 1 : r->next_subid + 1;
-    } while (hashmap_get(&r->subids, subid_key(&fc->subid)));
-    if (fc->shared && n->n_groups == n->cap_groups) {
-        size_t cap = n->cap_groups ? n->cap_groups * 2 : 1;
-        RouterFilter **g = realloc(n->groups, cap * sizeof(*g));
-        if (!g) {
-            free(fc);
-            return NULL;
-        }
-        n->groups = g;
-        n->cap_groups = cap;
+    } while (idmap_get(&r->subids, fc->subid));
+    void *g = n->groups;
+    if (fc->shared && room_for(&g, n->n_groups, sizeof(*n->groups)) < 0) {
+        free(fc);
+        return NULL;
     }
-    if (hashmap_put(&r->subids, subid_key(&fc->subid), fc) < 0) {
+    n->groups = g;
+    if (idmap_put(&r->subids, fc) < 0) {
         free(fc);
         return NULL;
     }
     if (hashmap_put(&r->filters, filter, fc) < 0) {
-        (void)hashmap_remove(&r->subids, subid_key(&fc->subid)); /* put just above */
+        (void)idmap_remove(&r->subids, fc->subid); /* put just above */
         free(fc);
         return NULL;
     }
@@ -259,15 +266,15 @@ static void filter_drop(Router *r, RouterNode *n, View filter, RouterFilter *fc)
         n->plain = NULL;
     }
     hashmap_remove(&r->filters, filter);
-    (void)hashmap_remove(&r->subids, subid_key(&fc->subid));
+    (void)idmap_remove(&r->subids, fc->subid);
     filter_free(fc);
 }
 
 /* A new holder of fc (ending at node n) for t, counted; NULL when out of memory. */
 static Holder *holder_new(Router *r, RouterNode *n, RouterFilter *fc, RouterTarget *t)
 {
-    Holder *h = fc->shared ? holder_append(&fc->members, fc->holders, &fc->cap_members)
-                           : holder_append(&n->holders, n->n_holders, &n->cap_holders);
+    Holder *h = fc->shared ? holder_append(&fc->members, fc->holders)
+                           : holder_append(&n->holders, n->n_holders);
     if (!h) {
         return NULL;
     }
@@ -644,14 +651,20 @@ int router_set_subid(Router *r, View filter, uint32_t subid)
     if (subid == 0 || subid > ROUTER_SUBID_MAX) {
         return -EINVAL;
     }
-    RouterFilter *other = hashmap_get(&r->subids, subid_key(&subid));
+    RouterFilter *other = idmap_get(&r->subids, subid);
     if (other) {
         return other == fc ? 0 : -EEXIST;
     }
-    if (hashmap_put(&r->subids, subid_key(&subid), fc) < 0) {
+    /* Moved, not copied: the map reads the id from the record. */
+    uint32_t old = fc->subid;
+    (void)idmap_remove(&r->subids, old); /* it is there: filter_new put it */
+    fc->subid = subid;
+    if (idmap_put(&r->subids, fc) < 0) {
+        fc->subid = old;
+        int r2 = idmap_put(&r->subids, fc);
+        assert(r2 == 0); /* putting back what was just removed never fails */
+        (void)r2;
         return -ENOMEM;
     }
-    (void)hashmap_remove(&r->subids, subid_key(&fc->subid));
-    fc->subid = subid;
     return 0;
 }

@@ -28,6 +28,7 @@
 
 #include "buf.h"
 #include "hashmap.h"
+#include "idmap.h"
 
 /* Embedded in whatever a subscriber is (the daemon's client); the router writes the match
  * results into it. */
@@ -51,7 +52,7 @@ typedef struct RouterHolder RouterHolder; /* one (subscriber, filter) pair: rout
 typedef struct Router {
     HashMap edges;   /* (parent node, level) -> child node */
     HashMap filters; /* exact filter -> holder counts */
-    HashMap subids;  /* subscription identifier (uint32_t) -> its RouterFilter */
+    IdMap subids;    /* subscription identifier -> its RouterFilter */
     RouterNode *root;
     uint64_t epoch;
     RouterTarget **matched; /* result array of router_match */
@@ -72,28 +73,27 @@ typedef struct Router {
 enum { ROUTER_ANY, ROUTER_MOUNTED, ROUTER_UNMOUNTED };
 
 /* Per exact filter string: what one broker subscription serves. */
-typedef struct RouterFilter {
-    size_t holders;
-    uint8_t broker_qos; /* the highest QoS any holder asked for */
-    bool active;        /* the broker granted it (the daemon sets this on SUBACK) */
-    bool was_active;    /* granted before the link went down (router_reconfirm_all) */
-    uint32_t subid;     /* its MQTT 5 subscription identifier, unique among live filters */
-    uint8_t granted;    /* the QoS it granted */
+typedef struct RouterFilter { /* one per filter: fields ordered to keep it small */
+    /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
+     * (`holders` of them), rather than in the trie node; `next` is the index of the member
+     * whose turn it is. The router owns these fields. */
+    RouterHolder *members;
+    uint32_t next;
+    uint32_t holders;
+    uint32_t subid; /* its MQTT 5 subscription identifier, unique among live filters */
     /* MQTT 5 options of the broker subscription (the daemon sets them). With Retain As
      * Published the broker keeps the retain flag on live messages, so one with the flag goes
      * to every holder while none is fresh (`fresh` counts those that are); while one is, it
      * is taken for a retained message of that holder's subscribe, and goes to the fresh ones
      * only. */
+    uint32_t fresh;
     bool no_local, retain_as_published;
-    size_t fresh;
+    uint8_t broker_qos; /* the highest QoS any holder asked for */
+    uint8_t granted;    /* the QoS it granted */
+    bool active;        /* the broker granted it (the daemon sets this on SUBACK) */
+    bool was_active;    /* granted before the link went down (router_reconfirm_all) */
     bool unmounted; /* its broker subscription is not under the mount point (the daemon sets it) */
-    /* A shared subscription ("$share/G/F") keeps its members here, in the order they joined
-     * (`holders` of them), rather than in the trie node; `next` is the index of the member
-     * whose turn it is. The router owns these fields. */
     bool shared;
-    size_t next;
-    RouterHolder *members;
-    size_t cap_members;
 } RouterFilter;
 
 enum {

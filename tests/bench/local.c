@@ -294,10 +294,12 @@ void case_memory(int run)
             (double)(with.pss_anon - idle.pss_anon) / clients, NAN);
     row_set(row("KiB", true, "memory per idle client, RSS"), run,
             (double)(with.rss - idle.rss) / clients, NAN);
+    /* Less what the same clients cost without subscriptions. */
     row_set(row("KiB", true, "memory per subscription, Pss_Anon"), run,
-            (double)(subbed.pss_anon - base.pss_anon) / n_subs, NAN);
+            (double)((subbed.pss_anon - base.pss_anon) - (with.pss_anon - idle.pss_anon)) / n_subs,
+            NAN);
     row_set(row("KiB", true, "memory per subscription, RSS"), run,
-            (double)(subbed.rss - base.rss) / n_subs, NAN);
+            (double)((subbed.rss - base.rss) - (with.rss - idle.rss)) / n_subs, NAN);
 }
 
 /* ---- pub -l ---- */
