@@ -314,6 +314,9 @@ static void link_up(Broker *b)
     }
     session_transport_up(b->session, now_ms());
     flush(b);
+    if (b->up && transport_pending(&b->tr)) { /* read with the handshake's last record */
+        ev_feed_event(b->loop, &b->io, EV_READ);
+    }
 }
 
 static void handshake(Broker *b)
@@ -400,8 +403,17 @@ static void on_connect_result(Broker *b)
 static void on_readable(Broker *b)
 {
     uint8_t buf[READ_CHUNK];
-    /* Bounded per wake-up so one busy broker cannot starve local clients. */
-    for (int i = 0; i < 16 && b->up; i++) {
+    /* Bounded per wake-up (1 MiB, or 1024 TLS records) so one busy broker cannot starve
+     * local clients. */
+    size_t got = 0;
+    for (int i = 0; b->up; i++) {
+        if (i == 1024 || got >= 16 * READ_CHUNK) {
+            /* Next iteration for what TLS holds: epoll will not say. */
+            if (transport_pending(&b->tr)) {
+                ev_feed_event(b->loop, &b->io, EV_READ);
+            }
+            return;
+        }
         ssize_t n = transport_read(&b->tr, buf, sizeof(buf));
         if (n == -EAGAIN) {
             break;
@@ -425,7 +437,9 @@ static void on_readable(Broker *b)
             return;
         }
         session_input(b->session, buf, (size_t)n, now_ms());
-        if ((size_t)n < sizeof(buf) && !(b->up && transport_pending(&b->tr))) {
+        got += (size_t)n;
+        /* A short plain read emptied the socket; TLS gives a record at a time: on to EAGAIN. */
+        if ((size_t)n < sizeof(buf) && !b->tr.tls) {
             break;
         }
     }

@@ -8,7 +8,9 @@
 #include <errno.h>
 #include <ev.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <wolfssl/error-ssl.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
@@ -41,10 +43,18 @@ struct TlsContext {
     Token *token;  /* NULL: the key is a file */
 };
 
+/* wolfSSL reads a record's header and then its body, each with its own recv(): with small
+ * records (an acknowledgement is one) that is two system calls per packet. It reads from
+ * this buffer instead, filled with one recv() of whatever the socket holds. */
+enum { READ_AHEAD = 16384 + 512 }; /* a whole largest record */
+
 struct TlsConn {
     TlsContext *ctx;
     WOLFSSL *ssl;
+    int fd;
     bool has_cert;
+    uint8_t *ahead; /* READ_AHEAD bytes once the handshake has begun */
+    size_t ahead_off, ahead_len;
     char error[300];
 };
 
@@ -351,6 +361,33 @@ void tls_context_unref(TlsContext *c)
     }
 }
 
+/* wolfSSL's receive callback (its error codes, as its own socket callback answers). */
+static int recv_ahead(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+    (void)ssl;
+    TlsConn *t = ctx;
+    if (t->ahead_off == t->ahead_len) {
+        ssize_t n = recv(t->fd, t->ahead, READ_AHEAD, 0);
+        if (n < 0) {
+            return errno == EAGAIN || errno == EWOULDBLOCK   ? WOLFSSL_CBIO_ERR_WANT_READ
+                   : errno == EINTR                          ? WOLFSSL_CBIO_ERR_ISR
+                   : errno == ECONNRESET                     ? WOLFSSL_CBIO_ERR_CONN_RST
+                   : errno == EPIPE || errno == ECONNABORTED ? WOLFSSL_CBIO_ERR_CONN_CLOSE
+                                                             : WOLFSSL_CBIO_ERR_GENERAL;
+        }
+        if (n == 0) {
+            return WOLFSSL_CBIO_ERR_CONN_CLOSE;
+        }
+        t->ahead_off = 0;
+        t->ahead_len = (size_t)n;
+    }
+    size_t k = t->ahead_len - t->ahead_off;
+    k = sz > 0 && (size_t)sz < k ? (size_t)sz : k;
+    memcpy(buf, t->ahead + t->ahead_off, k);
+    t->ahead_off += k;
+    return (int)k;
+}
+
 int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsConn **ret, char *err,
             size_t errlen)
 {
@@ -375,7 +412,15 @@ int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsCon
     }
     t->has_cert = set(cfg->tls.cert_file);
     const char *name = set(cfg->tls.server_name) ? cfg->tls.server_name : host;
-    wolfSSL_set_fd(t->ssl, fd);
+    if (!(t->ahead = malloc(READ_AHEAD))) {
+        snprintf(err, errlen, "TLS: out of memory");
+        tls_free(t);
+        return -ENOMEM;
+    }
+    t->fd = fd;
+    wolfSSL_set_fd(t->ssl, fd); /* writes go straight to the socket */
+    wolfSSL_SSLSetIORecv(t->ssl, recv_ahead);
+    wolfSSL_SetIOReadCtx(t->ssl, t); /* after set_fd, which sets its own */
     wolfSSL_set_using_nonblock(t->ssl, 1);
     wolfSSL_UseSNI(t->ssl, WOLFSSL_SNI_HOST_NAME, name, (unsigned short)strlen(name));
     if (cfg->tls.verify) {
@@ -403,6 +448,7 @@ void tls_free(TlsConn *t)
         wolfSSL_free(t->ssl);
     }
     tls_context_unref(t->ctx);
+    free(t->ahead);
     free(t);
 }
 
@@ -534,9 +580,9 @@ long tls_write(TlsConn *t, const void *buf, size_t n, int *want)
     return -EPROTO;
 }
 
-int tls_pending(TlsConn *t)
+bool tls_pending(TlsConn *t)
 {
-    return wolfSSL_pending(t->ssl);
+    return wolfSSL_pending(t->ssl) > 0 || t->ahead_off < t->ahead_len;
 }
 
 const char *tls_version(TlsConn *t)

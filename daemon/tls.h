@@ -36,7 +36,8 @@ long tls_read(TlsConn *t, void *buf, size_t n, int *want);
 long tls_write(TlsConn *t, const void *buf, size_t n, int *want);
 /* Words for the last -EPROTO of tls_read / tls_write. */
 const char *tls_last_error(TlsConn *t);
-/* Bytes already decrypted and waiting (drain them: the fd will not wake us for them). */
-int tls_pending(TlsConn *t);
+/* Bytes read from the socket or decrypted and still waiting: drain them, the fd will not
+ * wake us for them. */
+bool tls_pending(TlsConn *t);
 const char *tls_version(TlsConn *t);
 const char *tls_cipher(TlsConn *t);

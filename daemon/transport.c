@@ -55,7 +55,7 @@ int transport_handshake(Transport *t, char *err, size_t errlen)
 
 bool transport_pending(Transport *t)
 {
-    return t->tls && tls_pending(t->tls) > 0;
+    return t->tls && tls_pending(t->tls);
 }
 
 ssize_t transport_read(Transport *t, void *buf, size_t n)

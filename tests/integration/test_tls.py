@@ -56,6 +56,23 @@ class Tls(TestCase):
             c.ok("publish", topic="tls/a", payload="secret", qos=1)
             self.assertEqual(c.event("message")["payload"], "secret")
 
+    def test_bursts_of_small_and_large_records(self):
+        """Many acknowledgements arrive in one read (several records in the daemon's read-ahead)
+        and large messages span records and reads: each arrives once, whole and in order."""
+        m = self.broker(extra=tls_listener())
+        d = self.tls_daemon(m.port)
+        d.start()
+        sizes = [1, 5, 16 * 1024 - 40, 16 * 1024 + 1, 100 * 1000] + [20] * 995
+        with d.client() as c:
+            c.ok("subscribe", filter="big/#", qos=1)
+            c.send_raw("".join(
+                f'{{"id":{i},"op":"publish","topic":"big/{i}","payload":"{chr(97 + i % 26) * n}",'
+                f'"qos":1,"wait":false}}\n' for i, n in enumerate(sizes)).encode())
+            got = c.messages(len(sizes), timeout=30)
+            self.assertEqual([e["topic"] for e in got], [f"big/{i}" for i in range(len(sizes))])
+            for i, e in enumerate(got):
+                self.assertEqual(e["payload"], chr(97 + i % 26) * sizes[i], f"message {i}")
+
     def test_unknown_ca(self):
         m = self.broker(extra=tls_listener())
         d = self.tls_daemon(m.port, ca_file=f"{CERTS}/other-ca.crt")
