@@ -872,13 +872,13 @@ static int parse_sub_args(int argc, char **argv, SubArgs *ret)
     return 0;
 }
 
-/* Subscribe to each filter in turn: 0, or the exit status of the first failure (reported). */
 /* A subscribe that did not complete: ^C or SIGTERM meanwhile is a normal end, as later. */
 static int sub_lost(int r)
 {
     return r == -EINTR && interrupted ? 0 : lost(r);
 }
 
+/* Subscribe to each filter in turn: 0, or the exit status of the first failure (reported). */
 static int subscribe_all(mqb_client *c, const SubArgs *a)
 {
     if (a->session) { /* first: the subscriptions are then the session's */

@@ -85,8 +85,20 @@ static SessionConfig session_config(const Config *cfg, const char *client_id, co
     };
 }
 
+/* Records are waiting in memory (or not): read them before the loop next sleeps. */
+static void set_more(Broker *b, bool more)
+{
+    b->more = more;
+    if (more) {
+        ev_idle_start(b->loop, &b->keep_awake);
+    } else {
+        ev_idle_stop(b->loop, &b->keep_awake);
+    }
+}
+
 static void close_link(Broker *b)
 {
+    set_more(b, false);
     ev_io_stop(b->loop, &b->io);
     transport_close(&b->tr);
     if (b->addrs) {
@@ -314,9 +326,7 @@ static void link_up(Broker *b)
     }
     session_transport_up(b->session, now_ms());
     flush(b);
-    if (b->up && transport_pending(&b->tr)) { /* read with the handshake's last record */
-        ev_feed_event(b->loop, &b->io, EV_READ);
-    }
+    set_more(b, b->up && transport_pending(&b->tr)); /* read with the handshake's last record */
 }
 
 static void handshake(Broker *b)
@@ -408,10 +418,7 @@ static void on_readable(Broker *b)
     size_t got = 0;
     for (int i = 0; b->up; i++) {
         if (i == 1024 || got >= 16 * READ_CHUNK) {
-            /* Next iteration for what TLS holds: epoll will not say. */
-            if (transport_pending(&b->tr)) {
-                ev_feed_event(b->loop, &b->io, EV_READ);
-            }
+            set_more(b, transport_pending(&b->tr)); /* the rest in this iteration's prepare */
             return;
         }
         ssize_t n = transport_read(&b->tr, buf, sizeof(buf));
@@ -466,7 +473,17 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)loop;
     (void)revents;
-    broker_kick((Broker *)((char *)w - offsetof(Broker, prepare)));
+    Broker *b = (Broker *)((char *)w - offsetof(Broker, prepare));
+    if (b->more) {
+        set_more(b, false);
+        on_readable(b); /* may set it again: the idle then keeps the loop from sleeping */
+    }
+    broker_kick(b);
+}
+
+static void on_keep_awake(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)loop, (void)w, (void)revents; /* its being active is its work */
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -518,6 +535,7 @@ int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, TlsContext *
     ev_timer_init(&b->timer, on_timer, 0.0, 0.0);
     ev_prepare_init(&b->prepare, on_prepare);
     ev_prepare_start(loop, &b->prepare);
+    ev_idle_init(&b->keep_awake, on_keep_awake);
     SessionConfig sc = session_config(cfg, client_id, password, mount);
     static const SessionCallbacks cb = {.event = on_session_event, .trace = on_trace};
     return session_new(&sc, &cb, b, &b->session);

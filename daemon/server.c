@@ -50,12 +50,15 @@ void conn_send(Conn *c, View bytes)
     if (c->closed) {
         return;
     }
+    bool waiting = buf_size(&c->out) > 0; /* then it is in `unsent`, or watched for EV_WRITE */
     if (buf_append(&c->out, bytes.p, bytes.n) < 0) {
         conn_close(c, "out of memory");
         return;
     }
     Server *s = c->srv;
-    if (!c->unsent && !s->flushing) { /* output queued by the flush itself waits for EV_WRITE */
+    /* Output queued by the flush itself, or behind bytes the socket did not take, waits for
+     * EV_WRITE. */
+    if (!waiting && !c->unsent && !s->flushing) {
         dlist_push(&s->unsent, &c->flush);
         c->unsent = true;
     }
@@ -415,6 +418,7 @@ static void flush_unsent(Server *s)
         dlist_push(&now, l);
     }
     s->flushing = true;
+    size_t before = s->n_conns;
     while (!dlist_empty(&now)) {
         Conn *c = container_of(now.next, Conn, flush);
         dlist_remove(&c->flush);
@@ -422,6 +426,11 @@ static void flush_unsent(Server *s)
         on_writable(c); /* may close others: conn_close takes them out of `now` */
     }
     s->flushing = false;
+    if (s->n_conns < before) {
+        /* What a close asked of the broker (an UNSUBSCRIBE, the session saved) comes after
+         * its prepare watcher ran: one more turn of the loop, without sleeping, sends it. */
+        ev_idle_start(s->loop, &s->keep_awake);
+    }
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)

@@ -46,14 +46,14 @@ struct TlsContext {
 /* wolfSSL reads a record's header and then its body, each with its own recv(): with small
  * records (an acknowledgement is one) that is two system calls per packet. It reads from
  * this buffer instead, filled with one recv() of whatever the socket holds. */
-enum { READ_AHEAD = 16384 + 512 }; /* a whole largest record */
+enum { READ_AHEAD = 16384 + 2048 + 5 }; /* a largest TLS 1.2 record, header included */
 
 struct TlsConn {
     TlsContext *ctx;
     WOLFSSL *ssl;
     int fd;
     bool has_cert;
-    uint8_t *ahead; /* READ_AHEAD bytes once the handshake has begun */
+    uint8_t *ahead; /* READ_AHEAD bytes */
     size_t ahead_off, ahead_len;
     char error[300];
 };
@@ -366,6 +366,9 @@ static int recv_ahead(WOLFSSL *ssl, char *buf, int sz, void *ctx)
 {
     (void)ssl;
     TlsConn *t = ctx;
+    if (sz <= 0) {
+        return WOLFSSL_CBIO_ERR_GENERAL; /* wolfSSL never asks for nothing */
+    }
     if (t->ahead_off == t->ahead_len) {
         ssize_t n = recv(t->fd, t->ahead, READ_AHEAD, 0);
         if (n < 0) {
@@ -382,7 +385,7 @@ static int recv_ahead(WOLFSSL *ssl, char *buf, int sz, void *ctx)
         t->ahead_len = (size_t)n;
     }
     size_t k = t->ahead_len - t->ahead_off;
-    k = sz > 0 && (size_t)sz < k ? (size_t)sz : k;
+    k = (size_t)sz < k ? (size_t)sz : k;
     memcpy(buf, t->ahead + t->ahead_off, k);
     t->ahead_off += k;
     return (int)k;
