@@ -17,6 +17,7 @@
 
 typedef struct State {
     int wanted, got;
+    int replies_owed; /* a reply can come after the message it made: wait for both */
     int failed;
 } State;
 
@@ -24,6 +25,7 @@ static void on_reply(mqb_client *c, const json_t *reply, void *userdata)
 {
     (void)c;
     State *s = userdata;
+    s->replies_owed--;
     const char *message = NULL, *code = mqb_reply_error(reply, &message);
     if (!mqb_reply_ok(reply)) {
         fprintf(stderr, "subscriber: %s: %s\n", code ? code : "closed", message ? message : "");
@@ -55,14 +57,24 @@ int main(int argc, char **argv)
         return 1;
     }
     mqb_on_message(c, on_message, &s);
-    /* Replies come in order for these two: the subscription is in place before the publish
-     * is sent (a publish is answered once the broker has it, a subscribe once it granted). */
-    mqb_subscribe(c, argv[1], 1, on_reply, &s);
-    mqb_publish(c,
-                &(mqb_publish_args){
-                    .topic = argv[2], .payload = argv[3], .payload_len = strlen(argv[3]), .qos = 1},
-                on_reply, &s);
-    while (s.got < s.wanted && !s.failed) {
+    /* The daemon sends the broker the SUBSCRIBE before the PUBLISH, on its one connection, so
+     * the message comes back. The publish is answered once the broker has it, which may be
+     * after its message came back: wait for both replies and the message. */
+    s.replies_owed = 2;
+    int64_t sub = mqb_subscribe(c, argv[1], 1, on_reply, &s);
+    int64_t pub = sub < 0 ? sub
+                          : mqb_publish(c,
+                                        &(mqb_publish_args){.topic = argv[2],
+                                                            .payload = argv[3],
+                                                            .payload_len = strlen(argv[3]),
+                                                            .qos = 1},
+                                        on_reply, &s);
+    if (pub < 0) {
+        fprintf(stderr, "subscriber: %s\n", strerror((int)-pub));
+        mqb_close(c);
+        return 1;
+    }
+    while ((s.got < s.wanted || s.replies_owed > 0) && !s.failed) {
         struct pollfd p = {.fd = mqb_fd(c), .events = mqb_poll_events(c)};
         if (poll(&p, 1, 10000) <= 0) {
             fprintf(stderr, "subscriber: nothing for 10 s\n");

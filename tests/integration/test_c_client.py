@@ -50,7 +50,7 @@ class CClient(TestCase):
         run_env = dict(os.environ, MQTTBRIDGE_SOCKET=d.socket, LD_LIBRARY_PATH=libdir)
         r = subprocess.run([exe, "demo/#", "demo/hello", "hi there", "1"], env=run_env,
                            capture_output=True, text=True, timeout=WAIT * 2)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.returncode, 0, r.stderr + "\ndaemon log:\n" + d.logtext()[-3000:])
         self.assertEqual(r.stdout, "demo/hello hi there\n")
         # Only the API is exported, with a version.
         syms = subprocess.run(["nm", "-D", "--defined-only",
