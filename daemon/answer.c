@@ -49,6 +49,12 @@ void answer_ok(Client *c, json_t *id, json_t *fields)
     send_scratch(c, reply_ok(&scratch, id, fields));
 }
 
+void answer_ok_reason(Client *c, json_t *id, int reason_code)
+{
+    buf_clear(&scratch);
+    send_scratch(c, reply_ok_reason(&scratch, id, reason_code));
+}
+
 /* An error reply, with the broker's reason when there is one (reason -1: none). */
 static void verror(Client *c, json_t *id, enum ipc_error code, int reason, const char *rs,
                    const char *fmt, va_list ap) __attribute__((format(printf, 6, 0)));

@@ -13,6 +13,8 @@
 void answer_message(Client *c, View event);
 /* {"id":..,"ok":true,...fields}; steals `fields` (may be NULL). */
 void answer_ok(Client *c, json_t *id, json_t *fields);
+/* Success with the broker's MQTT 5 reason code (e.g. 0x10 No matching subscribers). */
+void answer_ok_reason(Client *c, json_t *id, int reason_code);
 /* {"id":..,"ok":false,"error":{"code":..,"message":..}}. */
 void answer_error(Client *c, json_t *id, enum ipc_error code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

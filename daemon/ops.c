@@ -35,9 +35,10 @@ static int64_t timeout_of(const Client *c, const Request *r)
  * that it refused or the link could not carry. */
 static void publish_done(Waiter *w, int result)
 {
-    if (result >= 0) {
-        answer_ok(w->c, w->id,
-                  w->reason ? json_pack("{s:i}", "reason_code", (int)w->reason) : NULL);
+    if (result >= 0 && w->reason) {
+        answer_ok_reason(w->c, w->id, (int)w->reason);
+    } else if (result >= 0) {
+        answer_ok(w->c, w->id, NULL);
     } else if (result == -EPERM) {
         answer_refused(w->c, w->id, w, "the broker refused: %s", w->reason_text);
     } else {

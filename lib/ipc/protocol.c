@@ -512,13 +512,27 @@ int write_json_line(Buf *out, json_t *obj)
     return r;
 }
 
+/* v in decimal, as jansson writes it (without printf: this is on every reply's path). */
+static int put_int(Buf *out, json_int_t v)
+{
+    char num[24], *p = num + sizeof(num);
+    /* The magnitude in unsigned arithmetic: -INT64_MIN does not fit a json_int_t. */
+    unsigned long long m = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + m % 10);
+        m /= 10;
+    } while (m);
+    if (v < 0) {
+        *--p = '-';
+    }
+    return buf_append(out, p, (size_t)(num + sizeof(num) - p));
+}
+
 /* A request's id as JSON (null when absent). */
 static int put_id(Buf *out, json_t *id)
 {
-    char num[32];
     if (json_is_integer(id)) {
-        int n = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
-        return buf_append(out, num, (size_t)n);
+        return put_int(out, json_integer_value(id));
     }
     if (!id || json_is_null(id)) {
         return buf_append(out, "null", 4);
@@ -533,6 +547,20 @@ static int reply_ok_plain(Buf *out, json_t *id)
     int r;
     if ((r = buf_append(out, "{\"id\":", 6)) < 0 || (r = put_id(out, id)) < 0 ||
         (r = buf_append(out, ",\"ok\":true}\n", 12)) < 0) {
+        buf_rollback(out, before);
+    }
+    return r;
+}
+
+#define OK_REASON ",\"ok\":true,\"reason_code\":"
+
+int reply_ok_reason(Buf *out, json_t *id, int reason_code)
+{
+    size_t before = buf_mark(out);
+    int r;
+    if ((r = buf_append(out, "{\"id\":", 6)) < 0 || (r = put_id(out, id)) < 0 ||
+        (r = buf_append(out, OK_REASON, sizeof(OK_REASON) - 1)) < 0 ||
+        (r = put_int(out, reason_code)) < 0 || (r = buf_append(out, "}\n", 2)) < 0) {
         buf_rollback(out, before);
     }
     return r;

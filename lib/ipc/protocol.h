@@ -92,6 +92,8 @@ void request_free(Request *req);
 /* Replies: one JSON line each, appended to `out`. `fields` (stolen, may be NULL) holds the
  * op-specific members of a success reply. */
 int reply_ok(Buf *out, json_t *id, json_t *fields);
+/* `{"id":ID,"ok":true,"reason_code":R}`, as reply_ok writes it, without building a tree. */
+int reply_ok_reason(Buf *out, json_t *id, int reason_code);
 int reply_error(Buf *out, json_t *id, enum ipc_error code, const char *message);
 /* The same with the broker's MQTT 5 answer in the error object: "reason_code" (when >= 0)
  * and "reason", its reason string (when not empty). */

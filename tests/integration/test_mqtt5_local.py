@@ -289,6 +289,19 @@ class Requests(TestCase):
                            capture_output=True, timeout=WAIT + 5)
         self.assertEqual(r.stdout.decode().strip(), "cba", r.stderr)
 
+    def test_publish_success_says_no_matching_subscribers(self):
+        """A QoS 1 publish nobody subscribed to succeeds with the broker's 0x10, and one that
+        has a subscriber with none, each reply exactly as docs/protocol.md shows it."""
+        m = self.broker()
+        d = self.daemon(m.port, sections=V5)
+        with d.client() as c:
+            c.send_raw(b'{"id":-7,"op":"publish","topic":"nobody/here","payload":"x","qos":1}\n')
+            self.assertEqual(c.next(lambda x: "event" not in x),
+                             {"id": -7, "ok": True, "reason_code": 16})
+            c.ok("subscribe", filter="somebody/here", qos=1)
+            r = c.ok("publish", topic="somebody/here", payload="x", qos=1)
+            self.assertNotIn("reason_code", r)
+
     def test_no_subscriber_fails_fast(self):
         m = self.broker()
         d = self.daemon(m.port, sections=V5)

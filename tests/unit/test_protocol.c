@@ -301,6 +301,22 @@ START_TEST(replies)
     buf_clear(&b);
     ck_assert_int_eq(reply_ok(&b, NULL, NULL), 0);
     ck_assert_view_str(buf_view(&b), "{\"id\":null,\"ok\":true}\n");
+    /* Written directly, as jansson writes the same object. */
+    json_int_t ids[] = {0, 7, -1, 1234567890123, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        json_t *n = json_integer(ids[i]);
+        Buf want = {0};
+        buf_clear(&b);
+        ck_assert_int_eq(reply_ok(&want, n, json_pack("{s:i}", "reason_code", 16)), 0);
+        ck_assert_int_eq(reply_ok_reason(&b, n, 16), 0);
+        ck_assert_int_eq(buf_size(&b), buf_size(&want));
+        ck_assert_mem_eq(b.data + b.off, want.data + want.off, buf_size(&b));
+        buf_free(&want);
+        json_decref(n);
+    }
+    buf_clear(&b);
+    ck_assert_int_eq(reply_ok_reason(&b, NULL, 0x10), 0);
+    ck_assert_view_str(buf_view(&b), "{\"id\":null,\"ok\":true,\"reason_code\":16}\n");
     buf_clear(&b);
     ck_assert_int_eq(reply_error(&b, id, IPC_QUEUE_FULL, "queue full"), 0);
     ck_assert_view_str(buf_view(&b), "{\"id\":3,\"ok\":false,\"error\":{\"code\":\"queue_full\","
