@@ -321,8 +321,8 @@ static void link_up(Broker *b)
     b->handshaking = false;
     b->hosts_tried = 0;
     if (b->tr.tls) {
-        log_debug("TLS connected to %s (%s, %s)", b->peer, tls_version(b->tr.tls),
-                  tls_cipher(b->tr.tls));
+        log_debug("TLS connected to %s (%s, %s%s)", b->peer, tls_version(b->tr.tls),
+                  tls_cipher(b->tr.tls), tls_resumed(b->tr.tls) ? ", session resumed" : "");
     }
     session_transport_up(b->session, now_ms());
     flush(b);

@@ -361,6 +361,7 @@ static void op_status(Client *c, Request *r)
     if (tls && connected) {
         json_object_set_new(st, "tls_version", json_string(tls_version(tls)));
         json_object_set_new(st, "tls_cipher", json_string(tls_cipher(tls)));
+        json_object_set_new(st, "tls_resumed", json_boolean(tls_resumed(tls)));
     }
     answer_ok(c, r->id, json_pack("{s:o}", "status", st));
 }

@@ -41,6 +41,13 @@ struct TlsContext {
     WOLFSSL_CTX *ctx;
     unsigned refs; /* the daemon's, and one per connection made with it */
     Token *token;  /* NULL: the key is a file */
+    /* The last established connection's session (its ticket), offered to the next
+     * connection to the same name: a resumed handshake skips the certificate chain and the
+     * signatures, which is most of what a reconnect costs both sides. A reload makes a new
+     * context, so nothing is resumed across a change of CA, certificate or key. */
+    WOLFSSL_SESSION *resume;
+    char resume_name[256];
+    uint64_t resume_creds; /* creds_id() of the connection that made it */
 };
 
 /* wolfSSL reads a record's header and then its body, each with its own recv(): with small
@@ -53,7 +60,10 @@ struct TlsConn {
     WOLFSSL *ssl;
     int fd;
     bool has_cert;
-    uint8_t *ahead; /* READ_AHEAD bytes */
+    bool established; /* the handshake completed: its session is worth keeping */
+    char name[256];   /* the broker's name (SNI, certificate check, resumption) */
+    uint64_t creds;   /* creds_id() of the certificate and key it presents */
+    uint8_t *ahead;   /* READ_AHEAD bytes */
     size_t ahead_off, ahead_len;
     char error[300];
 };
@@ -355,6 +365,9 @@ int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errle
 void tls_context_unref(TlsContext *c)
 {
     if (c && --c->refs == 0) {
+        if (c->resume) {
+            wolfSSL_SESSION_free(c->resume);
+        }
         wolfSSL_CTX_free(c->ctx);
         close_token(c->token);
         free(c);
@@ -391,6 +404,75 @@ static int recv_ahead(WOLFSSL *ssl, char *buf, int sz, void *ctx)
     return (int)k;
 }
 
+/* FNV-1a of a file's first 64 KiB and its size (0 when it cannot be read: it is then not
+ * the file a session was made with, or the handshake fails anyway). */
+static uint64_t file_id(const char *path)
+{
+    uint64_t h = 14695981039346656037ull;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        return 0;
+    }
+    uint8_t buf[4096];
+    size_t n, total = 0;
+    while (total < 65536 && (n = fread(buf, 1, sizeof(buf), f)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            h = (h ^ buf[i]) * 1099511628211ull;
+        }
+        total += n;
+    }
+    if (fseek(f, 0, SEEK_END) == 0) {
+        h = (h ^ (uint64_t)ftell(f)) * 1099511628211ull;
+    }
+    (void)fclose(f); /* read only */
+    return h;
+}
+
+/* What the client presents: a session is resumed only with the same certificate and key, so
+ * a rotated certificate is shown at the next connect (a resumed handshake shows none). */
+static uint64_t creds_id(const Config *cfg)
+{
+    if (!set(cfg->tls.cert_file)) {
+        return 0;
+    }
+    const char *k = cfg->tls.key_file;
+    uint64_t key = !set(k) || strncmp(k, "pkcs11:", 7) == 0 ? 0 : file_id(k);
+    return file_id(cfg->tls.cert_file) * 31 + key;
+}
+
+/* Offer the last session to a new connection to the same name (the broker may decline it:
+ * the handshake is then a full one). */
+static void resume_from(TlsConn *t, const char *name, const Config *cfg)
+{
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->creds = creds_id(cfg);
+    const TlsContext *ctx = t->ctx;
+    if (ctx->resume && strcmp(ctx->resume_name, t->name) == 0 && ctx->resume_creds == t->creds &&
+        wolfSSL_set_session(t->ssl, ctx->resume) != WOLFSSL_SUCCESS) {
+        log_debug("TLS: the last session with %s cannot be offered; a full handshake follows",
+                  t->name);
+    }
+}
+
+/* A connection that got through its handshake leaves its session (with the ticket the broker
+ * sent after it) for the next one. */
+static void keep_session(TlsConn *t)
+{
+    if (!t->established) {
+        return;
+    }
+    WOLFSSL_SESSION *s = wolfSSL_get1_session(t->ssl);
+    if (!s) {
+        return;
+    }
+    if (t->ctx->resume) {
+        wolfSSL_SESSION_free(t->ctx->resume);
+    }
+    t->ctx->resume = s;
+    t->ctx->resume_creds = t->creds;
+    snprintf(t->ctx->resume_name, sizeof(t->ctx->resume_name), "%s", t->name);
+}
+
 int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsConn **ret, char *err,
             size_t errlen)
 {
@@ -415,6 +497,7 @@ int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsCon
     }
     t->has_cert = set(cfg->tls.cert_file);
     const char *name = set(cfg->tls.server_name) ? cfg->tls.server_name : host;
+    resume_from(t, name, cfg);
     if (!(t->ahead = malloc(READ_AHEAD))) {
         snprintf(err, errlen, "TLS: out of memory");
         tls_free(t);
@@ -448,6 +531,7 @@ void tls_free(TlsConn *t)
         return;
     }
     if (t->ssl) {
+        keep_session(t);
         wolfSSL_free(t->ssl);
     }
     tls_context_unref(t->ctx);
@@ -532,6 +616,7 @@ int tls_handshake(TlsConn *t, int *want, char *err, size_t errlen)
 {
     int r = wolfSSL_connect(t->ssl);
     if (r == WOLFSSL_SUCCESS) {
+        t->established = true;
         return 0;
     }
     int e = wolfSSL_get_error(t->ssl, r);
@@ -586,6 +671,11 @@ long tls_write(TlsConn *t, const void *buf, size_t n, int *want)
 bool tls_pending(TlsConn *t)
 {
     return wolfSSL_pending(t->ssl) > 0 || t->ahead_off < t->ahead_len;
+}
+
+bool tls_resumed(TlsConn *t)
+{
+    return wolfSSL_session_reused(t->ssl) == 1;
 }
 
 const char *tls_version(TlsConn *t)

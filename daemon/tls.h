@@ -39,5 +39,7 @@ const char *tls_last_error(TlsConn *t);
 /* Bytes read from the socket or decrypted and still waiting: drain them, the fd will not
  * wake us for them. */
 bool tls_pending(TlsConn *t);
+/* The handshake resumed the last session (no certificates were exchanged). */
+bool tls_resumed(TlsConn *t);
 const char *tls_version(TlsConn *t);
 const char *tls_cipher(TlsConn *t);
