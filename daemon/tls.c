@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <wolfssl/error-ssl.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
@@ -48,7 +49,13 @@ struct TlsContext {
     WOLFSSL_SESSION *resume;
     char resume_name[256];
     uint64_t resume_creds; /* creds_id() of the connection that made it */
+    /* When the full handshake that began this chain of resumptions verified the broker's
+     * certificate: a resumed link does not look at it again, so after RESUME_MAX_S the next
+     * connect is a full handshake. */
+    double resume_verified_at;
 };
+
+enum { RESUME_MAX_S = 24 * 3600 };
 
 /* wolfSSL reads a record's header and then its body, each with its own recv(): with small
  * records (an acknowledgement is one) that is two system calls per packet. It reads from
@@ -62,7 +69,10 @@ struct TlsConn {
     bool has_cert;
     bool established; /* the handshake completed: its session is worth keeping */
     char name[256];   /* the broker's name (SNI, certificate check, resumption) */
-    uint64_t creds;   /* creds_id() of the certificate and key it presents */
+    uint64_t creds;   /* creds_id() of the certificate it presents */
+    bool ticket;      /* the broker sent a ticket on this connection */
+    bool offered;     /* the kept session was offered in its handshake */
+    double started;   /* mono_s() when it was made */
     uint8_t *ahead;   /* READ_AHEAD bytes */
     size_t ahead_off, ahead_len;
     char error[300];
@@ -362,12 +372,18 @@ int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errle
     return 0;
 }
 
+static void forget_session(TlsContext *ctx)
+{
+    if (ctx->resume) {
+        wolfSSL_SESSION_free(ctx->resume);
+        ctx->resume = NULL;
+    }
+}
+
 void tls_context_unref(TlsContext *c)
 {
     if (c && --c->refs == 0) {
-        if (c->resume) {
-            wolfSSL_SESSION_free(c->resume);
-        }
+        forget_session(c);
         wolfSSL_CTX_free(c->ctx);
         close_token(c->token);
         free(c);
@@ -428,49 +444,74 @@ static uint64_t file_id(const char *path)
     return h;
 }
 
-/* What the client presents: a session is resumed only with the same certificate and key, so
- * a rotated certificate is shown at the next connect (a resumed handshake shows none). */
+/* What the client presents: a session is resumed only with the same certificate (the key
+ * must match it), so a rotated certificate is shown at the next connect (a resumed handshake
+ * shows none). Read before the certificate is loaded: a rotation in between then counts. */
 static uint64_t creds_id(const Config *cfg)
 {
-    if (!set(cfg->tls.cert_file)) {
-        return 0;
-    }
-    const char *k = cfg->tls.key_file;
-    uint64_t key = !set(k) || strncmp(k, "pkcs11:", 7) == 0 ? 0 : file_id(k);
-    return file_id(cfg->tls.cert_file) * 31 + key;
+    return set(cfg->tls.cert_file) ? file_id(cfg->tls.cert_file) : 0;
 }
 
 /* Offer the last session to a new connection to the same name (the broker may decline it:
  * the handshake is then a full one). */
-static void resume_from(TlsConn *t, const char *name, const Config *cfg)
+static double mono_s(void)
+{
+    struct timespec ts;
+    (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail for CLOCK_MONOTONIC */
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* wolfSSL: the broker sent a session ticket (after the handshake, with TLS 1.3). */
+static int on_ticket(WOLFSSL *ssl, const unsigned char *ticket, int len, void *ctx)
+{
+    (void)ssl, (void)ticket, (void)ctx;
+    TlsConn *t = wolfSSL_GetIOReadCtx(ssl);
+    t->ticket = len > 0;
+    return 0;
+}
+
+static void resume_from(TlsConn *t, const char *name)
 {
     snprintf(t->name, sizeof(t->name), "%s", name);
-    t->creds = creds_id(cfg);
-    const TlsContext *ctx = t->ctx;
-    if (ctx->resume && strcmp(ctx->resume_name, t->name) == 0 && ctx->resume_creds == t->creds &&
-        wolfSSL_set_session(t->ssl, ctx->resume) != WOLFSSL_SUCCESS) {
-        log_debug("TLS: the last session with %s cannot be offered; a full handshake follows",
-                  t->name);
+    (void)wolfSSL_set_SessionTicket_cb(t->ssl, on_ticket, NULL); /* only fails for a NULL ssl */
+    TlsContext *ctx = t->ctx;
+    if (!ctx->resume || strcmp(ctx->resume_name, t->name) != 0 || ctx->resume_creds != t->creds) {
+        return;
+    }
+    if (mono_s() - ctx->resume_verified_at > RESUME_MAX_S) {
+        log_debug("TLS: a full handshake with %s, to see its certificate again", t->name);
+        forget_session(ctx);
+    } else if (wolfSSL_set_session(t->ssl, ctx->resume) != WOLFSSL_SUCCESS) {
+        log_debug("TLS: the last session with %s has expired; a full handshake follows", t->name);
+        forget_session(ctx);
+    } else {
+        t->offered = true;
     }
 }
 
-/* A connection that got through its handshake leaves its session (with the ticket the broker
- * sent after it) for the next one. */
+/* A connection that got through its handshake without a fatal error, and was sent a ticket
+ * of its own, leaves its session for the next one (a session whose ticket came from an
+ * earlier connection would not match this one's secret). One that offered the kept session
+ * and failed its handshake drops it. */
 static void keep_session(TlsConn *t)
 {
+    TlsContext *ctx = t->ctx;
     if (!t->established) {
+        if (t->offered) {
+            forget_session(ctx);
+        }
         return;
     }
-    WOLFSSL_SESSION *s = wolfSSL_get1_session(t->ssl);
+    WOLFSSL_SESSION *s = t->ticket ? wolfSSL_get1_session(t->ssl) : NULL;
     if (!s) {
         return;
     }
-    if (t->ctx->resume) {
-        wolfSSL_SESSION_free(t->ctx->resume);
-    }
-    t->ctx->resume = s;
-    t->ctx->resume_creds = t->creds;
-    snprintf(t->ctx->resume_name, sizeof(t->ctx->resume_name), "%s", t->name);
+    bool resumed = tls_resumed(t);
+    forget_session(ctx);
+    ctx->resume = s;
+    ctx->resume_creds = t->creds;
+    ctx->resume_verified_at = resumed ? ctx->resume_verified_at : t->started;
+    snprintf(ctx->resume_name, sizeof(ctx->resume_name), "%s", t->name);
 }
 
 int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsConn **ret, char *err,
@@ -490,6 +531,8 @@ int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsCon
         tls_free(t);
         return -ENOMEM;
     }
+    t->creds = creds_id(cfg);
+    t->started = mono_s();
     int r = load_client_cert(t->ssl, ctx, cfg, err, errlen);
     if (r < 0) {
         tls_free(t);
@@ -497,7 +540,7 @@ int tls_new(TlsContext *ctx, const Config *cfg, int fd, const char *host, TlsCon
     }
     t->has_cert = set(cfg->tls.cert_file);
     const char *name = set(cfg->tls.server_name) ? cfg->tls.server_name : host;
-    resume_from(t, name, cfg);
+    resume_from(t, name);
     if (!(t->ahead = malloc(READ_AHEAD))) {
         snprintf(err, errlen, "TLS: out of memory");
         tls_free(t);
@@ -642,6 +685,7 @@ long tls_read(TlsConn *t, void *buf, size_t n, int *want)
     }
     /* With TLS 1.3 the broker may refuse us (e.g. no client certificate) only after our
      * side of the handshake is done: that alert arrives here. */
+    t->established = false; /* a session that ended in an error is not resumed */
     describe(t, e, t->error, sizeof(t->error));
     return -EPROTO;
 }
@@ -664,6 +708,7 @@ long tls_write(TlsConn *t, const void *buf, size_t n, int *want)
     if (e == SOCKET_ERROR_E || e == SOCKET_PEER_CLOSED_E) {
         return -EPIPE;
     }
+    t->established = false; /* a session that ended in an error is not resumed */
     describe(t, e, t->error, sizeof(t->error));
     return -EPROTO;
 }
