@@ -58,6 +58,7 @@ struct Client {
     LocalSession *session; /* the named session it is in, or NULL (sessions.c) */
     DList waiters;         /* Waiter.link */
     size_t n_waiters;
+    bool reqs_forgotten; /* closing: the session forgot all its waiters' requests at once */
 };
 
 static inline Client *client_of(Conn *c)

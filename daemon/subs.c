@@ -93,7 +93,9 @@ static ClientSub *add_sub(Client *c, View filter)
 
 static void forget_in_session(Waiter *w)
 {
-    session_forget_req(w->c->d->broker.session, w);
+    if (!w->c->reqs_forgotten) {
+        session_forget_req(w->c->d->broker.session, w);
+    }
 }
 
 static void barrier_done(Waiter *w, int result)

@@ -108,9 +108,29 @@ Waiter *waiter_find(Client *c, const WaiterKind *kind, View filter)
     return NULL;
 }
 
+/* The session forgets every request of c's waiters in one pass (one pass per waiter was
+ * quadratic: 16 000 waiting subscribes took seconds to let go). True when done; false when
+ * out of memory (each waiter's `gone` then does it). */
+static bool forget_all(Client *c)
+{
+    HashMap reqs;
+    hashmap_init(&reqs);
+    bool ok = true;
+    for (DList *l = c->waiters.next; ok && l != &c->waiters; l = l->next) {
+        Waiter *w = container_of(l, Waiter, link);
+        ok = hashmap_put(&reqs, VIEW(&w, sizeof(w)), w) == 0;
+    }
+    if (ok) {
+        session_forget_reqs(c->d->broker.session, &reqs);
+    }
+    hashmap_free(&reqs, NULL);
+    return ok;
+}
+
 void waiters_client_gone(Client *c)
 {
     assert(c->conn.closed);
+    c->reqs_forgotten = c->n_waiters > 1 && forget_all(c);
     while (!dlist_empty(&c->waiters)) {
         Waiter *w = container_of(c->waiters.next, Waiter, link);
         if (!w->ending) { /* one that is ending is past its answer: nothing to forget */

@@ -1102,6 +1102,17 @@ void session_forget_req(Session *s, void *req)
     }
 }
 
+void session_forget_reqs(Session *s, const HashMap *reqs)
+{
+    Impl *m = impl(s);
+    for (Link *l = m->pending.next; l != &m->pending; l = l->next) {
+        Pending *p = container_of(l, Pending, link);
+        if (p->req && hashmap_get(reqs, VIEW(&p->req, sizeof(p->req)))) {
+            p->req = NULL;
+        }
+    }
+}
+
 static void remember_sub(Impl *m, View filter, const Pending *p)
 {
     uint8_t qos = p->qos, opts = p->opts;

@@ -30,6 +30,7 @@
 #pragma once
 
 #include "buf.h"
+#include "hashmap.h"
 #include "mqtt/codec.h"
 
 typedef struct Session Session;
@@ -321,3 +322,6 @@ int session_unsubscribe(Session *s, View filter, void *req, int64_t now);
 int session_barrier(Session *s, void *req);
 /* Forget `req` in every pending subscribe/unsubscribe/barrier request. */
 void session_forget_req(Session *s, void *req);
+/* The same for every request pointer that is a key of `reqs` (keyed by the pointer's bytes),
+ * in one pass: a client that leaves with thousands of requests pending. */
+void session_forget_reqs(Session *s, const HashMap *reqs);

@@ -299,6 +299,27 @@ START_TEST(client_gone_while_waiting)
 }
 END_TEST
 
+/* Several waiting: the session forgets them all in one pass, and the SUBACKs that come later
+ * reach nobody (ASan would see a waiter used after it was freed). */
+START_TEST(client_gone_while_many_wait)
+{
+    Client *a = client(5);
+    const char *filters[] = {"g1", "g2", "g3"};
+    MqttPacket subs[3];
+    for (int i = 0; i < 3; i++) {
+        subs_subscribe(a, NULL, VIEW_STR(filters[i]), 1, false, 5000, NULL);
+        subs[i] = next_packet(MQTT_SUBSCRIBE);
+    }
+    client_done(a);
+    for (int i = 0; i < 3; i++) {
+        MqttPacket ack = {.type = MQTT_SUBACK,
+                          .suback = {.id = subs[i].subscribe.id, .codes = VIEW("\x01", 1)}};
+        broker_sends(&ack);
+    }
+    ck_assert_uint_eq(n_said, 0);
+}
+END_TEST
+
 /* A restore the broker refuses after a reconnect: every holder is told and forgotten, and a
  * new subscribe asks the broker again. */
 START_TEST(lost_restore_tells_every_holder)
@@ -413,6 +434,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, last_holder_waits_for_unsuback);
     tcase_add_test(tc, refused_subscribe_is_not_held);
     tcase_add_test(tc, client_gone_while_waiting);
+    tcase_add_test(tc, client_gone_while_many_wait);
     tcase_add_test(tc, lost_restore_tells_every_holder);
     tcase_add_test(tc, per_uid_limit);
     tcase_add_test(tc, recheck_drops_what_is_refused);
