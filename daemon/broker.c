@@ -88,11 +88,10 @@ static SessionConfig session_config(const Config *cfg, const char *client_id, co
 /* Records are waiting in memory (or not): read them before the loop next sleeps. */
 static void set_more(Broker *b, bool more)
 {
-    b->more = more;
     if (more) {
-        ev_idle_start(b->loop, &b->keep_awake);
+        ev_idle_start(b->loop, &b->more);
     } else {
-        ev_idle_stop(b->loop, &b->keep_awake);
+        ev_idle_stop(b->loop, &b->more);
     }
 }
 
@@ -474,16 +473,16 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)loop;
     (void)revents;
     Broker *b = (Broker *)((char *)w - offsetof(Broker, prepare));
-    if (b->more) {
+    if (ev_is_active(&b->more)) {
         set_more(b, false);
         on_readable(b); /* may set it again: the idle then keeps the loop from sleeping */
     }
     broker_kick(b);
 }
 
-static void on_keep_awake(struct ev_loop *loop, ev_idle *w, int revents)
+static void on_more(struct ev_loop *loop, ev_idle *w, int revents)
 {
-    (void)loop, (void)w, (void)revents; /* its being active is its work */
+    (void)loop, (void)w, (void)revents; /* its being active is its work: on_prepare reads */
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -535,7 +534,7 @@ int broker_init(Broker *b, struct ev_loop *loop, const Config *cfg, TlsContext *
     ev_timer_init(&b->timer, on_timer, 0.0, 0.0);
     ev_prepare_init(&b->prepare, on_prepare);
     ev_prepare_start(loop, &b->prepare);
-    ev_idle_init(&b->keep_awake, on_keep_awake);
+    ev_idle_init(&b->more, on_more);
     SessionConfig sc = session_config(cfg, client_id, password, mount);
     static const SessionCallbacks cb = {.event = on_session_event, .trace = on_trace};
     return session_new(&sc, &cb, b, &b->session);

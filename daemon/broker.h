@@ -32,10 +32,9 @@ struct Broker {
     ev_io io;
     ev_timer timer;
     ev_prepare prepare; /* before the loop sleeps: what this iteration asked for goes out */
-    /* Read but not handled yet (TLS records held in memory past a wake-up's budget: epoll
-     * will not say): the prepare watcher reads on, and this idle keeps the loop awake. */
-    bool more;
-    ev_idle keep_awake;
+    /* Active while TLS records read past a wake-up's budget wait in memory (epoll will not
+     * say): it keeps the loop from sleeping, and the prepare watcher reads on. */
+    ev_idle more;
     Resolve *resolving;
     struct addrinfo *addrs, *addr; /* of the host being tried */
     size_t host;                   /* index into cfg->broker.addrs */

@@ -452,8 +452,6 @@ static uint64_t creds_id(const Config *cfg)
     return set(cfg->tls.cert_file) ? file_id(cfg->tls.cert_file) : 0;
 }
 
-/* Offer the last session to a new connection to the same name (the broker may decline it:
- * the handshake is then a full one). */
 static double mono_s(void)
 {
     struct timespec ts;
@@ -470,6 +468,8 @@ static int on_ticket(WOLFSSL *ssl, const unsigned char *ticket, int len, void *c
     return 0;
 }
 
+/* Offer the last session to a new connection to the same name (the broker may decline it:
+ * the handshake is then a full one), and note the tickets this one is sent. */
 static void resume_from(TlsConn *t, const char *name)
 {
     snprintf(t->name, sizeof(t->name), "%s", name);

@@ -5,6 +5,7 @@
  */
 #include "ipc/protocol.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -528,6 +529,17 @@ static int put_int(Buf *out, json_int_t v)
     return buf_append(out, p, (size_t)(num + sizeof(num) - p));
 }
 
+/* `,"name":v` */
+static int put_int_field(Buf *out, const char *name, uint32_t v)
+{
+    int r;
+    if ((r = buf_append(out, ",\"", 2)) < 0 || (r = buf_append(out, name, strlen(name))) < 0 ||
+        (r = buf_append(out, "\":", 2)) < 0) {
+        return r;
+    }
+    return put_int(out, v);
+}
+
 /* A request's id as JSON (null when absent). */
 static int put_id(Buf *out, json_t *id)
 {
@@ -552,15 +564,15 @@ static int reply_ok_plain(Buf *out, json_t *id)
     return r;
 }
 
-#define OK_REASON ",\"ok\":true,\"reason_code\":"
-
 int reply_ok_reason(Buf *out, json_t *id, int reason_code)
 {
+    assert(reason_code >= 0);
     size_t before = buf_mark(out);
     int r;
     if ((r = buf_append(out, "{\"id\":", 6)) < 0 || (r = put_id(out, id)) < 0 ||
-        (r = buf_append(out, OK_REASON, sizeof(OK_REASON) - 1)) < 0 ||
-        (r = put_int(out, reason_code)) < 0 || (r = buf_append(out, "}\n", 2)) < 0) {
+        (r = buf_append(out, ",\"ok\":true", 10)) < 0 ||
+        (r = put_int_field(out, "reason_code", (uint32_t)reason_code)) < 0 ||
+        (r = buf_append(out, "}\n", 2)) < 0) {
         buf_rollback(out, before);
     }
     return r;
@@ -709,13 +721,6 @@ static int put_string_field(Buf *out, const char *name, View v)
         return r;
     }
     return json_write_string(out, v);
-}
-
-static int put_int_field(Buf *out, const char *name, uint32_t v)
-{
-    char num[48];
-    int n = snprintf(num, sizeof(num), ",\"%s\":%u", name, v);
-    return buf_append(out, num, (size_t)n);
 }
 
 static int put_user_props(Buf *out, View raw)
