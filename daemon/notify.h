@@ -2,7 +2,9 @@
 /*
  * The systemd service protocol (sd_notify): READY/RELOADING/STOPPING, a STATUS= line kept
  * current, and WATCHDOG=1 pings sent from the event loop itself, so a stuck loop is noticed
- * and restarted. Without NOTIFY_SOCKET all of this costs nothing.
+ * and restarted; and the listening socket of socket activation. libsystemd is loaded only when
+ * the environment says systemd started us: otherwise all of this costs nothing, not even the
+ * library's pages.
  */
 #pragma once
 
@@ -15,3 +17,6 @@ void notify_reloading(void);
 void notify_stopping(void);
 /* STATUS=...; sent only when the text changes. */
 void notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The Unix stream socket systemd passed (LISTEN_FDS), -1 when none was passed, or a negative
+ * errno (said in the log) when one was meant but cannot be taken. */
+int notify_activated_socket(void);

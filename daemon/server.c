@@ -15,10 +15,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "notify.h"
 
 #define READ_CHUNK 65536
 /* Requests served per client per loop iteration, so that every ready client gets its turn:
@@ -561,9 +561,9 @@ static int open_listener(Server *s)
 }
 
 /* The socket systemd passed us (socket activation), made non-blocking. */
-static int take_activated(Server *s)
+static int take_activated(Server *s, int fd)
 {
-    s->listen_fd = SD_LISTEN_FDS_START;
+    s->listen_fd = fd;
     s->socket_activated = true;
     int flags = fcntl(s->listen_fd, F_GETFL);
     if (flags < 0 || fcntl(s->listen_fd, F_SETFL, flags | O_NONBLOCK) < 0) {
@@ -583,14 +583,12 @@ int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const Serve
     dlist_init(&s->closed);
     dlist_init(&s->waiting);
     dlist_init(&s->unsent);
-    int n = sd_listen_fds(1);
-    if (n > 1) {
-        log_error("socket activation passed %d sockets; expected one", n);
-        return -EINVAL;
+    int r, fd = notify_activated_socket();
+    if (fd < -1) {
+        return fd;
     }
-    int r;
-    if (n == 1 && sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) > 0) {
-        r = take_activated(s);
+    if (fd >= 0) {
+        r = take_activated(s, fd);
     } else if ((r = open_listener(s)) == 0) {
         log_info("listening on %s", cfg->ipc.socket);
     }
