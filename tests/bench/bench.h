@@ -76,6 +76,10 @@ struct mosquitto *direct_client(void *ud);
 void direct_subscribe(struct mosquitto *m, const char *filter, int qos);
 void direct_close(struct mosquitto *m, bool threaded);
 
+/* A process copying bytes between a Unix socket at `path` and the broker's `port` (relay.c):
+ * the latency case's floor. Stopped with stop(). */
+pid_t relay_start(const char *path, int port);
+
 /* ---- the results (report.c) ---- */
 
 /* One line of the table: a figure through the daemon ("ours") and the same done directly
