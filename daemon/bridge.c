@@ -249,3 +249,9 @@ void bridge_on_event(void *userdata, const SessionEvent *ev)
         break;
     }
 }
+
+void bridge_input_done(void *userdata)
+{
+    Daemon *d = userdata;
+    server_flush(&d->server);
+}

@@ -463,6 +463,9 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
     } else {
         /* Read on any readiness: with TLS, a write readiness may be what a read waited for. */
         on_readable(b);
+        if (b->on_input_done) {
+            b->on_input_done(b->userdata);
+        }
     }
     broker_kick(b);
 }

@@ -27,6 +27,10 @@ struct Broker {
                              * without TLS */
     broker_event_cb on_event;
     void *userdata;
+    /* After what a read brought was handed on, before the link's own output is written (NULL:
+     * nothing): the daemon writes its deliveries there, so that a message reaches local
+     * clients before its PUBACK or PUBREC leaves, not a send later. */
+    void (*on_input_done)(void *userdata);
 
     Transport tr;
     ev_io io;

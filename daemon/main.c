@@ -425,6 +425,7 @@ int main(int argc, char **argv)
         log_error("out of memory");
         return 1;
     }
+    d->broker.on_input_done = bridge_input_done;
     if (d->cfg.queue.spool_dir && *d->cfg.queue.spool_dir) {
         if (open_spool(d) < 0) {
             return 1;

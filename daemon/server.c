@@ -408,7 +408,7 @@ static void free_closed(Server *s)
 /* What this iteration queued toward clients goes out now, one write each: a reply or a
  * message leaves in the iteration that made it. What the socket does not take waits for it
  * to be writable. */
-static void flush_unsent(Server *s)
+void server_flush(Server *s)
 {
     DList now;
     dlist_init(&now);
@@ -438,7 +438,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)loop;
     (void)revents;
     Server *s = container_of(w, Server, prepare);
-    flush_unsent(s);
+    server_flush(s);
     free_closed(s);
 }
 
