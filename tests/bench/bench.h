@@ -46,6 +46,13 @@ const char *ca_file(void);
 /* CPU seconds: the daemon's, and this process's (all its threads). */
 double daemon_cpu_s(void);
 double self_cpu_s(void);
+/* The daemon's scheduling so far: nanoseconds it was runnable but waited for a CPU and the
+ * times it got one (/proc/PID/schedstat), the times it was taken off one while it still had
+ * work (nonvoluntary_ctxt_switches). */
+typedef struct Sched {
+    unsigned long long wait_ns, slices, preempted;
+} Sched;
+Sched daemon_sched(void);
 /* From /proc/PID/smaps_rollup, KiB. */
 typedef struct Mem {
     long rss, pss_anon;

@@ -138,19 +138,38 @@ typedef struct Pinger {
     atomic_bool stop;
     double *rtt; /* microseconds */
     long n, cap;
+    double wall;                        /* seconds it ran */
+    unsigned long long wait_ns, slices; /* its own waits for a CPU (schedstat) */
 } Pinger;
+
+/* This thread's nanoseconds runnable but off CPU, and the times it got one. */
+static void thread_sched(unsigned long long *wait_ns, unsigned long long *slices)
+{
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    if (!f || fscanf(f, "%*u %llu %llu", wait_ns, slices) != 2) {
+        fail("cannot read /proc/thread-self/schedstat");
+    }
+    fclose(f);
+}
 
 static void *pinger(void *arg)
 {
     Pinger *p = arg;
     Conn c;
     conn_open(&c);
+    unsigned long long w0, s0;
+    thread_sched(&w0, &s0);
+    double t0 = now_s();
     while (!atomic_load(&p->stop) && p->n < p->cap) {
-        double t0 = now_s();
+        double t = now_s();
         request(&c, "{\"id\":1,\"op\":\"ping\"}\n");
-        p->rtt[p->n++] = (now_s() - t0) * 1e6;
+        p->rtt[p->n++] = (now_s() - t) * 1e6;
         usleep(200); /* about 4 000 a second: a client that checks, not a second flood */
     }
+    p->wall = now_s() - t0;
+    thread_sched(&p->wait_ns, &p->slices);
+    p->wait_ns -= w0;
+    p->slices -= s0;
     close(c.fd);
     return NULL;
 }
@@ -237,7 +256,11 @@ void case_fairness(int run)
     }
     usleep(100000); /* the flood under way */
     pinger_start(&p, 1000000);
+    Sched s0 = daemon_sched();
+    double t0 = now_s();
     usleep((useconds_t)(secs * 1e6));
+    Sched s1 = daemon_sched();
+    double wall = now_s() - t0;
     pinger_stop(&p, &busy50, &busy99);
     atomic_store(&f.stop, true);
     pthread_join(f.thread, NULL);
@@ -245,6 +268,20 @@ void case_fairness(int run)
             busy50, quiet50);
     row_set(row("us", true, "ping while another client floods QoS 0 (peer: quiet), p99"), run,
             busy99, quiet99);
+    /* What bounds the p99 on a machine with fewer cores than busy processes: the daemon,
+     * runnable, waiting for the scheduler to give it a CPU back. */
+    row_set(row("%", true, "flood: the daemon runnable but off CPU, share of the time"), run,
+            100.0 * (double)(s1.wait_ns - s0.wait_ns) / (wall * 1e9), NAN);
+    row_set(row("/s", true, "flood: the daemon preempted with work to do"), run,
+            (double)(s1.preempted - s0.preempted) / wall, NAN);
+    unsigned long long slices = s1.slices - s0.slices;
+    row_set(row("us", true, "flood: the daemon's mean wait for a CPU"), run,
+            slices ? (double)(s1.wait_ns - s0.wait_ns) / (double)slices / 1e3 : NAN, NAN);
+    /* The pinger is a program on the same two cores: its own waits are in its round trips. */
+    row_set(row("%", true, "flood: the pinger runnable but off CPU, share of the time"), run,
+            100.0 * (double)p.wait_ns / (p.wall * 1e9), NAN);
+    row_set(row("us", true, "flood: the pinger's mean wait for a CPU"), run,
+            p.slices ? (double)p.wait_ns / (double)p.slices / 1e3 : NAN, NAN);
 }
 
 /* ---- scale: 10 000 local connections ---- */

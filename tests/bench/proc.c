@@ -304,6 +304,27 @@ double daemon_cpu_s(void)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+Sched daemon_sched(void)
+{
+    char path[64], line[256];
+    Sched r = {0};
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)opt.daemon_pid);
+    FILE *f = fopen(path, "r");
+    if (!f || fscanf(f, "%*u %llu %llu", &r.wait_ns, &r.slices) != 2) {
+        fail("cannot read %s", path);
+    }
+    fclose(f);
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)opt.daemon_pid);
+    if (!(f = fopen(path, "r"))) {
+        die(path);
+    }
+    while (fgets(line, sizeof(line), f)) {
+        (void)sscanf(line, "nonvoluntary_ctxt_switches: %llu", &r.preempted);
+    }
+    fclose(f);
+    return r;
+}
+
 double self_cpu_s(void)
 {
     struct rusage ru;
