@@ -451,6 +451,16 @@ static void on_readable(Broker *b)
     }
 }
 
+/* Read, then let the daemon write what the input made for local clients before the link's own
+ * output (the acknowledgements) goes out in broker_kick. */
+static void read_input(Broker *b)
+{
+    on_readable(b);
+    if (b->on_input_done) {
+        b->on_input_done(b->userdata);
+    }
+}
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     Broker *b = (Broker *)((char *)w - offsetof(Broker, io));
@@ -462,10 +472,7 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         on_connect_result(b);
     } else {
         /* Read on any readiness: with TLS, a write readiness may be what a read waited for. */
-        on_readable(b);
-        if (b->on_input_done) {
-            b->on_input_done(b->userdata);
-        }
+        read_input(b);
     }
     broker_kick(b);
 }
@@ -478,7 +485,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     Broker *b = (Broker *)((char *)w - offsetof(Broker, prepare));
     if (ev_is_active(&b->more)) {
         set_more(b, false);
-        on_readable(b); /* may set it again: the idle then keeps the loop from sleeping */
+        read_input(b); /* may set it again: the idle then keeps the loop from sleeping */
     }
     broker_kick(b);
 }

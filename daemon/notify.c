@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -26,11 +27,19 @@ static struct {
     __typeof__(sd_is_socket_unix) *is_socket_unix;
 } sd;
 
+/* Sockets passed to this process: LISTEN_FDS counts only with LISTEN_PID naming us, as
+ * sd_listen_fds(3) has it (a pair inherited from a parent that was activated is not ours). */
+static bool sockets_passed(void)
+{
+    const char *pid = getenv("LISTEN_PID");
+    return getenv("LISTEN_FDS") && pid && strtoll(pid, NULL, 10) == (long long)getpid();
+}
+
 /* The variables by which libsystemd's functions know they run under systemd: without any of
  * them each would return 0, as the daemon's own stand-ins do. */
 static bool under_systemd(void)
 {
-    return getenv("NOTIFY_SOCKET") || getenv("LISTEN_FDS") || getenv("WATCHDOG_USEC");
+    return getenv("NOTIFY_SOCKET") || sockets_passed() || getenv("WATCHDOG_USEC");
 }
 
 static bool load(void)
@@ -54,6 +63,7 @@ static bool load(void)
     if (!sd.notify || !sd.watchdog_enabled || !sd.listen_fds || !sd.is_socket_unix) {
         log_error("libsystemd.so.0 lacks sd_notify, sd_watchdog_enabled, sd_listen_fds or "
                   "sd_is_socket_unix");
+        (void)dlclose(h); /* nothing of it is used: its error would change nothing */
         return false;
     }
     sd.loaded = true;
@@ -67,26 +77,29 @@ static void say(const char *state)
     }
 }
 
-int notify_activated_socket(void)
+int notify_activated_socket(int *fd)
 {
-    if (!getenv("LISTEN_FDS")) {
-        return -1;
+    if (!sockets_passed()) {
+        return 0;
     }
     if (!load()) {
-        return -ENOSYS;
+        return -ENOSYS; /* said by load() */
     }
     int n = sd.listen_fds(1);
-    if (n < 0) {
+    if (n <= 0) {
         return n;
     }
     if (n > 1) {
         log_error("socket activation passed %d sockets; expected one", n);
         return -EINVAL;
     }
-    if (n == 1 && sd.is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) > 0) {
-        return SD_LISTEN_FDS_START;
+    if (sd.is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) <= 0) {
+        log_warning("the socket passed by systemd is not a listening Unix stream socket: left "
+                    "alone, the configured one is used");
+        return 0;
     }
-    return -1;
+    *fd = SD_LISTEN_FDS_START;
+    return 1;
 }
 
 static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents)

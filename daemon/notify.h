@@ -17,6 +17,6 @@ void notify_reloading(void);
 void notify_stopping(void);
 /* STATUS=...; sent only when the text changes. */
 void notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* The Unix stream socket systemd passed (LISTEN_FDS), -1 when none was passed, or a negative
- * errno (said in the log) when one was meant but cannot be taken. */
-int notify_activated_socket(void);
+/* The listening Unix stream socket systemd passed (LISTEN_FDS): 1 and *fd set, 0 when none was
+ * passed, or a negative errno (said in the log) when one was meant but cannot be taken. */
+int notify_activated_socket(int *fd);

@@ -583,11 +583,11 @@ int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const Serve
     dlist_init(&s->closed);
     dlist_init(&s->waiting);
     dlist_init(&s->unsent);
-    int r, fd = notify_activated_socket();
-    if (fd < -1) {
-        return fd;
+    int fd = -1, r = notify_activated_socket(&fd);
+    if (r < 0) {
+        return r;
     }
-    if (fd >= 0) {
+    if (r == 1) {
         r = take_activated(s, fd);
     } else if ((r = open_listener(s)) == 0) {
         log_info("listening on %s", cfg->ipc.socket);

@@ -94,9 +94,9 @@ struct Server {
 int server_start(Server *s, struct ev_loop *loop, const Config *cfg, const ServerCallbacks *cb,
                  void *userdata);
 /* Peers that connect from now on are refused: the daemon is stopping. */
+void server_refuse_new(Server *s);
 /* Write what was queued toward clients now rather than when the loop is about to sleep. */
 void server_flush(Server *s);
-void server_refuse_new(Server *s);
 /* [ipc] max_line changed (reload): applies to every connection's next line. */
 void server_limits_changed(Server *s);
 /* Write what is queued without waiting, close everything, stop listening, unlink. */

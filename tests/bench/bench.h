@@ -50,6 +50,7 @@ double self_cpu_s(void);
  * times it got one (/proc/PID/schedstat), the times it was taken off one while it still had
  * work (nonvoluntary_ctxt_switches). */
 typedef struct Sched {
+    bool ok; /* schedstat could be read */
     unsigned long long wait_ns, slices, preempted;
 } Sched;
 Sched daemon_sched(void);

@@ -25,6 +25,11 @@ WAIT = float(os.environ.get("TEST_WAIT_SCALE", "1")) * 10  # default bound of a 
 
 # [broker] protocol for daemons whose test does not choose one (meson option test_protocol).
 TEST_PROTOCOL = os.environ.get("MQTTBRIDGE_TEST_PROTOCOL") or "auto"
+# A runner that is itself a systemd service must not hand its own service's variables to the
+# daemons under test: test_systemd sets them where it means them.
+for _var in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+             "WATCHDOG_PID"):
+    os.environ.pop(_var, None)
 
 
 def free_port():

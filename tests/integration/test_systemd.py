@@ -118,6 +118,19 @@ class Service(TestCase):
             c.ok("status")
         self.assertFalse(maps_libsystemd(d.proc.pid))
 
+    def test_sockets_passed_to_another_process_are_not_ours(self):
+        # LISTEN_FDS inherited with LISTEN_PID naming another process (sd_listen_fds(3)):
+        # the daemon binds its own socket and does not even load libsystemd.
+        m = self.broker()
+        os.environ.update(LISTEN_FDS="1", LISTEN_PID="1")
+        try:
+            d = self.daemon(m.port)
+        finally:
+            del os.environ["LISTEN_FDS"], os.environ["LISTEN_PID"]
+        with d.client() as c:
+            self.assertTrue(c.ok("status")["status"]["connected"])
+        self.assertFalse(maps_libsystemd(d.proc.pid))
+
     def test_ready_before_the_broker(self):
         from harness import free_port
         n = self.notify()
