@@ -3,6 +3,7 @@
 #include <wolfssl/options.h> /* first: the library's build settings */
 
 #include "tls.h"
+#include "tls_module.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -732,3 +733,21 @@ const char *tls_cipher(TlsConn *t)
 {
     return wolfSSL_get_cipher_name(t->ssl);
 }
+
+/* The module's one export (tls_module.h): the table the daemon loads. */
+__attribute__((visibility("default"))) const TlsModule mqttbridge_tls_module = {
+    .version = MQTTBRIDGE_VERSION,
+    .size = sizeof(TlsModule),
+    .context_new = tls_context_new,
+    .context_unref = tls_context_unref,
+    .conn_new = tls_new,
+    .conn_free = tls_free,
+    .handshake = tls_handshake,
+    .read = tls_read,
+    .write = tls_write,
+    .last_error = tls_last_error,
+    .pending = tls_pending,
+    .resumed = tls_resumed,
+    .version_of = tls_version,
+    .cipher = tls_cipher,
+};

@@ -226,6 +226,8 @@ class Service(TestCase):
                      "share/bash-completion/completions/mqttctl",
                      "etc/mqttbridge/mqttbridged.conf"):
             self.assertIn(want, rel, sorted(files))
+        self.assertTrue(any(f.endswith("/mqttbridge/mqttbridge-tls.so") for f in rel),
+                        sorted(files))
         conf = next(os.path.join(dest, f) for f in files if f.endswith("etc/mqttbridge/mqttbridged.conf"))
         # A second install keeps the admin's file.
         with open(conf, "w") as f:

@@ -31,6 +31,12 @@ def tls_listener(cert="server", require_cert=False, version=None):
     return "\n".join(lines)
 
 
+def maps_wolfssl(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        text = f.read()
+    return "/libwolfssl.so" in text and "/mqttbridge-tls.so" in text
+
+
 class Tls(TestCase):
     def tls_daemon(self, port, name="d", **tls):
         cfg = {"enabled": "true", "ca_file": f"{CERTS}/ca.crt", **tls}
@@ -55,6 +61,28 @@ class Tls(TestCase):
             c.ok("subscribe", filter="tls/#", qos=1)
             c.ok("publish", topic="tls/a", payload="secret", qos=1)
             self.assertEqual(c.event("message")["payload"], "secret")
+        self.assertTrue(maps_wolfssl(d.proc.pid))
+
+    def test_wolfssl_only_with_tls(self):
+        # The TLS module and wolfSSL (with libm) are loaded only when [tls] is enabled.
+        m = self.broker()
+        d = self.daemon(m.port)
+        with d.client() as c:
+            self.assertFalse(c.ok("status")["status"]["tls"])
+        self.assertFalse(maps_wolfssl(d.proc.pid))
+
+    def test_missing_tls_module_is_named(self):
+        import subprocess
+        from harness import DAEMON
+        alone = os.path.join(self.tmp, "bin")
+        os.makedirs(alone)
+        shutil.copy(DAEMON, alone)  # no module beside it: the installed one is looked for
+        d = self.tls_daemon(1)
+        r = subprocess.run([os.path.join(alone, os.path.basename(DAEMON)), "--check-config",
+                            "-c", d.conf], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("cannot load the TLS module", r.stderr)
+        self.assertIn("/mqttbridge/mqttbridge-tls.so", r.stderr)
 
     def test_bursts_of_small_and_large_records(self):
         """Many acknowledgements arrive in one read (several records in the daemon's read-ahead)
