@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* TLS with wolfSSL: see tls.h. */
+/* TLS with wolfSSL: see tls.h. Built as the module mqttbridge-tls.so (tls_module.h) with
+ * hidden symbols: these tls_* functions are reached through the table at the end, and the
+ * daemon's own tls_* (tls_module.c) forward to it. */
 #include <wolfssl/options.h> /* first: the library's build settings */
 
 #include "tls.h"
@@ -738,6 +740,7 @@ const char *tls_cipher(TlsConn *t)
 __attribute__((visibility("default"))) const TlsModule mqttbridge_tls_module = {
     .version = MQTTBRIDGE_VERSION,
     .size = sizeof(TlsModule),
+    .config_size = sizeof(Config),
     .context_new = tls_context_new,
     .context_unref = tls_context_unref,
     .conn_new = tls_new,

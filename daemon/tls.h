@@ -18,7 +18,8 @@ typedef struct TlsContext TlsContext;
 typedef struct TlsConn TlsConn;
 
 /* The [tls] files loaded (at start and reload, so mistakes show early): *ret is NULL when TLS
- * is off. 0, or -EINVAL/-ENOMEM with a message in err. The caller holds one reference. */
+ * is off. 0, or -EINVAL/-ENOMEM with a message in err, or -ENOENT/-ENOEXEC when the TLS module
+ * is missing or of another build (tls_module.h). The caller holds one reference. */
 int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errlen);
 /* Drop a reference; the context goes with the last one (connections hold one each). */
 void tls_context_unref(TlsContext *c);

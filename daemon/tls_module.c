@@ -12,8 +12,9 @@
 
 static const TlsModule *mod;
 
-/* Where the module is: beside the executable when it is there (a build tree, a relocated
- * install), else where the package installs it. */
+/* Where the module is: where the package installs it, except for a daemon run from outside
+ * the installed sbindir (a build tree) with the module beside it. An installed daemon never
+ * loads code from its own directory. */
 static void module_path(char *path, size_t n)
 {
     char exe[PATH_MAX];
@@ -22,34 +23,41 @@ static void module_path(char *path, size_t n)
     if (slash) {
         *slash = '\0';
         snprintf(path, n, "%s/" TLS_MODULE_FILE, exe);
-        if (access(path, F_OK) == 0) {
+        if (strcmp(exe, MQTTBRIDGE_SBINDIR) != 0 && access(path, F_OK) == 0) {
             return;
         }
     }
     snprintf(path, n, "%s/" TLS_MODULE_FILE, MQTTBRIDGE_MODULEDIR);
 }
 
-static const TlsModule *load(char *err, size_t errlen)
+/* 0 and `mod` set, or -ENOENT (no module) / -ENOEXEC (not this build's) with err. */
+static int load(char *err, size_t errlen)
 {
     if (mod) {
-        return mod;
+        return 0;
     }
     char path[PATH_MAX + sizeof(TLS_MODULE_FILE)];
     module_path(path, sizeof(path));
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         snprintf(err, errlen, "TLS: cannot load the TLS module: %s", dlerror());
-        return NULL;
+        return -ENOENT;
     }
     const TlsModule *m = dlsym(h, TLS_MODULE_SYMBOL);
-    if (!m || m->size != sizeof(*m) || strcmp(m->version, MQTTBRIDGE_VERSION) != 0) {
-        snprintf(err, errlen, "TLS: %s is not the module of mqttbridged %s (it says %s)", path,
-                 MQTTBRIDGE_VERSION, m ? m->version : "nothing");
+    if (!m || m->size != sizeof(*m) || m->config_size != sizeof(Config) ||
+        strcmp(m->version, MQTTBRIDGE_VERSION) != 0) {
+        snprintf(err, errlen,
+                 "TLS: %s is not the TLS module of this mqttbridged %s (%s): install the two "
+                 "from one build",
+                 path, MQTTBRIDGE_VERSION,
+                 !m                                       ? "it has no table"
+                 : strcmp(m->version, MQTTBRIDGE_VERSION) ? "it is of another release"
+                                                          : "built from other sources");
         (void)dlclose(h); /* nothing of it was used */
-        return NULL;
+        return -ENOEXEC;
     }
     mod = m;
-    return mod;
+    return 0;
 }
 
 int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errlen)
@@ -58,8 +66,8 @@ int tls_context_new(const Config *cfg, TlsContext **ret, char *err, size_t errle
     if (!cfg->tls.enabled) {
         return 0;
     }
-    const TlsModule *m = load(err, errlen);
-    return m ? m->context_new(cfg, ret, err, errlen) : -ENOENT;
+    int r = load(err, errlen);
+    return r < 0 ? r : mod->context_new(cfg, ret, err, errlen);
 }
 
 /* A context or connection exists only once the module is loaded. */

@@ -16,8 +16,11 @@
 #define TLS_MODULE_FILE   "mqttbridge-tls.so"
 
 typedef struct TlsModule {
-    const char *version; /* MQTTBRIDGE_VERSION: the daemon loads only its own release's */
-    size_t size;         /* sizeof(TlsModule) as the module was built */
+    /* The daemon loads only a module of its own release whose table and Config (which
+     * crosses the boundary) have the layout it was built with. */
+    const char *version; /* MQTTBRIDGE_VERSION */
+    size_t size;         /* sizeof(TlsModule) */
+    size_t config_size;  /* sizeof(Config) */
     __typeof__(tls_context_new) *context_new;
     __typeof__(tls_context_unref) *context_unref;
     __typeof__(tls_new) *conn_new;
