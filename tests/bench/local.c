@@ -361,11 +361,13 @@ void case_memory(int run)
 /* ---- pub -l ---- */
 
 static atomic_long lines_got;
+static _Atomic double last_line; /* now_s() of the last line's arrival */
 
 static void on_line(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
 {
     (void)m, (void)ud, (void)msg;
     atomic_fetch_add(&lines_got, 1);
+    atomic_store(&last_line, now_s());
 }
 
 /* The sender's wall time from start to exit, and its CPU time (with the daemon's). */
@@ -406,11 +408,12 @@ static void pub_lines(int run, int qos, long n, const char *input)
     long lost[2];
     for (int pass = 0; pass < 2; pass++) {
         atomic_store(&lines_got, 0);
+        atomic_store(&last_line, 0.0);
         struct mosquitto *sub = direct_client(NULL);
         direct_subscribe(sub, "lines", qos);
         mosquitto_message_callback_set(sub, on_line);
         mosquitto_loop_start(sub);
-        double t = run_timed(pass == 0 ? ctl : mosq, input, &cpu[pass]);
+        double t0 = now_s(), t = run_timed(pass == 0 ? ctl : mosq, input, &cpu[pass]);
         long seen = -1;
         for (double quiet = now_s(); atomic_load(&lines_got) < n && now_s() - quiet < 2;) {
             if (atomic_load(&lines_got) != seen) {
@@ -418,12 +421,18 @@ static void pub_lines(int run, int qos, long n, const char *input)
             }
             usleep(10000); /* what is still on its way: waiting for the counter to settle */
         }
-        lost[pass] = n - atomic_load(&lines_got);
-        rate[pass] = (double)n / t;
-        cpu[pass] = cpu[pass] * 1e6 / (double)n;
+        /* Lines that arrived, per second from the start to the sender's exit or the last
+         * arrival, whichever is later: a sender that exits with lines unsent (mosquitto_pub
+         * at QoS 1) is measured by what it delivered, one that leaves lines to the daemon by
+         * when they got there. */
+        long got = atomic_load(&lines_got);
+        double span = fmax(t, atomic_load(&last_line) - t0);
+        lost[pass] = n - got;
+        rate[pass] = (double)got / span;
+        cpu[pass] = cpu[pass] * 1e6 / (double)(got ? got : 1);
         direct_close(sub, true);
     }
-    Row *r = row("lines/s", false, "mqttctl pub -l (peer: mosquitto_pub -l), QoS %d", qos);
+    Row *r = row("delivered/s", false, "mqttctl pub -l (peer: mosquitto_pub -l), QoS %d", qos);
     row_set(r, run, rate[0], rate[1]);
     row_cpu(r, run, cpu[0], cpu[1]);
     r->lost_ours += lost[0];
