@@ -451,12 +451,14 @@ static void on_readable(Broker *b)
     }
 }
 
-/* Read, then let the daemon write what the input made for local clients before the link's own
- * output (the acknowledgements) goes out in broker_kick. */
+/* Read, then, when the input made acknowledgements to send, let the daemon write what it made
+ * for local clients first (broker_kick sends the link's output). Without acknowledgements
+ * waiting the deliveries go at the loop's prepare as usual, together with the replies: an
+ * early write per read cost QoS 0 with one publisher 10-20 % of its throughput here. */
 static void read_input(Broker *b)
 {
     on_readable(b);
-    if (b->on_input_done) {
+    if (b->on_input_done && buf_size(&b->session->out)) {
         b->on_input_done(b->userdata);
     }
 }

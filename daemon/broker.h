@@ -27,9 +27,9 @@ struct Broker {
                              * without TLS */
     broker_event_cb on_event;
     void *userdata;
-    /* After what a read brought was handed on, before the link's own output is written (NULL:
-     * nothing): the daemon writes its deliveries there, so that a message reaches local
-     * clients before its PUBACK or PUBREC leaves, not a send later. */
+    /* After what a read brought was handed on, when it made output for the link (a PUBACK, a
+     * PUBREC), before that is written (NULL: nothing): the daemon writes its deliveries there,
+     * so that a message reaches local clients before its acknowledgement leaves. */
     void (*on_input_done)(void *userdata);
 
     Transport tr;
