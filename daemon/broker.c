@@ -522,6 +522,13 @@ void broker_kick(Broker *b)
     int64_t next = session_tick(b->session, now);
     if (b->up) {
         flush(b);
+        /* The session stopped encoding at its high-water mark and the socket took it all: the
+         * next step goes in the next loop iteration, without sleeping (and without waiting for
+         * a timer or a client: a drained backlog once waited for the keepalive). Local clients
+         * get their turns between the steps. */
+        if (b->up && b->session->backlogged && !buf_size(&b->session->out)) {
+            set_more(b, true);
+        }
     }
     ev_timer_stop(b->loop, &b->timer);
     if (next != INT64_MAX) {

@@ -36,8 +36,10 @@ struct Broker {
     ev_io io;
     ev_timer timer;
     ev_prepare prepare; /* before the loop sleeps: what this iteration asked for goes out */
-    /* Active while TLS records read past a wake-up's budget wait in memory (epoll will not
-     * say): it keeps the loop from sleeping, and the prepare watcher reads on. */
+    /* Active while the link has work that no descriptor will announce: TLS records read past a
+     * wake-up's budget waiting in memory, or a queue the session stopped encoding at its
+     * high-water mark (Session.backlogged) once the socket took what it had. It keeps the loop
+     * from sleeping; the prepare watcher reads on and ticks the session. */
     ev_idle more;
     Resolve *resolving;
     struct addrinfo *addrs, *addr; /* of the host being tried */

@@ -815,13 +815,15 @@ enum { OUT_HIGH_WATER = 128 * 1024 };
 
 static void pump(Impl *m, int64_t now)
 {
+    m->pub.backlogged = false;
     size_t window = window_of(m);
     if (m->pub.state == SESSION_CONNECTED && m->on_wire < m->pub.inflight) {
         resend(m, window, now);
     }
     /* The queue is encoded as far as the socket takes it: past OUT_HIGH_WATER bytes waiting to
      * be written, the rest stays queued (and bounded by [queue]) until the next tick after a
-     * write, so one tick's work stays small and a flood cannot stall the event loop. */
+     * write (`backlogged` says so), so one tick's work stays small and a flood cannot stall the
+     * event loop. */
     while (m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue) &&
            buf_size(&m->pub.out) < OUT_HIGH_WATER) {
         SessionMsg *msg = container_of(m->queue.next, SessionMsg, link);
@@ -862,6 +864,8 @@ static void pump(Impl *m, int64_t now)
         m->pub.queued--;
         m->pub.inflight++;
     }
+    m->pub.backlogged = m->pub.state == SESSION_CONNECTED && !list_empty(&m->queue) &&
+                        buf_size(&m->pub.out) >= OUT_HIGH_WATER;
 }
 
 static SessionMsg *find_inflight(Impl *m, uint16_t id, uint8_t qos)

@@ -232,6 +232,9 @@ struct Session {
     size_t queued, inflight, queued_bytes;
     size_t subscriptions;
     int64_t rate_limited_since; /* the rate limit holds messages back since then; 0: it does not */
+    /* The last tick stopped encoding the queue because `out` held its high-water mark: tick
+     * again as soon as `out` is written, or the rest waits for the next event. */
+    bool backlogged;
     uint8_t protocol;           /* MQTT_V5 or MQTT_V311: of the current (or last) link */
     SessionLimits limits;       /* the current (or last) link's */
     char *assigned_client_id;   /* MQTT 5: the id the broker gave us, or NULL */

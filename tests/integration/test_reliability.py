@@ -128,6 +128,28 @@ def refuse_secret_later(conn, fb, pid, flt, later):
     conn.sendall(b"\x90\x03" + pid + (b"\x80" if refused else b"\x01"))
 
 
+class Backlog(TestCase):
+    def test_a_backlog_drains_with_nothing_else_happening(self):
+        """A queue of more than one tick's step (the session encodes 128 KiB at a time) goes
+        out once the broker reads again, with no other event to drive it: it once went a step
+        per keepalive timer (2 500 messages a second in the benchmark)."""
+        m = self.broker()
+        d = self.daemon(m.port, sections={"broker": {"keepalive": "60"}})
+        ext = self.direct_sub(m.port, "bk/#", qos=0)
+        n = 60000  # 12 MB of PUBLISH: more than the sockets between hold
+        with d.client() as c:
+            os.kill(m.proc.pid, signal.SIGSTOP)  # the broker stops reading: a queue builds
+            try:
+                c.send_raw("".join(f'{{"op":"publish","topic":"bk/{i}","payload":"{"x" * 180}",'
+                                   f'"qos":0,"wait":false}}\n' for i in range(n)).encode())
+                c.ok("ping")  # all of it read
+                self.assertGreater(c.ok("status")["status"]["queued"], 0)
+            finally:
+                os.kill(m.proc.pid, signal.SIGCONT)
+            got = {ext.next(timeout=WAIT)[0] for _ in range(n)}
+        self.assertEqual(got, {f"bk/{i}" for i in range(n)})
+
+
 class RefusedResubscription(TestCase):
     def test_holders_told_and_subscription_forgotten(self):
         fb = self.fake_broker(scripted_broker(refuse_secret_later))

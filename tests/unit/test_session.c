@@ -202,6 +202,37 @@ START_TEST(keepalive_ping_and_rtt)
 }
 END_TEST
 
+/* The queue is encoded 128 KiB per tick; `backlogged` says a tick stopped there, so the
+ * caller ticks again once `out` is written (it once waited for the next timer). */
+START_TEST(backlog_is_encoded_a_step_per_tick)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    c.max_messages = 1000;
+    c.max_bytes = 1 << 20;
+    setup_with(&h, &c);
+    static char payload[16000];
+    memset(payload, 'x', sizeof(payload));
+    SessionPublish p = {.topic = VIEW_STR("t"), .payload = {(const uint8_t *)payload, 16000}};
+    for (int i = 0; i < 32; i++) { /* about 512 KB: four steps */
+        ck_assert_int_eq(session_publish(h.s, &p, REQ(i % 16), h.now, NULL), 0);
+    }
+    connect_with(&h, false);
+    int ticks = 1;
+    while (h.s->backlogged) {
+        ck_assert_uint_ge(buf_size(&h.s->out), 128 * 1024);
+        ck_assert_uint_gt(h.s->queued, 0);
+        buf_clear(&h.s->out); /* the socket took it all */
+        session_tick(h.s, h.now);
+        ck_assert_int_le(++ticks, 10);
+    }
+    ck_assert_int_ge(ticks, 4);
+    ck_assert_uint_eq(h.s->queued, 0);
+    ck_assert_uint_eq(h.s->stats.pub_ok, 32);
+    teardown(&h);
+}
+END_TEST
+
 START_TEST(publish_qos0_queued_offline_then_in_order)
 {
     Harness h;
@@ -983,6 +1014,7 @@ static Suite *session_suite(void)
     tcase_add_test(tc, refusal_nobody_waits_for_is_announced);
     tcase_add_test(tc, packet_ids_run_out);
     tcase_add_test(tc, offline_subscribe_then_unsubscribe);
+    tcase_add_test(tc, backlog_is_encoded_a_step_per_tick);
     suite_add_tcase(s, tc);
     return s;
 }
