@@ -529,15 +529,21 @@ static int put_int(Buf *out, json_int_t v)
     return buf_append(out, p, (size_t)(num + sizeof(num) - p));
 }
 
+/* `,"name":`, before a field's value */
+static int put_key(Buf *out, const char *name)
+{
+    int r;
+    if ((r = buf_append(out, ",\"", 2)) < 0 || (r = buf_append(out, name, strlen(name))) < 0) {
+        return r;
+    }
+    return buf_append(out, "\":", 2);
+}
+
 /* `,"name":v` */
 static int put_int_field(Buf *out, const char *name, uint32_t v)
 {
-    int r;
-    if ((r = buf_append(out, ",\"", 2)) < 0 || (r = buf_append(out, name, strlen(name))) < 0 ||
-        (r = buf_append(out, "\":", 2)) < 0) {
-        return r;
-    }
-    return put_int(out, v);
+    int r = put_key(out, name);
+    return r < 0 ? r : put_int(out, v);
 }
 
 /* A request's id as JSON (null when absent). */
@@ -715,12 +721,8 @@ static int put_bytes_field(Buf *out, const char *name, View v, bool b64)
 
 static int put_string_field(Buf *out, const char *name, View v)
 {
-    int r;
-    if ((r = buf_append(out, ",\"", 2)) < 0 || (r = buf_append(out, name, strlen(name))) < 0 ||
-        (r = buf_append(out, "\":", 2)) < 0) {
-        return r;
-    }
-    return json_write_string(out, v);
+    int r = put_key(out, name);
+    return r < 0 ? r : json_write_string(out, v);
 }
 
 static int put_user_props(Buf *out, View raw)
