@@ -54,6 +54,10 @@ typedef struct Sched {
     unsigned long long wait_ns, slices, preempted;
 } Sched;
 Sched daemon_sched(void);
+/* A schedstat file (/proc/PID/schedstat, /proc/thread-self/schedstat): nanoseconds runnable
+ * but off CPU and the times a CPU was given; false, and both 0, where the kernel does not say
+ * (no CONFIG_SCHED_INFO). */
+bool schedstat(const char *path, unsigned long long *wait_ns, unsigned long long *slices);
 /* From /proc/PID/smaps_rollup, KiB. */
 typedef struct Mem {
     long rss, pss_anon;

@@ -142,26 +142,13 @@ typedef struct Pinger {
     unsigned long long wait_ns, slices; /* its own waits for a CPU (schedstat) */
 } Pinger;
 
-/* This thread's nanoseconds runnable but off CPU, and the times it got one; both 0 where the
- * kernel does not say (no CONFIG_SCHED_INFO). */
-static void thread_sched(unsigned long long *wait_ns, unsigned long long *slices)
-{
-    FILE *f = fopen("/proc/thread-self/schedstat", "r");
-    if (!f || fscanf(f, "%*u %llu %llu", wait_ns, slices) != 2) {
-        *wait_ns = *slices = 0;
-    }
-    if (f) {
-        fclose(f);
-    }
-}
-
 static void *pinger(void *arg)
 {
     Pinger *p = arg;
     Conn c;
     conn_open(&c);
     unsigned long long w0, s0;
-    thread_sched(&w0, &s0);
+    (void)schedstat("/proc/thread-self/schedstat", &w0, &s0);
     double t0 = now_s();
     while (!atomic_load(&p->stop) && p->n < p->cap) {
         double t = now_s();
@@ -170,7 +157,7 @@ static void *pinger(void *arg)
         usleep(200); /* about 4 000 a second: a client that checks, not a second flood */
     }
     p->wall = now_s() - t0;
-    thread_sched(&p->wait_ns, &p->slices);
+    (void)schedstat("/proc/thread-self/schedstat", &p->wait_ns, &p->slices);
     p->wait_ns -= w0;
     p->slices -= s0;
     close(c.fd);

@@ -304,20 +304,28 @@ double daemon_cpu_s(void)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-Sched daemon_sched(void)
+bool schedstat(const char *path, unsigned long long *wait_ns, unsigned long long *slices)
 {
-    char path[64], line[256];
-    Sched r = {.ok = true};
-    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)opt.daemon_pid);
     FILE *f = fopen(path, "r");
-    if (!f || fscanf(f, "%*u %llu %llu", &r.wait_ns, &r.slices) != 2) {
-        r.ok = false; /* a kernel without CONFIG_SCHED_INFO: the rows say "-" */
-    }
+    bool ok = f && fscanf(f, "%*u %llu %llu", wait_ns, slices) == 2;
     if (f) {
         fclose(f);
     }
+    if (!ok) {
+        *wait_ns = *slices = 0;
+    }
+    return ok;
+}
+
+Sched daemon_sched(void)
+{
+    char path[64], line[256];
+    Sched r = {0};
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)opt.daemon_pid);
+    r.ok = schedstat(path, &r.wait_ns, &r.slices); /* no CONFIG_SCHED_INFO: the rows are left out */
     snprintf(path, sizeof(path), "/proc/%d/status", (int)opt.daemon_pid);
-    if (!(f = fopen(path, "r"))) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
         die(path);
     }
     while (fgets(line, sizeof(line), f)) {
