@@ -487,7 +487,9 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     Broker *b = (Broker *)((char *)w - offsetof(Broker, prepare));
     if (ev_is_active(&b->more)) {
         set_more(b, false);
-        read_input(b); /* may set it again: the idle then keeps the loop from sleeping */
+        if (transport_pending(&b->tr)) { /* records in memory; else a backlog: the kick below */
+            read_input(b); /* may set it again: the idle then keeps the loop from sleeping */
+        }
     }
     broker_kick(b);
 }
