@@ -137,7 +137,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "Usage: mqttbridge-bench [--quick] [--json] [--runs N] [--only CASE,...]\n"
                "                        [--soak MESSAGES] [--daemon PATH] [--mqttctl PATH]\n"
-               "                        [--protocol 5|3.1.1]\n"
+               "                        [--protocol 5|3.1.1] [--trace]\n"
                "Runs each workload through mqttbridged and directly with libmosquitto against\n"
                "the same loopback mosquitto (started here), and reports both and their ratio.\n"
                "Cases:");
@@ -145,7 +145,8 @@ static void usage(FILE *f)
         fprintf(f, " %s", cases[i].name);
     }
     fprintf(f, "\nThe daemon and mqttctl are found next to this program in its build tree\n"
-               "(or $MQTTBRIDGED and $MQTTCTL, or the options).\n");
+               "(or $MQTTBRIDGED and $MQTTCTL, or the options). --trace prints, on stderr,\n"
+               "where the CPUs went during each pass of the throughput and pub_lines cases.\n");
 }
 
 /* `rel` from this program's directory, when it is there: a build tree's layout. */
@@ -170,11 +171,17 @@ static void beside_me(char *out, size_t n, const char *env, const char *rel)
 static int parse_args(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"quick", no_argument, NULL, 'q'},          {"json", no_argument, NULL, 'j'},
-        {"runs", required_argument, NULL, 'r'},     {"soak", required_argument, NULL, 's'},
-        {"daemon", required_argument, NULL, 'd'},   {"mqttctl", required_argument, NULL, 'm'},
-        {"protocol", required_argument, NULL, 'p'}, {"only", required_argument, NULL, 'o'},
-        {"help", no_argument, NULL, 'h'},           {0},
+        {"quick", no_argument, NULL, 'q'},
+        {"json", no_argument, NULL, 'j'},
+        {"runs", required_argument, NULL, 'r'},
+        {"soak", required_argument, NULL, 's'},
+        {"daemon", required_argument, NULL, 'd'},
+        {"mqttctl", required_argument, NULL, 'm'},
+        {"protocol", required_argument, NULL, 'p'},
+        {"only", required_argument, NULL, 'o'},
+        {"trace", no_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     beside_me(opt.daemon, sizeof(opt.daemon), "MQTTBRIDGED", "../../daemon/mqttbridged");
     beside_me(opt.mqttctl, sizeof(opt.mqttctl), "MQTTCTL", "../../clients/mqttctl");
@@ -203,6 +210,9 @@ static int parse_args(int argc, char **argv)
             break;
         case 'o':
             opt.only = optarg;
+            break;
+        case 't':
+            opt.trace = true;
             break;
         case 'h':
             usage(stdout);

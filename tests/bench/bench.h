@@ -15,7 +15,7 @@
 /* ---- options and the processes (proc.c) ---- */
 
 typedef struct Options {
-    bool quick, json;
+    bool quick, json, trace;
     int runs;
     long soak;
     const char *only;     /* comma-separated case names; NULL: all */
@@ -43,7 +43,8 @@ void raise_nofile(void);
 void make_certs(void);
 const char *ca_file(void);
 
-/* CPU seconds: the daemon's, and this process's (all its threads). */
+/* CPU seconds: a process's, the daemon's, and this process's (all its threads). */
+double pid_cpu_s(pid_t pid);
 double daemon_cpu_s(void);
 double self_cpu_s(void);
 /* The daemon's scheduling so far: nanoseconds it was runnable but waited for a CPU and the
@@ -58,6 +59,16 @@ Sched daemon_sched(void);
  * but off CPU and the times a CPU was given; false, and both 0, where the kernel does not say
  * (no CONFIG_SCHED_INFO). */
 bool schedstat(const char *path, unsigned long long *wait_ns, unsigned long long *slices);
+/* --trace: one pass of a case, from probe_start() to probe_print(), as a line on stderr: the
+ * message rate, the CPU share of this process, the daemon and the broker, and for the two
+ * others the share of time runnable but waiting for a CPU and the times a second they got
+ * one. Nothing is read without --trace. */
+typedef struct Probe {
+    double t0, self, daemon, broker;
+    unsigned long long daemon_wait, daemon_slices, broker_wait, broker_slices;
+} Probe;
+Probe probe_start(void);
+void probe_print(const Probe *p, const char *what, long messages);
 /* From /proc/PID/smaps_rollup, KiB. */
 typedef struct Mem {
     long rss, pss_anon;

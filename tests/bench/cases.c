@@ -264,6 +264,7 @@ static Flow flow(bool via_daemon, int qos, int n_pub, long count)
     atomic_store(&e2e_sent, 0);
     atomic_store(&e2e_received, 0);
     double t0 = now_s(), cpu0 = self_cpu_s() + (via_daemon ? daemon_cpu_s() : 0);
+    Probe probe = probe_start();
     for (int i = 0; i < n_pub; i++) {
         snprintf(topic[i], sizeof(topic[i]), "tp/%d", i);
         jobs[i] = (Job){.qos = qos, .count = count / n_pub, .topic = topic[i]};
@@ -277,6 +278,10 @@ static Flow flow(bool via_daemon, int qos, int n_pub, long count)
         msgs = atomic_load(&received);
     }
     double elapsed = now_s() - t0;
+    char what[64];
+    snprintf(what, sizeof(what), "%sthroughput QoS %d, %d publisher(s), %s", opt.tls ? "TLS " : "",
+             qos, n_pub, via_daemon ? "ours" : "direct");
+    probe_print(&probe, what, msgs);
     for (int i = 0; i < n_pub; i++) {
         pthread_join(t[i], NULL);
     }

@@ -400,6 +400,7 @@ static void pub_lines(int run, int qos, long n, const char *input)
         direct_subscribe(sub, "lines", qos);
         mosquitto_message_callback_set(sub, on_line);
         mosquitto_loop_start(sub);
+        Probe probe = probe_start();
         double t0 = now_s(), t = run_timed(pass == 0 ? ctl : mosq, input, &cpu[pass]);
         long seen = -1;
         for (double quiet = now_s(); atomic_load(&lines_got) < n && now_s() - quiet < 2;) {
@@ -414,6 +415,10 @@ static void pub_lines(int run, int qos, long n, const char *input)
          * when they got there. */
         long got = atomic_load(&lines_got);
         double span = fmax(t, atomic_load(&last_line) - t0);
+        char what[64];
+        snprintf(what, sizeof(what), "pub -l QoS %d, %s (the sender exited after %.2f s)", qos,
+                 pass == 0 ? "mqttctl" : "mosquitto_pub", t);
+        probe_print(&probe, what, got);
         lost[pass] = n - got;
         rate[pass] = (double)got / span;
         cpu[pass] = cpu[pass] * 1e6 / (double)(got ? got : 1);

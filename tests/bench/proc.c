@@ -289,8 +289,13 @@ void raise_nofile(void)
 
 double daemon_cpu_s(void)
 {
+    return pid_cpu_s(opt.daemon_pid);
+}
+
+double pid_cpu_s(pid_t pid)
+{
     char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)opt.daemon_pid);
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f || !fgets(buf, sizeof(buf), f)) {
         die(path);
@@ -333,6 +338,46 @@ Sched daemon_sched(void)
     }
     fclose(f);
     return r;
+}
+
+static void pid_sched(pid_t pid, unsigned long long *wait_ns, unsigned long long *slices)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
+    (void)schedstat(path, wait_ns, slices); /* zeros where the kernel does not say */
+}
+
+Probe probe_start(void)
+{
+    Probe p = {0};
+    if (opt.trace) {
+        p.t0 = now_s();
+        p.self = self_cpu_s();
+        p.daemon = daemon_cpu_s();
+        p.broker = pid_cpu_s(opt.broker_pid);
+        pid_sched(opt.daemon_pid, &p.daemon_wait, &p.daemon_slices);
+        pid_sched(opt.broker_pid, &p.broker_wait, &p.broker_slices);
+    }
+    return p;
+}
+
+void probe_print(const Probe *p, const char *what, long messages)
+{
+    if (!opt.trace) {
+        return;
+    }
+    Probe q = probe_start();
+    double s = q.t0 - p->t0;
+    fprintf(stderr,
+            "trace: %s: %.0f msg/s over %.2f s | CPU: bench %.0f%%, daemon %.0f%%, broker %.0f%% "
+            "| waiting for a CPU: daemon %.1f%%, broker %.1f%% | CPU turns/s: daemon %.0f, "
+            "broker %.0f\n",
+            what, (double)messages / s, s, (q.self - p->self) * 100 / s,
+            (q.daemon - p->daemon) * 100 / s, (q.broker - p->broker) * 100 / s,
+            (double)(q.daemon_wait - p->daemon_wait) / 1e7 / s,
+            (double)(q.broker_wait - p->broker_wait) / 1e7 / s,
+            (double)(q.daemon_slices - p->daemon_slices) / s,
+            (double)(q.broker_slices - p->broker_slices) / s);
 }
 
 double self_cpu_s(void)
