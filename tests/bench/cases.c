@@ -19,28 +19,56 @@
 
 /* ---- waiting on counters other threads advance ---- */
 
-/* Waiting threads sleep on this and are woken by progress(), never spin: a spinning load
- * generator would steal the broker's CPU on a 2-core machine. */
+/* Waiting threads sleep on this, never spin: a spinning load generator would steal the
+ * broker's CPU on a 2-core machine. progress() wakes them only once a counter reached what one
+ * of them waits for: a wake-up for every message would cost each side a futex round trip a
+ * message, which is then measured as that side's CPU. */
 static pthread_mutex_t progress_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t progress_cv = PTHREAD_COND_INITIALIZER;
 static atomic_int sleepers; /* progress() costs nothing while nobody waits */
+enum { MAX_WAITERS = 16 };
+static struct {
+    atomic_long *counter; /* NULL: a free slot */
+    long target;
+} waiting[MAX_WAITERS]; /* under progress_mu */
 
-static void progress(void)
+static void progress(atomic_long *counter)
 {
-    if (atomic_load(&sleepers)) {
-        pthread_mutex_lock(&progress_mu);
-        pthread_cond_broadcast(&progress_cv);
-        pthread_mutex_unlock(&progress_mu);
+    if (!atomic_load(&sleepers)) {
+        return;
     }
+    long now = atomic_load(counter);
+    bool due = false;
+    pthread_mutex_lock(&progress_mu);
+    for (int i = 0; i < MAX_WAITERS; i++) {
+        due |= waiting[i].counter == counter && now >= waiting[i].target;
+    }
+    if (due) {
+        pthread_cond_broadcast(&progress_cv);
+    }
+    pthread_mutex_unlock(&progress_mu);
+}
+
+static int waiter_add(atomic_long *counter, long target)
+{
+    for (int i = 0; i < MAX_WAITERS; i++) {
+        if (!waiting[i].counter) {
+            waiting[i].counter = counter;
+            waiting[i].target = target;
+            return i;
+        }
+    }
+    fail("more than %d threads wait at once", MAX_WAITERS);
 }
 
 /* Sleep until *counter reaches target; false once it has not moved for `stall` seconds, so a
- * lost message costs a moment, never the run. */
+ * lost message costs a moment, never the run. A look every 10 ms sees whether it moves. */
 static bool await_count(atomic_long *counter, long target, double stall)
 {
     long seen = atomic_load(counter);
     double last_move = now_s();
     pthread_mutex_lock(&progress_mu);
+    int slot = waiter_add(counter, target);
     atomic_fetch_add(&sleepers, 1);
     while (atomic_load(counter) < target) {
         long now = atomic_load(counter);
@@ -60,6 +88,7 @@ static bool await_count(atomic_long *counter, long target, double stall)
         pthread_cond_timedwait(&progress_cv, &progress_mu, &ts);
     }
     atomic_fetch_sub(&sleepers, 1);
+    waiting[slot].counter = NULL;
     pthread_mutex_unlock(&progress_mu);
     return atomic_load(counter) >= target;
 }
@@ -152,14 +181,15 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     (void)m, (void)msg;
     atomic_fetch_add((atomic_long *)ud, 1);
     atomic_fetch_add(&e2e_received, 1);
-    progress();
+    progress(ud);
+    progress(&e2e_received);
 }
 
 static void on_publish(struct mosquitto *m, void *ud, int mid)
 {
     (void)m, (void)mid;
     atomic_fetch_add((atomic_long *)ud, 1);
-    progress();
+    progress(ud);
 }
 
 typedef struct Job {
@@ -237,7 +267,7 @@ static long daemon_receive(Conn *c, long want)
         }
         conn_read(c, &replies, &msgs, NULL);
         atomic_store(&e2e_received, msgs);
-        progress();
+        progress(&e2e_received);
     }
     return msgs;
 }
