@@ -156,8 +156,10 @@ static void flush(Broker *b)
     if (b->tr.fd < 0 || !b->up) {
         return;
     }
-    /* TLS may need the fd writable to go on reading (renegotiation, key update). */
-    int events = EV_READ | (buf_size(out) || b->tr.want == EV_WRITE ? EV_WRITE : 0);
+    /* TLS may need the fd writable to go on reading (renegotiation, key update); plain TCP's
+     * want is only what the last call met. */
+    bool tls_wants_write = b->tr.tls && b->tr.want == EV_WRITE;
+    int events = EV_READ | (buf_size(out) || tls_wants_write ? EV_WRITE : 0);
     if (!ev_is_active(&b->io) || b->io.events != events) {
         ev_io_stop(b->loop, &b->io);
         ev_io_set(&b->io, b->tr.fd, events);
@@ -173,7 +175,10 @@ static void on_session_event(void *userdata, const SessionEvent *ev)
     Broker *b = userdata;
     if (ev->type == SESSION_EV_LINK_DOWN) {
         if (b->tr.fd >= 0 && b->up) {
-            flush(b); /* e.g. a DISCONNECT; best effort, the socket is non-blocking */
+            /* e.g. a DISCONNECT behind a backlog; best effort, the socket is non-blocking,
+             * but it may take the whole of it now */
+            transport_unlimit(&b->tr);
+            flush(b);
         }
         close_link(b);
     }

@@ -11,12 +11,13 @@
 /*
  * TCP_NODELAY: MQTT is request/response heavy, and Nagle would hold small acks back.
  *
- * TCP_NOTSENT_LOWAT: the kernel takes at most about this many bytes not yet sent; the rest of
- * a backlog waits in the session's queue, where it is counted and bounded. Without it a
- * flood left about 500 KiB unsent in the socket, which went out only as the broker's receive
- * window reopened, in the broker's own system calls. mosquitto then ran dry between window
- * updates and slept thousands of times a second. With 16 KiB its input stayed fed, and QoS 0
- * through one publisher gained about a fifth (docs/performance.md).
+ * TCP_NOTSENT_LOWAT: the kernel takes about this many bytes not yet sent (plus the segment
+ * being filled); the rest of a backlog waits in the session's queue, where it is counted and
+ * bounded. Without it a flood left about 500 KiB unsent in the socket, which went out only as
+ * the broker's receive window reopened, in the broker's own system calls: mosquitto ran dry
+ * between window updates and slept thousands of times a second. With 16 KiB its input stayed
+ * fed, and QoS 0 through one publisher gained about a fifth (docs/performance.md, "What
+ * bounds QoS 0 throughput").
  */
 enum { NOTSENT_LOWAT = 16 * 1024 };
 
@@ -101,6 +102,13 @@ ssize_t transport_write(Transport *t, const void *buf, size_t n)
         return -errno;
     }
     return r;
+}
+
+void transport_unlimit(Transport *t)
+{
+    int system_default = 0;
+    (void)setsockopt(t->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &system_default,
+                     sizeof(system_default)); /* tuning: a refusal costs what the limit does */
 }
 
 void transport_close(Transport *t)

@@ -32,6 +32,8 @@ int transport_start_tls(Transport *t, TlsContext *ctx, const Config *cfg, const 
 int transport_handshake(Transport *t, char *err, size_t errlen);
 ssize_t transport_read(Transport *t, void *buf, size_t n); /* 0 = EOF */
 ssize_t transport_write(Transport *t, const void *buf, size_t n);
+/* Let the kernel take all it can of the next writes (the last ones before a close). */
+void transport_unlimit(Transport *t);
 /* Decrypted bytes waiting inside TLS, which no fd event will announce. */
 bool transport_pending(Transport *t);
 void transport_close(Transport *t);
