@@ -59,16 +59,18 @@ Sched daemon_sched(void);
  * but off CPU and the times a CPU was given; false, and both 0, where the kernel does not say
  * (no CONFIG_SCHED_INFO). */
 bool schedstat(const char *path, unsigned long long *wait_ns, unsigned long long *slices);
-/* --trace: one pass of a case, from probe_start() to probe_print(), as a line on stderr: the
- * message rate, the CPU share of this process, the daemon and the broker, and for the two
- * others the share of time runnable but waiting for a CPU and the times a second they got
- * one. Nothing is read without --trace. */
+/* --trace: one pass of a case as a line on stderr: its message rate, and from probe_start()
+ * on, per second of the pass, the CPU of this process, the daemon and the broker, and for the
+ * daemon's and the broker's main threads the time runnable but waiting for a CPU and the
+ * times they got one (left out where schedstat cannot be read). Nothing is read without
+ * --trace. */
 typedef struct Probe {
-    double t0, self, daemon, broker;
+    double self, daemon, broker;
     unsigned long long daemon_wait, daemon_slices, broker_wait, broker_slices;
+    bool sched_ok;
 } Probe;
 Probe probe_start(void);
-void probe_print(const Probe *p, const char *what, long messages);
+void probe_print(const Probe *p, const char *what, long messages, double seconds);
 /* From /proc/PID/smaps_rollup, KiB. */
 typedef struct Mem {
     long rss, pss_anon;

@@ -20,41 +20,42 @@
 /* ---- waiting on counters other threads advance ---- */
 
 /* Waiting threads sleep on this, never spin: a spinning load generator would steal the
- * broker's CPU on a 2-core machine. progress() wakes them only once a counter reached what one
- * of them waits for: a wake-up for every message would cost each side a futex round trip a
- * message, which is then measured as that side's CPU. */
+ * broker's CPU on a 2-core machine. They are woken only when a counter reached what one of
+ * them waits for, and progress() finds that out without the lock: a lock, let alone a wake-up,
+ * for every message would cost each side a futex a message, measured as that side's CPU. */
 static pthread_mutex_t progress_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t progress_cv = PTHREAD_COND_INITIALIZER;
 static atomic_int sleepers; /* progress() costs nothing while nobody waits */
 enum { MAX_WAITERS = 16 };
 static struct {
-    atomic_long *counter; /* NULL: a free slot */
-    long target;
-} waiting[MAX_WAITERS]; /* under progress_mu */
+    _Atomic(atomic_long *) counter; /* NULL: a free slot; set and cleared under progress_mu */
+    atomic_long target;
+} waiting[MAX_WAITERS];
 
+/* After *counter moved. A waiter stores its slot, then reads the counter; this stores the
+ * counter, then reads the slots: (sequentially consistent) one of the two sees the other. */
 static void progress(atomic_long *counter)
 {
     if (!atomic_load(&sleepers)) {
         return;
     }
     long now = atomic_load(counter);
-    bool due = false;
-    pthread_mutex_lock(&progress_mu);
     for (int i = 0; i < MAX_WAITERS; i++) {
-        due |= waiting[i].counter == counter && now >= waiting[i].target;
+        if (atomic_load(&waiting[i].counter) == counter && now >= atomic_load(&waiting[i].target)) {
+            pthread_mutex_lock(&progress_mu); /* the waiter holds it until it sleeps */
+            pthread_cond_broadcast(&progress_cv);
+            pthread_mutex_unlock(&progress_mu);
+            return;
+        }
     }
-    if (due) {
-        pthread_cond_broadcast(&progress_cv);
-    }
-    pthread_mutex_unlock(&progress_mu);
 }
 
 static int waiter_add(atomic_long *counter, long target)
 {
     for (int i = 0; i < MAX_WAITERS; i++) {
-        if (!waiting[i].counter) {
-            waiting[i].counter = counter;
-            waiting[i].target = target;
+        if (!atomic_load(&waiting[i].counter)) {
+            atomic_store(&waiting[i].target, target);
+            atomic_store(&waiting[i].counter, counter);
             return i;
         }
     }
@@ -88,7 +89,7 @@ static bool await_count(atomic_long *counter, long target, double stall)
         pthread_cond_timedwait(&progress_cv, &progress_mu, &ts);
     }
     atomic_fetch_sub(&sleepers, 1);
-    waiting[slot].counter = NULL;
+    atomic_store(&waiting[slot].counter, NULL);
     pthread_mutex_unlock(&progress_mu);
     return atomic_load(counter) >= target;
 }
@@ -293,8 +294,8 @@ static Flow flow(bool via_daemon, int qos, int n_pub, long count)
     Job jobs[8];
     atomic_store(&e2e_sent, 0);
     atomic_store(&e2e_received, 0);
+    Probe probe = probe_start(); /* outside the CPU measured for the row */
     double t0 = now_s(), cpu0 = self_cpu_s() + (via_daemon ? daemon_cpu_s() : 0);
-    Probe probe = probe_start();
     for (int i = 0; i < n_pub; i++) {
         snprintf(topic[i], sizeof(topic[i]), "tp/%d", i);
         jobs[i] = (Job){.qos = qos, .count = count / n_pub, .topic = topic[i]};
@@ -308,14 +309,14 @@ static Flow flow(bool via_daemon, int qos, int n_pub, long count)
         msgs = atomic_load(&received);
     }
     double elapsed = now_s() - t0;
-    char what[64];
-    snprintf(what, sizeof(what), "%sthroughput QoS %d, %d publisher(s), %s", opt.tls ? "TLS " : "",
-             qos, n_pub, via_daemon ? "ours" : "direct");
-    probe_print(&probe, what, msgs);
     for (int i = 0; i < n_pub; i++) {
         pthread_join(t[i], NULL);
     }
     double cpu = self_cpu_s() + (via_daemon ? daemon_cpu_s() : 0) - cpu0;
+    char what[64];
+    snprintf(what, sizeof(what), "%sthroughput QoS %d, %d publisher(s), %s", opt.tls ? "TLS " : "",
+             qos, n_pub, via_daemon ? "ours" : "direct");
+    probe_print(&probe, what, msgs, elapsed);
     if (via_daemon) {
         close(c.fd);
     } else {

@@ -418,7 +418,7 @@ static void pub_lines(int run, int qos, long n, const char *input)
         char what[64];
         snprintf(what, sizeof(what), "pub -l QoS %d, %s (the sender exited after %.2f s)", qos,
                  pass == 0 ? "mqttctl" : "mosquitto_pub", t);
-        probe_print(&probe, what, got);
+        probe_print(&probe, what, got, span);
         lost[pass] = n - got;
         rate[pass] = (double)got / span;
         cpu[pass] = cpu[pass] * 1e6 / (double)(got ? got : 1);

@@ -340,44 +340,47 @@ Sched daemon_sched(void)
     return r;
 }
 
-static void pid_sched(pid_t pid, unsigned long long *wait_ns, unsigned long long *slices)
+static bool pid_sched(pid_t pid, unsigned long long *wait_ns, unsigned long long *slices)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
-    (void)schedstat(path, wait_ns, slices); /* zeros where the kernel does not say */
+    return schedstat(path, wait_ns, slices);
 }
 
 Probe probe_start(void)
 {
     Probe p = {0};
     if (opt.trace) {
-        p.t0 = now_s();
         p.self = self_cpu_s();
         p.daemon = daemon_cpu_s();
         p.broker = pid_cpu_s(opt.broker_pid);
-        pid_sched(opt.daemon_pid, &p.daemon_wait, &p.daemon_slices);
-        pid_sched(opt.broker_pid, &p.broker_wait, &p.broker_slices);
+        p.sched_ok = pid_sched(opt.daemon_pid, &p.daemon_wait, &p.daemon_slices) &&
+                     pid_sched(opt.broker_pid, &p.broker_wait, &p.broker_slices);
     }
     return p;
 }
 
-void probe_print(const Probe *p, const char *what, long messages)
+void probe_print(const Probe *p, const char *what, long messages, double seconds)
 {
-    if (!opt.trace) {
+    if (!opt.trace || seconds <= 0) {
         return;
     }
     Probe q = probe_start();
-    double s = q.t0 - p->t0;
+    double s = seconds;
     fprintf(stderr,
-            "trace: %s: %.0f msg/s over %.2f s | CPU: bench %.0f%%, daemon %.0f%%, broker %.0f%% "
-            "| waiting for a CPU: daemon %.1f%%, broker %.1f%% | CPU turns/s: daemon %.0f, "
-            "broker %.0f\n",
+            "trace: %s: %.0f msg/s over %.2f s | CPU: bench %.0f%%, daemon %.0f%%, broker %.0f%%",
             what, (double)messages / s, s, (q.self - p->self) * 100 / s,
-            (q.daemon - p->daemon) * 100 / s, (q.broker - p->broker) * 100 / s,
-            (double)(q.daemon_wait - p->daemon_wait) / 1e7 / s,
-            (double)(q.broker_wait - p->broker_wait) / 1e7 / s,
-            (double)(q.daemon_slices - p->daemon_slices) / s,
-            (double)(q.broker_slices - p->broker_slices) / s);
+            (q.daemon - p->daemon) * 100 / s, (q.broker - p->broker) * 100 / s);
+    if (p->sched_ok && q.sched_ok) {
+        fprintf(stderr,
+                " | waiting for a CPU: daemon %.1f%%, broker %.1f%% | CPU turns/s: daemon %.0f, "
+                "broker %.0f",
+                (double)(q.daemon_wait - p->daemon_wait) / 1e7 / s,
+                (double)(q.broker_wait - p->broker_wait) / 1e7 / s,
+                (double)(q.daemon_slices - p->daemon_slices) / s,
+                (double)(q.broker_slices - p->broker_slices) / s);
+    }
+    fputc('\n', stderr);
 }
 
 double self_cpu_s(void)
