@@ -61,6 +61,26 @@ class RealBroker(TestCase):
         m.pub("wills/bridge", "sentinel", qos=1)
         self.assertEqual(watcher.next(), ("wills/bridge", b"sentinel", False))
 
+    def test_no_will_after_a_clean_stop_behind_a_backlog(self):
+        """The socket takes about 16 KiB of unsent bytes at a time (TCP_NOTSENT_LOWAT); the
+        last flush of a clean stop lifts that, so the DISCONNECT behind a backlog still goes
+        and the broker publishes no will."""
+        m = self.broker()
+        will = {"topic": "wills/backlog", "message": "gone", "qos": "1", "retain": "false"}
+        d = self.daemon(m.port, sections={"will": will})
+        watcher = self.direct_sub(m.port, "wills/backlog")
+        with d.client() as c:
+            os.kill(m.proc.pid, signal.SIGSTOP)  # the broker stops reading: output waits
+            try:
+                c.send_raw("".join(f'{{"op":"publish","topic":"bl/{i}","payload":"{"x" * 900}",'
+                                   f'"qos":0,"wait":false}}\n' for i in range(400)).encode())
+                c.ok("ping")  # all of it read
+                self.assertEqual(d.stop(), 0)
+            finally:
+                os.kill(m.proc.pid, signal.SIGCONT)
+        m.pub("wills/backlog", "sentinel", qos=1)
+        self.assertEqual(watcher.next(), ("wills/backlog", b"sentinel", False))
+
     def test_keepalive_pings_and_rtt(self):
         m = self.broker()
         d = self.daemon(m.port, sections={"broker": {"keepalive": "1"}})
