@@ -247,6 +247,7 @@ int main(int argc, char **argv)
         die("mkdtemp");
     }
     snprintf(opt.sock, sizeof(opt.sock), "%s/mqttbridge.sock", opt.dir);
+    snprintf(opt.ca, sizeof(opt.ca), "%s/ca.crt", opt.dir);
     atexit(cleanup);
     start_broker();
     start_daemon();

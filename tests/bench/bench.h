@@ -23,6 +23,7 @@ typedef struct Options {
     char daemon[4096], mqttctl[4096];
     char dir[256];      /* scratch, removed at exit */
     char sock[300];     /* the daemon's socket */
+    char ca[300];       /* the throw-away CA's certificate, named once before any thread */
     int port, tls_port; /* mosquitto's plain and TLS listeners */
     pid_t broker_pid, daemon_pid;
     bool tls; /* the daemon (and direct clients) use the TLS listener */

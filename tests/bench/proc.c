@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -32,14 +33,21 @@ double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The first thread to give up runs the exit handlers (stopping the broker and the daemon);
+ * one giving up after it waits here for the exit instead of running them a second time. */
+static pthread_mutex_t giving_up = PTHREAD_MUTEX_INITIALIZER;
+
 void die(const char *what)
 {
-    fprintf(stderr, "mqttbridge-bench: %s: %s\n", what, strerror(errno));
+    int e = errno;
+    pthread_mutex_lock(&giving_up);
+    fprintf(stderr, "mqttbridge-bench: %s: %s\n", what, strerror(e));
     exit(2);
 }
 
 void fail(const char *fmt, ...)
 {
+    pthread_mutex_lock(&giving_up);
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "mqttbridge-bench: ");
@@ -165,9 +173,7 @@ static void run_quietly(char *const argv[])
 
 const char *ca_file(void)
 {
-    static char path[400];
-    snprintf(path, sizeof(path), "%s/ca.crt", opt.dir);
-    return path;
+    return opt.ca;
 }
 
 void make_certs(void)
