@@ -328,12 +328,19 @@ bool schedstat(const char *path, unsigned long long *wait_ns, unsigned long long
     return ok;
 }
 
+static bool pid_sched(pid_t pid, unsigned long long *wait_ns, unsigned long long *slices)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
+    return schedstat(path, wait_ns, slices);
+}
+
 Sched daemon_sched(void)
 {
     char path[64], line[256];
     Sched r = {0};
-    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)opt.daemon_pid);
-    r.ok = schedstat(path, &r.wait_ns, &r.slices); /* no CONFIG_SCHED_INFO: the rows are left out */
+    /* no CONFIG_SCHED_INFO: the rows are left out */
+    r.ok = pid_sched(opt.daemon_pid, &r.wait_ns, &r.slices);
     snprintf(path, sizeof(path), "/proc/%d/status", (int)opt.daemon_pid);
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -344,13 +351,6 @@ Sched daemon_sched(void)
     }
     fclose(f);
     return r;
-}
-
-static bool pid_sched(pid_t pid, unsigned long long *wait_ns, unsigned long long *slices)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
-    return schedstat(path, wait_ns, slices);
 }
 
 Probe probe_start(void)
