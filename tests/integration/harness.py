@@ -5,6 +5,7 @@ Every test gets its own mosquitto on a free 127.0.0.1 port and its own daemon wi
 socket in a temporary directory. Waits are event-driven and bounded: nothing sleeps to
 synchronise where a reply, an event or a port can be awaited instead.
 """
+import contextlib
 import json
 import os
 import select
@@ -55,6 +56,25 @@ def port_open(port):
             return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def paused(proc):
+    """The process stopped (SIGSTOP) for the block and continued after it, whatever happens."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+def qos0_burst(prefix, n, size):
+    """n pipelined QoS 0 publish requests without replies awaited, to prefix/0..prefix/n-1,
+    each with a payload of `size` bytes."""
+    payload = "x" * size
+    return "".join(json.dumps({"op": "publish", "topic": f"{prefix}/{i}", "payload": payload,
+                               "qos": 0, "wait": False}, separators=(",", ":")) + "\n"
+                   for i in range(n)).encode()
 
 
 class Mosquitto:

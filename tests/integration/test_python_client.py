@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from harness import TEST_PROTOCOL, WAIT, TestCase, main
+from harness import TEST_PROTOCOL, WAIT, TestCase, main, paused
 
 PYDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../clients/python")
 sys.path.insert(0, PYDIR)
@@ -308,13 +308,10 @@ class PythonClient(TestCase):
             # A daemon that stops answering (SIGSTOP): the call ends, False.
             c3 = self.client()
             self.assertTrue(await c3.connect())
-            os.kill(self.d.proc.pid, signal.SIGSTOP)
-            try:
+            with paused(self.d.proc):
                 t0 = asyncio.get_running_loop().time()
                 self.assertIs(await c3.publish("t", "x", qos=1, timeout=0.2), False)
                 self.assertLess(asyncio.get_running_loop().time() - t0, 4)
-            finally:
-                os.kill(self.d.proc.pid, signal.SIGCONT)
             await c3.disconnect()
         self.run_async(body())
         # The same client in another event loop.

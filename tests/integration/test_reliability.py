@@ -10,7 +10,7 @@ import struct
 import subprocess
 import threading
 
-from harness import DAEMON, WAIT, Proxy, TestCase, main, wait_until
+from harness import DAEMON, WAIT, Proxy, TestCase, main, paused, qos0_burst, wait_until
 
 
 def publish_lines(prefix, n, qos_of=lambda i: 1 + i % 2):
@@ -138,14 +138,10 @@ class Backlog(TestCase):
         ext = self.direct_sub(m.port, "bk/#", qos=0)
         n = 60000  # 12 MB of PUBLISH: more than the sockets between hold
         with d.client() as c:
-            os.kill(m.proc.pid, signal.SIGSTOP)  # the broker stops reading: a queue builds
-            try:
-                c.send_raw("".join(f'{{"op":"publish","topic":"bk/{i}","payload":"{"x" * 180}",'
-                                   f'"qos":0,"wait":false}}\n' for i in range(n)).encode())
+            with paused(m.proc):  # the broker stops reading: a queue builds
+                c.send_raw(qos0_burst("bk", n, 180))
                 c.ok("ping")  # all of it read
                 self.assertGreater(c.ok("status")["status"]["queued"], 0)
-            finally:
-                os.kill(m.proc.pid, signal.SIGCONT)
             got = {ext.next(timeout=WAIT)[0] for _ in range(n)}
         self.assertEqual(got, {f"bk/{i}" for i in range(n)})
 

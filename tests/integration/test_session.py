@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 
-from harness import TestCase, WAIT, connack_then, main, wait_until
+from harness import TestCase, WAIT, connack_then, main, paused, qos0_burst, wait_until
 
 
 class RealBroker(TestCase):
@@ -69,15 +69,10 @@ class RealBroker(TestCase):
         will = {"topic": "wills/backlog", "message": "gone", "qos": "1", "retain": "false"}
         d = self.daemon(m.port, sections={"will": will})
         watcher = self.direct_sub(m.port, "wills/backlog")
-        with d.client() as c:
-            os.kill(m.proc.pid, signal.SIGSTOP)  # the broker stops reading: output waits
-            try:
-                c.send_raw("".join(f'{{"op":"publish","topic":"bl/{i}","payload":"{"x" * 900}",'
-                                   f'"qos":0,"wait":false}}\n' for i in range(400)).encode())
-                c.ok("ping")  # all of it read
-                self.assertEqual(d.stop(), 0)
-            finally:
-                os.kill(m.proc.pid, signal.SIGCONT)
+        with d.client() as c, paused(m.proc):  # the broker stops reading: output waits
+            c.send_raw(qos0_burst("bl", 400, 900))
+            c.ok("ping")  # all of it read
+            self.assertEqual(d.stop(), 0)
         m.pub("wills/backlog", "sentinel", qos=1)
         self.assertEqual(watcher.next(), ("wills/backlog", b"sentinel", False))
 
