@@ -10,6 +10,7 @@
 #include "mqtt/session.h"
 
 #include <assert.h>
+#include <sanitizer/asan_interface.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +94,7 @@ struct SessionMsg {
     bool on_wire;       /* in flight and sent on this link (a resumed one waits its turn) */
     bool counted;       /* already counted in pub_fail */
     bool props_dropped; /* MQTT 5 properties left out on a 3.1.1 link (counted once) */
+    bool spare;         /* room for SPARE_BYTES: goes back to Impl.spare when done */
     int64_t expires_at; /* MQTT 5 Message Expiry, on the session's clock; 0 = none */
     uint32_t props_len; /* its properties but Message Expiry, encoded, after the payload */
     uint8_t data[];     /* topic, then payload, then properties */
@@ -166,6 +168,8 @@ typedef struct Impl {
     Link pending;  /* Pending */
     Link subs;     /* Sub */
     Link pings;    /* Ping, oldest first */
+    Link spare;    /* SessionMsg done with, kept for the next small one */
+    size_t n_spare;
     uint64_t ids_used[65536 / 64];
     size_t ids_in_use;
     uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
@@ -365,6 +369,7 @@ int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *user
     list_init(&m->pending);
     list_init(&m->subs);
     list_init(&m->pings);
+    list_init(&m->spare);
     mqtt_decoder_init(&m->dec, cfg->max_packet);
     int r = session_configure(&m->pub, cfg);
     if (r < 0) {
@@ -402,6 +407,7 @@ void session_free(Session *s)
     free_list(&m->pending);
     free_list(&m->subs);
     free_list(&m->pings);
+    free_list(&m->spare);
     mqtt_decoder_free(&m->dec);
     buf_free(&s->out);
     free(m->cfg_strings);
@@ -590,6 +596,37 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
 
 /* ---- outgoing messages ---- */
 
+/* While the link keeps up (fewer than SPARE_MSGS messages held), a small message gets a block
+ * with room for SPARE_BYTES, and done with it goes back for the next one: a live link
+ * publishes without allocating. A backlog's messages are allocated to size, as it may be long
+ * and its memory is counted. */
+enum { SPARE_BYTES = 256, SPARE_MSGS = 64 };
+
+static SessionMsg *msg_alloc(Impl *m, size_t bytes, bool *spare)
+{
+    *spare = bytes <= SPARE_BYTES && m->pub.queued + m->pub.inflight < SPARE_MSGS;
+    if (*spare && !list_empty(&m->spare)) {
+        Link *l = m->spare.next;
+        list_remove(l);
+        m->n_spare--;
+        ASAN_UNPOISON_MEMORY_REGION(l + 1, sizeof(SessionMsg) - sizeof(Link) + SPARE_BYTES);
+        return container_of(l, SessionMsg, link);
+    }
+    return malloc(sizeof(SessionMsg) + (*spare ? SPARE_BYTES : bytes));
+}
+
+static void msg_release(Impl *m, SessionMsg *msg)
+{
+    if (!msg->spare || m->n_spare == SPARE_MSGS) {
+        free(msg);
+        return;
+    }
+    list_push_back(&m->spare, &msg->link);
+    m->n_spare++;
+    /* Under ASan a kept block is as unusable as a freed one, but for its link. */
+    ASAN_POISON_MEMORY_REGION(&msg->link + 1, sizeof(SessionMsg) - sizeof(Link) + SPARE_BYTES);
+}
+
 static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)
 {
     if (msg->on_wire) {
@@ -604,7 +641,7 @@ static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)
         m->pub.queued--;
     }
     m->pub.queued_bytes -= msg->topic_len + msg->payload_len + msg->props_len;
-    free(msg);
+    msg_release(m, msg);
 }
 
 /* The outcome of a message: `result` 0 (done) or -errno, with the broker's MQTT 5 reason code
@@ -947,11 +984,13 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
         s->stats.pub_fail++;
         return -ENOBUFS;
     }
-    SessionMsg *msg = malloc(sizeof(*msg) + bytes);
+    bool spare;
+    SessionMsg *msg = msg_alloc(m, bytes, &spare);
     if (!msg) {
         return -ENOMEM;
     }
     *msg = (SessionMsg){.req = req,
+                        .spare = spare,
                         .spool_id = p->spool_id,
                         .payload_len = p->payload.n,
                         .topic_len = (uint16_t)p->topic.n,
@@ -972,7 +1011,7 @@ int session_publish(Session *s, const SessionPublish *p, void *req, int64_t now,
     }
     if (p->packet_id) {
         if ((r = resume_inflight(m, msg, p, now)) < 0) {
-            free(msg);
+            msg_release(m, msg);
             return r;
         }
     } else {
