@@ -28,6 +28,7 @@
 #include "sessions.h"
 #include "subs.h"
 #include "tls.h"
+#include "waiters.h"
 
 #define STOP_GRACE 2.0 /* seconds for in-flight QoS 1/2 acknowledgements at stop */
 
@@ -276,6 +277,7 @@ static void stop(Daemon *d)
     router_free(&d->router);
     rpc_free(d);
     subs_free(d);
+    waiters_free(d);
     hashmap_free(&d->uid_conns, free);
     answer_free();
 }
@@ -419,6 +421,7 @@ int main(int argc, char **argv)
     subs_init(d);
     rpc_init(d);
     sessions_init(d);
+    waiters_init(d);
     if (!d->client_id || router_start(&d->router) < 0 ||
         broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password, &d->mount,
                     bridge_on_event, d) < 0) {

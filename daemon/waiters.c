@@ -3,12 +3,58 @@
 #include "waiters.h"
 
 #include <assert.h>
+#include <sanitizer/asan_interface.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "defaults.h"
 
 static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* Ended waiters are kept for the next request that needs no filter (a publish waits by
+ * default), up to this many: a publish allocates nothing. */
+enum { SPARE_WAITERS = 64 };
+
+static Waiter *take(Daemon *d, View filter)
+{
+    if (filter.n || dlist_empty(&d->spare_waiters)) {
+        return calloc(1, sizeof(Waiter) + filter.n + 1);
+    }
+    Waiter *w = container_of(d->spare_waiters.next, Waiter, link);
+    dlist_remove(&w->link);
+    d->n_spare_waiters--;
+    ASAN_UNPOISON_MEMORY_REGION(&w->link + 1, sizeof(*w) - sizeof(DList) + 1);
+    memset(w, 0, sizeof(*w) + 1);
+    return w;
+}
+
+static void give_back(Daemon *d, Waiter *w)
+{
+    if (d->n_spare_waiters == SPARE_WAITERS) {
+        free(w);
+        return;
+    }
+    dlist_push(&d->spare_waiters, &w->link);
+    d->n_spare_waiters++;
+    /* Under ASan a kept waiter is as unusable as a freed one, but for its link. */
+    ASAN_POISON_MEMORY_REGION(&w->link + 1, sizeof(*w) - sizeof(DList) + 1);
+}
+
+void waiters_init(Daemon *d)
+{
+    dlist_init(&d->spare_waiters);
+    d->n_spare_waiters = 0;
+}
+
+void waiters_free(Daemon *d)
+{
+    while (!dlist_empty(&d->spare_waiters)) {
+        Waiter *w = container_of(d->spare_waiters.next, Waiter, link);
+        dlist_remove(&w->link);
+        free(w);
+    }
+    d->n_spare_waiters = 0;
+}
 
 bool waiters_full(const Client *c, size_t more)
 {
@@ -21,7 +67,7 @@ Waiter *waiter_new(Client *c, const WaiterKind *kind, json_t *id, View filter, i
     if (waiters_full(c, 1)) {
         return NULL;
     }
-    Waiter *w = calloc(1, sizeof(*w) + filter.n + 1);
+    Waiter *w = take(c->d, filter);
     if (!w) {
         return NULL;
     }
@@ -51,7 +97,7 @@ static void release(Waiter *w)
     assert(c->n_waiters > 0);
     c->n_waiters--;
     json_decref(w->id);
-    free(w);
+    give_back(c->d, w);
 }
 
 void waiter_cancel(Waiter *w)

@@ -163,6 +163,7 @@ static void setup(void)
     dlist_init(&d.server.conns);
     ck_assert_int_eq(router_init(&d.router), 0);
     subs_init(&d);
+    waiters_init(&d);
     SessionConfig sc = {.client_id = VIEW_STR("t"),
                         .clean_session = true,
                         .connect_timeout_ms = 5000,
@@ -184,6 +185,7 @@ static void teardown(void)
     mqtt_decoder_free(&wire);
     router_free(&d.router);
     subs_free(&d);
+    waiters_free(&d);
     ev_loop_destroy(d.loop);
 }
 
