@@ -280,6 +280,7 @@ static void stop(Daemon *d)
     waiters_free(d);
     hashmap_free(&d->uid_conns, free);
     answer_free();
+    ops_free();
 }
 
 /* The router, its subscription identifiers starting somewhere new each run: a persistent

@@ -429,6 +429,14 @@ static void op_reload(Client *c, Request *r)
     json_decref(id);
 }
 
+/* The fast path's buffer and ids, from line to line. */
+static FastScratch fast_scratch;
+
+void ops_free(void)
+{
+    fast_scratch_free(&fast_scratch);
+}
+
 static void ops_handle_line(Client *c, View line)
 {
     typedef void (*op_fn)(Client *, Request *);
@@ -449,10 +457,9 @@ static void ops_handle_line(Client *c, View line)
         [OP_SESSION_END] = sessions_op_end,
         [OP_SESSIONS] = sessions_op_list,
     };
-    static Buf scratch; /* the fast path's escapes, reused from line to line */
     Request req;
     IpcError err;
-    if (request_parse_fast(line, &req, &scratch) == 1) {
+    if (request_parse_fast(line, &req, &fast_scratch) == 1) {
         ops[req.op](c, &req);
     } else if (request_parse(line, &req, &err) < 0) {
         answer_error(c, req.id, err.code, "%s", err.message);
@@ -460,7 +467,7 @@ static void ops_handle_line(Client *c, View line)
         ops[req.op](c, &req);
     }
     request_free(&req);
-    buf_shrink(&scratch, 65536);
+    buf_shrink(&fast_scratch.text, 65536);
 }
 
 /* ---- the connection layer's callbacks (server.c) ---- */

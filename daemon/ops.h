@@ -10,3 +10,5 @@
 /* For server_start: a Client per connection, admitted by access.c, its lines parsed and
  * dispatched here. */
 extern const ServerCallbacks ops_server_callbacks;
+/* At the end: what the request layer keeps from line to line. */
+void ops_free(void);

@@ -244,13 +244,41 @@ static bool collect(const char *s, const jsmntok_t *t, Fields *f)
 }
 
 /* The id as jansson would give it (a new reference, or a singleton); NULL: not taken. */
-static json_t *id_value(const char *s, const jsmntok_t *t)
+/* The ring's oldest id when nobody else holds it any more (jansson's refcount is public:
+ * json_incref works on it in jansson.h), set to n; else a new one takes its place (its holders
+ * keep the old one). Ids are let go of about in the order they came, so one look is enough. */
+static json_t *integer_id(FastScratch *fs, int64_t n)
+{
+    json_t **slot = &fs->ids[fs->next];
+    fs->next = (fs->next + 1) % FAST_IDS;
+    if (*slot && (*slot)->refcount == 1 && json_integer_set(*slot, (json_int_t)n) == 0) {
+        return json_incref(*slot);
+    }
+    json_t *j = json_integer((json_int_t)n);
+    if (j) {
+        json_decref(*slot);
+        *slot = json_incref(j);
+    }
+    return j;
+}
+
+void fast_scratch_free(FastScratch *fs)
+{
+    buf_free(&fs->text);
+    for (unsigned i = 0; i < FAST_IDS; i++) {
+        json_decref(fs->ids[i]);
+        fs->ids[i] = NULL;
+    }
+    fs->next = 0;
+}
+
+static json_t *id_value(const char *s, const jsmntok_t *t, FastScratch *fs)
 {
     int64_t n;
     View v;
     size_t at;
     if (integer_value(s, t, &n)) {
-        return json_integer((json_int_t)n);
+        return integer_id(fs, n);
     }
     if (t->type == JSMN_PRIMITIVE) {
         return token_is(s, t, "null") ? json_null() : NULL;
@@ -290,10 +318,11 @@ static bool publish_fields(const char *s, const Fields *f, Request *req, Buf *sc
     return mqtt_topic_check(req->topic) == 0; /* else jansson's path names the problem */
 }
 
-int request_parse_fast(View line, Request *req, Buf *scratch)
+int request_parse_fast(View line, Request *req, FastScratch *fs)
 {
     *req = (Request){
         .wait = true, .timeout_ms = -1, .events_connection = -1, .events_ping = -1, .expiry = -1};
+    Buf *scratch = &fs->text;
     buf_clear(scratch);
     const char *s = (const char *)line.p;
     jsmn_parser p;
@@ -312,7 +341,7 @@ int request_parse_fast(View line, Request *req, Buf *scratch)
                  : ack ? (ack_only && f.v[F_SEQ] && integer_value(s, f.v[F_SEQ], &seq) && seq >= 1)
                        : false;
     json_t *id = NULL;
-    if (!taken || (f.v[F_ID] && !(id = id_value(s, f.v[F_ID])))) {
+    if (!taken || (f.v[F_ID] && !(id = id_value(s, f.v[F_ID], fs)))) {
         *req = (Request){0};
         return 0;
     }

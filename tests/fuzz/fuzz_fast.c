@@ -29,7 +29,7 @@ static bool same(const Request *f, const Request *s)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static Buf scratch;
+    static FastScratch scratch; /* kept from input to input, as the daemon keeps it */
     Request fast, slow;
     IpcError err;
     int taken = request_parse_fast(VIEW(data, size), &fast, &scratch);

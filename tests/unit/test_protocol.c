@@ -429,7 +429,7 @@ END_TEST
  * into the scratch buffer), and leaves everything else to jansson's path. */
 START_TEST(fast_path)
 {
-    Buf scratch = {0};
+    FastScratch scratch = {0};
     Request r;
     const char *plain = "{\"id\":7,\"op\":\"publish\",\"topic\":\"a/b\",\"payload\":\"21.5\","
                         "\"qos\":1,\"retain\":true}";
@@ -471,7 +471,40 @@ START_TEST(fast_path)
         ck_assert_msg(request_parse_fast(VIEW_STR(left[i]), &r, &scratch) == 0, "%s", left[i]);
         ck_assert_ptr_null(r.root);
     }
-    buf_free(&scratch);
+    fast_scratch_free(&scratch);
+}
+END_TEST
+
+/* An integer id is a json_t the fast path keeps and gives again once every other holder let
+ * go: a request freed after its line, never one a waiter still holds. */
+START_TEST(fast_ids_reused)
+{
+    FastScratch scratch = {0};
+    json_t *first[FAST_IDS];
+    char line[96];
+    Request r;
+    for (int i = 0; i < 2 * FAST_IDS; i++) {
+        snprintf(line, sizeof(line),
+                 "{\"id\":%d,\"op\":\"publish\",\"topic\":\"t\",\"payload\":\"x\"}", i);
+        ck_assert_int_eq(request_parse_fast(VIEW_STR(line), &r, &scratch), 1);
+        ck_assert_int_eq(json_integer_value(r.id), i);
+        if (i < FAST_IDS) {
+            first[i] = r.id;
+        } else if (i % 2) { /* held by a waiter, as it were, since its turn came before */
+            ck_assert_ptr_ne(r.id, first[i - FAST_IDS]);
+        } else {
+            ck_assert_ptr_eq(r.id, first[i - FAST_IDS]);
+        }
+        if (i < FAST_IDS && i % 2) {
+            json_incref(r.id); /* a waiter holds the odd ones of the first round */
+        }
+        request_free(&r);
+    }
+    for (int i = 1; i < FAST_IDS; i += 2) {
+        ck_assert_int_eq(json_integer_value(first[i]), i); /* the holder's id is unchanged */
+        json_decref(first[i]);
+    }
+    fast_scratch_free(&scratch);
 }
 END_TEST
 
@@ -488,6 +521,7 @@ static Suite *protocol_suite(void)
     tcase_add_test(tc, parse_publish);
     tcase_add_test(tc, parse_other_ops);
     tcase_add_test(tc, fast_path);
+    tcase_add_test(tc, fast_ids_reused);
     tcase_add_loop_test(tc, parse_errors, 0, sizeof(bad) / sizeof(bad[0]));
     tcase_add_test(tc, replies);
     tcase_add_test(tc, message_event);
