@@ -100,13 +100,13 @@ struct Daemon {
     Router router;
     Spool *spool; /* NULL without [queue] spool_dir */
     DaemonStats stats;
-    HashMap uid_subs;    /* uid -> subscriptions held by its clients (subs.c) */
-    HashMap uid_conns;   /* uid -> its connections (access.c) */
-    Names names;         /* peers' user names (names.c, for access.c) */
-    Rpc rpc;             /* the request op (rpc.c) */
-    HashMap sessions;    /* name -> LocalSession (sessions.c) */
-    DList spare_waiters; /* ended waiters without a filter, for reuse (waiters.c) */
-    size_t n_spare_waiters;
+    HashMap uid_subs;            /* uid -> subscriptions held by its clients (subs.c) */
+    HashMap uid_conns;           /* uid -> its connections (access.c) */
+    Names names;                 /* peers' user names (names.c, for access.c) */
+    Rpc rpc;                     /* the request op (rpc.c) */
+    HashMap sessions;            /* name -> LocalSession (sessions.c) */
+    DList spare_waiters;         /* ended waiters without a filter, for reuse (waiters.c) */
+    size_t n_spare_waiters;      /* how many: at most 64 */
     MqttMount mount;             /* [topics] mount, expanded (main.c) */
     bool props_drop_logged;      /* MQTT 5 fields lost to a 3.1.1 link: logged once (bridge.c) */
     char lost_subscription[400]; /* the last restored subscription the broker refused */

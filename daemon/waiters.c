@@ -3,7 +3,6 @@
 #include "waiters.h"
 
 #include <assert.h>
-#include <sanitizer/asan_interface.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,33 +10,31 @@
 
 static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents);
 
-/* Ended waiters are kept for the next request that needs no filter (a publish waits by
- * default), up to this many: a publish allocates nothing. */
-enum { SPARE_WAITERS = 64 };
+/* Ended waiters without a filter (a publish's: it waits by default) are kept for the next
+ * such request, up to this many: a publish allocates nothing. One with a filter (which may be
+ * long) is freed. */
+enum { SPARE_WAITERS = 64 * KEEP_SPARES };
 
 static Waiter *take(Daemon *d, View filter)
 {
-    if (filter.n || dlist_empty(&d->spare_waiters)) {
+    if (filter.n || !d->n_spare_waiters) {
         return calloc(1, sizeof(Waiter) + filter.n + 1);
     }
     Waiter *w = container_of(d->spare_waiters.next, Waiter, link);
     dlist_remove(&w->link);
     d->n_spare_waiters--;
-    ASAN_UNPOISON_MEMORY_REGION(&w->link + 1, sizeof(*w) - sizeof(DList) + 1);
     memset(w, 0, sizeof(*w) + 1);
     return w;
 }
 
 static void give_back(Daemon *d, Waiter *w)
 {
-    if (d->n_spare_waiters == SPARE_WAITERS) {
+    if (w->filter[0] || d->n_spare_waiters >= SPARE_WAITERS) { /* a filter is never empty */
         free(w);
         return;
     }
     dlist_push(&d->spare_waiters, &w->link);
     d->n_spare_waiters++;
-    /* Under ASan a kept waiter is as unusable as a freed one, but for its link. */
-    ASAN_POISON_MEMORY_REGION(&w->link + 1, sizeof(*w) - sizeof(DList) + 1);
 }
 
 void waiters_init(Daemon *d)

@@ -10,6 +10,7 @@
 #define JSMN_STRICT
 #include <jsmn.h>
 
+#include "defaults.h"
 #include "mqtt/topic.h"
 #include "utf8.h"
 
@@ -243,7 +244,6 @@ static bool collect(const char *s, const jsmntok_t *t, Fields *f)
     return true;
 }
 
-/* The id as jansson would give it (a new reference, or a singleton); NULL: not taken. */
 /* The ring's oldest id when nobody else holds it any more (jansson's refcount is public:
  * json_incref works on it in jansson.h), set to n; else a new one takes its place (its holders
  * keep the old one). Ids are let go of about in the order they came, so one look is enough. */
@@ -251,11 +251,12 @@ static json_t *integer_id(FastScratch *fs, int64_t n)
 {
     json_t **slot = &fs->ids[fs->next];
     fs->next = (fs->next + 1) % FAST_IDS;
-    if (*slot && (*slot)->refcount == 1 && json_integer_set(*slot, (json_int_t)n) == 0) {
+    if (KEEP_SPARES && *slot && (*slot)->refcount == 1 &&
+        json_integer_set(*slot, (json_int_t)n) == 0) {
         return json_incref(*slot);
     }
     json_t *j = json_integer((json_int_t)n);
-    if (j) {
+    if (j && KEEP_SPARES) {
         json_decref(*slot);
         *slot = json_incref(j);
     }
@@ -272,6 +273,7 @@ void fast_scratch_free(FastScratch *fs)
     fs->next = 0;
 }
 
+/* The id as jansson would give it (a new reference, or a singleton); NULL: not taken. */
 static json_t *id_value(const char *s, const jsmntok_t *t, FastScratch *fs)
 {
     int64_t n;

@@ -11,7 +11,8 @@
  * What it allocates: nothing once warm. Escapes are decoded into a buffer the caller keeps
  * from line to line (FastScratch). An integer id is a json_t, as the replies take one; the
  * scratch keeps the last FAST_IDS of them and gives one again once every other holder (the
- * request, a waiter) has let go; a string id is a new json_t, a null id none.
+ * request, a waiter) has let go (not in an ASan build: KEEP_SPARES in defaults.h); a string
+ * id is a new json_t, a null id none.
  */
 #pragma once
 

@@ -10,12 +10,12 @@
 #include "mqtt/session.h"
 
 #include <assert.h>
-#include <sanitizer/asan_interface.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/types.h>
 
+#include "defaults.h"
 #include "mqtt/alias.h"
 #include "mqtt/mount.h"
 #include "mqtt/topic.h"
@@ -600,7 +600,7 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
  * with room for SPARE_BYTES, and done with it goes back for the next one: a live link
  * publishes without allocating. A backlog's messages are allocated to size, as it may be long
  * and its memory is counted. */
-enum { SPARE_BYTES = 256, SPARE_MSGS = 64 };
+enum { SPARE_BYTES = 256, SPARE_MSGS = 64 * KEEP_SPARES };
 
 static SessionMsg *msg_alloc(Impl *m, size_t bytes, bool *spare)
 {
@@ -609,7 +609,6 @@ static SessionMsg *msg_alloc(Impl *m, size_t bytes, bool *spare)
         Link *l = m->spare.next;
         list_remove(l);
         m->n_spare--;
-        ASAN_UNPOISON_MEMORY_REGION(l + 1, sizeof(SessionMsg) - sizeof(Link) + SPARE_BYTES);
         return container_of(l, SessionMsg, link);
     }
     return malloc(sizeof(SessionMsg) + (*spare ? SPARE_BYTES : bytes));
@@ -623,8 +622,6 @@ static void msg_release(Impl *m, SessionMsg *msg)
     }
     list_push_back(&m->spare, &msg->link);
     m->n_spare++;
-    /* Under ASan a kept block is as unusable as a freed one, but for its link. */
-    ASAN_POISON_MEMORY_REGION(&msg->link + 1, sizeof(SessionMsg) - sizeof(Link) + SPARE_BYTES);
 }
 
 static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 
+#include "defaults.h"
 #include "session_harness.h"
 
 START_TEST(connect_packet_fields)
@@ -257,6 +258,44 @@ START_TEST(publish_qos0_queued_offline_then_in_order)
     ck_assert_uint_eq(h.s->stats.pub_bytes_n, 2);
     ck_assert_uint_eq(h.s->stats.pub_bytes_sum, 2 * 8);
     ck_assert_uint_eq(h.s->queued, 0);
+    teardown(&h);
+}
+END_TEST
+
+/* A message of up to 256 bytes (topic and payload) goes into a block kept for the next one
+ * once done; a larger one gets its own. The broker gets each message's own bytes either way,
+ * and a backlog's blocks come back in order. (An ASan build keeps none: KEEP_SPARES.) */
+START_TEST(message_blocks_reused)
+{
+    Harness h;
+    SessionConfig c = base_config();
+    setup_with(&h, &c);
+    static char fill[300];
+    memset(fill, 'x', sizeof(fill));
+    SessionMsg *held[70], *m;
+    SessionPublish p = {.topic = VIEW_STR("r/1"), .payload = VIEW_STR("a")};
+    for (int i = 0; i < 70; i++) { /* offline: 64 in kept blocks, the rest to size */
+        ck_assert_int_eq(session_publish(h.s, &p, NULL, h.now, &held[i]), 0); /* no event */
+    }
+    connect_with(&h, false);
+    for (int i = 0; i < 70; i++) {
+        ck_assert_view_str(expect_packet(&h, MQTT_PUBLISH).publish.payload, "a");
+    }
+    p.payload = (View){(const uint8_t *)fill, 256 - 3}; /* 256 bytes with the topic */
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(1), h.now, &m), 0);
+    session_tick(h.s, h.now);
+    ck_assert_uint_eq(expect_packet(&h, MQTT_PUBLISH).publish.payload.n, 253);
+    if (KEEP_SPARES) {
+        ck_assert_ptr_eq(m, held[0]); /* the first block back */
+    }
+    p.payload = (View){(const uint8_t *)fill, 254}; /* 257: its own block */
+    ck_assert_int_eq(session_publish(h.s, &p, REQ(2), h.now, &m), 0);
+    session_tick(h.s, h.now);
+    ck_assert_uint_eq(expect_packet(&h, MQTT_PUBLISH).publish.payload.n, 254);
+    for (int i = 0; i < 64 && KEEP_SPARES; i++) {
+        ck_assert_ptr_ne(m, held[i]);
+    }
+    ck_assert_uint_eq(h.s->stats.pub_ok, 72);
     teardown(&h);
 }
 END_TEST
@@ -994,6 +1033,7 @@ static Suite *session_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("publish");
     tcase_add_test(tc, publish_qos0_queued_offline_then_in_order);
+    tcase_add_test(tc, message_blocks_reused);
     tcase_add_test(tc, publish_qos1_and_qos2_flows);
     tcase_add_test(tc, inflight_window_keeps_order);
     tcase_add_test(tc, resend_after_reconnect_with_session);
