@@ -216,21 +216,29 @@ void rpc_subscribed(Daemon *d, int result, uint8_t reason, View reason_string)
                 "waiting requests fail, the next one asks again",
                 rpc->topic, why);
     let_go(d);
-    /* Every waiting request fails: none can get its response. */
-    size_t n = rpc->waiting.count, k = 0;
-    Waiter **all = n ? calloc(n, sizeof(*all)) : NULL;
+    /* Every waiting request fails: none can get its response. Listed by correlation and looked
+     * up again one by one: a reply that cannot be queued closes its client, and that client's
+     * other requests are gone from the map by the time their turn comes. */
+    Buf corrs = {0};
     HashIter it;
     void *v;
-    for (hashmap_iter(&rpc->waiting, &it); all && hashmap_iter_next(&it, &v);) {
-        all[k++] = v;
+    bool listed = true;
+    for (hashmap_iter(&rpc->waiting, &it); listed && hashmap_iter_next(&it, &v);) {
+        View corr = correlation_of(v);
+        listed = buf_append(&corrs, corr.p, corr.n + 1) == 0; /* with its NUL */
     }
     answering.subscription_refused = true;
-    for (size_t i = 0; i < k; i++) {
-        waiter_set_reason(all[i], reason ? reason : MQTT_RC_UNSPECIFIED, reason_string);
-        waiter_complete(all[i], -EPERM);
+    for (size_t at = 0; listed && at < buf_size(&corrs);) {
+        const char *corr = (const char *)buf_view(&corrs).p + at;
+        at += strlen(corr) + 1;
+        Waiter *w = hashmap_get(&rpc->waiting, VIEW_STR(corr));
+        if (w) {
+            waiter_set_reason(w, reason ? reason : MQTT_RC_UNSPECIFIED, reason_string);
+            waiter_complete(w, -EPERM);
+        }
     }
     answering.subscription_refused = false;
-    free(all); /* out of memory: they time out instead */
+    buf_free(&corrs); /* out of memory: they time out instead */
 }
 
 /* ---- the op ---- */
