@@ -151,10 +151,18 @@ class Service(TestCase):
         log = open(os.path.join(self.tmp, "activate.log"), "wb")
         p = subprocess.Popen(["systemd-socket-activate", "-l", sock, DAEMON, "-c", d.conf],
                              stdout=log, stderr=subprocess.STDOUT)
+        def connected():
+            c = Client(sock, connect=False)
+            try:
+                c.sock.connect(sock)
+                return c
+            except (FileNotFoundError, ConnectionRefusedError):  # not yet bound, or not listening
+                c.sock.close()
+                return None
+
         try:
-            wait_until(lambda: os.path.exists(sock), what="the listening socket")
             # The client connects before the daemon even exists; it is started for it.
-            with Client(sock) as c:
+            with wait_until(connected, what="the listening socket") as c:
                 wait_until(lambda: c.ok("status")["status"]["connected"])
                 c.ok("subscribe", filter="sa/#", qos=1)
                 c.ok("publish", topic="sa/1", payload="activated", qos=1)
