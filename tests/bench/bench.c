@@ -257,6 +257,12 @@ int main(int argc, char **argv)
     for (int run = 0; run < opt.runs; run++) {
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
             if (wanted(cases[i].name)) {
+                double waited = settle();
+                if (opt.trace) {
+                    fprintf(stderr,
+                            "trace: %s, run %d: %.1f s for the daemon and the broker to go quiet\n",
+                            cases[i].name, run + 1, waited);
+                }
                 cases[i].run(run);
             }
         }

@@ -48,6 +48,10 @@ const char *ca_file(void);
 double pid_cpu_s(pid_t pid);
 double daemon_cpu_s(void);
 double self_cpu_s(void);
+/* Waits, at most 10 s, until the daemon and the broker each use under 5 % of a CPU over 100
+ * ms: what a case left behind (the daemon unsubscribing thousands of filters after the fan-out
+ * or memory case) must not share the next case's CPUs. Returns the seconds waited. */
+double settle(void);
 /* The daemon's scheduling so far: nanoseconds it was runnable but waited for a CPU and the
  * times it got one (/proc/PID/schedstat), the times it was taken off one while it still had
  * work (nonvoluntary_ctxt_switches). */

@@ -315,6 +315,21 @@ double pid_cpu_s(pid_t pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+double settle(void)
+{
+    double t0 = now_s();
+    for (;;) {
+        double d0 = daemon_cpu_s(), b0 = pid_cpu_s(opt.broker_pid), w0 = now_s();
+        usleep(100000);
+        double dt = now_s() - w0;
+        bool quiet =
+            (daemon_cpu_s() - d0) / dt < 0.05 && (pid_cpu_s(opt.broker_pid) - b0) / dt < 0.05;
+        if (quiet || now_s() - t0 > 10) {
+            return now_s() - t0;
+        }
+    }
+}
+
 bool schedstat(const char *path, unsigned long long *wait_ns, unsigned long long *slices)
 {
     FILE *f = fopen(path, "r");
