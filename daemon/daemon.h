@@ -17,6 +17,7 @@
 #include "names.h"
 #include "router.h"
 #include "server.h"
+#include "spares.h"
 #include "spool.h"
 
 typedef struct Daemon Daemon;
@@ -105,8 +106,7 @@ struct Daemon {
     Names names;                 /* peers' user names (names.c, for access.c) */
     Rpc rpc;                     /* the request op (rpc.c) */
     HashMap sessions;            /* name -> LocalSession (sessions.c) */
-    DList spare_waiters;         /* ended waiters without a filter, for reuse (waiters.c) */
-    size_t n_spare_waiters;      /* how many: at most 64 */
+    Spares spare_waiters;        /* ended waiters without a filter, for reuse (waiters.c) */
     MqttMount mount;             /* [topics] mount, expanded (main.c) */
     bool props_drop_logged;      /* MQTT 5 fields lost to a 3.1.1 link: logged once (bridge.c) */
     char lost_subscription[400]; /* the last restored subscription the broker refused */

@@ -422,7 +422,6 @@ int main(int argc, char **argv)
     subs_init(d);
     rpc_init(d);
     sessions_init(d);
-    waiters_init(d);
     if (!d->client_id || router_start(&d->router) < 0 ||
         broker_init(&d->broker, d->loop, &d->cfg, d->tls, d->client_id, d->password, &d->mount,
                     bridge_on_event, d) < 0) {

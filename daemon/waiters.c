@@ -13,44 +13,29 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents);
 /* Ended waiters without a filter (a publish's: it waits by default) are kept for the next
  * such request, up to this many: a publish allocates nothing. One with a filter (which may be
  * long) is freed. */
-enum { SPARE_WAITERS = 64 * KEEP_SPARES };
+enum { SPARE_WAITERS = 64 };
 
 static Waiter *take(Daemon *d, View filter)
 {
-    if (filter.n || !d->n_spare_waiters) {
+    Waiter *w = filter.n ? NULL : spares_take(&d->spare_waiters);
+    if (!w) {
         return calloc(1, sizeof(Waiter) + filter.n + 1);
     }
-    Waiter *w = container_of(d->spare_waiters.next, Waiter, link);
-    dlist_remove(&w->link);
-    d->n_spare_waiters--;
     memset(w, 0, sizeof(*w) + 1);
     return w;
 }
 
 static void give_back(Daemon *d, Waiter *w)
 {
-    if (w->filter[0] || d->n_spare_waiters >= SPARE_WAITERS) { /* a filter is never empty */
+    /* a filter is never empty */
+    if (w->filter[0] || !spares_keep(&d->spare_waiters, w, SPARE_WAITERS)) {
         free(w);
-        return;
     }
-    dlist_push(&d->spare_waiters, &w->link);
-    d->n_spare_waiters++;
-}
-
-void waiters_init(Daemon *d)
-{
-    dlist_init(&d->spare_waiters);
-    d->n_spare_waiters = 0;
 }
 
 void waiters_free(Daemon *d)
 {
-    while (!dlist_empty(&d->spare_waiters)) {
-        Waiter *w = container_of(d->spare_waiters.next, Waiter, link);
-        dlist_remove(&w->link);
-        free(w);
-    }
-    d->n_spare_waiters = 0;
+    spares_free(&d->spare_waiters);
 }
 
 bool waiters_full(const Client *c, size_t more)

@@ -57,6 +57,5 @@ void waiter_cancel(Waiter *w);
 Waiter *waiter_find(Client *c, const WaiterKind *kind, View filter);
 /* c is closing: every waiter's kind gone(), then all are freed. */
 void waiters_client_gone(Client *c);
-/* The daemon's store of ended waiters kept for reuse: empty at init, freed at the end. */
-void waiters_init(Daemon *d);
+/* At the end: the ended waiters the daemon kept for reuse. */
 void waiters_free(Daemon *d);

@@ -28,9 +28,10 @@
 #define DEFAULT_QUEUE_MAX_MESSAGES 100000
 #define DEFAULT_QUEUE_MAX_BYTES    67108864
 
-/* The publish path keeps a few blocks for reuse (session messages, waiters, request ids). An
- * ASan build keeps none (meson.build defines MQTTBRIDGE_NO_SPARES): every block is freed, so a
- * stale pointer is reported instead of reading whatever reused the block. */
+/* The publish path keeps a few blocks for reuse (session messages and waiters: spares.h;
+ * request ids: ipc/fast.h). An ASan build keeps none (meson.build defines MQTTBRIDGE_NO_SPARES):
+ * every block is freed, so a stale pointer is reported instead of reading whatever reused the
+ * block. */
 #ifdef MQTTBRIDGE_NO_SPARES
 #define KEEP_SPARES 0
 #else

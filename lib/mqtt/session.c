@@ -19,6 +19,7 @@
 #include "mqtt/alias.h"
 #include "mqtt/mount.h"
 #include "mqtt/topic.h"
+#include "spares.h"
 
 #define STABLE_MS           10000 /* a link up this long resets the reconnect backoff */
 #define MIN_PING_TIMEOUT_MS 1000
@@ -168,8 +169,7 @@ typedef struct Impl {
     Link pending;  /* Pending */
     Link subs;     /* Sub */
     Link pings;    /* Ping, oldest first */
-    Link spare;    /* SessionMsg done with, kept for the next small one */
-    size_t n_spare;
+    Spares spare;  /* SessionMsg done with, kept for the next small one */
     uint64_t ids_used[65536 / 64];
     size_t ids_in_use;
     uint64_t qos2_in[65536 / 64]; /* incoming QoS 2 ids between PUBREC and PUBREL */
@@ -369,7 +369,6 @@ int session_new(const SessionConfig *cfg, const SessionCallbacks *cb, void *user
     list_init(&m->pending);
     list_init(&m->subs);
     list_init(&m->pings);
-    list_init(&m->spare);
     mqtt_decoder_init(&m->dec, cfg->max_packet);
     int r = session_configure(&m->pub, cfg);
     if (r < 0) {
@@ -407,7 +406,7 @@ void session_free(Session *s)
     free_list(&m->pending);
     free_list(&m->subs);
     free_list(&m->pings);
-    free_list(&m->spare);
+    spares_free(&m->spare);
     mqtt_decoder_free(&m->dec);
     buf_free(&s->out);
     free(m->cfg_strings);
@@ -599,29 +598,21 @@ static void send_pending(Impl *m, Pending *p, int64_t now)
 /* While the link keeps up (fewer than SPARE_MSGS messages held), a small message gets a block
  * with room for SPARE_BYTES, and done with it goes back for the next one: a live link
  * publishes without allocating. A backlog's messages are allocated to size, as it may be long
- * and its memory is counted. */
+ * and its memory is counted; so are all in an ASan build, where its bounds check stays exact. */
 enum { SPARE_BYTES = 256, SPARE_MSGS = 64 * KEEP_SPARES };
 
 static SessionMsg *msg_alloc(Impl *m, size_t bytes, bool *spare)
 {
     *spare = bytes <= SPARE_BYTES && m->pub.queued + m->pub.inflight < SPARE_MSGS;
-    if (*spare && !list_empty(&m->spare)) {
-        Link *l = m->spare.next;
-        list_remove(l);
-        m->n_spare--;
-        return container_of(l, SessionMsg, link);
-    }
-    return malloc(sizeof(SessionMsg) + (*spare ? SPARE_BYTES : bytes));
+    SessionMsg *msg = *spare ? spares_take(&m->spare) : NULL;
+    return msg ? msg : malloc(sizeof(SessionMsg) + (*spare ? SPARE_BYTES : bytes));
 }
 
 static void msg_release(Impl *m, SessionMsg *msg)
 {
-    if (!msg->spare || m->n_spare == SPARE_MSGS) {
+    if (!msg->spare || !spares_keep(&m->spare, msg, SPARE_MSGS)) {
         free(msg);
-        return;
     }
-    list_push_back(&m->spare, &msg->link);
-    m->n_spare++;
 }
 
 static void msg_free(Impl *m, SessionMsg *msg, bool was_inflight)

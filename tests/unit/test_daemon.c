@@ -163,7 +163,6 @@ static void setup(void)
     dlist_init(&d.server.conns);
     ck_assert_int_eq(router_init(&d.router), 0);
     subs_init(&d);
-    waiters_init(&d);
     SessionConfig sc = {.client_id = VIEW_STR("t"),
                         .clean_session = true,
                         .connect_timeout_ms = 5000,
